@@ -1,0 +1,1 @@
+"""Use cases: sine, characters, keywords, presence."""

@@ -1,0 +1,87 @@
+"""The contract every use case (sine, characters, keywords, presence) fulfils.
+
+A use case knows its data (split by device: each device is a task of its own, so the fleet is
+non-IID; held-out devices never take part in pretraining or federated training), its sensors, and
+how to build its model = frozen int8 backbone + small float head. Everything above
+(`devices`, `federation`, the CLI, benchmarks) works through this interface only.
+
+Data generation must not import TensorFlow (devices generate their own streams on gateways);
+`build` may.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Split = Literal["train", "heldout"]
+ProgressFn = Callable[[str, float], None]  # (stage description, fraction done in [0, 1])
+
+
+@dataclass
+class DeviceData:
+    """One device's local data set (one task).
+
+    Attributes
+    ----------
+    device_id : str
+        Stable name, e.g. "sine-train-007" or "writer-12".
+    x : np.ndarray
+        Raw model inputs (what the backbone consumes), float32, shape (n, *input_shape).
+    y : np.ndarray
+        Targets: float32 (n, n_outputs) for regression, int64 (n,) class ids for classification.
+    meta : dict
+        Task parameters (amplitude/phase, writer style, speaker settings, room), for reports.
+    """
+
+    device_id: str
+    x: np.ndarray
+    y: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(len(self.x))
+
+
+class UseCase(ABC):
+    """One TinyML application.
+
+    Attributes
+    ----------
+    name : str
+        CLI name ("sine", "characters", "keywords", "presence").
+    kind : {"regression", "classification"}
+        Decides the head's loss (MSE or softmax cross-entropy) and the metric (MSE or accuracy).
+    sensors : tuple of str
+        Sensor kinds a device needs (e.g. ("microphone",)); used by matchmaking.
+    input_shape : tuple of int
+        Shape of one raw sample, without the batch axis.
+    """
+
+    name: str
+    kind: Literal["regression", "classification"]
+    sensors: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    description: str = ""
+
+    @abstractmethod
+    def devices(self, split: Split, n_devices: int, *, samples_per_device: int, seed: int = 0) -> list[DeviceData]:
+        """Generate `n_devices` devices of `split`; deterministic for a given seed."""
+
+    @abstractmethod
+    def build(self, out_dir: Path, *, seed: int = 0, quick: bool = False,
+              progress: ProgressFn | None = None) -> dict[str, Any]:
+        """Train, convert to full int8, measure and export into `out_dir/<name>/`; return the card."""
+
+
+# Files written by `UseCase.build` into `out_dir/<name>/` (the contract `devices` loads from):
+ARTIFACT_MODEL = "model.tflite"        # the whole network, full int8 (inference artifact; inspected, exported)
+ARTIFACT_BACKBONE = "backbone.tflite"  # frozen int8 feature extractor; absent when the backbone is empty (sine)
+ARTIFACT_HEAD = "head.npz"             # initial float32 head: w0 (in, h0), b0 (h0,), w1, b1, ...; ReLU between
+                                       # layers, linear output (logits for classification)
+ARTIFACT_CARD = "card.json"            # model card (see firmware_models.card)

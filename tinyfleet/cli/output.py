@@ -1,0 +1,60 @@
+"""Output conventions shared by every command.
+
+stdout carries results only: a rich table for people, or exactly one JSON document with `--json`.
+Human messages, progress bars and warnings go to stderr. Progress bars appear only on a TTY.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+out = Console()
+err = Console(stderr=True)
+
+JSON_HELP = "Print one JSON document on stdout (nothing else)."
+
+
+def print_json(data: Any) -> None:
+    """Write `data` as JSON to the real stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=_default) + "\n")
+    sys.stdout.flush()
+
+
+def _default(obj: Any) -> Any:
+    import numpy as np
+    from pathlib import Path
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print a rich table of `rows` on stdout."""
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*(str(v) for v in r))
+    out.print(t)
+
+
+@contextmanager
+def progress(enabled: bool = True) -> Iterator[Progress]:
+    """A progress display on stderr, shown only when stderr is a terminal."""
+    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                 console=err, disable=not (enabled and err.is_terminal), transient=False)
+    with p:
+        yield p
