@@ -18,6 +18,10 @@ import typer  # noqa: E402
 from firmware_models.exceptions import TinyFleetError  # noqa: E402
 from tinyfleet.cli import models  # noqa: E402
 from tinyfleet.cli import doctor  # noqa: E402
+from tinyfleet.cli import broker  # noqa: E402
+from tinyfleet import config  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated  # noqa: E402
 
 app = typer.Typer(
     name="tinyfleet",
@@ -27,7 +31,20 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=True,
 )
+
+
+@app.callback()
+def _root(
+    config_file: Annotated[Path | None, typer.Option(
+        "--config", help="TOML configuration file (default: ./tinyfleet.toml if present).",
+        dir_okay=False)] = None,
+) -> None:
+    """Settings come from tinyfleet.toml < TINYFLEET_* environment variables < flags."""
+    config.set_config_path(config_file)
+
+
 app.add_typer(models.app, name="models")
+app.add_typer(broker.app, name="broker")
 app.command(name="doctor")(doctor.doctor)
 
 

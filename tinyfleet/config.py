@@ -1,0 +1,115 @@
+"""Configuration: `tinyfleet.toml` < environment variables < command-line flags.
+
+Every setting can come from three places; the later one wins:
+
+1. a TOML file: `tinyfleet.toml` in the working directory, or the file named by `--config`
+   (or by `TINYFLEET_CONFIG`), with top-level keys such as ``broker = "mqtt://127.0.0.1:1883"``;
+2. an environment variable `TINYFLEET_<KEY>` (e.g. `TINYFLEET_BROKER`, `TINYFLEET_REGISTRY`);
+3. the command's flag.
+
+Settings known here (the keys of `DEFAULTS`) are documented in the README.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from firmware_models.exceptions import TinyFleetError
+
+
+class ConfigError(TinyFleetError):
+    """The configuration file is unreadable or has an unknown key or a wrong type."""
+
+    exit_code = 2
+
+
+DEFAULTS: dict[str, Any] = {
+    "broker": None,          # mqtt://host:port of an existing broker; None = start a private Mosquitto
+    "fleet": "default",      # fleet name in the MQTT topic tree
+    "registry": None,        # path of the embedded registry store; None = user data dir
+    "endpoint": None,        # SPARQL query endpoint of a remote registry
+    "update_endpoint": None, # SPARQL update endpoint (default: same as endpoint)
+    "models": None,          # directory of built models; None = user cache dir
+    "username": None,        # MQTT username (the password only from TINYFLEET_PASSWORD)
+}
+
+_config_path: Path | None = None
+
+
+def set_config_path(path: Path | None) -> None:
+    """Remember the `--config` file given to the top-level command."""
+    global _config_path
+    if path is not None and not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    _config_path = path
+    _file_settings()  # a broken file is reported by every command, not only those that read it
+
+
+def _file_settings() -> tuple[dict[str, Any], Path | None]:
+    path = _config_path
+    if path is None and os.environ.get("TINYFLEET_CONFIG"):
+        path = Path(os.environ["TINYFLEET_CONFIG"])
+        if not path.is_file():
+            raise ConfigError(f"{path}: configuration file not found (from TINYFLEET_CONFIG)")
+    if path is None and Path("tinyfleet.toml").is_file():
+        path = Path("tinyfleet.toml")
+    if path is None:
+        return {}, None
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    unknown = sorted(set(data) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+    for key, value in data.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: key {key!r} must be a string, got {type(value).__name__}")
+    return data, path
+
+
+def setting(key: str, flag: Any = None) -> Any:
+    """The effective value of `key`: the flag if given, else the environment, else the file, else the default."""
+    if key not in DEFAULTS:
+        raise KeyError(key)
+    if flag is not None:
+        return flag
+    env = os.environ.get(f"TINYFLEET_{key.upper()}")
+    if env:
+        return env
+    data, _ = _file_settings()
+    return data.get(key, DEFAULTS[key])
+
+
+def effective() -> dict[str, Any]:
+    """All settings with where each came from (for `tinyfleet doctor`)."""
+    data, path = _file_settings()
+    result: dict[str, Any] = {}
+    for key, default in DEFAULTS.items():
+        env = os.environ.get(f"TINYFLEET_{key.upper()}")
+        if env:
+            result[key] = {"value": env, "source": f"env TINYFLEET_{key.upper()}"}
+        elif key in data:
+            result[key] = {"value": data[key], "source": str(path)}
+        else:
+            result[key] = {"value": default, "source": "default"}
+    return result
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """`mqtt://host:port` or `mqtts://host:port` -> (host, port, tls); clear error otherwise."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"broker URL {url!r} must look like mqtt://host:port or mqtts://host:port")
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError:
+        raise ConfigError(f"broker URL {url!r} has an invalid port") from None
+    return parts.hostname, port, parts.scheme == "mqtts"
