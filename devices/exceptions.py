@@ -24,3 +24,52 @@ class SparseEncodingError(TinyFleetError):
 
 class ModelDoesNotFitError(TinyFleetError):
     """A model needs more RAM or flash than the device declares; the device keeps its old model."""
+
+
+class DeviceIdError(TinyFleetError):
+    """A device id or fleet name cannot be one MQTT topic level / client id (contains / + # or spaces)."""
+
+    exit_code = 2
+
+
+class ProtocolError(TinyFleetError):
+    """A message breaks the wire protocol; `code` is the protocol's error code sent back in the reply.
+
+    Parameters
+    ----------
+    message : str
+        One line naming what is wrong and where.
+    code : str, default="malformed"
+        One of `devices.protocol.ErrorCode`'s values.
+    request_id : str or None, default=None
+        The correlation id of the offending request when it could be read, so the reply can name it.
+    """
+
+    def __init__(self, message: str, *, code: str = "malformed", request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+class DeployError(TinyFleetError):
+    """A model deployment was refused or rolled back (bad checksum, failed self-test); the old model stays."""
+
+    def __init__(self, message: str, *, code: str = "deploy-failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UnknownBoardError(TinyFleetError):
+    """A board profile name that tinyfleet does not know."""
+
+    exit_code = 2
+
+
+class BrokerUrlError(TinyFleetError):
+    """A broker URL that is not mqtt://host:port or mqtts://host:port."""
+
+    exit_code = 2
+
+
+class DeviceLinkError(TinyFleetError):
+    """The MQTT connection of a device could not be made (refused, not authorized, TLS failure)."""
