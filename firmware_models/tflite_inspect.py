@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,8 +167,12 @@ def _parse(data: bytes, source: str) -> Any:
                 _ = t.shape, t.type, t.buffer
             for op in sg.operators or []:
                 _ = op.opcodeIndex, op.inputs, op.outputs
-    except Exception as exc:  # noqa: BLE001 - flatbuffers raises struct.error/IndexError/... on garbage
-        raise ModelFileError(f"{source}: truncated or corrupt TFLite flatbuffer ({type(exc).__name__}: "
+    except (struct.error, IndexError, ValueError) as exc:  # flatbuffers reads past the end of a cut file
+        detail = "data refers past the end of the file" if isinstance(exc, (struct.error, IndexError)) else str(exc)
+        raise ModelFileError(f"{source}: truncated or corrupt TFLite flatbuffer ({len(data)} bytes; "
+                             f"{detail.splitlines()[0] if detail else type(exc).__name__})") from None
+    except Exception as exc:  # noqa: BLE001 - any other garbage the generated reader trips on
+        raise ModelFileError(f"{source}: corrupt TFLite flatbuffer ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
     if not subgraphs:
         raise ModelFileError(f"{source}: TFLite model has no subgraph")
