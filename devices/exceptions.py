@@ -73,3 +73,7 @@ class BrokerUrlError(TinyFleetError):
 
 class DeviceLinkError(TinyFleetError):
     """The MQTT connection of a device could not be made (refused, not authorized, TLS failure)."""
+
+
+class HeadDivergedError(LearnerInputError):
+    """An SGD step would produce NaN/inf (learning rate too high); the head keeps its weights."""
