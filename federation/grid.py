@@ -1,0 +1,323 @@
+"""A Flower `Grid` whose nodes are tinyfleet devices behind any byte transport (MQTT, in-memory).
+
+Stock Flower strategies (`FedAvg`, ...) only call `get_node_ids()` and `send_and_receive()`. This
+Grid maps device ids to stable integer node ids, encodes each Flower `Message` with the devices'
+wire codec, counts every payload byte both ways, and waits for replies without polling (a
+condition variable woken by the transport thread). Everything a device sends passes
+`federation.replies` first; a malformed, stale or foreign reply becomes a Flower error reply (a
+failure in the strategy's count, with its reason in the round ledger), never an exception that
+ends the run. Replies that arrive after their phase returned are discarded and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from federation import flower_compat
+from federation.flower_compat import Run
+from federation.ledger import RoundLedger
+from federation.replies import DENSE, TOP_P, RejectedReply, check_metrics, check_train_arrays, outlier_indices
+from federation.transport import Codec, CodecError, TaskSpec, Transport, WireReply
+
+log = logging.getLogger(__name__)
+
+DeviceFilter = Callable[[str], bool]
+
+# Error codes of the error replies the Grid makes up (Flower's Error.code is an int).
+ERR_DEVICE, ERR_REJECTED = 1, 2
+
+
+def node_id_for(device_id: str) -> int:
+    """A stable positive int64 node id for `device_id` (> 1: node 1 is the server in Flower)."""
+    raw = int.from_bytes(hashlib.sha256(device_id.encode()).digest()[:8], "big") & (2**63 - 1)
+    return raw if raw > 1 else raw + 2
+
+
+@dataclass
+class _Inflight:
+    message: Message
+    device_id: str
+    server_round: int
+    phase: str
+    sent_arrays: dict[str, np.ndarray]
+    encoding: str
+
+
+class FleetGrid(Grid):
+    """Flower Grid over a `Transport` + `Codec`.
+
+    Parameters
+    ----------
+    transport : Transport
+        Moves bytes; reports which devices are present.
+    codec : Codec
+        The devices' wire format.
+    run_id : str
+        Written into every task; a reply naming another run is rejected.
+    allow : collection of str or callable, optional
+        Only these devices (or those for which the predicate is true) become nodes; this is how
+        registry matchmaking restricts a run to devices that can run the model.
+    norm_factor : float, default=10.0
+        A train update whose L2 norm exceeds `norm_factor` × the round's median is rejected.
+    """
+
+    def __init__(self, transport: Transport, codec: Codec, *, run_id: str,
+                 allow: Collection[str] | DeviceFilter | None = None, norm_factor: float = 10.0) -> None:
+        self.transport = transport
+        self.codec = codec
+        self.run_id = run_id
+        self.norm_factor = float(norm_factor)
+        self.ledger = RoundLedger()
+        if allow is None or callable(allow):
+            self._allow: DeviceFilter | None = allow  # type: ignore[assignment]
+        else:
+            allowed = frozenset(allow)
+            self._allow = allowed.__contains__
+        self._cv = threading.Condition()
+        self._inflight: dict[str, _Inflight] = {}
+        self._replies: dict[str, Message] = {}
+        self._devices_by_node: dict[int, str] = {}
+        self._current_round = 0
+        self._run: Run = flower_compat.empty_run(_numeric_run_id(run_id))
+        self.transport.start(self._on_payload)
+
+    # -- Flower Grid interface ----------------------------------------------------------------
+    def set_run(self, run: Run) -> None:
+        """Remember the Flower `Run` (only its id is used outside Flower's runtime)."""
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        """The Flower `Run` this grid serves."""
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        """Build an instruction (Flower deprecated this in favour of `Message(...)`; kept for the ABC)."""
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> list[int]:
+        """Node ids of the allowed devices that are present now, sorted (so seeded sampling repeats)."""
+        ids = []
+        for device_id in self.transport.present_devices():
+            if self._allow is not None and not self._allow(device_id):
+                continue
+            nid = node_id_for(device_id)
+            self._devices_by_node[nid] = device_id
+            ids.append(nid)
+        return sorted(ids)
+
+    def device_id(self, node_id: int) -> str:
+        """The device behind `node_id` (as seen by `get_node_ids`)."""
+        return self._devices_by_node[node_id]
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Encode and send each message; return their new message ids."""
+        ids: list[str] = []
+        for msg in messages:
+            mid = uuid.uuid4().hex
+            flower_compat.set_message_id(msg, mid)
+            ids.append(mid)
+            self._send(mid, msg)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        """Replies that have arrived for `message_ids` (each is returned once)."""
+        with self._cv:
+            return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        """Send, wait for all replies or `timeout`, reject outliers; late replies are dropped afterwards."""
+        t0 = time.monotonic()
+        messages = list(messages)
+        ids = self.push_messages(messages)
+        pending = set(ids)
+        got: list[Message] = []
+        deadline = None if timeout is None else t0 + timeout
+        with self._cv:
+            while pending:
+                arrived = [self._replies.pop(i) for i in list(pending) if i in self._replies]
+                got += arrived
+                pending -= {r.metadata.reply_to_message_id for r in arrived}
+                left = None if deadline is None else deadline - time.monotonic()
+                if not pending or (left is not None and left <= 0):
+                    break
+                self._cv.wait(left)
+            missing = [self._inflight.pop(i) for i in pending if i in self._inflight]
+            for i in ids:
+                self._inflight.pop(i, None)
+        for m in missing:
+            self.ledger.add(m.server_round, m.phase, missing=1)
+            log.info("round %d %s: no reply from %s within %.1f s", m.server_round, m.phase, m.device_id,
+                     timeout or 0.0)
+        got = self._reject_outliers(got, dict(zip(ids, messages, strict=True)))
+        got = _harmonize_metrics(got)
+        if messages:
+            rnd, phase = self._round_phase(messages[0])
+            self.ledger.add(rnd, phase, seconds=time.monotonic() - t0)
+        return got
+
+    # -- sending --------------------------------------------------------------------------------
+    def _round_phase(self, msg: Message) -> tuple[int, str]:
+        cfg = _first(msg.content.config_records)
+        rnd = int(cfg.get("server-round", self._current_round)) if cfg is not None else self._current_round
+        phase = "train" if msg.metadata.message_type.startswith(MessageType.TRAIN) else "evaluate"
+        return rnd, phase
+
+    def _send(self, mid: str, msg: Message) -> None:
+        rnd, phase = self._round_phase(msg)
+        self._current_round = max(self._current_round, rnd)
+        device_id = self._devices_by_node.get(msg.metadata.dst_node_id)
+        arrays_rec = _first(msg.content.array_records)
+        arrays = {k: v.numpy() for k, v in arrays_rec.items()} if arrays_rec is not None else {}
+        cfg_rec = _first(msg.content.config_records)
+        config = dict(cfg_rec) if cfg_rec is not None else {}
+        encoding = TOP_P if "top-p" in config else DENSE
+        inflight = _Inflight(msg, device_id or "?", rnd, phase, arrays, encoding)
+        if device_id is None:  # a node id we never announced: answer with an error, do not crash
+            with self._cv:
+                self._inflight[mid] = inflight
+            self._deliver_error(mid, ERR_REJECTED, "unknown-node", f"node {msg.metadata.dst_node_id} is not a device")
+            return
+        task = TaskSpec(mid, self.run_id, rnd, phase, config, arrays)
+        payload = self.codec.encode_task(task)
+        with self._cv:
+            self._inflight[mid] = inflight
+        self.ledger.add(rnd, phase, sent=1, bytes_down=len(payload))
+        self.transport.send(device_id, payload)
+
+    # -- receiving (transport thread) ----------------------------------------------------------
+    def _on_payload(self, device_id: str, payload: bytes) -> None:
+        try:
+            reply = self.codec.decode_reply(payload)
+        except CodecError as exc:
+            self._on_undecodable(device_id, payload, exc)
+            return
+        with self._cv:
+            inflight = self._inflight.get(reply.correlation_id)
+        if inflight is None:
+            self.ledger.discard(self._current_round, "late-or-unknown", len(payload))
+            log.info("discarded a result from %s for unknown or expired request %s", device_id,
+                     reply.correlation_id[:12])
+            return
+        self.ledger.add(inflight.server_round, inflight.phase, bytes_up=len(payload))
+        if device_id != inflight.device_id:
+            self._reject(reply.correlation_id, inflight, "wrong-device",
+                         f"reply from {device_id} to a request sent to {inflight.device_id}")
+            return
+        if reply.run_id != self.run_id:
+            self._reject(reply.correlation_id, inflight, "unknown-run", f"run {reply.run_id!r} is not {self.run_id!r}")
+            return
+        if reply.server_round != inflight.server_round:
+            self._reject(reply.correlation_id, inflight, "stale-round",
+                         f"reply for round {reply.server_round} in round {inflight.server_round}")
+            return
+        if reply.error is not None:
+            code, reason = reply.error
+            self.ledger.reject(inflight.server_round, inflight.phase, f"device-error:{code}")
+            self._deliver(reply.correlation_id,
+                          Message(Error(ERR_DEVICE, f"{device_id}: {code}: {reason}"), reply_to=inflight.message))
+            return
+        try:
+            message = self._build_reply(reply, inflight)
+        except RejectedReply as exc:
+            self._reject(reply.correlation_id, inflight, exc.reason, exc.detail)
+            return
+        self.ledger.add(inflight.server_round, inflight.phase, replies=1)
+        self._deliver(reply.correlation_id, message)
+
+    def _on_undecodable(self, device_id: str, payload: bytes, exc: CodecError) -> None:
+        mid = exc.correlation_id
+        with self._cv:
+            inflight = self._inflight.get(mid) if mid else None
+        if inflight is None:
+            self.ledger.discard(self._current_round, "undecodable", len(payload))
+            log.info("discarded an undecodable result from %s: %s", device_id, exc)
+            return
+        self.ledger.add(inflight.server_round, inflight.phase, bytes_up=len(payload))
+        self._reject(mid, inflight, "malformed", str(exc))  # type: ignore[arg-type]
+
+    def _build_reply(self, reply: WireReply, inflight: _Inflight) -> Message:
+        metrics = check_metrics(reply.metrics, phase=inflight.phase)
+        content = RecordDict()
+        if inflight.phase == "train":
+            arrays, norm = check_train_arrays(reply.arrays, inflight.sent_arrays, inflight.encoding)
+            content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+            metrics["update-norm"] = norm
+        content["metrics"] = MetricRecord(metrics)
+        return Message(content, reply_to=inflight.message)
+
+    def _reject(self, mid: str, inflight: _Inflight, reason: str, detail: str) -> None:
+        self.ledger.reject(inflight.server_round, inflight.phase, reason)
+        log.info("round %d %s: rejected reply of %s (%s: %s)", inflight.server_round, inflight.phase,
+                 inflight.device_id, reason, detail)
+        self._deliver(mid, Message(Error(ERR_REJECTED, f"{inflight.device_id}: {reason}: {detail}"),
+                                   reply_to=inflight.message))
+
+    def _deliver_error(self, mid: str, code: int, reason: str, detail: str) -> None:
+        with self._cv:
+            inflight = self._inflight.get(mid)
+        if inflight is not None:
+            self._reject(mid, inflight, reason, detail)
+
+    def _deliver(self, mid: str, message: Message) -> None:
+        with self._cv:
+            if mid not in self._inflight or mid in self._replies:  # expired meanwhile, or a QoS-1 duplicate
+                return
+            self._replies[mid] = message
+            self._cv.notify_all()
+
+    def _reject_outliers(self, replies: list[Message], requests: dict[str, Message]) -> list[Message]:
+        """Turn train replies whose update norm is absurd relative to the round's median into errors."""
+        ok = [(i, r) for i, r in enumerate(replies)
+              if not r.has_error() and "update-norm" in (_first(r.content.metric_records) or {})]
+        norms = [float(_first(r.content.metric_records)["update-norm"]) for _, r in ok]  # type: ignore[index]
+        bad = outlier_indices(norms, factor=self.norm_factor)
+        if not bad:
+            return replies
+        med = float(np.median(norms))
+        out = list(replies)
+        for j in bad:
+            i, r = ok[j]
+            request = requests[r.metadata.reply_to_message_id]
+            rnd, phase = self._round_phase(request)
+            device = self._devices_by_node.get(r.metadata.src_node_id, "?")
+            self.ledger.add(rnd, phase, replies=-1)
+            self.ledger.reject(rnd, phase, "absurd-norm")
+            out[i] = Message(Error(ERR_REJECTED, f"{device}: absurd-norm: update norm {norms[j]:.3g} > "
+                                                 f"{self.norm_factor:g} x median {med:.3g}"), reply_to=request)
+        return out
+
+
+def _first(records: dict) -> object | None:  # type: ignore[type-arg]
+    return next(iter(records.values()), None) if records else None
+
+
+def _harmonize_metrics(replies: list[Message]) -> list[Message]:
+    """Keep only metric keys every valid reply has: Flower aborts the run on differing key sets."""
+    valid = [r for r in replies if not r.has_error()]
+    if len(valid) < 2:
+        return replies
+    common = set.intersection(*(set(_first(r.content.metric_records) or {}) for r in valid))  # type: ignore[arg-type]
+    for r in valid:
+        rec = _first(r.content.metric_records)
+        for key in [k for k in rec if k not in common]:  # type: ignore[union-attr]
+            del rec[key]  # type: ignore[union-attr]
+    return replies
+
+
+def _numeric_run_id(run_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:8], "big") & (2**63 - 1)
+
+
+__all__ = ["FleetGrid", "node_id_for"]

@@ -1,0 +1,8 @@
+"""Flower strategies for federated meta-learning; stock `FedAvg` is the baseline."""
+
+from flwr.serverapp.strategy import FedAvg
+
+from federation.strategies.reptile import Reptile
+from federation.strategies.tinymetafed import TinyMetaFed
+
+__all__ = ["FedAvg", "Reptile", "TinyMetaFed"]

@@ -1,0 +1,44 @@
+"""sklearn-style checks of strategy parameters, called at the end of each `__init__`.
+
+A wrong value must fail when the strategy is built, not rounds later on a device; the message
+names the parameter, the class and the allowed range in one template.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+
+def check_real(owner: object, name: str, value: object, low: float, high: float, *,
+               closed: str = "both") -> None:
+    """Require a real `value` in the interval (`closed`: "both", "left", "right", "neither")."""
+    left = "[" if closed in ("both", "left") else "("
+    right = "]" if closed in ("both", "right") else ")"
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = (v >= low if left == "[" else v > low) and (v <= high if right == "]" else v < high)
+    if not ok:
+        raise _error(owner, name, f"a float in the range {left}{_fmt(low)}, {_fmt(high)}{right}", value)
+
+
+def check_int(owner: object, name: str, value: object, low: int, high: int | None = None) -> None:
+    """Require an integer `value` >= `low` (and <= `high`)."""
+    ok = isinstance(value, Integral) and not isinstance(value, bool) and int(value) >= low
+    if ok and high is not None:
+        ok = int(value) <= high  # type: ignore[arg-type]
+    if not ok:
+        rng = f"an int in the range [{low}, {high}]" if high is not None else f"an int >= {low}"
+        raise _error(owner, name, rng, value)
+
+
+def _fmt(x: float) -> str:
+    return "inf" if math.isinf(x) else f"{x:g}"
+
+
+def _error(owner: object, name: str, constraint: str, value: object) -> Exception:
+    from federation.exceptions import StrategyParameterError
+
+    return StrategyParameterError(
+        f"The {name!r} parameter of {type(owner).__name__} must be {constraint}. Got {value!r} instead.")

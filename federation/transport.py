@@ -1,0 +1,84 @@
+"""What the Grid needs from a transport, and what it hands back.
+
+The Grid speaks Flower `Message`s upwards and bytes downwards; a transport only moves bytes to and
+from device ids and knows who is present. Two transports exist: `federation.mqtt_transport`
+(real Mosquitto, real device agents) and `federation.memory` (in-process, for unit tests of the
+strategies). Both go through the same codec, so byte counts and validation are the same.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PayloadHandler = Callable[[str, bytes], None]
+"""Called by the transport (from its own thread) with (device id, raw payload) of every result."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One instruction to one device, before encoding."""
+
+    message_id: str
+    run_id: str
+    server_round: int
+    task_type: str  # "train" or "evaluate"
+    config: Mapping[str, Any]
+    arrays: Mapping[str, np.ndarray]
+
+
+@dataclass
+class WireReply:
+    """A decoded device result (the codec has checked framing, version and tensor encoding)."""
+
+    correlation_id: str
+    run_id: str
+    server_round: int
+    device_id: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    error: tuple[str, str] | None = None  # (code, reason) when the device reports a failure
+
+
+class CodecError(ValueError):
+    """A payload that cannot be decoded; `correlation_id` is set when the header was readable."""
+
+    def __init__(self, message: str, correlation_id: str | None = None) -> None:
+        super().__init__(message)
+        self.correlation_id = correlation_id
+
+
+class Codec(ABC):
+    """Turns `TaskSpec`s into bytes and device results back into `WireReply`s."""
+
+    @abstractmethod
+    def encode_task(self, task: TaskSpec) -> bytes:
+        """Serialize one task."""
+
+    @abstractmethod
+    def decode_reply(self, payload: bytes) -> WireReply:
+        """Parse one result; raise `CodecError` for anything malformed."""
+
+
+class Transport(ABC):
+    """Moves payloads between the server and devices; reports presence."""
+
+    @abstractmethod
+    def start(self, on_payload: PayloadHandler) -> None:
+        """Begin delivering results to `on_payload` (from any thread)."""
+
+    @abstractmethod
+    def present_devices(self) -> list[str]:
+        """Device ids that are online now."""
+
+    @abstractmethod
+    def send(self, device_id: str, payload: bytes) -> None:
+        """Deliver one task payload to `device_id` (fire and forget)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop delivering and release connections."""
