@@ -41,9 +41,12 @@ def reptile_update(theta: Sequence[np.ndarray], phis: Sequence[Sequence[np.ndarr
 
 
 def linear_epsilon(server_round: int, num_rounds: int, *, epsilon: float, epsilon_floor: float) -> float:
-    """ε for `server_round` (1-based), falling linearly from `epsilon` to `epsilon_floor` at the last round."""
-    if num_rounds <= 1:
-        return float(epsilon)
-    frac = (server_round - 1) / (num_rounds - 1)
+    """ε for `server_round` (1-based): Reptile's ε·(1 − i/n) schedule, generalized to end at a floor.
+
+    ε falls linearly from `epsilon` at round 1 toward `epsilon_floor`, which it would reach one
+    round after the last, so the last round still moves the parameters (a schedule that hits 0 at
+    the last round wastes it).
+    """
+    frac = (server_round - 1) / max(num_rounds, 1)
     frac = min(max(frac, 0.0), 1.0)
     return float(epsilon + (epsilon_floor - epsilon) * frac)

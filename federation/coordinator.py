@@ -1,0 +1,325 @@
+"""Run coordination: quorum, per-round sampling and deadlines, metrics, checkpoints, resume.
+
+`Strategy.start` runs all rounds in one call and always begins at round 1, so it can neither
+checkpoint between rounds nor continue a killed run at round k + 1. The coordinator therefore
+drives the same four public hooks in the same order as flwr 1.41's `Strategy.start`
+(configure_train → send_and_receive → aggregate_train → configure_evaluate → send_and_receive →
+aggregate_evaluate) with these additions:
+
+* quorum: waits (with a deadline) for the expected devices before round 1, because FedAvg's own
+  wait has none and samples before it waits;
+* determinism: sampling draws from a per-round seed taken from a checkpointed numpy generator,
+  and replies are sorted by node id before aggregation (float sums depend on order), so a resumed
+  run ends with the same parameters as an uninterrupted one;
+* robustness: a round with fewer than `min_replies` valid replies keeps the old parameters, and a
+  strategy that rejects the replies (`InconsistentMessageReplies`) fails the round, not the run;
+* after every round: one JSONL metrics line and an atomic checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp.exception import InconsistentMessageReplies
+from flwr.serverapp.strategy import FedAvg
+
+from federation import flower_compat
+from federation.checkpoint import load_checkpoint, save_checkpoint
+from federation.exceptions import CheckpointError, QuorumError
+from federation.grid import FleetGrid
+from federation.strategies.registry import build_strategy
+
+log = logging.getLogger(__name__)
+
+RUN_FILE, CHECKPOINT_FILE, METRICS_FILE, FINAL_FILE = "run.json", "checkpoint.npz", "metrics.jsonl", "final.npz"
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to start or resume a run; persisted as ``run.json`` in the run directory."""
+
+    run_id: str
+    task: str
+    strategy: str
+    rounds: int
+    seed: int = 0
+    local_steps: int = 5
+    lr: float = 0.01
+    strategy_params: dict[str, Any] = field(default_factory=dict)
+    round_timeout: float = 30.0
+    min_replies: int = 1
+    quorum: int = 1
+    quorum_timeout: float = 30.0
+    fleet: str = "default"
+    broker: str | None = None
+    simulate: int = 0
+    samples_per_device: int = 64
+
+    def save(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_FILE).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunConfig:
+        path = Path(run_dir) / RUN_FILE
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data)
+        except FileNotFoundError:
+            raise CheckpointError(f"{run_dir}: not a federated run directory (no {RUN_FILE})") from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: unreadable run description ({exc})") from None
+
+
+def arrays_sha256(arrays: ArrayRecord | dict[str, np.ndarray]) -> str:
+    """Digest of parameters (names, dtypes, shapes, bytes) to compare runs exactly."""
+    h = hashlib.sha256()
+    items = arrays.items()
+    for k, v in sorted(items):
+        a = np.ascontiguousarray(v.numpy() if isinstance(v, Array) else v)
+        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def wait_for_quorum(grid: FleetGrid, n: int, timeout: float, *, poll: float = 0.05) -> list[int]:
+    """Block until `n` allowed devices are present; raise `QuorumError` naming how many came."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = grid.get_node_ids()
+        if len(nodes) >= n:
+            return nodes
+        if time.monotonic() >= deadline:
+            raise QuorumError(f"only {len(nodes)} of the {n} required devices came online within {timeout:g} s "
+                              f"(fleet devices present: {len(grid.transport.present_devices())})")
+        time.sleep(poll)
+
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+class Coordinator:
+    """Drive one federated run in `run_dir` over `grid`.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The run's settings (written to ``run.json`` on a fresh start).
+    grid : FleetGrid
+        Where the devices are.
+    run_dir : Path
+        Receives ``run.json``, ``checkpoint.npz`` (after every round), ``metrics.jsonl`` and
+        ``final.npz``.
+    on_round : callable, optional
+        Called with each round's metrics dict (progress bars).
+    """
+
+    def __init__(self, config: RunConfig, grid: FleetGrid, run_dir: Path, *,
+                 on_round: RoundCallback | None = None) -> None:
+        self.config = config
+        self.grid = grid
+        self.run_dir = Path(run_dir)
+        self.on_round = on_round
+        self.strategy: FedAvg = build_strategy(config.strategy, self._strategy_params(), num_rounds=config.rounds)
+        flower_compat.init_task_identity(grid.run.run_id)
+
+    def _strategy_params(self) -> dict[str, Any]:
+        params = dict(self.config.strategy_params)
+        if self.config.strategy != "fedavg":
+            params.setdefault("local_steps", self.config.local_steps)
+            params.setdefault("local_lr", self.config.lr)
+        return params
+
+    # -- entry points ------------------------------------------------------------------------
+    def start(self, initial: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Fresh run from `initial` parameters."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config.save(self.run_dir)
+        (self.run_dir / METRICS_FILE).write_text("")
+        rng = np.random.default_rng(self.config.seed)
+        return self._loop(initial, 1, rng, history=[])
+
+    def resume(self) -> dict[str, Any]:
+        """Continue after the last checkpointed round (metrics lines of later, lost rounds are dropped)."""
+        arrays, meta = load_checkpoint(self.run_dir / CHECKPOINT_FILE)
+        if meta.get("run_id") != self.config.run_id:
+            raise CheckpointError(f"{self.run_dir / CHECKPOINT_FILE}: belongs to run {meta.get('run_id')!r}, "
+                                  f"not {self.config.run_id!r}")
+        done = int(meta["round"])
+        rng = np.random.default_rng()
+        rng.bit_generator.state = meta["rng_state"]
+        history = [r for r in _read_metrics(self.run_dir / METRICS_FILE) if r.get("round", 0) <= done]
+        _write_metrics(self.run_dir / METRICS_FILE, history)
+        return self._loop(arrays, done + 1, rng, history=history)
+
+    # -- the round loop --------------------------------------------------------------------------
+    def _loop(self, arrays_np: dict[str, np.ndarray], first: int, rng: np.random.Generator,
+              history: list[dict[str, Any]]) -> dict[str, Any]:
+        cfg = self.config
+        wait_for_quorum(self.grid, cfg.quorum, cfg.quorum_timeout)
+        arrays = to_record(arrays_np)
+        for rnd in range(first, cfg.rounds + 1):
+            t0 = time.monotonic()
+            round_seed = int(rng.integers(2**63))
+            record: dict[str, Any] = {"round": rnd}
+            self._require_nodes(cfg.quorum_timeout)
+            train_cfg = ConfigRecord({"local-steps": cfg.local_steps, "lr": cfg.lr, "seed": cfg.seed})
+            msgs = self._sampled(lambda: self.strategy.configure_train(rnd, arrays, train_cfg, self.grid), round_seed)
+            replies = self._sorted(self.grid.send_and_receive(messages=msgs, timeout=cfg.round_timeout))
+            new_arrays, train_metrics, note = self._aggregate_train(rnd, replies)
+            if new_arrays is not None:
+                arrays = new_arrays
+            record.update(_metric_fields("train", train_metrics))
+            if note:
+                record["skipped"] = note
+            eval_cfg = ConfigRecord({"seed": cfg.seed})
+            emsgs = self._sampled(lambda: self.strategy.configure_evaluate(rnd, arrays, eval_cfg, self.grid),
+                                  round_seed + 1)
+            ereplies = self._sorted(self.grid.send_and_receive(messages=emsgs, timeout=cfg.round_timeout))
+            record.update(_metric_fields("eval", self._aggregate_evaluate(rnd, ereplies)))
+            record.update(self._ledger_fields(rnd))
+            loss = record.get("eval_loss", record.get("train_loss"))
+            if loss is not None:
+                record["loss"] = loss
+            record["seconds"] = round(time.monotonic() - t0, 4)
+            record["params_sha256"] = arrays_sha256(arrays)
+            history.append(record)
+            _append_metrics(self.run_dir / METRICS_FILE, record)
+            save_checkpoint(self.run_dir / CHECKPOINT_FILE, arrays=to_numpy(arrays),
+                            state={"run_id": cfg.run_id, "round": rnd, "rng_state": rng.bit_generator.state,
+                                   "strategy": cfg.strategy, "strategy_params": self._strategy_params()})
+            log.info("round %d/%d: %s", rnd, cfg.rounds, record)
+            if self.on_round is not None:
+                self.on_round(record)
+        final = to_numpy(arrays)
+        save_checkpoint(self.run_dir / FINAL_FILE, arrays=final, state={"run_id": cfg.run_id, "round": cfg.rounds})
+        return {"run_id": cfg.run_id, "rounds": history, "final_sha256": arrays_sha256(final),
+                "run_dir": str(self.run_dir), "final": final}
+
+    def _require_nodes(self, timeout: float) -> None:
+        """FedAvg's sampler would wait forever for a node; fail with a clear error instead."""
+        wait_for_quorum(self.grid, 1, timeout)
+
+    @staticmethod
+    def _sampled(configure: Callable[[], Iterable[Message]], seed: int) -> list[Message]:
+        """Run a configure hook with Python's `random` (FedAvg samples with it) seeded for this round."""
+        saved = random.getstate()
+        random.seed(seed)
+        try:
+            return list(configure())
+        finally:
+            random.setstate(saved)
+
+    @staticmethod
+    def _sorted(replies: Iterable[Message]) -> list[Message]:
+        return sorted(replies, key=lambda m: m.metadata.src_node_id)
+
+    def _valid_count(self, replies: list[Message]) -> int:
+        return sum(1 for r in replies if not r.has_error())
+
+    def _aggregate_train(self, rnd: int, replies: list[Message]
+                         ) -> tuple[ArrayRecord | None, MetricRecord | None, str | None]:
+        n_ok = self._valid_count(replies)
+        if n_ok < self.config.min_replies:
+            return None, None, f"{n_ok} valid replies < min_replies {self.config.min_replies}"
+        try:
+            arrays, metrics = self.strategy.aggregate_train(rnd, replies)
+        except InconsistentMessageReplies as exc:
+            return None, None, f"strategy rejected the replies: {exc}"
+        return arrays, metrics, None
+
+    def _aggregate_evaluate(self, rnd: int, replies: list[Message]) -> MetricRecord | None:
+        if self._valid_count(replies) == 0:
+            return None
+        try:
+            return self.strategy.aggregate_evaluate(rnd, replies)
+        except InconsistentMessageReplies:
+            return None
+
+    def _ledger_fields(self, rnd: int) -> dict[str, Any]:
+        s = self.grid.ledger.round_summary(rnd)
+        phases = s["phases"]
+        tr, ev = phases.get("train", {}), phases.get("evaluate", {})
+        reasons: dict[str, int] = {}
+        for p in phases.values():
+            for k, v in p.get("reasons", {}).items():
+                reasons[k] = reasons.get(k, 0) + v
+        return {"sampled": tr.get("sent", 0), "replies": tr.get("replies", 0), "failures": tr.get("failures", 0),
+                "missing": tr.get("missing", 0), "eval_replies": ev.get("replies", 0),
+                "eval_failures": ev.get("failures", 0), "discarded": phases.get("discarded", {}).get("replies", 0),
+                "bytes_up": s["bytes_up"], "bytes_down": s["bytes_down"],
+                "bytes_up_train": tr.get("bytes_up", 0), "bytes_down_train": tr.get("bytes_down", 0),
+                "reasons": reasons}
+
+
+def _metric_fields(prefix: str, metrics: MetricRecord | None) -> dict[str, Any]:
+    if metrics is None:
+        return {}
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)):
+            name = k.replace("-", "_")
+            out[name if name.startswith(prefix + "_") else f"{prefix}_{name}"] = v
+    return out
+
+
+def _append_metrics(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    out = []
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line torn by a kill mid-write
+            continue
+    return out
+
+
+def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """What `tinyfleet federate status` shows: settings, rounds done, last metrics, finished or not."""
+    run_dir = Path(run_dir)
+    config = RunConfig.load(run_dir)
+    rounds = _read_metrics(run_dir / METRICS_FILE)
+    done = 0
+    if (run_dir / CHECKPOINT_FILE).is_file():
+        _, meta = load_checkpoint(run_dir / CHECKPOINT_FILE)
+        done = int(meta.get("round", 0))
+    finished = (run_dir / FINAL_FILE).is_file()
+    out: dict[str, Any] = {"run_id": config.run_id, "run_dir": str(run_dir), "task": config.task,
+                           "strategy": config.strategy, "rounds": config.rounds, "rounds_done": done,
+                           "state": "finished" if finished else ("interrupted" if done else "not-started"),
+                           "last": rounds[-1] if rounds else None}
+    if finished:
+        final, _ = load_checkpoint(run_dir / FINAL_FILE)
+        out["final_sha256"] = arrays_sha256(final)
+    return out
