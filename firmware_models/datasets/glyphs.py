@@ -85,7 +85,7 @@ class WriterStyle:
     scale: float
     aspect: float
     elastic: float         # amplitude (canvas px) of the personal deformation per character
-    jitter: float          # per-sample variation, as a fraction of the above
+    jitter: float          # how much two drawings of one character by this writer differ
     noise: float           # additive Gaussian noise sigma on the 28x28 image
     ink: float             # stroke darkness in (0, 1]
 
@@ -210,7 +210,7 @@ def writer_style(writer: int, seed: int = 0) -> WriterStyle:
         scale=float(rng.uniform(0.78, 1.08)),
         aspect=float(rng.uniform(0.85, 1.15)),
         elastic=float(rng.uniform(1.5, 4.0)),
-        jitter=float(rng.uniform(0.2, 0.5)),
+        jitter=float(rng.uniform(0.6, 1.0)),
         noise=float(rng.uniform(0.0, 0.08)),
         ink=float(rng.uniform(0.7, 1.0)),
     )
@@ -249,23 +249,25 @@ def render(glyph: GlyphClass, style: WriterStyle, *, sample: int = 0, seed: int 
     The writer's personal deformation of this character is fixed by (seed, writer, character);
     `sample` adds the small variation between two drawings by the same hand.
     """
-    master = _master(glyph, style.stroke)
-    if master is None:
-        raise DatasetError(f"{glyph.name}: glyph does not render from {glyph.font}")
     personal = np.random.default_rng([seed, style.writer, ord(glyph.char), 1])
     rng = np.random.default_rng([seed, style.writer, ord(glyph.char), 2, sample])
+    stroke = int(np.clip(style.stroke + rng.integers(-1, 2), 0, 3))      # pen pressure varies per drawing
+    master = _master(glyph, stroke)
+    if master is None:
+        raise DatasetError(f"{glyph.name}: glyph does not render from {glyph.font}")
     j = style.jitter
-    angle = np.deg2rad(style.rotation + personal.normal(0, 4.0) + rng.normal(0, 4.0 * j))
-    scale = style.scale * (1 + rng.normal(0, 0.05 * j))
-    shear = style.slant + rng.normal(0, 0.08 * j)
+    angle = np.deg2rad(style.rotation + personal.normal(0, 4.0) + rng.normal(0, 10.0 * j))
+    scale = style.scale * (1 + rng.normal(0, 0.12 * j))
+    shear = style.slant + rng.normal(0, 0.2 * j)
+    aspect = style.aspect * (1 + rng.normal(0, 0.1 * j))
     fwd = (np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
            @ np.array([[1.0, shear], [0.0, 1.0]])
-           @ np.diag([scale * style.aspect, scale / style.aspect]))
+           @ np.diag([scale * aspect, scale / aspect]))
     inv = np.linalg.inv(fwd)
-    shift = rng.normal(0, 2.0 * j + 0.5, size=2)
+    shift = rng.normal(0, 3.0 * j + 0.5, size=2)
     matrix = np.array([[inv[0, 0], inv[0, 1], -shift[0]], [inv[1, 0], inv[1, 1], -shift[1]]])
     pdx, pdy = _smooth_field(personal, style.elastic)
-    jdx, jdy = _smooth_field(rng, style.elastic * j)
+    jdx, jdy = _smooth_field(rng, style.elastic * (0.5 + j))
     warped = _warp(master, matrix, pdx + jdx, pdy + jdy)
     img = _to_28(warped) * style.ink
     img += rng.normal(0.0, style.noise, img.shape).astype(np.float32)
