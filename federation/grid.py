@@ -183,7 +183,7 @@ class FleetGrid(Grid):
         cfg_rec = _first(msg.content.config_records)
         config = dict(cfg_rec) if cfg_rec is not None else {}
         encoding = TOP_P if "top-p" in config else DENSE
-        inflight = _Inflight(msg, device_id or "?", rnd, phase, arrays, encoding)
+        inflight = _Inflight(msg, device_id or "?", rnd, phase, _expected_reply(arrays, config), encoding)
         if device_id is None:  # a node id we never announced: answer with an error, do not crash
             with self._cv:
                 self._inflight[mid] = inflight
@@ -297,6 +297,13 @@ class FleetGrid(Grid):
             out[i] = Message(Error(ERR_REJECTED, f"{device}: absurd-norm: update norm {norms[j]:.3g} > "
                                                  f"{self.norm_factor:g} x median {med:.3g}"), reply_to=request)
         return out
+
+
+def _expected_reply(sent: dict[str, np.ndarray], config: dict[str, object]) -> dict[str, np.ndarray]:
+    """The arrays a train reply must answer: all that were sent except the device's local layers."""
+    local = config.get("local-layers") or []
+    keep = {f"{p}{i}" for i in local if isinstance(i, int) for p in ("w", "b")}  # type: ignore[union-attr]
+    return {k: v for k, v in sent.items() if k not in keep}
 
 
 def _first(records: dict) -> object | None:  # type: ignore[type-arg]

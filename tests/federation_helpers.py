@@ -47,6 +47,7 @@ class QuadraticDevice:
         self.num_examples = num_examples
         self.sabotage = sabotage
         self.seen_keys: list[list[str]] = []
+        self.sent_keys: list[list[str]] = []
 
     def __call__(self, payload: bytes) -> bytes | None:
         frame = protocol.decode_frame(payload)
@@ -58,18 +59,21 @@ class QuadraticDevice:
             return protocol.encode_result(hdr, device=self.device_id,
                                           metrics={"num-examples": self.num_examples, "loss": loss})
         steps, lr = int(cfg["local-steps"]), float(cfg["lr"])
-        for layer in cfg.get("local-layers", []):
-            for k in (f"w{layer}", f"b{layer}"):
-                self.local.setdefault(k, np.zeros(SHAPES[k], np.float32))
-                self.local[k] = adapted(self.local[k], self.center[k], int(cfg.get("reconstruct-steps", 0)), lr)
+        local_keys = {f"{p}{layer}" for layer in cfg.get("local-layers", []) for p in ("w", "b")}
+        for k in local_keys:  # partial local reconstruction, as devices.agent does it
+            start = self.local.get(k, arrays[k])
+            self.local[k] = adapted(start, self.center[k], int(cfg.get("reconstruct-steps", 0)), lr)
         tensors: list = []
         for k, theta in arrays.items():
+            if k in local_keys:
+                continue
             phi = adapted(theta, self.center[k], steps, lr)
             if "top-p" in cfg:
                 idx, val = top_p_encode(phi - theta, float(cfg["top-p"]))
                 tensors.append((k, protocol.SparseTensor(idx, val, theta.shape)))
             else:
                 tensors.append((k, phi))
+        self.sent_keys.append(sorted(k for k, _ in tensors))
         if self.sabotage is not None:
             out = self.sabotage(hdr, tensors)
             if out is None:

@@ -103,10 +103,11 @@ def test_tinymetafed_keeps_local_layers_on_device_and_counts_sparse_bytes() -> N
     out = start(TinyMetaFed(top_p=top_p, local_layers=(-1,), reconstruct_steps=2, epsilon=0.5, epsilon_floor=0.5,
                             num_rounds=1, local_steps=STEPS, local_lr=LR, min_available_nodes=4, min_train_nodes=4),
                 grid)
-    # the last layer never travelled, in either phase
+    # the device's own last layer never travelled upwards
     for d in devs.values():
-        assert d.device.seen_keys and all(keys == ["b0", "w0"] for keys in d.device.seen_keys)
+        assert d.device.sent_keys == [["b0", "w0"]]
         assert set(d.device.local) == {"w1", "b1"}  # ...but was reconstructed locally
+        np.testing.assert_allclose(d.device.local["w1"], adapted(theta["w1"], d.device.center["w1"], 2, LR))
     np.testing.assert_array_equal(out["w1"], theta["w1"])
     np.testing.assert_array_equal(out["b1"], theta["b1"])
     # shared layers: Reptile step over the decoded Top-P updates

@@ -1,10 +1,11 @@
 """TinyMetaFed as a Flower strategy: Reptile + partial local reconstruction + Top-P% uplink.
 
-* Partial local reconstruction: the head's `local_layers` (by default the last one) are never
-  sent. Each device keeps its own copy, re-fits it for ``reconstruct-steps`` SGD steps with the
-  shared layers frozen before training, and never uploads it; the server only meta-learns the
-  shared layers. The task config names the local layers (``local-layers``), and the task carries
-  only the shared arrays, so the local part cannot leave the server either.
+* Partial local reconstruction: the head's `local_layers` (by default the last one) never leave
+  a device. Each device keeps its own copy, re-fits it for ``reconstruct-steps`` SGD steps with
+  the shared layers frozen before training, and uploads only the shared layers; the server only
+  meta-learns those. The task config names the local layers (``local-layers``); the task still
+  carries the server's initial copy of them (protocol v1 tasks carry a whole head), which a
+  device uses only until it has reconstructed its own.
 * Top-P% selective communication: devices upload only the ``ceil(top_p · size)`` largest-magnitude
   entries of φ − θ per shared array, as a sparse tensor; the server rebuilds the dense update with
   `devices.sparse.top_p_decode` (the one implementation of the rule) and applies Reptile's step.
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from devices.sparse import top_p_decode
@@ -46,7 +47,6 @@ class TinyMetaFed(Reptile):
         self.top_p = top_p
         self.local_layers = tuple(local_layers)
         self.reconstruct_steps = reconstruct_steps
-        self._full: ArrayRecord | None = None
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     def _validate_params(self) -> None:
@@ -80,33 +80,27 @@ class TinyMetaFed(Reptile):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """Send only the shared layers; ask for reconstruction and a Top-P sparse reply."""
-        self._full = arrays
-        shared, _, local = self.split_keys(list(arrays.keys()))
+        """Name the local layers; ask for reconstruction and a Top-P sparse reply of the shared ones."""
+        _, _, local = self.split_keys(list(arrays.keys()))
         config["top-p"] = float(self.top_p)
         config["local-layers"] = local
         config["reconstruct-steps"] = self.reconstruct_steps
-        shared_rec = ArrayRecord({k: arrays[k] for k in shared})
-        return super().configure_train(server_round, shared_rec, config, grid)
+        return super().configure_train(server_round, arrays, config, grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """Evaluate with the shared layers; each device completes the head with its own local layers."""
-        shared, _, local = self.split_keys(list(arrays.keys()))
+        """Evaluate the shared layers; each device completes the head with its own local layers."""
+        _, _, local = self.split_keys(list(arrays.keys()))
         config["local-layers"] = local
-        return super().configure_evaluate(server_round, ArrayRecord({k: arrays[k] for k in shared}), config, grid)
-
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Reptile's step on the shared layers; the local layers of the global head stay as initialized."""
-        shared_new, metrics = super().aggregate_train(server_round, replies)
-        if shared_new is None or self._full is None:
-            return None, metrics
-        merged = ArrayRecord({k: (shared_new[k] if k in shared_new else v) for k, v in self._full.items()})
-        return merged, metrics
+        return super().configure_evaluate(server_round, arrays, config, grid)
 
     def adapted_weights(self, reply: Message, keys: list[str], theta: list[np.ndarray]) -> list[np.ndarray]:
-        """φ = θ + decoded Top-P update, per shared array."""
+        """φ = θ + decoded Top-P update for shared arrays; local arrays were not sent, so φ = θ there."""
         rec = next(iter(reply.content.array_records.values()))
-        return [t + top_p_decode(rec[k + IDX_SUFFIX].numpy(), rec[k + VAL_SUFFIX].numpy(), t.shape)
-                for k, t in zip(keys, theta, strict=True)]
+        out = []
+        for k, t in zip(keys, theta, strict=True):
+            if k + IDX_SUFFIX in rec:
+                out.append(t + top_p_decode(rec[k + IDX_SUFFIX].numpy(), rec[k + VAL_SUFFIX].numpy(), t.shape))
+            else:
+                out.append(t)
+        return out
