@@ -12,6 +12,7 @@ vocabulary has none.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from devices.boards import Board
@@ -32,7 +33,7 @@ def device_urn(device_id: str) -> str:
 
 
 def thing_description(*, device_id: str, fleet: str, board: Board, use_case: str, host: str, port: int,
-                      tls: bool = False, authenticated: bool = False,
+                      sensors: Sequence[str] = (), tls: bool = False, authenticated: bool = False,
                       model_sha256: str | None = None) -> dict[str, Any]:
     """Build the TD of one device.
 
@@ -44,6 +45,9 @@ def thing_description(*, device_id: str, fleet: str, board: Board, use_case: str
         Declared RAM/flash/MCU/clock/sensors.
     use_case : str
         The task the device learns (e.g. "sine").
+    sensors : sequence of str, default=()
+        The sensors the use case reads; each becomes an observable property. All sensors of the
+        board are listed under ``tinyfleet:sensors``.
     host, port : str, int
         The broker the device is connected to (``href`` of every form).
     tls : bool, default=False
@@ -78,7 +82,7 @@ def thing_description(*, device_id: str, fleet: str, board: Board, use_case: str
             "description": f"Mean of the latest {kind} sample the learner consumed: field sensors.{kind} "
                            "of the telemetry document.",
             "forms": [sub("telemetry", ["observeproperty"])]}
-        for kind in board.sensors}
+        for kind in sensors}
     security = "basic_sc" if authenticated else "nosec_sc"
     td: dict[str, Any] = {
         "@context": [TD_CONTEXT, {"mqv": MQV_NS, "tinyfleet": TINYFLEET_NS, "sosa": SOSA_NS}],

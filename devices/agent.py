@@ -1,0 +1,419 @@
+"""The MQTT device agent: one device that learns on its own data and answers the server's tasks.
+
+The agent is an `Endpoint` of `devices.mqtt_link.MqttHub`, so the same class runs alone
+(`tinyfleet devices run`) or by the thousand in one process (`devices.simulator`). On connect it
+publishes its retained Thing Description and presence (the Last Will clears presence when the
+link dies); every `telemetry_s` it publishes telemetry; it answers train / evaluate / adapt /
+deploy tasks with exactly one result per correlation id (a duplicate gets the cached reply and is
+never trained twice). Anything malformed (bad frame, wrong version, wrong shape, NaN, oversize)
+costs one log line and an error result, and the agent keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devices.boards import Board
+from devices.deploy import ChunkAssembler, fit_check, install
+from devices.exceptions import DeployError, ModelDoesNotFitError, ProtocolError
+from devices.learner import OnlineLearner
+from devices.mqtt_link import Link
+from devices.protocol import (
+    DEFAULT_MAX_FRAME_BYTES, ConfigKey, ErrorCode, Frame, MessageType, MetricKey, SparseTensor, check_finite,
+    decode_frame, encode_result, frame_header, presence_payload, sha256_hex, telemetry_payload, weight_names)
+from devices.sparse import top_p_encode
+from devices.thing_description import td_payload, thing_description
+from devices.topics import check_name, device_topic
+from firmware_models.exceptions import TinyFleetError
+from firmware_models.usecases.base import DeviceData
+
+log = logging.getLogger("tinyfleet.devices")
+
+
+@dataclass
+class AgentConfig:
+    """How one device behaves.
+
+    Parameters
+    ----------
+    device_id : str
+        MQTT client id, user name and topic level (no ``/ + #``).
+    board : Board
+        Declared RAM/flash; models that do not fit are refused.
+    state_dir : Path
+        Where deployed models live (``backbone.tflite``, ``model.tflite`` and their ``.prev``).
+    fleet : str, default="default"
+    use_case : str, default="sine"
+    sensors : tuple of str, default=()
+        Sensors the use case reads (TD properties, telemetry).
+    telemetry_s : float, default=10.0
+        Telemetry period; 0 disables it.
+    max_task_bytes : int, default=4 MiB
+        Larger task frames are answered with ``too-large``.
+    eval_fraction : float, default=0.2
+        Tail of the local data kept for evaluation (never trained on).
+    reply_cache : int, default=256
+        Replies remembered per device for duplicate correlation ids.
+    drop_prob, latency_s, slow_factor, crash_prob_per_s, crash_down_s :
+        Fault knobs of the simulator: ignore a task, delay each reply, multiply compute time,
+        drop the connection uncleanly (the Will fires) and come back after `crash_down_s`.
+    seed : int, default=0
+    """
+
+    device_id: str
+    board: Board
+    state_dir: Path
+    fleet: str = "default"
+    use_case: str = "sine"
+    sensors: tuple[str, ...] = ()
+    telemetry_s: float = 10.0
+    max_task_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    eval_fraction: float = 0.2
+    reply_cache: int = 256
+    drop_prob: float = 0.0
+    latency_s: float = 0.0
+    slow_factor: float = 1.0
+    crash_prob_per_s: float = 0.0
+    crash_down_s: float = 2.0
+    seed: int = 0
+
+
+class DeviceAgent:
+    """One device: an online learner, its local data, a board profile and the protocol around them.
+
+    Parameters
+    ----------
+    config : AgentConfig
+    learner : OnlineLearner
+        The device's model (frozen backbone + trainable head).
+    data : DeviceData
+        The device's local data (its task); the last `eval_fraction` is held out for evaluation.
+    broker_host, broker_port : str, int
+        Only used for the Thing Description's ``href``.
+    tls, authenticated : bool
+        Also only for the Thing Description.
+    """
+
+    def __init__(self, config: AgentConfig, learner: OnlineLearner, data: DeviceData, *, broker_host: str,
+                 broker_port: int, tls: bool = False, authenticated: bool = False) -> None:
+        self.config = config
+        self.client_id = check_name(config.device_id)
+        self.learner = learner
+        n = len(data)
+        n_eval = max(1, int(round(n * config.eval_fraction))) if n > 1 else 0
+        self.x_train, self.y_train = data.x[: n - n_eval], data.y[: n - n_eval]
+        self.x_eval, self.y_eval = (data.x[n - n_eval:], data.y[n - n_eval:]) if n_eval else (data.x, data.y)
+        self.broker = (broker_host, broker_port, tls, authenticated)
+        self.rng = random.Random(config.seed)
+        self._lock = threading.Lock()
+        self._replies: OrderedDict[str, bytes] = OrderedDict()
+        self._assembler = ChunkAssembler(max_bytes=config.board.flash_bytes)
+        self._personal: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._next_telemetry = 0.0
+        self._started = time.monotonic()
+        self.tasks_done = 0
+        self.errors_sent = 0
+        self.dropped = 0
+        self.model_sha256 = sha256_hex(learner.backbone.model_bytes) if learner.backbone is not None else None
+        self.memory_bytes: int | None = None
+        self.unfit_reason: str | None = None
+        try:
+            self.memory_bytes = learner.memory_report()["total"]
+            learner.check_fits(config.board.ram_bytes, config.board.flash_bytes)
+        except ModelDoesNotFitError as exc:
+            self.unfit_reason = str(exc)
+            log.warning("%s: %s; it will refuse train/evaluate/adapt tasks", self.client_id, exc)
+
+    # ------------------------------------------------------------------------------ topics
+    def topic(self, kind: str) -> str:
+        return device_topic(self.config.fleet, self.client_id, kind)  # type: ignore[arg-type]
+
+    def will(self) -> tuple[str, bytes]:
+        return self.topic("presence"), presence_payload(self.client_id, online=False, fleet=self.config.fleet,
+                                                        board=self.config.board.name, reason="connection lost")
+
+    def subscriptions(self) -> list[str]:
+        return [self.topic("task")]
+
+    def goodbye(self) -> list[tuple[str, bytes, bool]]:
+        """Clean shutdown: a clean DISCONNECT does not fire the Will, so say offline explicitly."""
+        return [(self.topic("presence"), presence_payload(self.client_id, online=False, fleet=self.config.fleet,
+                                                          board=self.config.board.name, reason="shutdown"), True)]
+
+    def thing_description(self) -> dict[str, Any]:
+        host, port, tls, auth = self.broker
+        return thing_description(device_id=self.client_id, fleet=self.config.fleet, board=self.config.board,
+                                 use_case=self.config.use_case, sensors=self.config.sensors, host=host, port=port,
+                                 tls=tls, authenticated=auth, model_sha256=self.model_sha256)
+
+    # ------------------------------------------------------------------------------ hub callbacks
+    def on_connected(self, link: Link) -> None:
+        link.publish(self.topic("td"), td_payload(self.thing_description()), retain=True)
+        link.publish(self.topic("presence"), presence_payload(self.client_id, online=True, fleet=self.config.fleet,
+                                                              board=self.config.board.name), retain=True)
+        self._next_telemetry = time.monotonic() + self.config.telemetry_s * self.rng.uniform(0.5, 1.0)
+
+    def on_tick(self, link: Link, now: float) -> None:
+        cfg = self.config
+        if cfg.crash_prob_per_s > 0 and self.rng.random() < cfg.crash_prob_per_s * link.hub.tick_s:
+            log.info("%s: simulated crash, back in %.1f s", self.client_id, cfg.crash_down_s)
+            link.crash(down_for=cfg.crash_down_s)
+            return
+        if cfg.telemetry_s > 0 and now >= self._next_telemetry:
+            self._next_telemetry = now + cfg.telemetry_s
+            link.publish(self.topic("telemetry"), telemetry_payload(self.client_id, self.telemetry()), qos=0)
+
+    def on_message(self, link: Link, topic: str, payload: bytes) -> None:
+        if topic != self.topic("task"):
+            log.warning("%s: ignoring message on foreign topic %s", self.client_id, topic)
+            return
+        link.submit(self.handle, link, payload)
+
+    # ------------------------------------------------------------------------------ tasks
+    def telemetry(self) -> dict[str, Any]:
+        """Current learning state for the telemetry topic."""
+        out: dict[str, Any] = {"loss": self.learner.last_loss_, "samples-seen": int(self.learner.samples_seen_),
+                               "tasks-done": self.tasks_done, "memory-bytes": self.memory_bytes,
+                               "ram-bytes": self.config.board.ram_bytes, "flash-bytes": self.config.board.flash_bytes,
+                               "model-sha256": self.model_sha256,
+                               "head-sha256": sha256_hex(b"".join(w.tobytes() for w in self.learner.head.get_weights())),
+                               "uptime-s": round(time.monotonic() - self._started, 3)}
+        if self.config.sensors and len(self.x_train):
+            sample = np.asarray(self.x_train[int(self.learner.samples_seen_) % len(self.x_train)], np.float64)
+            flat = sample.reshape(-1)
+            per_col = sample.reshape(-1, sample.shape[-1]).mean(axis=0) if sample.ndim else flat
+            if len(self.config.sensors) > 1 and len(per_col) == len(self.config.sensors):
+                out["sensors"] = {k: float(v) for k, v in zip(self.config.sensors, per_col, strict=True)}
+            else:
+                out["sensors"] = {k: float(flat.mean()) for k in self.config.sensors}
+        if self.memory_bytes is None:
+            out.pop("memory-bytes")
+        return out
+
+    def handle(self, link: Link, payload: bytes) -> bytes | None:
+        """Process one task message (worker thread); publish and return the reply, if any."""
+        with self._lock:
+            t0 = time.perf_counter()
+            reply = self._handle_locked(payload)
+            if reply is None:
+                return None
+            elapsed = time.perf_counter() - t0
+            if not link.payload_fits(len(reply)):
+                hdr = frame_header(reply)
+                reply = encode_result({"id": hdr.get("reply-to"), "type": hdr.get("task")}, device=self.client_id,
+                                      error=(ErrorCode.TOO_LARGE, f"reply of {len(reply)} B exceeds the broker's "
+                                             f"maximum packet size {link.max_packet_size}"))
+                self._remember(hdr.get("reply-to"), reply)
+            delay = self.config.latency_s + max(0.0, self.config.slow_factor - 1.0) * elapsed
+            link.publish(self.topic("result"), reply, qos=1, delay=delay)
+            return reply
+
+    def _remember(self, request_id: str | None, reply: bytes) -> None:
+        if request_id is None:
+            return
+        self._replies[request_id] = reply
+        self._replies.move_to_end(request_id)
+        while len(self._replies) > self.config.reply_cache:
+            self._replies.popitem(last=False)
+
+    def _handle_locked(self, payload: bytes) -> bytes | None:
+        header: dict[str, Any] | None = None
+        try:
+            if len(payload) > self.config.max_task_bytes:
+                raise ProtocolError(f"task of {len(payload):,} B exceeds this device's limit of "
+                                    f"{self.config.max_task_bytes:,} B", code=ErrorCode.TOO_LARGE,
+                                    request_id=_peek_id(payload))
+            frame = decode_frame(payload, max_bytes=self.config.max_task_bytes)
+            header = frame.header
+            cached = self._replies.get(frame.id)
+            if cached is not None:
+                log.info("%s: duplicate task %s: re-sending the cached reply", self.client_id, frame.id)
+                return cached
+            if frame.type == MessageType.RESULT:
+                raise ProtocolError("a device does not accept results on its task topic",
+                                    code=ErrorCode.UNKNOWN_TYPE, request_id=frame.id)
+            if self.config.drop_prob > 0 and self.rng.random() < self.config.drop_prob:
+                self.dropped += 1
+                log.info("%s: dropping task %s (simulated fault)", self.client_id, frame.id)
+                return None
+            if frame.type == MessageType.DEPLOY:
+                result = self._deploy(frame)
+                if result is None:
+                    return None
+                metrics, tensors, extra, error = result
+            else:
+                if self.unfit_reason is not None:
+                    raise ProtocolError(self.unfit_reason, code=ErrorCode.DOES_NOT_FIT, request_id=frame.id)
+                check_finite(frame)
+                handler = {MessageType.TRAIN: self._train, MessageType.EVALUATE: self._evaluate,
+                           MessageType.ADAPT: self._adapt}[frame.type]
+                metrics, tensors, extra = handler(frame)
+                error = None
+            reply = encode_result(header, device=self.client_id, metrics=metrics, tensors=tensors, error=error,
+                                  extra=extra)
+            if error is None:
+                self.tasks_done += 1
+            else:
+                self.errors_sent += 1
+            self._remember(frame.id, reply)
+            return reply
+        except Exception as exc:  # noqa: BLE001 - every task gets an answer; the agent keeps running
+            if isinstance(exc, TinyFleetError):
+                code = str(getattr(exc, "code", ErrorCode.BAD_CONFIG))
+                log.warning("%s: task refused: %s: %s", self.client_id, code, exc)
+            else:
+                code = ErrorCode.INTERNAL
+                log.exception("%s: task failed with an internal error", self.client_id)
+            rid = getattr(exc, "request_id", None) or (header or {}).get("id")
+            self.errors_sent += 1
+            reply = encode_result(header or {"id": rid}, device=self.client_id,
+                                  error=(code, f"{exc}" if isinstance(exc, TinyFleetError) else
+                                         f"internal error: {type(exc).__name__}: {exc}"))
+            self._remember(rid if header is not None else None, reply)
+            return reply
+
+    # ------------------------------------------------------------------------------ task kinds
+    def _weights_from(self, frame: Frame) -> list[np.ndarray] | None:
+        arrays = frame.arrays()
+        if not arrays:
+            return None
+        current = self.learner.head.get_weights()
+        expected = [w.shape for w in current]
+        got = [a.shape for a in arrays]
+        if got != expected:
+            raise ProtocolError(f"{frame.type}: weights have shapes {got}, this device's head has {expected}",
+                                code=ErrorCode.BAD_SHAPE, request_id=frame.id)
+        return [a.astype(np.float32) for a in arrays]
+
+    def _train(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any]]:
+        cfg = frame.config
+        head = self.learner.head
+        n_layers = head.n_layers
+        local = sorted(set(cfg.get(ConfigKey.LOCAL_LAYERS, [])))
+        if any(i >= n_layers for i in local) or len(local) == n_layers:
+            raise ProtocolError(f"local-layers {local} must be a proper subset of 0..{n_layers - 1}",
+                                code=ErrorCode.BAD_CONFIG, request_id=frame.id)
+        theta = self._weights_from(frame)
+        if theta is None:
+            raise ProtocolError("task.train carries no weights", code=ErrorCode.BAD_SHAPE, request_id=frame.id)
+        start = [w.copy() for w in theta]
+        for layer in local:  # partial local reconstruction: personal layers never leave the device
+            if layer in self._personal:
+                start[2 * layer], start[2 * layer + 1] = (w.copy() for w in self._personal[layer])
+        head.set_weights(start)
+        global_layers = set(range(n_layers)) - set(local)
+        lr = float(cfg[ConfigKey.LR])
+        metrics: dict[str, float] = {}
+        if local and int(cfg.get(ConfigKey.RECONSTRUCT_STEPS, 0)) > 0:
+            rec = self.learner.train(self.x_train, self.y_train, int(cfg[ConfigKey.RECONSTRUCT_STEPS]), lr=lr,
+                                     layers=set(local))
+            metrics["reconstruct-loss"] = rec["loss"]
+        out = self.learner.train(self.x_train, self.y_train, int(cfg[ConfigKey.LOCAL_STEPS]), lr=lr,
+                                 layers=global_layers if local else None)
+        phi = head.get_weights()
+        for layer in local:
+            self._personal[layer] = (phi[2 * layer].copy(), phi[2 * layer + 1].copy())
+        metrics.update({MetricKey.NUM_EXAMPLES: float(out["num-examples"]), MetricKey.TRAIN_LOSS: out["loss"],
+                        "train-loss-last": out["loss-last"], MetricKey.TRAIN_SECONDS: out["duration-s"]})
+        names = weight_names(len(phi))
+        send = [i for i in range(len(phi)) if i // 2 in global_layers]
+        top_p = cfg.get(ConfigKey.TOP_P)
+        if top_p is None:
+            tensors: list[tuple[str, Any]] = [(names[i], phi[i]) for i in send]
+            encoding = "weights"
+        else:
+            tensors = []
+            for i in send:
+                idx, vals = top_p_encode(phi[i] - theta[i], float(top_p))
+                tensors.append((names[i], SparseTensor(idx, vals, phi[i].shape)))
+            encoding = "delta"
+            metrics[ConfigKey.TOP_P] = float(top_p)
+        return metrics, tensors, {"encoding": encoding, "local-layers": local}
+
+    def _evaluate(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any]]:
+        weights = self._weights_from(frame)
+        head = self.learner.head
+        saved = head.get_weights()
+        try:
+            if weights is not None:
+                head.set_weights(weights)
+            out = self.learner.evaluate(self.x_eval, self.y_eval)
+        finally:
+            head.set_weights(saved)
+        return {k: float(v) for k, v in out.items()}, [], {}
+
+    def _adapt(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any]]:
+        cfg = frame.config
+        shots = int(cfg[ConfigKey.SHOTS])
+        if shots > len(self.x_train):
+            raise ProtocolError(f"task.adapt asks for {shots} shots but the device has {len(self.x_train)} "
+                                "training samples", code=ErrorCode.BAD_CONFIG, request_id=frame.id)
+        weights = self._weights_from(frame)
+        if weights is not None:
+            self.learner.head.set_weights(weights)
+        steps = int(cfg[ConfigKey.STEPS])
+        metrics: dict[str, float] = {}
+        held_before = self.learner.evaluate(self.x_eval, self.y_eval)
+        if steps > 0:
+            out = self.learner.adapt(self.x_train[:shots], self.y_train[:shots], steps, lr=cfg.get(ConfigKey.LR))
+            metrics.update({MetricKey.LOSS_BEFORE: out["loss-before"], MetricKey.LOSS_AFTER: out["loss-after"]})
+        held = self.learner.evaluate(self.x_eval, self.y_eval)
+        metrics.update({"heldout-" + k: float(v) for k, v in held.items()})
+        metrics.update({"heldout-before-" + k: float(v) for k, v in held_before.items() if k != "num-examples"})
+        metrics["shots"] = float(shots)
+        phi = self.learner.head.get_weights()
+        return metrics, list(zip(weight_names(len(phi)), phi, strict=True)), {"encoding": "weights"}
+
+    def _deploy(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any],
+                                              tuple[str, str] | None] | None:
+        cfg = frame.config
+        artifact = str(cfg[ConfigKey.ARTIFACT])
+        current = self.config.state_dir / artifact
+        previous_sha = sha256_hex(current.read_bytes()) if current.is_file() else self.model_sha256
+        report = {"action": "refused", "artifact": artifact, "sha256": cfg[ConfigKey.SHA256],
+                  "previous-sha256": previous_sha}
+        try:
+            data = self._assembler.add(frame)
+            if data is None:
+                return None
+            head = self.learner.head
+            arena = fit_check(data, artifact=artifact, arena_bytes=cfg.get(ConfigKey.ARENA_BYTES),
+                              head_sizes=head.layer_sizes, input_shape=tuple(self.x_train.shape[1:]),
+                              ram_bytes=self.config.board.ram_bytes, flash_bytes=self.config.board.flash_bytes)
+        except DeployError as exc:
+            log.warning("%s: deploy %s refused: %s", self.client_id, frame.id, exc)
+            return {}, [], {"deploy": report}, (exc.code, str(exc))
+        outcome = install(data, state_dir=self.config.state_dir, artifact=artifact,
+                          samples=np.asarray(self.x_train[:4], np.float32),
+                          head_inputs=head.layer_sizes[0] if artifact == "backbone.tflite" else None)
+        if outcome.error is not None:
+            log.warning("%s: deploy %s %s: %s", self.client_id, frame.id, outcome.action, outcome.error[1])
+            return {}, [], {"deploy": outcome.report()}, outcome.error
+        if artifact == "backbone.tflite" and outcome.model is not None:
+            seen, last = self.learner.samples_seen_, self.learner.last_loss_
+            self.learner = OnlineLearner(head, outcome.model, lr=self.learner.lr, seed=self.config.seed,
+                                         arena_bytes=arena)
+            self.learner.samples_seen_, self.learner.last_loss_ = seen, last
+            self.model_sha256 = outcome.sha256
+            self.memory_bytes = self.learner.memory_report()["total"]
+        log.info("%s: deployed %s (%s)", self.client_id, artifact, outcome.sha256[:12])
+        return {"bytes": float(len(data))}, [], {"deploy": outcome.report()}, None
+
+
+def _peek_id(payload: bytes) -> str | None:
+    """The correlation id of a frame too large to decode, read from its header only."""
+    try:
+        hdr = frame_header(payload[: 4 + 65536])
+        rid = hdr.get("id")
+        return rid[:128] if isinstance(rid, str) else None
+    except Exception:  # noqa: BLE001 - any garbage means "no id"
+        return None

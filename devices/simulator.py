@@ -1,0 +1,169 @@
+"""A fleet of simulated devices in one process: N agents, one network thread, a small worker pool.
+
+Each simulated device is a full `DeviceAgent` with its own MQTT client id and session, its own
+non-IID data (one task of the use case per device), its own board profile and its own copy of
+the model; only the transport is shared (`MqttHub`: one selector thread for all sockets), so
+1,000 devices cost 1,000 TCP connections but not 1,000 threads. Fault knobs make the fleet
+realistic: dropped tasks, added latency, slow devices and crashes that fire the Last Will.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from devices.agent import AgentConfig, DeviceAgent
+from devices.boards import DEFAULT_BOARD, assign_boards
+from devices.head import MLPHead
+from devices.learner import OnlineLearner
+from devices.mqtt_link import BrokerAddress, Credentials, MqttHub
+from devices.topics import check_name
+from firmware_models.exceptions import TinyFleetError
+from firmware_models.interpreters import TFLiteModel
+from firmware_models.usecases import get_use_case
+from firmware_models.usecases.base import ARTIFACT_BACKBONE, DeviceData, UseCase
+
+DEFAULT_HIDDEN = (32, 32)
+
+
+@dataclass(frozen=True)
+class FaultKnobs:
+    """Faults injected into simulated devices.
+
+    Attributes
+    ----------
+    drop_prob : float
+        Probability that a device ignores a task (no reply).
+    latency_s : float
+        Added delay before every reply.
+    slow_fraction : float
+        Fraction of devices that are slow.
+    slow_factor : float
+        A slow device's compute time is multiplied by this (the extra time is added as delay).
+    crash_prob_per_s : float
+        Per device and second: probability of an unclean drop (the broker publishes the Will).
+    crash_down_s : float
+        How long a crashed device stays away before it reconnects.
+    """
+
+    drop_prob: float = 0.0
+    latency_s: float = 0.0
+    slow_fraction: float = 0.0
+    slow_factor: float = 4.0
+    crash_prob_per_s: float = 0.0
+    crash_down_s: float = 2.0
+
+
+class LearnerFactory:
+    """Makes one independent learner per device from the use case's artifacts (read from disk once).
+
+    With `models_dir`, the artifacts of ``models_dir/<use case>/`` (or `models_dir` itself) are used:
+    ``head.npz``, optional ``backbone.tflite`` and ``card.json``. Without it, a backbone-free use
+    case (sine) starts from a fresh He-initialised MLP head, 32-32 hidden units.
+    """
+
+    def __init__(self, use_case: UseCase, models_dir: Path | None, *, seed: int = 0) -> None:
+        self.use_case = use_case
+        self.seed = seed
+        self.template: OnlineLearner | None = None
+        self.backbone_bytes: bytes | None = None
+        if models_dir is not None:
+            d = Path(models_dir)
+            if (d / use_case.name).is_dir():
+                d = d / use_case.name
+            self.template = OnlineLearner.from_artifacts(d, kind=use_case.kind)
+            if (d / ARTIFACT_BACKBONE).is_file():
+                self.backbone_bytes = (d / ARTIFACT_BACKBONE).read_bytes()
+        elif use_case.name != "sine":
+            raise TinyFleetError(f"use case {use_case.name!r} needs a trained backbone: pass --models DIR "
+                                 "(the output folder of `tinyfleet models build`)")
+
+    def __call__(self, index: int, data: DeviceData) -> OnlineLearner:
+        if self.template is None:
+            n_in = math.prod(self.use_case.input_shape)
+            n_out = int(data.y.shape[1]) if data.y.ndim > 1 else 1
+            head = MLPHead.init([n_in, *DEFAULT_HIDDEN, n_out], kind=self.use_case.kind, seed=self.seed)
+            return OnlineLearner(head, None, seed=self.seed + index)
+        head = MLPHead(self.template.head.get_weights(), kind=self.use_case.kind)
+        backbone = TFLiteModel.from_bytes(self.backbone_bytes) if self.backbone_bytes is not None else None
+        arena = self.template.arena_bytes() if backbone is not None else 0
+        return OnlineLearner(head, backbone, lr=self.template.lr, seed=self.seed + index, arena_bytes=arena)
+
+
+class FleetSimulator:
+    """N `DeviceAgent`s on one `MqttHub`.
+
+    Parameters
+    ----------
+    n : int
+        Number of devices.
+    use_case : str
+        Use-case name; each device gets its own task from ``devices("train", n, ...)``.
+    address : BrokerAddress
+    state_root : Path
+        Each device keeps its deployed models in ``state_root/<device id>/``.
+    boards : str, default="nano33ble"
+        Board mix, e.g. ``"nano33ble:0.5,esp32:0.3,uno:0.2"``.
+    fleet : str, default="sim"
+    id_prefix : str, default="sim"
+        Device ids are ``<prefix>-0000``, ``<prefix>-0001``, ...
+    models_dir : Path, optional
+    samples_per_device : int, default=50
+    faults : FaultKnobs, default=FaultKnobs()
+    telemetry_s : float, default=30.0
+    workers : int, default=2
+    credentials : Credentials, optional
+    seed : int, default=0
+    """
+
+    def __init__(self, *, n: int, use_case: str, address: BrokerAddress, state_root: Path,
+                 boards: str = DEFAULT_BOARD, fleet: str = "sim", id_prefix: str = "sim",
+                 models_dir: Path | None = None, samples_per_device: int = 50, faults: FaultKnobs = FaultKnobs(),
+                 telemetry_s: float = 30.0, workers: int = 2, credentials: Credentials | None = None,
+                 seed: int = 0) -> None:
+        if n < 1:
+            raise TinyFleetError(f"--n must be at least 1; got {n}")
+        check_name(fleet, what="fleet name")
+        check_name(f"{id_prefix}-0000")
+        uc = get_use_case(use_case)
+        datasets = uc.devices("train", n, samples_per_device=samples_per_device, seed=seed)
+        factory = LearnerFactory(uc, models_dir, seed=seed)
+        rng = random.Random(seed)
+        self.hub = MqttHub(address, credentials=credentials, workers=workers)
+        self.agents: list[DeviceAgent] = []
+        authenticated = credentials is not None and credentials.password is not None
+        for i, (data, board) in enumerate(zip(datasets, assign_boards(boards, n), strict=True)):
+            device_id = f"{id_prefix}-{i:04d}"
+            slow = rng.random() < faults.slow_fraction
+            cfg = AgentConfig(device_id=device_id, board=board, state_dir=Path(state_root) / device_id, fleet=fleet,
+                              use_case=uc.name, sensors=tuple(uc.sensors), telemetry_s=telemetry_s,
+                              drop_prob=faults.drop_prob, latency_s=faults.latency_s,
+                              slow_factor=faults.slow_factor if slow else 1.0,
+                              crash_prob_per_s=faults.crash_prob_per_s, crash_down_s=faults.crash_down_s,
+                              seed=seed + i)
+            agent = DeviceAgent(cfg, factory(i, data), data, broker_host=address.host, broker_port=address.port,
+                                tls=address.tls, authenticated=authenticated)
+            self.agents.append(agent)
+            self.hub.add(agent)
+
+    @property
+    def device_ids(self) -> list[str]:
+        return [a.client_id for a in self.agents]
+
+    def start(self, *, timeout: float = 30.0) -> int:
+        """Connect every device; returns how many connected within `timeout`."""
+        self.hub.start()
+        return self.hub.wait_connected(timeout)
+
+    def stop(self) -> None:
+        """Publish offline presence for every device, disconnect cleanly, stop the threads."""
+        self.hub.stop()
+
+    def __enter__(self) -> FleetSimulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
