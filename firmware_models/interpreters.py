@@ -39,7 +39,9 @@ class TensorInfo:
         if self.dtype.kind == "f" or self.scale == 0.0:
             return np.asarray(x, dtype=self.dtype)
         info = np.iinfo(self.dtype)
-        q = np.round(np.asarray(x, dtype=np.float64) / self.scale) + self.zero_point
+        v = np.asarray(x, dtype=np.float64) / self.scale
+        # TFLite's QUANTIZE uses std::round (half away from zero), not numpy's half-to-even.
+        q = np.sign(v) * np.floor(np.abs(v) + 0.5) + self.zero_point
         return np.clip(q, info.min, info.max).astype(self.dtype)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:

@@ -13,6 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from devices.broker import BrokerInfo, MosquittoBroker, find_mosquitto  # noqa: E402
 
+pytest_plugins = ["fixtures_models"]  # model fixtures (sine build, tiny CNN): tests/fixtures_models.py
+
 
 def _require_mosquitto() -> None:
     """Skip without Mosquitto on a developer machine; fail in CI, where `make test` installs it."""
