@@ -1,0 +1,49 @@
+"""Errors of the registry.
+
+Each one is a mistake the user can fix (a bad file, an unknown name, an unreachable endpoint); the
+CLI prints the message on one line (a SHACL report on a few plain lines) and exits with `exit_code`.
+"""
+
+from __future__ import annotations
+
+from firmware_models.exceptions import TinyFleetError
+
+
+class RegistryError(TinyFleetError):
+    """Base of every registry error."""
+
+
+class RegistryInputError(RegistryError):
+    """A file, Thing Description, IRI or argument that the registry cannot read."""
+
+
+class ValidationFailedError(RegistryError):
+    """A description broke the SHACL shapes; nothing was written.
+
+    Attributes
+    ----------
+    violations : list of str
+        One plain sentence per violation, in a stable order.
+    """
+
+    def __init__(self, source: str, violations: list[str]) -> None:
+        self.source = source
+        self.violations = violations
+        lines = "\n".join(f"  - {v}" for v in violations)
+        super().__init__(f"{source}: {len(violations)} SHACL violation(s), nothing written\n{lines}")
+
+
+class UnknownEntityError(RegistryError):
+    """A model or device name, IRI or id that the registry does not hold."""
+
+
+class AmbiguousNameError(RegistryError):
+    """A name that matches more than one model or device; name it by IRI or id instead."""
+
+
+class ReadOnlyQueryError(RegistryError):
+    """A raw SPARQL text that would change the store (INSERT, DELETE, LOAD, DROP, ...)."""
+
+
+class StoreError(RegistryError):
+    """The store cannot be opened or reached (locked directory, endpoint down, auth refused)."""

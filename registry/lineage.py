@@ -1,0 +1,80 @@
+"""Provenance of model versions produced by federated runs (PROV-O), written by `federation`.
+
+A run is a `prov:Activity` (`tf:FederatedRun`) associated with the devices that took part; the
+model version it produced `prov:wasGeneratedBy` it and `prov:wasDerivedFrom` its parent model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from rdflib import Graph, Literal, URIRef
+from rdflib.namespace import PROV, RDF, XSD
+
+from registry.exceptions import RegistryInputError
+from registry.namespaces import SCHEMA, TF, check_local_id, mint_device, mint_run
+from registry.queries import resolve
+from registry.store import RegistryStore
+from registry.validation import validate
+
+
+def _time(value: datetime | str, what: str) -> Literal:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise RegistryInputError(f"{what} {value!r} is not an ISO 8601 date-time") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return Literal(value.astimezone(timezone.utc).isoformat(), datatype=XSD.dateTime)
+
+
+def record_lineage(store: RegistryStore, model_iri_or_sha: str | URIRef, run_id: str, rounds: int,
+                   device_ids: Sequence[str], strategy: str, started: datetime | str, ended: datetime | str,
+                   parent_model: str | URIRef | None = None) -> URIRef:
+    """Record that federated run `run_id` produced a model version; returns the run's IRI.
+
+    Parameters
+    ----------
+    model_iri_or_sha : str or URIRef
+        The produced model (IRI, sha256 or name); it must already be in the registry.
+    run_id : str
+        Id of the run (letters, digits, `._:-`).
+    rounds : int
+        Rounds completed (>= 1).
+    device_ids : sequence of str
+        Devices that took part in at least one round.
+    strategy : str
+        e.g. "tinyreptile", "tinymetafed", "fedavg".
+    started, ended : datetime or ISO 8601 str
+        Wall-clock bounds of the run (naive times are taken as UTC).
+    parent_model : str or URIRef, optional
+        The model the run started from (IRI, sha256 or name; must be registered).
+    """
+    model = resolve(store, str(model_iri_or_sha), kind="model")
+    run = mint_run(run_id)
+    g = Graph()
+    g.add((run, RDF.type, PROV.Activity))
+    g.add((run, RDF.type, TF.FederatedRun))
+    g.add((run, SCHEMA.identifier, Literal(check_local_id(run_id, what="run id"))))
+    if isinstance(rounds, bool) or not isinstance(rounds, int):
+        raise RegistryInputError(f"rounds must be an integer, got {rounds!r}")
+    g.add((run, TF.rounds, Literal(rounds)))
+    g.add((run, TF.strategy, Literal(str(strategy))))
+    g.add((run, PROV.startedAtTime, _time(started, "started")))
+    g.add((run, PROV.endedAtTime, _time(ended, "ended")))
+    for d in device_ids:
+        device = mint_device(d)
+        g.add((run, PROV.wasAssociatedWith, device))
+        g.add((device, RDF.type, PROV.Agent))
+        g.add((device, SCHEMA.identifier, Literal(d)))
+    g.add((model, PROV.wasGeneratedBy, run))
+    g.add((run, PROV.generated, model))
+    if parent_model is not None:
+        parent = resolve(store, str(parent_model), kind="model")
+        g.add((model, PROV.wasDerivedFrom, parent))
+        g.add((run, PROV.used, parent))
+    validate(g, source=f"lineage of run {run_id}")
+    store.write(g, replace_owners=[run])
+    return run

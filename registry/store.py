@@ -1,0 +1,333 @@
+"""The only place that talks to a triple store.
+
+Three backends behind one small surface, so every query and import runs unchanged on each:
+
+* `EmbeddedStore` - Oxigraph inside the process through oxrdflib (`Graph(store="Oxigraph")`), on
+  disk (default: the user's data dir) or in memory for tests. Fast (SPARQL runs in Rust).
+* `RemoteStore` - any SPARQL 1.1 query/update endpoint through rdflib's `SPARQLUpdateStore`
+  (tested against `oxigraph serve`). JSON results (XML is flaky on some servers), no blank nodes.
+* `MemoryStore` - rdflib's own in-memory store, kept only as the benchmark baseline.
+
+Everything lives in one named graph (`REGISTRY_GRAPH`); queries see it as their default graph.
+
+Atomicity: every write is ONE SPARQL update request (`DELETE ... ; INSERT DATA {...}`), which
+Oxigraph (embedded and server) applies in one transaction: all or nothing. Callers validate the
+whole description first, then call `write` once.
+
+Parameters are bound as RDF terms (`initBindings`), never pasted into query text as strings.
+rdflib's own evaluator (MemoryStore) binds them natively. The other two transports both have a
+catch: Oxigraph's substitutions only accept variables that are projected, and rdflib's
+SPARQLStore appends `VALUES` after the whole query, so FILTERs inside the WHERE group run before
+the parameters are bound and silently drop every row. Both Oxigraph stores therefore receive the
+bindings as a `VALUES` block at the start of the WHERE group, each term serialized by rdflib's
+`n3()` (the escaping rdflib uses for its own VALUES). Queries introduce parameters only in their
+top-level group and not inside sub-selects (registry/queries/README.md), so the three transports
+give identical rows - which the tests check.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rdflib import BNode, Dataset, Graph, Literal, URIRef
+from rdflib.term import Node, Variable
+
+from registry.exceptions import StoreError
+from registry.namespaces import PREFIXES, REGISTRY_GRAPH
+
+Row = dict[str, Node]
+Bindings = Mapping[str, Node]
+
+_WHERE = re.compile(r"\bWHERE\s*\{", re.IGNORECASE)
+
+
+def _prefix_header() -> str:
+    return "".join(f"PREFIX {p}: <{ns}>\n" for p, ns in PREFIXES.items())
+
+
+def ntriples(triples: Iterable[tuple[Node, Node, Node]]) -> str:
+    """N-Triples text of `triples`; refuses blank nodes (remote SPARQL stores cannot address them)."""
+    lines = []
+    for s, p, o in triples:
+        if isinstance(s, BNode) or isinstance(o, BNode):
+            raise StoreError("internal: blank node reached the store; skolemize first")
+        lines.append(f"{s.n3()} {p.n3()} {o.n3()} .")
+    return "\n".join(lines)
+
+
+def write_request(graph: Graph, *, replace_owners: Sequence[URIRef] = (),
+                  replace_values: Sequence[tuple[URIRef, URIRef]] = (), graph_iri: URIRef = REGISTRY_GRAPH) -> str:
+    """One SPARQL update that deletes what is replaced and inserts `graph`, in one transaction.
+
+    Parameters
+    ----------
+    graph : Graph
+        The new, already validated triples (IRIs only).
+    replace_owners : sequence of URIRef
+        Descriptions to replace: the owner and every node under `<owner>/` lose all their triples.
+    replace_values : sequence of (subject, predicate)
+        Single values to replace (e.g. a device's `tf:online`), without touching the rest.
+    """
+    g = graph_iri.n3()
+    ops: list[str] = []
+    for owner in replace_owners:
+        prefix = Literal(str(owner) + "/").n3()
+        ops.append(f"DELETE {{ GRAPH {g} {{ ?s ?p ?o }} }} WHERE {{ GRAPH {g} {{ ?s ?p ?o "
+                   f"FILTER(?s = {owner.n3()} || STRSTARTS(STR(?s), {prefix})) }} }}")
+    for s, p in replace_values:
+        ops.append(f"DELETE WHERE {{ GRAPH {g} {{ {s.n3()} {p.n3()} ?o }} }}")
+    body = ntriples(graph)
+    if body:
+        ops.append(f"INSERT DATA {{ GRAPH {g} {{\n{body}\n}} }}")
+    return " ;\n".join(ops)
+
+
+def inline_bindings(query: str, bindings: Bindings) -> str:
+    """Put `bindings` as a VALUES block at the start of the query's first WHERE group.
+
+    Why not rdflib's own initBindings for endpoints: it appends VALUES after the whole query, so
+    FILTERs inside the WHERE group run before the parameters are bound and silently drop rows.
+    """
+    if not bindings:
+        return query
+    m = _WHERE.search(query)
+    if m is None:
+        raise StoreError("internal: a parametrized query needs an explicit 'WHERE {'")
+    names = list(bindings)
+    values = " ".join(_node_to_sparql(bindings[n]) for n in names)
+    block = f" VALUES ({' '.join('?' + n for n in names)}) {{ ({values}) }} "
+    return query[: m.end()] + block + query[m.end():]
+
+
+def _node_to_sparql(node: Node) -> str:
+    if isinstance(node, BNode):
+        raise StoreError("internal: blank nodes cannot be bound")
+    return node.n3()
+
+
+def _rows(result: Any) -> list[Row]:
+    out: list[Row] = []
+    names = [str(v) for v in (result.vars or [])]
+    for r in result:
+        out.append({n: r[n] for n in names if r[n] is not None})
+    return out
+
+
+class RegistryStore:
+    """What the registry needs from a store: select, ask, one atomic write, export, size."""
+
+    kind = "abstract"
+    graph_iri: URIRef = REGISTRY_GRAPH
+
+    def select(self, query: str, bindings: Bindings | None = None) -> list[Row]:
+        """Run a SELECT with the standard prefixes; rows map variable names to RDF terms."""
+        raise NotImplementedError
+
+    def ask(self, query: str, bindings: Bindings | None = None) -> bool:
+        """Run an ASK with the standard prefixes."""
+        raise NotImplementedError
+
+    def update(self, request: str) -> None:
+        """Apply one SPARQL update request atomically (internal: built by `write_request`)."""
+        raise NotImplementedError
+
+    def write(self, graph: Graph, *, replace_owners: Sequence[URIRef] = (),
+              replace_values: Sequence[tuple[URIRef, URIRef]] = ()) -> int:
+        """Insert `graph` (replacing what is named) in one transaction; return the triples written."""
+        request = write_request(graph, replace_owners=replace_owners, replace_values=replace_values,
+                                graph_iri=self.graph_iri)
+        if request:
+            self.update(request)
+        return len(graph)
+
+    def triples_graph(self) -> Graph:
+        """Every triple of the registry graph as an in-memory rdflib Graph (for export)."""
+        g = Graph()
+        for p, ns in PREFIXES.items():
+            g.bind(p, ns)
+        for r in self.select("SELECT ?s ?p ?o WHERE { ?s ?p ?o }"):
+            g.add((r["s"], r["p"], r["o"]))
+        return g
+
+    def __len__(self) -> int:
+        rows = self.select("SELECT (COUNT(*) AS ?n) WHERE { ?s ?p ?o }")
+        return int(rows[0]["n"]) if rows else 0
+
+    def close(self) -> None:
+        """Release files or connections."""
+
+    def __enter__(self) -> RegistryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EmbeddedStore(RegistryStore):
+    """Oxigraph in this process via oxrdflib; `path=None` keeps everything in memory.
+
+    Why pyoxigraph is opened here and handed to oxrdflib: writes then go to Oxigraph's own
+    transactional `update`, while reads still use rdflib's `Graph.query` with `initBindings`.
+    """
+
+    kind = "embedded"
+
+    def __init__(self, path: Path | None = None) -> None:
+        import pyoxigraph as ox
+        from oxrdflib import OxigraphStore
+
+        self.path = path
+        try:
+            if path is None:
+                self._ox = ox.Store()
+            else:
+                Path(path).mkdir(parents=True, exist_ok=True)
+                self._ox = ox.Store(str(path))
+        except OSError as exc:
+            raise StoreError(f"registry store {path}: cannot open ({_first_line(exc)}); "
+                             "is another tinyfleet or oxigraph process using it?") from None
+        self._graph = Graph(store=OxigraphStore(store=self._ox), identifier=self.graph_iri)
+        self._ns = {p: URIRef(str(ns)) for p, ns in PREFIXES.items()}
+
+    def select(self, query: str, bindings: Bindings | None = None) -> list[Row]:
+        return _rows(self._graph.query(inline_bindings(query, bindings or {}), initNs=self._ns))
+
+    def ask(self, query: str, bindings: Bindings | None = None) -> bool:
+        return bool(self._graph.query(inline_bindings(query, bindings or {}), initNs=self._ns).askAnswer)
+
+    def raw(self, query: str) -> Any:
+        """rdflib Result of an arbitrary read query (for power users)."""
+        return self._graph.query(query, initNs=self._ns)
+
+    def update(self, request: str) -> None:
+        try:
+            self._ox.update(request)
+        except (SyntaxError, OSError, ValueError) as exc:
+            raise StoreError(f"registry store {self.path or 'memory'}: update failed: {_first_line(exc)}") from None
+
+    def close(self) -> None:
+        if getattr(self, "_ox", None) is None:
+            return
+        if self.path is not None:
+            self._ox.flush()
+        # Oxigraph releases its directory lock when the last reference to the store goes away.
+        self._graph = None  # type: ignore[assignment]
+        self._ox = None
+
+
+class RemoteStore(RegistryStore):
+    """A SPARQL 1.1 endpoint pair (query + update URLs) through rdflib's SPARQLUpdateStore."""
+
+    kind = "remote"
+
+    def __init__(self, query_endpoint: str, update_endpoint: str | None = None, *,
+                 auth: tuple[str, str] | None = None) -> None:
+        from rdflib.plugins.stores.sparqlstore import SPARQLUpdateStore
+
+        self.query_endpoint = query_endpoint
+        self.update_endpoint = update_endpoint or query_endpoint
+        self._store = SPARQLUpdateStore(query_endpoint=query_endpoint, update_endpoint=self.update_endpoint,
+                                        returnFormat="json", auth=auth, context_aware=True, autocommit=True)
+        self._graph = Graph(store=self._store, identifier=self.graph_iri)
+        self._header = _prefix_header()
+
+    def _run(self, query: str, bindings: Bindings | None) -> Any:
+        text = self._header + inline_bindings(query, bindings or {})
+        try:
+            return self._graph.query(text)
+        except urllib.error.HTTPError as exc:
+            raise StoreError(f"SPARQL endpoint {self.query_endpoint}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            raise StoreError(f"SPARQL endpoint {self.query_endpoint} unreachable: {_first_line(exc)}") from None
+
+    def select(self, query: str, bindings: Bindings | None = None) -> list[Row]:
+        return _rows(self._run(query, bindings))
+
+    def ask(self, query: str, bindings: Bindings | None = None) -> bool:
+        return bool(self._run(query, bindings).askAnswer)
+
+    def raw(self, query: str) -> Any:
+        """rdflib Result of an arbitrary read query (for power users)."""
+        return self._run(query, None)
+
+    def update(self, request: str) -> None:
+        try:
+            self._store.update(self._header + request)
+        except urllib.error.HTTPError as exc:
+            raise StoreError(f"SPARQL update endpoint {self.update_endpoint}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            raise StoreError(f"SPARQL update endpoint {self.update_endpoint} unreachable: {_first_line(exc)}") from None
+
+    def close(self) -> None:
+        self._store.close()
+
+
+class MemoryStore(RegistryStore):
+    """rdflib's default in-memory store: the pure-Python baseline for benchmarks."""
+
+    kind = "rdflib-memory"
+
+    def __init__(self) -> None:
+        self._ds = Dataset()
+        self._graph = self._ds.graph(self.graph_iri)
+        self._ns = {p: URIRef(str(ns)) for p, ns in PREFIXES.items()}
+
+    def select(self, query: str, bindings: Bindings | None = None) -> list[Row]:
+        return _rows(self._graph.query(query, initNs=self._ns, initBindings=dict(bindings or {})))
+
+    def ask(self, query: str, bindings: Bindings | None = None) -> bool:
+        return bool(self._graph.query(query, initNs=self._ns, initBindings=dict(bindings or {})).askAnswer)
+
+    def raw(self, query: str) -> Any:
+        """rdflib Result of an arbitrary read query."""
+        return self._graph.query(query, initNs=self._ns)
+
+    def update(self, request: str) -> None:
+        self._ds.update(request, initNs=self._ns)
+
+
+def default_store_path() -> Path:
+    """Where the embedded registry lives unless `--store` says otherwise."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("tinyfleet")) / "registry"
+
+
+def open_store(path: Path | str | None = None, *, endpoint: str | None = None, update_endpoint: str | None = None,
+               auth: tuple[str, str] | None = None, memory: bool = False) -> RegistryStore:
+    """Open the registry: a remote endpoint if given, else the embedded store at `path`.
+
+    Parameters
+    ----------
+    path : path, default=None
+        Directory of the embedded store; None means `default_store_path()`.
+    endpoint, update_endpoint : str, default=None
+        SPARQL 1.1 query and update URLs; the update URL defaults to the query URL.
+    auth : (user, password), default=None
+        HTTP Basic credentials for the endpoint.
+    memory : bool, default=False
+        An in-memory embedded store (tests).
+    """
+    if endpoint:
+        from registry.namespaces import check_iri
+
+        check_iri(endpoint, what="SPARQL endpoint")
+        if update_endpoint:
+            check_iri(update_endpoint, what="SPARQL update endpoint")
+        return RemoteStore(endpoint, update_endpoint, auth=auth)
+    if memory:
+        return EmbeddedStore(None)
+    return EmbeddedStore(Path(path) if path is not None else default_store_path())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+__all__ = ["EmbeddedStore", "MemoryStore", "RegistryStore", "RemoteStore", "Row", "Variable", "default_store_path",
+           "inline_bindings", "ntriples", "open_store", "write_request"]
