@@ -1,0 +1,170 @@
+"""`tinyfleet federate run|resume|status`: federated (meta-)learning over MQTT with Flower strategies."""
+
+from __future__ import annotations
+
+import logging
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from federation.coordinator import Coordinator, RunConfig, read_status
+from federation.exceptions import CheckpointError
+from firmware_models.quiet import stdout_to_stderr
+from tinyfleet.cli.output import JSON_HELP, err, print_json, progress, table
+
+app = typer.Typer(
+    help="Federated meta-learning over MQTT (Reptile, TinyMetaFed, FedAvg).\n\n"
+    "Example: tinyfleet federate run --task sine --strategy reptile --rounds 20 --simulate 8 --json",
+    no_args_is_help=True,
+)
+
+
+class StrategyName(str, Enum):
+    reptile = "reptile"
+    tinymetafed = "tinymetafed"
+    fedavg = "fedavg"
+
+
+RunDir = Annotated[Path, typer.Argument(help="Run directory (printed by `federate run`, e.g. runs/sine-reptile-...).",
+                                        file_okay=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log Flower's and the Grid's messages on stderr.")]
+
+
+def _quiet_logs(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.getLogger("flwr").setLevel(level)
+    logging.getLogger("federation").setLevel(level)
+    logging.getLogger("tinyfleet.devices").setLevel(level if verbose else logging.ERROR)
+
+
+@app.command()
+def run(
+    task: Annotated[str, typer.Option(help="Use case: sine, characters, keywords, presence.")],
+    strategy: Annotated[StrategyName, typer.Option(help="Server strategy.")] = StrategyName.reptile,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.", min=1, max=100000)] = 10,
+    simulate: Annotated[int, typer.Option(help="Start N simulated devices (and, without --broker, a private "
+                                               "Mosquitto) for a self-contained run.", min=0)] = 0,
+    broker: Annotated[str | None, typer.Option(help="Broker URL mqtt://host:port; without --simulate the run "
+                                                    "uses the devices present there.")] = None,
+    out: Annotated[Path, typer.Option(help="Parent directory of run directories.", file_okay=False)] = Path("runs"),
+    run_id: Annotated[str | None, typer.Option(help="Run id (default: <task>-<strategy>-<time>).")] = None,
+    fleet: Annotated[str, typer.Option(help="Fleet name (topic level).")] = "default",
+    models: Annotated[Path | None, typer.Option(help="Built model folder (head.npz, backbone.tflite).",
+                                                file_okay=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of sampling, devices' data and initial head.")] = 0,
+    local_steps: Annotated[int, typer.Option(help="Online SGD steps per device and round.", min=1)] = 10,
+    lr: Annotated[float, typer.Option(help="Device learning rate.", min=0.0)] = 0.01,
+    epsilon: Annotated[float, typer.Option(help="Reptile outer step size at round 1.")] = 1.0,
+    epsilon_floor: Annotated[float, typer.Option(help="Reptile step size the schedule anneals toward.")] = 0.0,
+    serial: Annotated[bool, typer.Option(help="One device per round (TinyReptile).")] = False,
+    fraction: Annotated[float, typer.Option(help="Fraction of present devices sampled per round.")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="TinyMetaFed: fraction of update entries uploaded.")] = 0.2,
+    reconstruct_steps: Annotated[int, typer.Option(help="TinyMetaFed: local-layer re-fit steps.", min=0)] = 5,
+    round_timeout: Annotated[float, typer.Option(help="Seconds to wait for replies per phase.", min=0.01)] = 30.0,
+    min_replies: Annotated[int, typer.Option(help="Fewer valid replies keep the old parameters.", min=1)] = 1,
+    quorum: Annotated[int | None, typer.Option(help="Devices required before round 1 (default: --simulate N, "
+                                                    "else 1).", min=1)] = None,
+    quorum_timeout: Annotated[float, typer.Option(help="Seconds to wait for the quorum.", min=0.0)] = 30.0,
+    samples_per_device: Annotated[int, typer.Option(help="Simulated devices' local samples.", min=2)] = 64,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run a federated training; writes run.json, metrics.jsonl, checkpoint.npz and final.npz.
+
+    Example: tinyfleet federate run --task sine --strategy tinymetafed --rounds 5 --simulate 6 --json
+    """
+    from devices.mqtt_link import parse_broker_url
+    from federation.session import initial_parameters
+
+    if broker is not None:
+        parse_broker_url(broker)  # fail on a bad URL before anything starts
+    rid = run_id or f"{task}-{strategy.value}-{time.strftime('%Y%m%d-%H%M%S')}"
+    params: dict[str, Any] = {"fraction_train": fraction}
+    if strategy is not StrategyName.fedavg:
+        params.update(epsilon=epsilon, epsilon_floor=epsilon_floor, serial=serial)
+    if strategy is StrategyName.tinymetafed:
+        params.update(top_p=top_p, reconstruct_steps=reconstruct_steps)
+    config = RunConfig(run_id=rid, task=task, strategy=strategy.value, rounds=rounds, seed=seed,
+                       local_steps=local_steps, lr=lr, strategy_params=params, round_timeout=round_timeout,
+                       min_replies=min_replies, quorum=quorum or max(simulate, 1), quorum_timeout=quorum_timeout,
+                       fleet=fleet, broker=broker, simulate=simulate, samples_per_device=samples_per_device)
+    run_dir = out / rid
+    if (run_dir / "run.json").exists():
+        raise CheckpointError(f"{run_dir} already holds a run; use `tinyfleet federate resume {run_dir}` "
+                              "or another --run-id")
+    from federation.strategies.registry import build_strategy  # validate parameters before starting anything
+
+    build_strategy(config.strategy, {**params, "local_steps": local_steps, "local_lr": lr}
+                   if strategy is not StrategyName.fedavg else params, num_rounds=rounds)
+    initial = initial_parameters(task, models_dir=models, seed=seed)
+    _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial))
+
+
+@app.command()
+def resume(
+    run_dir: RunDir,
+    models: Annotated[Path | None, typer.Option(help="Built model folder, as given to `federate run`.",
+                                                file_okay=False)] = None,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Continue an interrupted run from its last checkpoint (same settings, same seed).
+
+    Example: tinyfleet federate resume runs/sine-reptile-20260101-120000 --json
+    """
+    config = RunConfig.load(run_dir)
+    _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume())
+
+
+@app.command()
+def status(run_dir: RunDir, json_out: JsonOpt = False) -> None:
+    """Show a run's progress: rounds done, state, last round's metrics.
+
+    Example: tinyfleet federate status runs/sine-reptile-20260101-120000
+    """
+    info = read_status(run_dir)
+    if json_out:
+        print_json(info)
+        return
+    last = info.get("last") or {}
+    rows = [["run", info["run_id"]], ["task", info["task"]], ["strategy", info["strategy"]],
+            ["state", info["state"]], ["rounds", f"{info['rounds_done']}/{info['rounds']}"],
+            ["last loss", _fmt(last.get("loss"))], ["last replies/failures",
+                                                   f"{last.get('replies', '-')}/{last.get('failures', '-')}"]]
+    if "final_sha256" in info:
+        rows.append(["final sha256", info["final_sha256"]])
+    table(f"federated run {info['run_dir']}", ["field", "value"], rows)
+
+
+def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bool, verbose: bool,
+             go: Any) -> None:
+    from federation.session import fleet_grid
+
+    _quiet_logs(verbose)
+    with progress(enabled=not json_out) as bar:
+        task_id = bar.add_task(f"{config.strategy} on {config.task}", total=config.rounds)
+
+        def on_round(record: dict[str, Any]) -> None:
+            bar.update(task_id, completed=record["round"],
+                       description=f"{config.strategy} on {config.task} loss {_fmt(record.get('loss'))}")
+
+        with stdout_to_stderr(), fleet_grid(config, run_dir, models_dir=models) as grid:
+            result = go(Coordinator(config, grid, run_dir, on_round=on_round))
+    summary = {"run_id": result["run_id"], "run_dir": result["run_dir"], "task": config.task,
+               "strategy": config.strategy, "rounds": result["rounds"], "final_sha256": result["final_sha256"]}
+    if json_out:
+        print_json(summary)
+        return
+    rows = [[r["round"], _fmt(r.get("loss")), r.get("replies"), r.get("failures"), r.get("missing"),
+             r.get("bytes_up"), r.get("bytes_down"), r.get("seconds")] for r in result["rounds"]]
+    table(f"{config.strategy} on {config.task} ({result['run_dir']})",
+          ["round", "loss", "replies", "failures", "missing", "bytes up", "bytes down", "s"], rows)
+    err.print(f"final parameters sha256 {result['final_sha256']}")
+
+
+def _fmt(x: object) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else ("-" if x is None else str(x))
