@@ -1,0 +1,245 @@
+"""`tinyfleet registry`: the semantic registry of models and devices.
+
+Every command takes `--store DIR` (embedded Oxigraph, default under the user's data dir) or
+`--endpoint URL` (+ `--update-endpoint`, `--user`; password from TINYFLEET_REGISTRY_PASSWORD) and
+`--json`. Errors are one `error: ...` line on stderr (a SHACL report adds one line per violation)
+and exit code 1; nothing is written by a command that fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from tinyfleet.cli.output import JSON_HELP, err, print_json, table
+
+app = typer.Typer(help="Semantic registry: add models and devices, match them, query the knowledge graph.",
+                  no_args_is_help=True)
+
+StoreOpt = Annotated[Optional[Path], typer.Option("--store", help="Embedded store directory (default: user data dir).",
+                                                  envvar="TINYFLEET_REGISTRY_STORE", file_okay=False)]
+EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint", help="SPARQL 1.1 query endpoint URL (remote store).",
+                                                    envvar="TINYFLEET_REGISTRY_ENDPOINT")]
+UpdateOpt = Annotated[Optional[str], typer.Option("--update-endpoint", help="SPARQL update URL (default: --endpoint).")]
+UserOpt = Annotated[Optional[str], typer.Option("--user", help="HTTP user; password from TINYFLEET_REGISTRY_PASSWORD.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+FileArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]
+
+
+class ExportFormat(str, Enum):
+    turtle = "turtle"
+    json_ld = "json-ld"
+    nt = "nt"
+
+
+def _open(store: Path | None, endpoint: str | None, update_endpoint: str | None, user: str | None) -> Any:
+    from registry.store import open_store
+
+    auth = None
+    if user:
+        auth = (user, os.environ.get("TINYFLEET_REGISTRY_PASSWORD", ""))
+    return open_store(store, endpoint=endpoint, update_endpoint=update_endpoint, auth=auth)
+
+
+@app.command("add-model")
+def add_model(file: FileArg,
+              card: Annotated[Optional[Path], typer.Option("--card", exists=True, dir_okay=False,
+                                                           help="Model card JSON (name, task, metrics, sensors...).")] = None,
+              store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
+              user: UserOpt = None, json_out: JsonOpt = False) -> None:
+    """Inspect a .tflite (TFLite Micro arena measured) and add or replace its description."""
+    from registry.ingest_model import add_model as _add
+    from registry.queries import rows_py
+
+    with _open(store, endpoint, update_endpoint, user) as st:
+        iri = _add(st, file, card)
+        row = rows_py(st.select("SELECT ?name ?ram ?flash WHERE { ?m schema:name ?name ; tf:ramRequiredBytes ?ram ; "
+                                "tf:flashRequiredBytes ?flash }", {"m": iri}))[0]
+    result = {"iri": str(iri), "name": row["name"], "ram_needed_bytes": row["ram"], "flash_needed_bytes": row["flash"]}
+    if json_out:
+        print_json(result)
+    else:
+        err.print(f"added model {result['name']} <{iri}> (arena {row['ram']} B, flash {row['flash']} B)")
+
+
+@app.command("add-device")
+def add_device(td: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
+               user: UserOpt = None, json_out: JsonOpt = False) -> None:
+    """Add or replace a device from its W3C WoT Thing Description (JSON)."""
+    from registry.ingest_device import add_device as _add
+
+    with _open(store, endpoint, update_endpoint, user) as st:
+        iri = _add(st, td)
+    if json_out:
+        print_json({"iri": str(iri)})
+    else:
+        err.print(f"added device <{iri}>")
+
+
+@app.command("import")
+def import_(file: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
+            user: UserOpt = None, json_out: JsonOpt = False) -> None:
+    """Import Turtle / JSON-LD (also TinyML-schema style graphs) atomically: all or nothing."""
+    from registry.interop import import_file
+
+    with _open(store, endpoint, update_endpoint, user) as st:
+        n = import_file(st, file)
+        total = len(st)
+    if json_out:
+        print_json({"file": str(file), "triples": n, "store_triples": total})
+    else:
+        err.print(f"imported {n} triples from {file} (store holds {total})")
+
+
+@app.command("validate")
+def validate(file: FileArg, json_out: JsonOpt = False) -> None:
+    """Check a .tflite (+ nothing written), a TD (.json) or a Turtle/JSON-LD file against the shapes."""
+    from registry.exceptions import ValidationFailedError
+    from registry.validation import violations
+
+    suffix = file.suffix.lower()
+    found: list[str] = []
+    try:
+        if suffix == ".tflite":
+            from registry.ingest_model import describe_model_file
+
+            _, g = describe_model_file(file)
+            found = violations(g)
+        elif suffix == ".json" and _looks_like_td(file):
+            from registry.ingest_device import device_graph, parse_td, read_td
+
+            _, g = device_graph(parse_td(read_td(file), source=str(file)))
+            found = violations(g)
+        else:
+            from registry.interop import prepare
+
+            prepare(file)
+    except ValidationFailedError as exc:
+        found = exc.violations
+    if json_out:
+        print_json({"file": str(file), "valid": not found, "violations": found})
+    elif not found:
+        err.print(f"{file}: valid")
+    if found:
+        if not json_out:
+            raise ValidationFailedError(str(file), found)
+        raise typer.Exit(1)
+
+
+def _looks_like_td(path: Path) -> bool:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and ("tinyfleet:board" in doc or str(doc.get("id", "")).startswith("urn:tinyfleet:"))
+
+
+@app.command("match")
+def match(model: Annotated[Optional[str], typer.Option("--model", help="Model IRI, sha256 or name.")] = None,
+          device: Annotated[Optional[str], typer.Option("--device", help="Device IRI, id or title.")] = None,
+          explain: Annotated[bool, typer.Option("--explain", help="Also list what was excluded and why.")] = False,
+          store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
+          user: UserOpt = None, json_out: JsonOpt = False) -> None:
+    """Devices that can run a model (--model), or models that fit a device (--device)."""
+    from registry import queries as q
+    from registry.exceptions import RegistryInputError
+
+    if (model is None) == (device is None):
+        raise RegistryInputError("give exactly one of --model or --device")
+    with _open(store, endpoint, update_endpoint, user) as st:
+        if model is not None:
+            rows = q.devices_for_model(st, model)
+            why = q.explain_model(st, model)["excluded"] if explain else None
+        else:
+            rows = q.models_for_device(st, device)  # type: ignore[arg-type]
+            why = q.explain_device(st, device)["excluded"] if explain else None  # type: ignore[arg-type]
+    if json_out:
+        print_json({"matches": rows, "excluded": why} if explain else rows)
+        return
+    title = f"devices that can run {model}" if model is not None else f"models that fit {device}"
+    table(title, ["name", "RAM (B)", "needed", "flash (B)", "needed", "sensors"],
+          [[r["name"], r["ram_bytes"], r["ram_needed_bytes"], r["flash_bytes"], r["flash_needed_bytes"],
+            " ".join(r["sensors"])] for r in rows])
+    if why is not None:
+        table("excluded", ["name", "why"], [[r["name"], "; ".join(r["reasons"])] for r in why])
+
+
+@app.command("query")
+def query(file: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
+          user: UserOpt = None, json_out: JsonOpt = False) -> None:
+    """Run a read-only SPARQL query from FILE.rq (updates are refused)."""
+    from registry.queries import raw_query
+
+    text = file.read_text(encoding="utf-8")
+    with _open(store, endpoint, update_endpoint, user) as st:
+        result = raw_query(st, text)
+    if json_out:
+        print_json(result)
+    elif result["type"] == "select":
+        table(str(file), result["vars"], [[r.get(v, "") for v in result["vars"]] for r in result["rows"]])
+    elif result["type"] == "ask":
+        typer.echo("true" if result["boolean"] else "false")
+    else:
+        typer.echo(result["turtle"])
+
+
+@app.command("search")
+def search(text: str, store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
+           user: UserOpt = None, json_out: JsonOpt = False) -> None:
+    """Free-text search over model and device names, ids and descriptions."""
+    from registry.queries import search as _search
+
+    with _open(store, endpoint, update_endpoint, user) as st:
+        rows = _search(st, text)
+    if json_out:
+        print_json(rows)
+    else:
+        table(f"search: {text}", ["kind", "name", "matched", "iri"],
+              [[r["kind"], r["name"], str(r["matched"])[:60], r["iri"]] for r in rows])
+
+
+@app.command("inventory")
+def inventory(store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
+              user: UserOpt = None, json_out: JsonOpt = False) -> None:
+    """Which model version runs where, online or not."""
+    from registry.queries import inventory as _inventory
+
+    with _open(store, endpoint, update_endpoint, user) as st:
+        rows = _inventory(st)
+    if json_out:
+        print_json(rows)
+    else:
+        table("fleet inventory", ["device", "online", "last seen", "model", "version", "sha256"],
+              [[r["name"], {True: "yes", False: "no", None: "?"}[r["online"]], r["last_seen"] or "",
+                r["model_name"] or "", r["model_version"] or "", (r["sha256"] or "")[:12]] for r in rows])
+
+
+@app.command("lineage")
+def lineage(model: str, store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
+            user: UserOpt = None, json_out: JsonOpt = False) -> None:
+    """Which federated runs, rounds and devices produced a model version."""
+    from registry.queries import lineage as _lineage
+
+    with _open(store, endpoint, update_endpoint, user) as st:
+        result = _lineage(st, model)
+    if json_out:
+        print_json(result)
+    else:
+        table(f"lineage of {model}", ["run", "strategy", "rounds", "started", "ended", "devices", "parent"],
+              [[r["run_id"], r["strategy"], r["rounds"], r["started"], r["ended"], len(r["devices"]),
+                r["parent_name"] or r["parent"] or ""] for r in result["runs"]])
+
+
+@app.command("export")
+def export(fmt: Annotated[ExportFormat, typer.Option("--format", help="Serialization.")] = ExportFormat.turtle,
+           store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
+           user: UserOpt = None) -> None:
+    """Print the whole registry graph (Turtle, JSON-LD or N-Triples) on stdout."""
+    with _open(store, endpoint, update_endpoint, user) as st:
+        g = st.triples_graph()
+    typer.echo(g.serialize(format=fmt.value))
