@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,6 +304,10 @@ class DeviceAgent:
             raise ProtocolError(f"local-layers {local} must be a proper subset of 0..{n_layers - 1}",
                                 code=ErrorCode.BAD_CONFIG, request_id=frame.id)
         theta = self._weights_from(frame)
+        if "seed" in cfg and ConfigKey.SERVER_ROUND in cfg:  # reproducible runs (federation resume): the
+            # sample order depends only on (run seed, device, round), not on how many tasks came before
+            self.learner.rng = np.random.default_rng(
+                [int(cfg["seed"]) & 0xFFFFFFFF, zlib.crc32(self.client_id.encode()), int(cfg[ConfigKey.SERVER_ROUND])])
         if theta is None:
             raise ProtocolError("task.train carries no weights", code=ErrorCode.BAD_SHAPE, request_id=frame.id)
         start = [w.copy() for w in theta]
@@ -341,6 +346,9 @@ class DeviceAgent:
 
     def _evaluate(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any]]:
         weights = self._weights_from(frame)
+        for layer in frame.config.get(ConfigKey.LOCAL_LAYERS, []):  # TinyMetaFed: evaluate with own local layers
+            if weights is not None and layer in self._personal:
+                weights[2 * layer], weights[2 * layer + 1] = (w.copy() for w in self._personal[layer])
         head = self.learner.head
         saved = head.get_weights()
         try:
