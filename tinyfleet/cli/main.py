@@ -20,7 +20,6 @@ from tinyfleet.cli import models  # noqa: E402
 from tinyfleet.cli import doctor  # noqa: E402
 from tinyfleet.cli import broker  # noqa: E402
 from tinyfleet.cli import registry  # noqa: E402
-from tinyfleet.cli import registry  # noqa: E402
 from tinyfleet.cli import federate  # noqa: E402
 from tinyfleet import config  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -48,7 +47,6 @@ def _root(
 
 app.add_typer(models.app, name="models")
 app.add_typer(broker.app, name="broker")
-app.add_typer(registry.app, name="registry")
 app.add_typer(registry.app, name="registry")
 app.add_typer(federate.app, name="federate")
 app.command(name="doctor")(doctor.doctor)
