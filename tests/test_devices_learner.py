@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +204,21 @@ def test_bad_inputs_give_clear_errors(model_dir: Path, tmp_path: Path) -> None:
     (bad / "head.npz").unlink()
     with pytest.raises(HeadWeightsError, match=r"head\.npz: head file not found"):
         OnlineLearner.from_artifacts(bad, kind="classification")
+
+
+def test_learner_runs_a_real_backbone_without_tensorflow(model_dir: Path) -> None:
+    code = textwrap.dedent(f"""
+        import sys
+        for name in ("tensorflow", "keras", "flwr"):
+            sys.modules[name] = None
+        import numpy as np
+        from devices.learner import OnlineLearner
+        learner = OnlineLearner.from_artifacts({str(model_dir)!r}, kind="classification")
+        x = np.random.default_rng(0).uniform(0, 1, (6, 6, 6, 1)).astype(np.float32)
+        out = learner.train(x, np.array([0, 1, 2, 0, 1, 2]), 12)
+        print(learner.backbone.backend, out["num-examples"], learner.memory_report()["arena"])
+        print(sorted(m for m, mod in sys.modules.items() if mod is not None and m.split(".")[0] in ("tensorflow", "keras")))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["litert 12 1234", "[]"]
