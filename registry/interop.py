@@ -35,7 +35,7 @@ _SENSOR_SYNONYMS = {"thermometer": "temperature", "imager": "camera", "image": "
                     "illuminance": "light", "photodiode": "light"}
 _NOT_SENSOR_KINDS = {"", "other", "sensor", "system", "thing", "microcontroller", "platform", "smart"}
 _REMOTE_TD_CONTEXTS = {"https://www.w3.org/2019/wot/td/v1", "https://www.w3.org/2022/wot/td/v1.1"}
-_SKOLEM = ID["genid/"]
+_SKOLEM = str(ID) + "genid/"
 
 
 def _local(iri: object) -> str:
@@ -227,7 +227,7 @@ def skolemize(g: Graph) -> Graph:
 
 
 def _sk(node: object) -> object:
-    return _SKOLEM[str(node)] if isinstance(node, BNode) else node
+    return URIRef(_SKOLEM + str(node)) if isinstance(node, BNode) else node
 
 
 def check_iris(g: Graph, source: str) -> None:
