@@ -395,7 +395,7 @@ class DeviceAgent:
                 return None
             head = self.learner.head
             arena = fit_check(data, artifact=artifact, arena_bytes=cfg.get(ConfigKey.ARENA_BYTES),
-                              head_sizes=head.layer_sizes, input_shape=tuple(self.x_train.shape[1:]),
+                              current=self.learner.memory(),
                               ram_bytes=self.config.board.ram_bytes, flash_bytes=self.config.board.flash_bytes)
         except DeployError as exc:
             log.warning("%s: deploy %s refused: %s", self.client_id, frame.id, exc)

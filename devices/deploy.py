@@ -20,14 +20,14 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from devices.exceptions import DeployError, ModelDoesNotFitError, ProtocolError
-from devices.memory import account, check_fits, measure_backbone_arena, sample_nbytes
+from devices.memory import MemoryReport, check_fits, measure_backbone_arena
 from devices.protocol import ConfigKey, ErrorCode, Frame, sha256_hex
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.interpreters import TFLiteModel
@@ -128,21 +128,17 @@ class ChunkAssembler:
             del self._open[key]
 
 
-def fit_check(data: bytes, *, artifact: str, arena_bytes: int | None, head_sizes: list[int],
-              input_shape: tuple[int, ...], ram_bytes: int, flash_bytes: int) -> int:
+def fit_check(data: bytes, *, artifact: str, arena_bytes: int | None, current: MemoryReport,
+              ram_bytes: int, flash_bytes: int) -> int:
     """Raise `DeployError` (``does-not-fit``) if the new model + head exceed the board; return the arena.
 
-    The arena comes from the task (the model card's measured TFLM arena) or is measured here with
-    TFLite Micro (seconds). A full inference model (``model.tflite``) is judged by arena + flash only.
+    The learner's current `MemoryReport` is reused with the new model's arena and file size, so
+    the head's weights, gradients, activations and buffer are counted exactly as `devices.memory`
+    counts them. The arena comes from the task (the model card's measured TFLM arena) or is
+    measured here with TFLite Micro (seconds).
     """
     arena = arena_bytes if arena_bytes is not None else measure_backbone_arena(data)
-    if artifact == "backbone.tflite":
-        n_params = sum(a * b + b for a, b in zip(head_sizes[:-1], head_sizes[1:], strict=True))
-        report = account(layer_sizes=head_sizes, trainable_params=n_params, arena=arena, backbone_bytes=len(data),
-                         sample_bytes=sample_nbytes(input_shape, 1))
-    else:
-        report = account(layer_sizes=[0], trainable_params=0, arena=arena, backbone_bytes=len(data),
-                         sample_bytes=sample_nbytes(input_shape, 1))
+    report = replace(current, arena=int(arena), flash_backbone=len(data))
     try:
         check_fits(report, ram_bytes=ram_bytes, flash_bytes=flash_bytes, what=f"deployed {artifact}")
     except ModelDoesNotFitError as exc:
