@@ -88,8 +88,20 @@ def nearest_centroid_accuracy(support: np.ndarray, support_y: np.ndarray, query:
 
 def episode_accuracy(features: Callable[[np.ndarray], np.ndarray],
                      episodes: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Mean and 95% interval of nearest-centroid accuracy over (support_x, support_y, query_x, query_y) episodes."""
-    accs = [nearest_centroid_accuracy(features(sx), sy, features(qx), qy) for sx, sy, qx, qy in episodes]
+    """Mean and 95% interval of nearest-centroid accuracy over (support_x, support_y, query_x, query_y) episodes.
+
+    All images go through `features` in one batch (one interpreter/Keras call, not one per episode).
+    """
+    if not episodes:
+        raise ValueError("no episodes")
+    parts = [a for sx, _, qx, _ in episodes for a in (sx, qx)]
+    feats = features(np.concatenate(parts))
+    bounds = np.cumsum([0] + [len(a) for a in parts])
+    accs = []
+    for e, (_, sy, _, qy) in enumerate(episodes):
+        fs = feats[bounds[2 * e]:bounds[2 * e + 1]]
+        fq = feats[bounds[2 * e + 1]:bounds[2 * e + 2]]
+        accs.append(nearest_centroid_accuracy(fs, sy, fq, qy))
     a = np.asarray(accs)
     return {"accuracy": float(a.mean()), "ci95": float(1.96 * a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0,
             "episodes": len(a)}

@@ -1,0 +1,125 @@
+"""Presence detection in smart buildings: present/absent from a 30-minute window of room sensors.
+
+Data: simulated rooms (`firmware_models.datasets.building`: offices, meeting rooms, lecture halls,
+labs, open spaces; CO2, temperature, humidity, light, motion with noise, drift and dropouts), or
+real UCI Occupancy Detection CSVs (`firmware_models.datasets.uci_occupancy`). A device is a room;
+held-out rooms are drawn from a separate seeded stream and never used in training. Features:
+`firmware_models.features.sensors.window_features` (numpy, shared with devices).
+
+Model: int8 1-D CNN backbone over the window (30x6 -> 32 features), float head 32 -> 16 -> 2; the
+card reports float vs int8 accuracy on held-out rooms.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from firmware_models.datasets import building
+from firmware_models.features.sensors import N_FEATURES, WINDOW, windows_from_log
+from firmware_models.usecases.base import DeviceData, ProgressFn, Split, UseCase
+
+FEATURES = 32
+HEAD_HIDDEN = 16
+DAYS = 7
+_SPLIT_STREAM = {"train": 0, "heldout": 1}
+
+
+def room_spec(split: Split, index: int, seed: int) -> building.RoomSpec:
+    """Room `index` of `split` (deterministic; the two splits use separate random streams)."""
+    if split not in _SPLIT_STREAM:
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    rng = np.random.default_rng([int(seed), 7, _SPLIT_STREAM[split], int(index)])
+    kind = building.ROOM_KINDS[int(index) % len(building.ROOM_KINDS)]
+    return building.random_room(f"room-{split}-{index:03d}", rng, kind)
+
+
+def log_windows(log: building.SensorLog, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`n` random windows of a room's log: features (n, WINDOW, 6) and presence at each window's end."""
+    ends = np.sort(rng.choice(np.arange(WINDOW - 1, len(log.occupied)), size=min(n, len(log.occupied) - WINDOW + 1),
+                              replace=False))
+    return windows_from_log(log.values, ends), log.occupied[ends]
+
+
+def build_backbone(keras: Any, n_features: int = FEATURES) -> Any:
+    """30x6 window -> three temporal convs (16, 32, 32; kernels 5, 5, 3) -> global average -> features."""
+    layers = keras.layers
+    inp = keras.Input((WINDOW, N_FEATURES))
+    x = layers.Reshape((WINDOW, 1, N_FEATURES))(inp)   # temporal convs as Conv2D: TFLM runs it natively
+    for width, kernel, stride in ((16, 5, 1), (32, 5, 2), (n_features, 3, 2)):
+        x = layers.Conv2D(width, (kernel, 1), strides=(stride, 1), padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, x, name="presence_backbone")
+
+
+class PresenceUseCase(UseCase):
+    """Room presence from CO2/temperature/humidity/light/motion windows; a device is a room."""
+
+    name = "presence"
+    kind = "classification"
+    sensors = ("co2", "temperature", "humidity", "illuminance", "motion")
+    input_shape = (WINDOW, N_FEATURES)
+    labels = ("absent", "present")
+    description = ("Smart-building presence detection from 30-minute windows of CO2, temperature, humidity, "
+                   "light and motion; int8 temporal CNN backbone -> 32 features, float head 32-16-2.")
+
+    def devices(self, split: Split, n_devices: int, *, samples_per_device: int, seed: int = 0) -> list[DeviceData]:
+        """One simulated room (7 days, 1-minute steps) per device; windows sampled at random times."""
+        out = []
+        for i in range(int(n_devices)):
+            spec = room_spec(split, i, seed)
+            log = building.simulate_room(spec, days=DAYS, seed=seed)
+            x, y = log_windows(log, int(samples_per_device), np.random.default_rng([int(seed), 11, i]))
+            out.append(DeviceData(spec.name, x, y, {"kind": spec.kind, "volume_m3": round(spec.volume, 1),
+                                                    "ach": round(spec.ach, 2), "capacity": spec.capacity,
+                                                    "has_motion": spec.has_motion,
+                                                    "occupied_fraction": round(float(log.occupied.mean()), 3)}))
+        return out
+
+    def build(self, out_dir: Path, *, seed: int = 0, quick: bool = False,
+              progress: ProgressFn | None = None) -> dict[str, Any]:
+        """Simulate rooms, pretrain on training rooms, convert, measure on held-out rooms, export."""
+        from firmware_models.build import export_artifacts, head_weights_from_dense
+        from firmware_models.usecases import training
+
+        cfg: dict[str, Any] = {"train_rooms": 8 if quick else 60, "heldout_rooms": 4 if quick else 20,
+                               "windows_per_room": 200 if quick else 600, "epochs": 2 if quick else 25,
+                               "batch_size": 64, "learning_rate": 3e-3, "seed": int(seed)}
+        step = progress or (lambda stage, frac: None)
+        step("simulate rooms", 0.0)
+        t0 = time.perf_counter()
+        train = self.devices("train", cfg["train_rooms"], samples_per_device=cfg["windows_per_room"], seed=seed)
+        heldout = self.devices("heldout", cfg["heldout_rooms"], samples_per_device=cfg["windows_per_room"], seed=seed)
+        x, y = np.concatenate([d.x for d in train]), np.concatenate([d.y for d in train])
+        hx, hy = np.concatenate([d.x for d in heldout]), np.concatenate([d.y for d in heldout])
+        t_data = time.perf_counter() - t0
+
+        keras = training.seed_everything(seed)
+        backbone = build_backbone(keras)
+        dense = [keras.layers.Dense(HEAD_HIDDEN, activation="relu"), keras.layers.Dense(2)]
+        model = keras.Model(backbone.input, dense[1](dense[0](backbone.output)), name="presence")
+        t_train = training.fit_classifier(model, x, y, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                                          learning_rate=cfg["learning_rate"], progress=step,
+                                          stage="train backbone + head", span=(0.1, 0.7))
+
+        def on_export(stage: str, frac: float) -> None:
+            step(stage, 0.7 + 0.3 * frac)
+
+        return export_artifacts(
+            out_dir, self.name, model, x, task=self.name, kind=self.kind,
+            head_weights=head_weights_from_dense(dense), eval_x=hx, eval_y=hy, backbone_model=backbone,
+            description=self.description, sensors=self.sensors,
+            metrics={"metric": "present/absent accuracy on held-out rooms",
+                     "heldout_present_fraction": float(hy.mean())},
+            provenance={"generator": "firmware_models.datasets.building", "seed": int(seed), "quick": bool(quick),
+                        "days_per_room": DAYS, "window_minutes": WINDOW,
+                        "train_rooms": cfg["train_rooms"], "heldout_rooms": cfg["heldout_rooms"],
+                        "train_samples": int(len(x)), "heldout_samples": int(len(hx)),
+                        "training": {k: cfg[k] for k in ("epochs", "batch_size", "learning_rate")},
+                        "data_seconds": round(t_data, 3), "train_seconds": round(t_train, 3)},
+            progress=on_export)
