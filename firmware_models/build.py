@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from firmware_models.c_export import write_c_source_pair
+from firmware_models.c_export import ExportError, write_c_source_pair
 from firmware_models.card import head_section, make_card, sha256_file, write_card
 from firmware_models.convert import to_full_int8
 from firmware_models.exceptions import TinyFleetError
@@ -41,6 +41,20 @@ from firmware_models.usecases.base import (
 
 class HeadFileError(TinyFleetError):
     """A head.npz file is missing, unreadable or not a w0, b0, w1, b1, ... stack."""
+
+
+def prepare_out_dir(out_dir: str | Path, name: str) -> Path:
+    """Create `out_dir/<name>/` or fail with one line before any expensive training starts."""
+    target = Path(out_dir) / name
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ExportError(f"{target}: exists and is not a directory") from None
+    except OSError as exc:
+        raise ExportError(f"{target}: cannot create output directory ({exc.strerror})") from None
+    if not target.is_dir():
+        raise ExportError(f"{target}: not a directory")
+    return target
 
 
 def head_weights_from_dense(layers: Sequence[Any]) -> list[np.ndarray]:
@@ -155,8 +169,7 @@ def export_artifacts(out_dir: str | Path, name: str, keras_model: Any, represent
         if progress is not None:
             progress(stage, frac)
 
-    target = Path(out_dir) / name
-    target.mkdir(parents=True, exist_ok=True)
+    target = prepare_out_dir(out_dir, name)
     t0 = time.perf_counter()
     step("int8 conversion", 0.0)
     model_bytes = to_full_int8(keras_model, representative_x)

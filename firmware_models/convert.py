@@ -7,13 +7,17 @@ set: microcontrollers without an FPU then never touch floats, and TFLite Micro's
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
 import numpy as np
 
 from firmware_models.exceptions import TinyFleetError
-from firmware_models.quiet import quiet_tensorflow_env, stdout_to_stderr
+from firmware_models.quiet import capture_fd, quiet_tensorflow_env
+
+
+log = logging.getLogger(__name__)
 
 
 class ConversionError(TinyFleetError):
@@ -40,8 +44,8 @@ def to_full_int8(keras_model: Any, representative_x: np.ndarray, *, n_calibratio
 
     Notes
     -----
-    The converter prints "Saved artifact at ..." to stdout; the call runs with fd 1 redirected to
-    stderr so that `--json` output stays clean.
+    The converter prints "Saved artifact at ..." to stdout and a summary line to C-level stderr;
+    both are captured (logged at debug level) so that `--json` output and progress bars stay clean.
     """
     quiet_tensorflow_env()
     import tensorflow as tf
@@ -61,10 +65,18 @@ def to_full_int8(keras_model: Any, representative_x: np.ndarray, *, n_calibratio
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    with stdout_to_stderr(), warnings.catch_warnings():
+    # Both file descriptors are captured: "Saved artifact" (fd 1) would corrupt --json, and the
+    # C-level "fully_quantize: ..." line (fd 2) would tear through progress bars. Kept at debug level.
+    with capture_fd(1) as out_text, capture_fd(2) as err_text, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
         try:
-            return bytes(converter.convert())
+            result = bytes(converter.convert())
+            error = None
         except Exception as exc:  # noqa: BLE001 - converter errors are long MLIR dumps
             lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-            raise ConversionError(f"int8 conversion failed: {lines[0] if lines else type(exc).__name__}") from None
+            result, error = b"", f"int8 conversion failed: {lines[0] if lines else type(exc).__name__}"
+    log.debug("converter stdout: %s", "".join(out_text))
+    log.debug("converter stderr: %s", "".join(err_text))
+    if error is not None:
+        raise ConversionError(error)
+    return result

@@ -30,7 +30,11 @@ def build(
     """Train a use case's model, convert it to full int8, measure it and export it with its card."""
     from firmware_models.usecases import get_use_case
 
+    from firmware_models.build import prepare_out_dir
+
     names = resolve_names(task)  # unknown name -> UnknownUseCaseError (exit 2, lists valid names)
+    for name in names:
+        prepare_out_dir(out, name)  # a bad --out fails now, not after training
     cards: list[dict[str, Any]] = []
     with progress() as bar:
         for name in names:
