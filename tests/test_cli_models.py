@@ -91,3 +91,13 @@ def test_doctor_json_reports_versions_and_a_working_broker(mosquitto) -> None:  
         assert report["versions"][tool], tool
     assert report["mosquitto"]["binary"] and report["mosquitto"]["starts"] is True
     assert report["mosquitto"]["port"] > 0 and report["ok"] is True
+
+
+def test_doctor_and_inspect_cli_modules_do_not_import_tensorflow() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from tinyfleet.cli import doctor, models; doctor.tool_versions();"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
