@@ -21,6 +21,7 @@ from tinyfleet.cli import doctor  # noqa: E402
 from tinyfleet.cli import broker  # noqa: E402
 from tinyfleet.cli import registry  # noqa: E402
 from tinyfleet.cli import federate  # noqa: E402
+from tinyfleet.cli import devices  # noqa: E402
 from tinyfleet import config  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated  # noqa: E402
@@ -49,6 +50,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(broker.app, name="broker")
 app.add_typer(registry.app, name="registry")
 app.add_typer(federate.app, name="federate")
+app.add_typer(devices.app, name="devices")
 app.command(name="doctor")(doctor.doctor)
 
 

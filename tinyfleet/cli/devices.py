@@ -1,0 +1,265 @@
+"""`tinyfleet devices`: run one device agent, simulate a fleet, list and show devices on a broker."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from devices.boards import DEFAULT_BOARD, get_board
+from devices.broker import MosquittoBroker, read_state
+from devices.exceptions import DeviceLinkError
+from devices.mqtt_link import BrokerAddress, Credentials, parse_broker_url
+from devices.topics import check_name
+from firmware_models.exceptions import TinyFleetError
+from tinyfleet import config
+from tinyfleet.cli.broker import default_dir
+from tinyfleet.cli.output import JSON_HELP, err, print_json, table
+
+app = typer.Typer(
+    help="Device agents: run one, simulate a fleet, list the devices on a broker.\n\n"
+    "Example: tinyfleet devices simulate --n 100 --task sine --duration 30",
+    no_args_is_help=True,
+)
+
+BrokerOption = Annotated[str | None, typer.Option(
+    "--broker", help="mqtt://host:port or mqtts://host:port; default: config/env, else the broker of "
+    "`tinyfleet broker start`, else (run/simulate) a private Mosquitto for this command.")]
+FleetOption = Annotated[str, typer.Option(help="Fleet name (topic level).")]
+UserOption = Annotated[str | None, typer.Option(help="MQTT user name (default: the client id).")]
+PasswordOption = Annotated[str | None, typer.Option(envvar="TINYFLEET_MQTT_PASSWORD", show_envvar=True,
+                                                    help="MQTT password (prefer the environment variable).")]
+CaOption = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="CA certificate (mqtts).")]
+CertOption = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Client certificate (mqtts).")]
+KeyOption = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Client key (mqtts).")]
+
+
+def _credentials(user: str | None, password: str | None, ca: Path | None, cert: Path | None,
+                 key: Path | None) -> Credentials | None:
+    if not any((user, password, ca, cert, key)):
+        return None
+    return Credentials(user, password, ca, cert, key)
+
+
+def _known_broker(broker: str | None) -> BrokerAddress | None:
+    url = config.setting("broker", broker)
+    if url:
+        return parse_broker_url(str(url))
+    state = read_state(default_dir())
+    return BrokerAddress(state.host, state.port) if state else None
+
+
+@contextmanager
+def _broker(broker: str | None, *, may_start: bool) -> Iterator[BrokerAddress]:
+    """The broker to use; without any, start a private Mosquitto for the command's lifetime."""
+    address = _known_broker(broker)
+    if address is not None:
+        yield address
+        return
+    if not may_start:
+        raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
+    with tempfile.TemporaryDirectory(prefix="tinyfleet-mq-") as tmp, MosquittoBroker(Path(tmp)) as mq:
+        err.print(f"started a private Mosquitto on mqtt://{mq.host}:{mq.port}")
+        yield BrokerAddress(mq.host, int(mq.port or 0))
+
+
+def _sleep(duration: float | None) -> None:
+    deadline = None if duration is None else time.monotonic() + duration
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic())))
+    except KeyboardInterrupt:
+        err.print("stopping")
+
+
+def _log_to_stderr(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+@app.command()
+def run(
+    device_id: Annotated[str, typer.Option("--id", help="Device id = MQTT client id (no / + #).")],
+    task: Annotated[str, typer.Option(help="Use case the device learns (e.g. sine).")] = "sine",
+    broker: BrokerOption = None,
+    models: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
+                                                help="Folder of `tinyfleet models build` output.")] = None,
+    board: Annotated[str, typer.Option(help="Board profile (RAM, flash, sensors).")] = DEFAULT_BOARD,
+    fleet: FleetOption = "default",
+    state_dir: Annotated[Path | None, typer.Option(file_okay=False,
+                                                   help="Where deployed models are kept.")] = None,
+    samples: Annotated[int, typer.Option(min=2, help="Local samples of this device.")] = 100,
+    seed: Annotated[int, typer.Option(help="Selects this device's task (non-IID data).")] = 0,
+    telemetry: Annotated[float, typer.Option(min=0, help="Telemetry period in seconds (0: off).")] = 10.0,
+    duration: Annotated[float | None, typer.Option(min=0, help="Stop after S seconds (default: Ctrl-C).")] = None,
+    user: UserOption = None, password: PasswordOption = None, ca: CaOption = None, cert: CertOption = None,
+    key: KeyOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every task on stderr.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Run one device agent until Ctrl-C (or --duration): TD, presence, telemetry, tasks."""
+    from devices.agent import AgentConfig, DeviceAgent
+    from devices.mqtt_link import MqttHub
+    from devices.simulator import LearnerFactory
+    from firmware_models.usecases import get_use_case
+
+    _log_to_stderr(verbose)
+    check_name(device_id)
+    check_name(fleet, what="fleet name")
+    prof = get_board(board)
+    uc = get_use_case(task)
+    data = uc.devices("train", seed + 1, samples_per_device=samples, seed=seed)[seed]
+    learner = LearnerFactory(uc, models, seed=seed)(seed, data)
+    creds = _credentials(user, password, ca, cert, key)
+    with _broker(broker, may_start=True) as address:
+        cfg = AgentConfig(device_id=device_id, board=prof, fleet=fleet, use_case=uc.name, sensors=tuple(uc.sensors),
+                          state_dir=state_dir or Path(tempfile.gettempdir()) / "tinyfleet-devices" / device_id,
+                          telemetry_s=telemetry, seed=seed)
+        agent = DeviceAgent(cfg, learner, data, broker_host=address.host, broker_port=address.port, tls=address.tls,
+                            authenticated=bool(creds and creds.password))
+        hub = MqttHub(address, credentials=creds, workers=1)
+        link = hub.add(agent)
+        hub.start()
+        try:
+            if not hub.wait_connected(10):
+                raise DeviceLinkError(link.last_error or f"{device_id}: no connection to {address.url} within 10 s")
+            err.print(f"{device_id} online at {address.url} (fleet {fleet}, board {prof.name}); Ctrl-C stops")
+            _sleep(duration)
+        finally:
+            hub.stop()
+        summary = {"device": device_id, "broker": address.url, "fleet": fleet, "board": prof.name,
+                   "tasks_done": agent.tasks_done, "errors_sent": agent.errors_sent,
+                   "samples_seen": int(agent.learner.samples_seen_)}
+    if json_out:
+        print_json(summary)
+    else:
+        table(f"device {device_id}", ["key", "value"], [(k, v) for k, v in summary.items()])
+
+
+@app.command()
+def simulate(
+    n: Annotated[int, typer.Option("--n", min=1, max=100_000, help="Number of devices.")] = 10,
+    task: Annotated[str, typer.Option(help="Use case (e.g. sine).")] = "sine",
+    boards: Annotated[str, typer.Option(help="Board mix, e.g. nano33ble:0.5,esp32:0.3,uno:0.2")] = DEFAULT_BOARD,
+    broker: BrokerOption = None,
+    duration: Annotated[float | None, typer.Option(min=0, help="Run S seconds (default: until Ctrl-C).")] = None,
+    fleet: FleetOption = "sim",
+    models: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
+                                                help="Folder of `tinyfleet models build` output.")] = None,
+    samples: Annotated[int, typer.Option(min=2, help="Local samples per device.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of data, boards and faults.")] = 0,
+    drop: Annotated[float, typer.Option(min=0, max=1, help="Probability a device ignores a task.")] = 0.0,
+    latency: Annotated[float, typer.Option(min=0, help="Seconds added before each reply.")] = 0.0,
+    slow_fraction: Annotated[float, typer.Option(min=0, max=1, help="Fraction of slow devices.")] = 0.0,
+    slow_factor: Annotated[float, typer.Option(min=1, help="Compute-time multiplier of slow devices.")] = 4.0,
+    crash_rate: Annotated[float, typer.Option(min=0, max=1, help="Per device and second: chance of a crash "
+                                                                   "(the Last Will fires).")] = 0.0,
+    crash_down: Annotated[float, typer.Option(min=0, help="Seconds a crashed device stays away.")] = 5.0,
+    telemetry: Annotated[float, typer.Option(min=0, help="Telemetry period per device (0: off).")] = 30.0,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker threads for training.")] = 2,
+    state_root: Annotated[Path | None, typer.Option(file_okay=False, help="Devices' model folders.")] = None,
+    user: UserOption = None, password: PasswordOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every task on stderr.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Run N simulated devices in this process (one network thread), each with its own data and board."""
+    from devices.simulator import FaultKnobs, FleetSimulator
+
+    _log_to_stderr(verbose)
+    faults = FaultKnobs(drop_prob=drop, latency_s=latency, slow_fraction=slow_fraction, slow_factor=slow_factor,
+                        crash_prob_per_s=crash_rate, crash_down_s=crash_down)
+    creds = _credentials(user, password, None, None, None)
+    with _broker(broker, may_start=True) as address, tempfile.TemporaryDirectory(prefix="tinyfleet-sim-") as tmp:
+        t0 = time.monotonic()
+        sim = FleetSimulator(n=n, use_case=task, address=address, state_root=state_root or Path(tmp), boards=boards,
+                             fleet=fleet, models_dir=models, samples_per_device=samples, faults=faults,
+                             telemetry_s=telemetry, workers=workers, credentials=creds, seed=seed)
+        try:
+            connected = sim.start(timeout=max(10.0, n / 50))
+            connect_s = time.monotonic() - t0
+            err.print(f"{connected}/{n} devices online at {address.url} (fleet {fleet}) in {connect_s:.2f} s")
+            _sleep(duration)
+        finally:
+            sim.stop()
+        by_board: dict[str, int] = {}
+        for a in sim.agents:
+            by_board[a.config.board.name] = by_board.get(a.config.board.name, 0) + 1
+        summary: dict[str, Any] = {
+            "devices": n, "connected": connected, "connect_seconds": round(connect_s, 3), "broker": address.url,
+            "fleet": fleet, "boards": by_board, "tasks_done": sum(a.tasks_done for a in sim.agents),
+            "errors_sent": sum(a.errors_sent for a in sim.agents), "dropped": sum(a.dropped for a in sim.agents),
+            "unfit_devices": sum(1 for a in sim.agents if a.unfit_reason)}
+    if json_out:
+        print_json(summary)
+    else:
+        table(f"simulated fleet {fleet}", ["key", "value"], [(k, v) for k, v in summary.items()])
+
+
+def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | None) -> Any:
+    from devices.fleet_client import snapshot
+
+    check_name(fleet, what="fleet name")
+    address = _known_broker(broker)
+    if address is None:
+        raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
+    return snapshot(address, fleet=fleet, seconds=wait, credentials=creds)
+
+
+@app.command(name="list")
+def list_devices(
+    broker: BrokerOption = None,
+    fleet: FleetOption = "default",
+    wait: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to collect retained messages.")] = 1.0,
+    user: UserOption = None, password: PasswordOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Devices of a fleet known to the broker (retained presence and Thing Descriptions)."""
+    fc = _snapshot(broker, fleet, wait, _credentials(user, password, None, None, None))
+    rows = []
+    for dev in sorted(set(fc.presence) | set(fc.tds)):
+        pres, td = fc.presence.get(dev, {}), fc.tds.get(dev, {})
+        b = td.get("tinyfleet:board", {})
+        rows.append({"device": dev, "online": bool(pres.get("online")), "board": pres.get("board") or b.get("tinyfleet:name"),
+                     "use_case": td.get("tinyfleet:useCase"), "ram_bytes": b.get("tinyfleet:ramBytes"),
+                     "flash_bytes": b.get("tinyfleet:flashBytes"), "reason": pres.get("reason")})
+    if json_out:
+        print_json({"fleet": fleet, "devices": rows})
+    else:
+        table(f"fleet {fleet}: {sum(r['online'] for r in rows)} of {len(rows)} online",
+              ["device", "online", "board", "use case", "RAM B", "flash B"],
+              [(r["device"], r["online"], r["board"], r["use_case"], r["ram_bytes"], r["flash_bytes"]) for r in rows])
+
+
+@app.command()
+def show(
+    device_id: Annotated[str, typer.Argument(help="Device id.")],
+    broker: BrokerOption = None,
+    fleet: FleetOption = "default",
+    wait: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to collect retained messages.")] = 1.0,
+    user: UserOption = None, password: PasswordOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """One device's Thing Description, presence and last telemetry."""
+    check_name(device_id)
+    fc = _snapshot(broker, fleet, wait, _credentials(user, password, None, None, None))
+    if device_id not in fc.presence and device_id not in fc.tds:
+        raise TinyFleetError(f"device {device_id!r} is not known in fleet {fleet!r} on the broker "
+                             f"(known: {', '.join(sorted(fc.tds)) or 'none'})")
+    doc = {"device": device_id, "presence": fc.presence.get(device_id), "telemetry": fc.telemetry.get(device_id),
+           "td": fc.tds.get(device_id)}
+    if json_out:
+        print_json(doc)
+        return
+    td = doc["td"] or {}
+    b = td.get("tinyfleet:board", {})
+    rows = [("online", (doc["presence"] or {}).get("online")), ("title", td.get("title")),
+            ("use case", td.get("tinyfleet:useCase")), ("board", b.get("tinyfleet:title")),
+            ("MCU", b.get("tinyfleet:mcu")), ("RAM B", b.get("tinyfleet:ramBytes")),
+            ("flash B", b.get("tinyfleet:flashBytes")), ("sensors", ", ".join(td.get("tinyfleet:sensors", []))),
+            ("actions", ", ".join(td.get("actions", {})))]
+    table(f"device {device_id}", ["key", "value"], rows)
