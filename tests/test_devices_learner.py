@@ -222,3 +222,18 @@ def test_learner_runs_a_real_backbone_without_tensorflow(model_dir: Path) -> Non
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == ["litert 12 1234", "[]"]
+
+
+def test_memory_table_of_a_models_folder(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from devices.memory import main
+
+    (model_dir / "card.json").write_text(json.dumps({"kind": "classification", "backbone": {"arena_bytes": 1234}}))
+    assert main([str(model_dir.parent), "--json", "--buffer", "2"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert list(table) == ["tiny"]
+    assert table["tiny"]["buffer"] == 72 and table["tiny"]["arena"] == 1234
+    assert table["tiny"]["head_params"] == N_FEATURES * 16 + 16 + 16 * N_CLASSES + N_CLASSES
+    (model_dir / "card.json").write_text("{not json")
+    assert main([str(model_dir.parent)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "card.json: cannot read the model kind" in err and err.count("\n") == 1
