@@ -80,6 +80,10 @@ BOARDS: Mapping[str, Board] = {b.name: b for b in (
           4 * 1024 * MIB, 32 * 1024 * MIB,
           ("microphone", "camera", "temperature", "humidity", "co2", "light", "motion", "scalar-signal"),
           "Raspberry Pi 4 product brief; flash = a 32 GB microSD card; sensors on USB/I2C add-ons"),
+    Board("esp32cam", "AI-Thinker ESP32-CAM", "ESP32-D0WDQ6", "Xtensa LX6 (dual core)", 240_000_000, 520 * KIB,
+          4 * MIB, ("camera",),
+          "AI-Thinker ESP32-CAM module: 520 KB SRAM (+4 MB PSRAM), 4 MB flash, OV2640 camera as its only sensor; "
+          "it lacks the sensors of the sine, keyword and presence use cases"),
     Board("uno", "Arduino Uno Rev3", "ATmega328P", "AVR (8-bit)", 16_000_000, 2 * KIB, 32 * KIB,
           ("temperature", "light", "scalar-signal"),
           "Arduino datasheet A000066: 2 KB SRAM, 32 KB flash; deliberately too small for most models"),

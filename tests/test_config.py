@@ -32,16 +32,3 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="tinyfleet.toml: invalid TOML"):
         config.setting("broker")
 
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [("mqtt://127.0.0.1:1884", ("127.0.0.1", 1884, False)), ("mqtts://localhost", ("localhost", 8883, True))],
-)
-def test_parse_broker_url(url: str, expected: tuple[str, int, bool]) -> None:
-    assert config.parse_broker_url(url) == expected
-
-
-@pytest.mark.parametrize("url", ["http://x:1", "127.0.0.1:1883", "mqtt://h:99999"])
-def test_parse_broker_url_rejects(url: str) -> None:
-    with pytest.raises(config.ConfigError, match="broker URL"):
-        config.parse_broker_url(url)

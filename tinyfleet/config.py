@@ -100,16 +100,3 @@ def effective() -> dict[str, Any]:
             result[key] = {"value": default, "source": "default"}
     return result
 
-
-def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    """`mqtt://host:port` or `mqtts://host:port` -> (host, port, tls); clear error otherwise."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"broker URL {url!r} must look like mqtt://host:port or mqtts://host:port")
-    try:
-        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-    except ValueError:
-        raise ConfigError(f"broker URL {url!r} has an invalid port") from None
-    return parts.hostname, port, parts.scheme == "mqtts"

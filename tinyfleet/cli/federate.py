@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from enum import Enum
 from pathlib import Path
@@ -13,7 +12,7 @@ import typer
 from federation.coordinator import Coordinator, RunConfig, read_status
 from federation.exceptions import CheckpointError
 from firmware_models.quiet import stdout_to_stderr
-from tinyfleet.cli.output import JSON_HELP, err, print_json, progress, table
+from tinyfleet.cli.output import JSON_HELP, err, print_json, progress, quiet_logs, table
 
 app = typer.Typer(
     help="Federated meta-learning over MQTT (Reptile, TinyMetaFed, FedAvg).\n\n"
@@ -32,13 +31,6 @@ RunDir = Annotated[Path, typer.Argument(help="Run directory (printed by `federat
                                         file_okay=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log Flower's and the Grid's messages on stderr.")]
-
-
-def _quiet_logs(verbose: bool) -> None:
-    level = logging.INFO if verbose else logging.WARNING
-    logging.getLogger("flwr").setLevel(level)
-    logging.getLogger("federation").setLevel(level)
-    logging.getLogger("tinyfleet.devices").setLevel(level if verbose else logging.ERROR)
 
 
 @app.command()
@@ -144,7 +136,7 @@ def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bo
              go: Any) -> None:
     from federation.session import fleet_grid
 
-    _quiet_logs(verbose)
+    quiet_logs(verbose)
     with progress(enabled=not json_out) as bar:
         task_id = bar.add_task(f"{config.strategy} on {config.task}", total=config.rounds)
 

@@ -19,6 +19,7 @@ from firmware_models.exceptions import TinyFleetError  # noqa: E402
 from tinyfleet.cli import models  # noqa: E402
 from tinyfleet.cli import doctor  # noqa: E402
 from tinyfleet.cli import broker  # noqa: E402
+from tinyfleet.cli import demo  # noqa: E402
 from tinyfleet.cli import registry  # noqa: E402
 from tinyfleet.cli import federate  # noqa: E402
 from tinyfleet.cli import devices  # noqa: E402
@@ -48,6 +49,7 @@ def _root(
 
 app.add_typer(models.app, name="models")
 app.add_typer(broker.app, name="broker")
+app.command(name="demo")(demo.demo)
 app.add_typer(registry.app, name="registry")
 app.add_typer(federate.app, name="federate")
 app.add_typer(devices.app, name="devices")

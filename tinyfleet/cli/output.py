@@ -7,6 +7,7 @@ Human messages, progress bars and warnings go to stderr. Progress bars appear on
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -58,3 +59,11 @@ def progress(enabled: bool = True) -> Iterator[Progress]:
                  console=err, disable=not (enabled and err.is_terminal), transient=False)
     with p:
         yield p
+
+
+def quiet_logs(verbose: bool) -> None:
+    """Keep Flower's per-round INFO lines and device chatter off the terminal unless --verbose."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.getLogger("flwr").setLevel(level)
+    logging.getLogger("federation").setLevel(level)
+    logging.getLogger("tinyfleet.devices").setLevel(level if verbose else logging.ERROR)
