@@ -239,10 +239,14 @@ class RemoteStore(RegistryStore):
         text = self._header + inline_bindings(query, bindings or {})
         try:
             return self._graph.query(text)
-        except urllib.error.HTTPError as exc:
-            raise StoreError(f"SPARQL endpoint {self.query_endpoint}: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            raise StoreError(f"SPARQL endpoint {self.query_endpoint} unreachable: {_first_line(exc)}") from None
+        except (ValueError, OSError) as exc:
+            # rdflib's GET path turns every urllib error into a bare ValueError; the cause is its context.
+            cause = exc if isinstance(exc, OSError) else (exc.__context__ or exc)
+            if isinstance(cause, urllib.error.HTTPError):
+                raise StoreError(f"SPARQL endpoint {self.query_endpoint}: HTTP {cause.code} {cause.reason}") from None
+            if isinstance(cause, (urllib.error.URLError, ConnectionError, TimeoutError)):
+                raise StoreError(f"SPARQL endpoint {self.query_endpoint} unreachable: {_first_line(cause)}") from None
+            raise StoreError(f"SPARQL endpoint {self.query_endpoint}: query failed: {_first_line(exc)}") from None
 
     def select(self, query: str, bindings: Bindings | None = None) -> list[Row]:
         return _rows(self._run(query, bindings))
