@@ -122,11 +122,12 @@ def make_card(*, name: str, task: str, kind: str, description: str, model: Model
 def write_card(card: dict[str, Any], path: str | Path) -> Path:
     """Write the card as indented JSON (stable key order as built)."""
     p = Path(path)
-    p.write_text(json.dumps(card, indent=2, default=_json_default) + "\n")
+    p.write_text(json.dumps(card, indent=2, default=json_default) + "\n")
     return p
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """`json.dumps(default=...)` for numpy scalars/arrays and paths (cards, reports, `--json`)."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

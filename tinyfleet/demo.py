@@ -39,6 +39,7 @@ from federation.checkpoint import load_checkpoint
 from federation.coordinator import FINAL_FILE, Coordinator, RunConfig
 from federation.fewshot import fewshot_curve, head_sizes, scratch_head
 from federation.session import fleet_grid, initial_parameters
+from firmware_models.card import json_default
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.usecases import get_use_case
 from firmware_models.usecases.base import ARTIFACT_BACKBONE, ARTIFACT_CARD, ARTIFACT_MODEL
@@ -192,7 +193,7 @@ def run_demo(opts: DemoOptions, *, say: Say, on_round: OnRound | None = None) ->
     report["summary"] = _summary(report, curves)
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     report["ended"] = _now()
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=json_default) + "\n")
     return report
 
 
@@ -301,12 +302,3 @@ def _summary(report: dict[str, Any], curves: dict[str, list[float]]) -> list[dic
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(type(obj).__name__)

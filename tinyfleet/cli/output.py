@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from firmware_models.card import json_default
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -25,21 +26,8 @@ JSON_HELP = "Print one JSON document on stdout (nothing else)."
 
 def print_json(data: Any) -> None:
     """Write `data` as JSON to the real stdout."""
-    sys.stdout.write(json.dumps(data, indent=2, default=_default) + "\n")
+    sys.stdout.write(json.dumps(data, indent=2, default=json_default) + "\n")
     sys.stdout.flush()
-
-
-def _default(obj: Any) -> Any:
-    import numpy as np
-    from pathlib import Path
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
