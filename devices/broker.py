@@ -51,10 +51,11 @@ class BrokerInfo:
     port: int
     pid: int
     directory: str
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 class MosquittoBroker:
@@ -69,13 +70,17 @@ class MosquittoBroker:
     port : int or None, default=None
         None picks a free port.
     extra_config : str, default=""
-        Appended to the generated config (security settings, listeners).
+        Appended to the generated config right after the listener line, so listener options
+        (TLS files) apply to it; `devices.broker_security` builds the hardened settings.
+    tls : bool, default=False
+        The listener serves mqtts (set by `SecureBrokerConfig`); only changes `BrokerInfo.url`.
     """
 
     STATE_FILE = "broker.json"
 
     def __init__(self, directory: str | Path, *, host: str = "127.0.0.1", port: int | None = None,
-                 extra_config: str = "", persistence: bool = False, allow_anonymous: bool = True) -> None:
+                 extra_config: str = "", persistence: bool = False, allow_anonymous: bool = True,
+                 tls: bool = False) -> None:
         if not host.startswith("127.") and host not in ("localhost", "::1"):
             raise BrokerError(f"refusing to bind the private broker to non-loopback address {host!r}")
         self.directory = Path(directory)
@@ -84,6 +89,7 @@ class MosquittoBroker:
         self.extra_config = extra_config
         self.persistence = persistence
         self.allow_anonymous = allow_anonymous
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -138,7 +144,7 @@ class MosquittoBroker:
                 raise BrokerError(f"mosquitto exited with code {self.process.returncode}; "
                                   f"see {self.log_file}: {self._log_tail()}")
             if _port_open(self.host, int(self.port or 0)):
-                info = BrokerInfo(self.host, int(self.port or 0), self.process.pid, str(self.directory))
+                info = BrokerInfo(self.host, int(self.port or 0), self.process.pid, str(self.directory), self.tls)
                 (self.directory / self.STATE_FILE).write_text(json.dumps(asdict(info)))
                 return info
             time.sleep(0.02)
