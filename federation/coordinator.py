@@ -53,8 +53,8 @@ class RunConfig:
     strategy: str
     rounds: int
     seed: int = 0
-    local_steps: int = 5
-    lr: float = 0.01
+    local_steps: int = 50  # Reptile's documented defaults (federation.strategies.reptile)
+    lr: float = 0.02
     strategy_params: dict[str, Any] = field(default_factory=dict)
     round_timeout: float = 30.0
     min_replies: int = 1
