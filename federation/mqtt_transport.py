@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 
 from devices import protocol
 from devices.exceptions import ProtocolError
-from devices.mqtt_link import parse_broker_url
+from devices.mqtt_link import Credentials, parse_broker_url
 from devices.topics import device_topic, fleet_filter, parse_topic
 from federation.exceptions import FederationError
 from federation.transport import PayloadHandler, Transport
@@ -38,12 +38,16 @@ class MqttTransport(Transport):
         MQTT client id; defaults to a unique ``tinyfleet-server-...``.
     username, password : str, optional
         Credentials when the broker enforces ACLs.
+    credentials : Credentials, optional
+        User name, password and TLS files (CA, client certificate and key) in one object, e.g.
+        `devices.broker_security.server_credentials(dir)`; `username`/`password` override it.
     connect_timeout : float, default=10.0
         Seconds to wait for CONNACK.
     """
 
     def __init__(self, broker_url: str, *, fleet: str, client_id: str | None = None, username: str | None = None,
-                 password: str | None = None, connect_timeout: float = 10.0) -> None:
+                 password: str | None = None, connect_timeout: float = 10.0,
+                 credentials: Credentials | None = None) -> None:
         self.address = parse_broker_url(broker_url)
         self.fleet = fleet
         self.client_id = client_id or f"tinyfleet-server-{uuid.uuid4().hex[:8]}"
@@ -56,10 +60,15 @@ class MqttTransport(Transport):
         self._connect_error: str | None = None
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                    protocol=mqtt.MQTTv5)
+        cred = credentials or Credentials()
+        username = username if username is not None else cred.username
+        password = password if password is not None else cred.password
         if username is not None:
             self._client.username_pw_set(username, password)
         if self.address.tls:
-            self._client.tls_set()
+            self._client.tls_set(ca_certs=str(cred.ca) if cred.ca else None,
+                                 certfile=str(cred.cert) if cred.cert else None,
+                                 keyfile=str(cred.key) if cred.key else None)
         self._client.on_connect = self._handle_connect
         self._client.on_subscribe = self._handle_subscribe
         self._client.on_message = self._handle_message
@@ -70,7 +79,7 @@ class MqttTransport(Transport):
         self._on_payload = on_payload
         try:
             self._client.connect(self.address.host, self.address.port, keepalive=30)
-        except OSError as exc:
+        except OSError as exc:  # ssl.SSLError (wrong CA) is an OSError too
             raise FederationError(f"cannot connect to the MQTT broker at {self.address.url}: {exc}") from None
         self._client.loop_start()
         if not self._subscribed.wait(self.connect_timeout):
@@ -135,3 +144,6 @@ class MqttTransport(Transport):
             online = doc.get("device") == device_id and doc.get("online") is True
         with self._lock:
             self._online[device_id] = online
+        handler = getattr(self, "_online_handler", None)
+        if online and handler is not None:
+            handler(device_id)  # it reconnected (or the coordinator did and got the retained document)

@@ -40,11 +40,13 @@ class PresenceListener:
     """
 
     def __init__(self, store: RegistryStore, host: str, port: int, *, fleet: str = "+",
-                 username: str | None = None, password: str | None = None) -> None:
+                 username: str | None = None, password: str | None = None, tls: bool = False,
+                 ca: str | None = None, cert: str | None = None, key: str | None = None) -> None:
         self.store = store
         self.host, self.port = host, port
         self.fleet = fleet if fleet == "+" else check_name(fleet, what="fleet name")
         self._auth = (username, password)
+        self._tls = (tls, ca, cert, key)
         self._lock = threading.Condition()
         self.devices_added = 0
         self.presence_updates = 0
@@ -57,6 +59,8 @@ class PresenceListener:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv311)
         if self._auth[0]:
             client.username_pw_set(self._auth[0], self._auth[1])
+        if self._tls[0]:  # mqtts; with a secured tinyfleet broker pass its CA and a client certificate
+            client.tls_set(ca_certs=self._tls[1], certfile=self._tls[2], keyfile=self._tls[3])
         subscribed = threading.Event()
 
         def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -65,7 +69,10 @@ class PresenceListener:
         client.on_connect = on_connect
         client.on_subscribe = lambda *a: subscribed.set()
         client.on_message = self._on_message
-        client.connect(self.host, self.port, keepalive=30)
+        try:
+            client.connect(self.host, self.port, keepalive=30)
+        except OSError as exc:  # refused, unreachable, TLS verification failed
+            raise RegistryError(f"MQTT broker {self.host}:{self.port}: cannot connect: {exc}") from None
         client.loop_start()
         if not subscribed.wait(10):
             client.loop_stop()

@@ -9,6 +9,7 @@ import typer
 from platformdirs import user_data_dir
 
 from devices.broker import BrokerError, MosquittoBroker, read_state
+from devices.broker_security import SERVER_USER, SecureBrokerConfig, SecurityPaths, is_secured, uses_tls
 from tinyfleet.cli.output import JSON_HELP, err, print_json, table
 
 app = typer.Typer(
@@ -31,21 +32,41 @@ def start(
     directory: DirOption = default_dir(),
     port: Annotated[int | None, typer.Option(help="TCP port; default: a free one.", min=1, max=65535)] = None,
     host: Annotated[str, typer.Option(help="Loopback address to bind.")] = "127.0.0.1",
+    secure: Annotated[bool, typer.Option("--secure", help="No anonymous access: per-device passwords and ACLs, "
+                                         "size limits, a server account (enrol devices with `tinyfleet devices "
+                                         "enroll`). A DIR that was secured once always starts secured.")] = False,
+    tls: Annotated[bool, typer.Option("--tls", help="With --secure: serve mqtts with a private CA; clients "
+                                      "need the CA, a client certificate and a password.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Start a private Mosquitto in DIR; prints host, port and pid.
 
-    Example: tinyfleet broker start --dir ./mq --json
+    Example: tinyfleet broker start --dir ./mq --secure --tls --json
     """
     running = read_state(directory)
     if running is not None:
         raise BrokerError(f"a broker already runs from {directory} (pid {running.pid}, {running.url})")
-    info = MosquittoBroker(directory, host=host, port=port, persistence=True).start()
-    data = {"host": info.host, "port": info.port, "pid": info.pid, "url": info.url, "dir": str(directory)}
+    if tls and not secure and not is_secured(directory):
+        raise typer.BadParameter("--tls needs --secure (TLS without passwords and ACLs is not offered)",
+                                 param_hint="--tls")
+    data: dict[str, object] = {}
+    if secure or is_secured(directory):
+        # a secured directory never silently starts open; its TLS choice is fixed at first start
+        cfg = SecureBrokerConfig(directory, tls=tls or (not secure and uses_tls(directory)))
+        info = cfg.broker(host=host, port=port, persistence=True).start()
+        paths = SecurityPaths(directory)
+        data.update(secure=True, tls=cfg.tls, server_credentials=str(paths.credentials_dir / f"{SERVER_USER}.json"),
+                    ca=str(paths.ca_cert) if cfg.tls else None)
+    else:
+        info = MosquittoBroker(directory, host=host, port=port, persistence=True).start()
+        data.update(secure=False, tls=False)
+    data = {"host": info.host, "port": info.port, "pid": info.pid, "url": info.url, "dir": str(directory), **data}
     if json_out:
         print_json(data)
     else:
         err.print(f"started Mosquitto pid {info.pid} at {info.url} (dir {directory})")
+        if data["secure"]:
+            err.print(f"secured: anonymous access refused; server account credentials in {data['server_credentials']}")
         print(info.url)
 
 
@@ -61,7 +82,7 @@ def stop(
     info = read_state(directory)
     if info is None:
         raise BrokerError(f"no broker runs from {directory}")
-    MosquittoBroker(directory, host=info.host, port=info.port).stop()
+    MosquittoBroker(directory, host=info.host, port=info.port, tls=info.tls).stop()
     if json_out:
         print_json({"stopped": True, "pid": info.pid})
     else:

@@ -38,6 +38,9 @@ PasswordOption = Annotated[str | None, typer.Option(envvar="TINYFLEET_MQTT_PASSW
 CaOption = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="CA certificate (mqtts).")]
 CertOption = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Client certificate (mqtts).")]
 KeyOption = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Client key (mqtts).")]
+CredentialsOption = Annotated[Path | None, typer.Option(
+    "--credentials", dir_okay=False, help="JSON credentials file (username, password, ca, cert, key), e.g. the "
+    "server account file that `tinyfleet broker start --secure` reports.")]
 
 
 def _credentials(user: str | None, password: str | None, ca: Path | None, cert: Path | None,
@@ -52,7 +55,7 @@ def _known_broker(broker: str | None) -> BrokerAddress | None:
     if url:
         return parse_broker_url(str(url))
     state = read_state(default_dir())
-    return BrokerAddress(state.host, state.port) if state else None
+    return BrokerAddress(state.host, state.port, state.tls) if state else None
 
 
 @contextmanager
@@ -200,8 +203,13 @@ def simulate(
         table(f"simulated fleet {fleet}", ["key", "value"], [(k, v) for k, v in summary.items()])
 
 
-def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | None) -> Any:
+def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | None,
+              credentials_file: Path | None = None) -> Any:
+    from devices.broker_security import load_credentials
     from devices.fleet_client import snapshot
+
+    if credentials_file is not None:
+        creds = load_credentials(credentials_file)
 
     check_name(fleet, what="fleet name")
     address = _known_broker(broker)
@@ -215,11 +223,11 @@ def list_devices(
     broker: BrokerOption = None,
     fleet: FleetOption = "default",
     wait: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to collect retained messages.")] = 1.0,
-    user: UserOption = None, password: PasswordOption = None,
+    user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Devices of a fleet known to the broker (retained presence and Thing Descriptions)."""
-    fc = _snapshot(broker, fleet, wait, _credentials(user, password, None, None, None))
+    fc = _snapshot(broker, fleet, wait, _credentials(user, password, None, None, None), credentials)
     rows = []
     for dev in sorted(set(fc.presence) | set(fc.tds)):
         pres, td = fc.presence.get(dev, {}), fc.tds.get(dev, {})
@@ -241,12 +249,12 @@ def show(
     broker: BrokerOption = None,
     fleet: FleetOption = "default",
     wait: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to collect retained messages.")] = 1.0,
-    user: UserOption = None, password: PasswordOption = None,
+    user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """One device's Thing Description, presence and last telemetry."""
     check_name(device_id)
-    fc = _snapshot(broker, fleet, wait, _credentials(user, password, None, None, None))
+    fc = _snapshot(broker, fleet, wait, _credentials(user, password, None, None, None), credentials)
     if device_id not in fc.presence and device_id not in fc.tds:
         raise TinyFleetError(f"device {device_id!r} is not known in fleet {fleet!r} on the broker "
                              f"(known: {', '.join(sorted(fc.tds)) or 'none'})")
@@ -263,3 +271,41 @@ def show(
             ("flash B", b.get("tinyfleet:flashBytes")), ("sensors", ", ".join(td.get("tinyfleet:sensors", []))),
             ("actions", ", ".join(td.get("actions", {})))]
     table(f"device {device_id}", ["key", "value"], rows)
+
+
+@app.command()
+def enroll(
+    device_id: Annotated[str, typer.Argument(help="Device id = MQTT user name and client id (no / + # :).")],
+    directory: Annotated[Path, typer.Option("--dir", file_okay=False,
+                                            help="Directory of a broker started with --secure.")] = default_dir(),
+    fleet: FleetOption = "default",
+    tls: Annotated[bool, typer.Option("--tls", help="Require the broker directory to use TLS (the device gets "
+                                      "a client certificate signed by the broker's CA).")] = False,
+    server: Annotated[bool, typer.Option("--server", help="Enrol a server account (reads/writes every fleet; "
+                                         "one per concurrently running server process).")] = False,
+    rotate: Annotated[bool, typer.Option("--rotate", help="Replace the password of an enrolled account.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Create a device's broker credentials (password shown once; certificate with TLS).
+
+    The running broker of DIR reloads its password and ACL files (SIGHUP).
+    Example: tinyfleet devices enroll dev-001 --dir ./mq --fleet lab --json
+    """
+    from devices.broker_security import SecurityError, enroll_device, enroll_server, is_secured, uses_tls
+
+    if not is_secured(directory):
+        raise SecurityError(f"{directory} has no secured broker: run `tinyfleet broker start --secure --dir "
+                            f"{directory}` first")
+    if tls and not uses_tls(directory):
+        raise SecurityError(f"the broker of {directory} was secured without TLS; restart a new --dir with "
+                            "`tinyfleet broker start --secure --tls`")
+    e = enroll_server(directory, device_id, rotate=rotate) if server else enroll_device(
+        directory, device_id, fleet=fleet, rotate=rotate)
+    running = read_state(directory)
+    doc = {**e.to_json(), "broker": running.url if running else None, "reloaded": running is not None}
+    if json_out:
+        print_json(doc)
+        return
+    err.print("the password is shown once: only its hash is stored" if not server
+              else f"server credentials also stored in {e.credentials_file} (mode 0600)")
+    table(f"{e.role} {e.name}", ["key", "value"], [(k, v) for k, v in doc.items() if v is not None])
