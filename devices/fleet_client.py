@@ -67,7 +67,7 @@ class FleetClient:
         except OSError as exc:
             raise DeviceLinkError(f"cannot connect to {self.address.url}: {exc}") from None
         self.client.loop_start()
-        if not self._connected.wait(timeout):
+        if not self._connected.wait(timeout) or self._error is not None:
             self.close()
             raise DeviceLinkError(self._error or f"no CONNACK from {self.address.url} within {timeout:.0f} s")
         return self
@@ -87,6 +87,7 @@ class FleetClient:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             self._error = f"broker {self.address.url} refused the connection: {reason}"
+            self._connected.set()  # wakes connect() at once: a refusal (bad password, ACL) is final
             return
         sock = client.socket()
         if isinstance(sock, socket.socket):
