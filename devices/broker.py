@@ -102,8 +102,12 @@ class MosquittoBroker:
 
     def write_config(self) -> Path:
         """Write `mosquitto.conf` for this broker and return its path."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / "data").mkdir(exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            (self.directory / "data").mkdir(exist_ok=True)
+        except OSError as exc:  # e.g. --out below a regular file, or a read-only disk
+            raise BrokerError(f"{self.directory}: cannot create the broker directory "
+                              f"({exc.strerror or exc})") from None
         if self.port is None:
             self.port = free_port(self.host)
         lines = [

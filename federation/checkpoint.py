@@ -44,21 +44,35 @@ def save_checkpoint(path: str | Path, *, arrays: Mapping[str, np.ndarray], state
     buf = io.BytesIO()
     np.savez(buf, **{_META: np.frombuffer(meta.encode(), dtype=np.uint8)},
              **{k: np.asarray(v) for k, v in arrays.items()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(buf.getvalue())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from None
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+
+
+def _write_error(path: Path, exc: OSError) -> CheckpointError:
+    """One line naming the file and the OS reason (disk full, not a directory, ...); old file untouched."""
+    reason = exc.strerror or type(exc).__name__
+    return CheckpointError(f"{path}: cannot write checkpoint ({reason}); the previous checkpoint, if any, is intact")
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -66,8 +66,11 @@ class RunConfig:
     samples_per_device: int = 64
 
     def save(self, run_dir: Path) -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RUN_FILE).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / RUN_FILE).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise CheckpointError(f"{run_dir}: cannot write the run directory ({exc.strerror or exc})") from None
 
     @classmethod
     def load(cls, run_dir: Path) -> RunConfig:
@@ -151,9 +154,8 @@ class Coordinator:
     # -- entry points ------------------------------------------------------------------------
     def start(self, initial: dict[str, np.ndarray]) -> dict[str, Any]:
         """Fresh run from `initial` parameters."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config.save(self.run_dir)
-        (self.run_dir / METRICS_FILE).write_text("")
+        self.config.save(self.run_dir)  # creates the directory; a CheckpointError if it cannot
+        _write_metrics(self.run_dir / METRICS_FILE, [])
         rng = np.random.default_rng(self.config.seed)
         return self._loop(initial, 1, rng, history=[])
 
@@ -263,7 +265,7 @@ class Coordinator:
             for k, v in p.get("reasons", {}).items():
                 reasons[k] = reasons.get(k, 0) + v
         return {"sampled": tr.get("sent", 0), "replies": tr.get("replies", 0), "failures": tr.get("failures", 0),
-                "missing": tr.get("missing", 0), "eval_replies": ev.get("replies", 0),
+                "missing": tr.get("missing", 0), "resent": tr.get("resent", 0), "eval_replies": ev.get("replies", 0),
                 "eval_failures": ev.get("failures", 0), "discarded": phases.get("discarded", {}).get("replies", 0),
                 "bytes_up": s["bytes_up"], "bytes_down": s["bytes_down"],
                 "bytes_up_train": tr.get("bytes_up", 0), "bytes_down_train": tr.get("bytes_down", 0),
@@ -282,9 +284,12 @@ def _metric_fields(prefix: str, metrics: MetricRecord | None) -> dict[str, Any]:
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+    except OSError as exc:  # disk full, directory gone: one clear line, the checkpoint stays as it was
+        raise CheckpointError(f"{path}: cannot append the round's metrics ({exc.strerror or exc})") from None
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -302,7 +307,10 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    try:
+        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot write the metrics file ({exc.strerror or exc})") from None
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

@@ -51,6 +51,7 @@ class _Inflight:
     phase: str
     sent_arrays: dict[str, np.ndarray]
     encoding: str
+    payload: bytes = b""
 
 
 class FleetGrid(Grid):
@@ -89,6 +90,7 @@ class FleetGrid(Grid):
         self._devices_by_node: dict[int, str] = {}
         self._current_round = 0
         self._run: Run = flower_compat.empty_run(_numeric_run_id(run_id))
+        self.transport.on_device_online(self._resend_inflight)
         self.transport.start(self._on_payload)
 
     # -- Flower Grid interface ----------------------------------------------------------------
@@ -191,10 +193,28 @@ class FleetGrid(Grid):
             return
         task = TaskSpec(mid, self.run_id, rnd, phase, config, arrays)
         payload = self.codec.encode_task(task)
+        inflight.payload = payload
         with self._cv:
             self._inflight[mid] = inflight
         self.ledger.add(rnd, phase, sent=1, bytes_down=len(payload))
         self.transport.send(device_id, payload)
+
+    def _resend_inflight(self, device_id: str) -> None:
+        """Send again every unanswered task of `device_id`, which has just (re)announced itself online.
+
+        Why: a task published while the device or the broker was away is lost (clean MQTT sessions,
+        no broker persistence), and the round would wait for it in vain. Re-sending is safe: the
+        correlation id is unchanged, a device answers a task id it has seen from its reply cache
+        (trained once), and the Grid keeps one reply per request.
+        """
+        with self._cv:
+            todo = [(mid, f) for mid, f in self._inflight.items()
+                    if f.device_id == device_id and f.payload and mid not in self._replies]
+        for mid, f in todo:
+            self.ledger.add(f.server_round, f.phase, resent=1, bytes_down=len(f.payload))
+            log.info("round %d %s: %s is back online; re-sending task %s", f.server_round, f.phase, device_id,
+                     mid[:12])
+            self.transport.send(device_id, f.payload)
 
     # -- receiving (transport thread) ----------------------------------------------------------
     def _on_payload(self, device_id: str, payload: bytes) -> None:

@@ -21,6 +21,7 @@ class PhaseStats:
     replies: int = 0
     failures: int = 0
     missing: int = 0
+    resent: int = 0
     bytes_down: int = 0
     bytes_up: int = 0
     seconds: float = 0.0
@@ -28,7 +29,7 @@ class PhaseStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {"sent": self.sent, "replies": self.replies, "failures": self.failures,
-                "missing": self.missing, "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
+                "missing": self.missing, "resent": self.resent, "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
                 "seconds": round(self.seconds, 6), "reasons": dict(sorted(self.reasons.items()))}
 
 

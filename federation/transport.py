@@ -18,6 +18,9 @@ import numpy as np
 PayloadHandler = Callable[[str, bytes], None]
 """Called by the transport (from its own thread) with (device id, raw payload) of every result."""
 
+OnlineHandler = Callable[[str], None]
+"""Called by the transport (from its own thread) with the id of a device that announced itself online."""
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -82,3 +85,12 @@ class Transport(ABC):
     @abstractmethod
     def close(self) -> None:
         """Stop delivering and release connections."""
+
+    def on_device_online(self, handler: OnlineHandler) -> None:
+        """Register `handler(device_id)` for every "online" announcement (first connect or reconnect).
+
+        Why: a task published while a device (or the broker) was away is lost with a clean MQTT
+        session; the Grid re-sends the device's in-flight tasks when it is back. Transports without
+        presence events never call it.
+        """
+        self._online_handler: OnlineHandler | None = handler
