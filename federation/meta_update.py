@@ -10,11 +10,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from flwr.server.strategy.aggregate import aggregate_median, aggregate_trimmed_avg
+
+AGGREGATIONS = ("mean", "median", "trimmed-mean")
+"""How the devices' updates φ_i − θ are combined: Reptile's mean, or a robust statistic."""
 
 
 def reptile_update(theta: Sequence[np.ndarray], phis: Sequence[Sequence[np.ndarray]],
-                   epsilon: float) -> list[np.ndarray]:
-    """Return θ + ε · mean_i(φ_i − θ), layer by layer, in float64 then cast back.
+                   epsilon: float, *, aggregation: str = "mean", trim: float = 0.2) -> list[np.ndarray]:
+    """Return θ + ε · agg_i(φ_i − θ), layer by layer, in float64 then cast back.
+
+    ``agg`` is Reptile's mean by default. A device that passes every per-reply check can still
+    send a large, consistent, wrong update (a broken sensor, a poisoned data set); the mean moves
+    by 1/n of it, the coordinate-wise median and the trimmed mean by nothing or little. These two
+    are Flower's own `aggregate_median` / `aggregate_trimmed_avg` (FedMedian, FedTrimmedAvg)
+    applied to the updates with equal weights.
 
     Parameters
     ----------
@@ -24,20 +34,32 @@ def reptile_update(theta: Sequence[np.ndarray], phis: Sequence[Sequence[np.ndarr
         Each device's adapted parameters, same layout as `theta`.
     epsilon : float
         Outer step size; 1 with one device means "take the device's weights".
+    aggregation : {"mean", "median", "trimmed-mean"}, default="mean"
+        How the updates are combined.
+    trim : float, default=0.2
+        For "trimmed-mean": fraction cut at *each* end per coordinate, in [0, 0.5).
 
     Returns
     -------
     list of np.ndarray
         New global parameters, each with the dtype of the matching `theta` layer.
     """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}; got {aggregation!r}")
+    if not 0.0 <= trim < 0.5:
+        raise ValueError(f"trim must be in [0, 0.5); got {trim!r}")
     if not phis:
         return [np.array(t, copy=True) for t in theta]
-    out = []
-    for k, t in enumerate(theta):
-        t64 = np.asarray(t, dtype=np.float64)
-        deltas = [np.asarray(phi[k], dtype=np.float64) - t64 for phi in phis]
-        out.append((t64 + epsilon * np.mean(deltas, axis=0)).astype(np.asarray(t).dtype))
-    return out
+    t64s = [np.asarray(t, dtype=np.float64) for t in theta]
+    deltas = [[np.asarray(phi[k], dtype=np.float64) - t64 for k, t64 in enumerate(t64s)] for phi in phis]
+    if aggregation == "mean":
+        combined = [np.mean([d[k] for d in deltas], axis=0) for k in range(len(t64s))]
+    elif aggregation == "median":
+        combined = aggregate_median([(d, 1) for d in deltas])
+    else:
+        combined = aggregate_trimmed_avg([(d, 1) for d in deltas], trim)
+    return [(t64 + epsilon * c).astype(np.asarray(t).dtype)
+            for t, t64, c in zip(theta, t64s, combined, strict=True)]
 
 
 def linear_epsilon(server_round: int, num_rounds: int, *, epsilon: float, epsilon_floor: float) -> float:

@@ -33,6 +33,12 @@ def check_int(owner: object, name: str, value: object, low: int, high: int | Non
         raise _error(owner, name, rng, value)
 
 
+def check_choice(owner: object, name: str, value: object, choices: tuple[str, ...]) -> None:
+    """Require `value` to be one of the strings `choices`."""
+    if not isinstance(value, str) or value not in choices:
+        raise _error(owner, name, "one of " + ", ".join(repr(c) for c in choices), value)
+
+
 def _fmt(x: float) -> str:
     return "inf" if math.isinf(x) else f"{x:g}"
 
