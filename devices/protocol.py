@@ -229,7 +229,10 @@ def decode_frame(payload: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) ->
         raise ProtocolError(f"header is not UTF-8 JSON ({exc.__class__.__name__}: {exc})") from None
     check_header(header)
     data = memoryview(payload)[4 + hlen:]
-    tensors = [(str(e["name"]), _read_tensor(e, data, header.get("id"))) for e in header.get("tensors", [])]
+    tensors = []
+    for e in header.get("tensors", []):
+        tensor = _read_tensor(e, data, header.get("id"))  # checks 'name' first: no KeyError on a nameless entry
+        tensors.append((str(e["name"]), tensor))
     return Frame(header, tensors)
 
 

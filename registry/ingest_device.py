@@ -14,6 +14,7 @@ properties) plus `tf:` byte shortcuts for matchmaking.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -84,6 +85,9 @@ def parse_td(td: Any, *, source: str) -> dict[str, Any]:
     sensors = _find(td, "sensors") or []
     if not isinstance(sensors, list) or not all(isinstance(s, str) for s in sensors):
         raise RegistryInputError(f"{source}: 'tinyfleet:sensors' must be a list of strings")
+    sha = _find(td, "modelSha256")
+    if sha is not None and sha != "" and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise RegistryInputError(f"{source}: 'tinyfleet:modelSha256' must be 64 lowercase hex digits, got {sha!r:.80}")
     protocols = set()
     for section in ("properties", "actions", "events"):
         for aff in (td.get(section) or {}).values() if isinstance(td.get(section), Mapping) else []:
@@ -101,7 +105,7 @@ def parse_td(td: Any, *, source: str) -> dict[str, Any]:
         "ram_bytes": _int(ram, "RAM", source),
         "flash_bytes": _int(flash, "flash", source),
         "sensors": [s.strip().lower() for s in sensors],
-        "model_sha256": _find(td, "modelSha256"),
+        "model_sha256": sha or None,
         "model_version": _find(td, "modelVersion"),
         "fleet": _find(td, "fleet"),
         "use_case": _find(td, "useCase"),
