@@ -52,6 +52,7 @@ class _Inflight:
     sent_arrays: dict[str, np.ndarray]
     encoding: str
     payload: bytes = b""
+    answered: bool = False
 
 
 class FleetGrid(Grid):
@@ -209,7 +210,7 @@ class FleetGrid(Grid):
         """
         with self._cv:
             todo = [(mid, f) for mid, f in self._inflight.items()
-                    if f.device_id == device_id and f.payload and mid not in self._replies]
+                    if f.device_id == device_id and f.payload and not f.answered]
         for mid, f in todo:
             self.ledger.add(f.server_round, f.phase, resent=1, bytes_down=len(f.payload))
             log.info("round %d %s: %s is back online; re-sending task %s", f.server_round, f.phase, device_id,
@@ -244,17 +245,18 @@ class FleetGrid(Grid):
             return
         if reply.error is not None:
             code, reason = reply.error
-            self.ledger.reject(inflight.server_round, inflight.phase, f"device-error:{code}")
             self._deliver(reply.correlation_id,
-                          Message(Error(ERR_DEVICE, f"{device_id}: {code}: {reason}"), reply_to=inflight.message))
+                          Message(Error(ERR_DEVICE, f"{device_id}: {code}: {reason}"), reply_to=inflight.message),
+                          account=lambda: self.ledger.reject(inflight.server_round, inflight.phase,
+                                                             f"device-error:{code}"))
             return
         try:
             message = self._build_reply(reply, inflight)
         except RejectedReply as exc:
             self._reject(reply.correlation_id, inflight, exc.reason, exc.detail)
             return
-        self.ledger.add(inflight.server_round, inflight.phase, replies=1)
-        self._deliver(reply.correlation_id, message)
+        self._deliver(reply.correlation_id, message,
+                      account=lambda: self.ledger.add(inflight.server_round, inflight.phase, replies=1))
 
     def _on_undecodable(self, device_id: str, payload: bytes, exc: CodecError) -> None:
         mid = exc.correlation_id
@@ -278,11 +280,11 @@ class FleetGrid(Grid):
         return Message(content, reply_to=inflight.message)
 
     def _reject(self, mid: str, inflight: _Inflight, reason: str, detail: str) -> None:
-        self.ledger.reject(inflight.server_round, inflight.phase, reason)
         log.info("round %d %s: rejected reply of %s (%s: %s)", inflight.server_round, inflight.phase,
                  inflight.device_id, reason, detail)
         self._deliver(mid, Message(Error(ERR_REJECTED, f"{inflight.device_id}: {reason}: {detail}"),
-                                   reply_to=inflight.message))
+                                   reply_to=inflight.message),
+                      account=lambda: self.ledger.reject(inflight.server_round, inflight.phase, reason))
 
     def _deliver_error(self, mid: str, code: int, reason: str, detail: str) -> None:
         with self._cv:
@@ -290,10 +292,23 @@ class FleetGrid(Grid):
         if inflight is not None:
             self._reject(mid, inflight, reason, detail)
 
-    def _deliver(self, mid: str, message: Message) -> None:
+    def _deliver(self, mid: str, message: Message, *, account: Callable[[], None] | None = None) -> None:
+        """Hand the first answer to request `mid` to the waiting phase; count it (`account`) only then.
+
+        Why the flag and not "mid in self._replies": the waiting loop pops replies while the request
+        is still in flight, so a QoS-1 redelivery or the cached answer to a re-sent task could
+        otherwise be booked as a second reply of the same device.
+        """
         with self._cv:
-            if mid not in self._inflight or mid in self._replies:  # expired meanwhile, or a QoS-1 duplicate
+            inflight = self._inflight.get(mid)
+            if inflight is None:  # expired meanwhile
                 return
+            if inflight.answered:
+                self.ledger.discard(inflight.server_round, "duplicate", 0)
+                return
+            inflight.answered = True
+            if account is not None:
+                account()  # under the lock, so the phase never returns before its counters are in
             self._replies[mid] = message
             self._cv.notify_all()
 

@@ -214,7 +214,7 @@ def test_broker_restart_mid_run(tmp_path: Path) -> None:
     assert len(lines) == 3
     for r in res["rounds"]:  # round 2's lost tasks were re-sent when the devices came back: nothing missing
         assert (r["sampled"], r["replies"], r["failures"], r["missing"], r["eval_replies"]) == (n, n, 0, 0, n), r
-    assert res["rounds"][1]["resent"] == n and res["rounds"][0]["resent"] == res["rounds"][2]["resent"] == 0
+    assert res["rounds"][1]["resent"] >= n and res["rounds"][0]["resent"] == res["rounds"][2]["resent"] == 0
     assert restarted["devices_back_s"] < 15
     assert res["final_sha256"] == control["final_sha256"]  # no update lost, none counted twice
     print(f"broker restart: down {restarted['down_s']:.2f} s, devices back after {restarted['devices_back_s']:.2f} s, "
