@@ -105,7 +105,10 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every task on stderr.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """Run one device agent until Ctrl-C (or --duration): TD, presence, telemetry, tasks."""
+    """Run one device agent until Ctrl-C (or --duration): TD, presence, telemetry, tasks.
+
+    Example: tinyfleet devices run --id dev-001 --task sine --broker mqtt://127.0.0.1:1883
+    """
     from devices.agent import AgentConfig, DeviceAgent
     from devices.mqtt_link import MqttHub
     from devices.simulator import LearnerFactory
@@ -170,7 +173,10 @@ def simulate(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every task on stderr.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """Run N simulated devices in this process (one network thread), each with its own data and board."""
+    """Run N simulated devices in this process (one network thread), each with its own data and board.
+
+    Example: tinyfleet devices simulate --n 100 --task sine --boards nano33ble:3,esp32:1 --duration 60
+    """
     from devices.simulator import FaultKnobs, FleetSimulator
 
     _log_to_stderr(verbose)
@@ -226,7 +232,10 @@ def list_devices(
     user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """Devices of a fleet known to the broker (retained presence and Thing Descriptions)."""
+    """Devices of a fleet known to the broker (retained presence and Thing Descriptions).
+
+    Example: tinyfleet devices list --broker mqtt://127.0.0.1:1883 --json
+    """
     fc = _snapshot(broker, fleet, wait, _credentials(user, password, None, None, None), credentials)
     rows = []
     for dev in sorted(set(fc.presence) | set(fc.tds)):
@@ -252,7 +261,10 @@ def show(
     user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """One device's Thing Description, presence and last telemetry."""
+    """One device's Thing Description, presence and last telemetry.
+
+    Example: tinyfleet devices show dev-001 --broker mqtt://127.0.0.1:1883
+    """
     check_name(device_id)
     fc = _snapshot(broker, fleet, wait, _credentials(user, password, None, None, None), credentials)
     if device_id not in fc.presence and device_id not in fc.tds:

@@ -45,7 +45,10 @@ def broker_check() -> dict[str, Any]:
 
 
 def doctor(as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
-    """Report tool versions and whether a private Mosquitto starts on a free loopback port."""
+    """Report tool versions and whether a private Mosquitto starts on a free loopback port.
+
+    Example: tinyfleet doctor --json
+    """
     versions = tool_versions()
     broker = broker_check()
     missing = [t for t in REQUIRED if not versions.get(t)]

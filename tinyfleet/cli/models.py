@@ -27,7 +27,10 @@ def build(
     quick: Annotated[bool, typer.Option("--quick", help="Fewer devices and epochs (for tests and demos).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """Train a use case's model, convert it to full int8, measure it and export it with its card."""
+    """Train a use case's model, convert it to full int8, measure it and export it with its card.
+
+    Example: tinyfleet models build sine --out models --json
+    """
     from firmware_models.usecases import get_use_case
 
     from firmware_models.build import prepare_out_dir
@@ -66,7 +69,10 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
     no_arena: Annotated[bool, typer.Option("--no-arena", help="Skip the TFLite Micro arena measurement.")] = False,
 ) -> None:
-    """Operators, tensors, quantization, params, MACs, flash and the measured TFLM arena of a model."""
+    """Operators, tensors, quantization, params, MACs, flash and the measured TFLM arena of a model.
+
+    Example: tinyfleet models inspect models/sine/model.tflite --json
+    """
     report = inspect_tflite(model, measure_arena=not no_arena)
     if as_json:
         print_json(report.to_dict())
@@ -99,7 +105,10 @@ def export(
     name: Annotated[str | None, typer.Option("--name", help="C name prefix (default: the file's stem).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
-    """Write a model as an aligned C array pair (`<name>_model_data.h/.cc`) for firmware."""
+    """Write a model as an aligned C array pair (`<name>_model_data.h/.cc`) for firmware.
+
+    Example: tinyfleet models export models/sine/model.tflite --out firmware --name sine
+    """
     data = read_model_bytes(model)
     h_path, cc_path = write_c_source_pair(data, out, name or model.stem)
     result = {"header": str(h_path), "source": str(cc_path), "bytes": len(data)}
