@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -233,6 +234,72 @@ def lineage(model: str, store: StoreOpt = None, endpoint: EndpointOpt = None, up
         table(f"lineage of {model}", ["run", "strategy", "rounds", "started", "ended", "devices", "parent"],
               [[r["run_id"], r["strategy"], r["rounds"], r["started"], r["ended"], len(r["devices"]),
                 r["parent_name"] or r["parent"] or ""] for r in result["runs"]])
+
+
+@app.command("listen")
+def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:port of the fleet's broker.")],
+           fleet: Annotated[str, typer.Option("--fleet", help="Fleet to follow; '+' = every fleet.")] = "+",
+           duration: Annotated[Optional[float], typer.Option("--duration", min=0.0,
+                                                             help="Stop after S seconds (default: until Ctrl-C).")] = None,
+           mqtt_user: Annotated[Optional[str], typer.Option("--mqtt-user", help="MQTT user name.")] = None,
+           ca: Annotated[Optional[Path], typer.Option("--ca", exists=True, dir_okay=False,
+                                                      help="CA certificate (mqtts).")] = None,
+           cert: Annotated[Optional[Path], typer.Option("--cert", exists=True, dir_okay=False,
+                                                        help="Client certificate (mqtts).")] = None,
+           key: Annotated[Optional[Path], typer.Option("--key", exists=True, dir_okay=False,
+                                                       help="Client key (mqtts).")] = None,
+           store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
+           user: UserOpt = None, json_out: JsonOpt = False) -> None:
+    """Keep the registry in sync with devices' retained TDs and presence on MQTT, then print counts.
+
+    Why a command of its own: the registry must follow the live fleet (devices that join, leave or
+    drop and trigger their Last Will) without any device talking to it directly.
+    MQTT password from TINYFLEET_MQTT_PASSWORD.
+    """
+    from devices.mqtt_link import parse_broker_url
+    from devices.topics import check_name
+    from registry.exceptions import RegistryError
+    from registry.presence import PresenceListener
+
+    address = parse_broker_url(broker)
+    if fleet != "+":
+        check_name(fleet, what="fleet name")
+    started = time.monotonic()
+    with _open(store, endpoint, update_endpoint, user) as st:
+        try:
+            with PresenceListener(st, address.host, address.port, fleet=fleet, username=mqtt_user,
+                                  password=os.environ.get("TINYFLEET_MQTT_PASSWORD"), tls=address.tls,
+                                  ca=str(ca) if ca else None, cert=str(cert) if cert else None,
+                                  key=str(key) if key else None) as listener:
+                if not json_out:
+                    err.print(f"listening on {address.url} for fleet {fleet!r}"
+                              + (f" for {duration:g} s" if duration is not None else " (Ctrl-C to stop)"))
+                _wait(duration)
+        except (OSError, ConnectionError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise RegistryError(f"MQTT broker {address.url} unreachable: {reason}") from None
+        devices = len(st.select("SELECT DISTINCT ?d WHERE { ?d a s3n:SmartSensor }"))
+        online = len(st.select("SELECT DISTINCT ?d WHERE { ?d a s3n:SmartSensor ; tf:online true }"))
+    result = {"broker": address.url, "fleet": fleet, "seconds": round(time.monotonic() - started, 3),
+              "tds_ingested": listener.devices_added, "presence_updates": listener.presence_updates,
+              "rejected": listener.rejected, "store_devices": devices, "store_devices_online": online}
+    if json_out:
+        print_json(result)
+        return
+    table("registry listen", ["TDs ingested", "presence updates", "rejected", "devices in store", "online"],
+          [[listener.devices_added, listener.presence_updates, len(listener.rejected), devices, online]])
+    for line in listener.rejected:
+        err.print(f"rejected: {line}")
+
+
+def _wait(duration: float | None) -> None:
+    """Sleep until `duration` has passed or Ctrl-C (the listener works on its own thread meanwhile)."""
+    deadline = None if duration is None else time.monotonic() + duration
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic())))
+    except KeyboardInterrupt:
+        err.print("stopping")
 
 
 @app.command("export")
