@@ -63,7 +63,6 @@ class DemoOptions:
     task: str = "sine"
     devices: int = 50
     rounds: int = 30
-    local_steps: int = 10
     newcomers: int = 50
     shots: int = 10
     boards: str = DEFAULT_BOARDS
@@ -225,7 +224,7 @@ def _federate(opts: DemoOptions, strategy: str, url: str, runs_dir: Path, models
     run_id = f"demo-{opts.task}-{strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
     params: dict[str, Any] = {"fraction_train": 1.0}
     config = RunConfig(run_id=run_id, task=opts.task, strategy=strategy, rounds=opts.rounds, seed=opts.seed,
-                       local_steps=opts.local_steps, strategy_params=params, quorum=len(eligible),
+                       strategy_params=params, quorum=len(eligible),
                        quorum_timeout=30.0, round_timeout=30.0, fleet=FLEET, broker=url, simulate=0)
     run_dir = runs_dir / run_id
     started = _now()
