@@ -21,6 +21,7 @@ what the memory accounting in `devices.memory` counts).
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import zipfile
@@ -339,37 +340,107 @@ class MLPHead:
         Raises
         ------
         HeadDivergedError
-            The loss or an error vector is NaN/inf; the weights are left unchanged.
+            The loss or the updated weights are NaN/inf; the weights are left unchanged.
+        """
+        f = self._feats(feat, batch=False)
+        t = self._targets(np.asarray(target), 1)
+        return float(self.sgd_steps(f[None], t, np.zeros(1, dtype=np.intp), lr, trainable=trainable,
+                                    clip_norm=clip_norm)[0])
+
+    def sgd_steps(self, feats: np.ndarray, targets: np.ndarray, order: np.ndarray, lr: float, *,
+                  trainable: set[int] | None = None, clip_norm: float | None = None) -> np.ndarray:
+        """``len(order)`` batch-1 SGD steps, step s on sample ``order[s]``; returns each step's prequential loss.
+
+        The one SGD loop (`sgd_step` is this with one sample). Inputs are validated once and
+        finiteness is checked once, on the losses and the final weights, instead of per step:
+        those checks were ~40 % of a step's time (measured, 1-32-32-1 sine head), and a NaN or
+        inf anywhere in the loop propagates to the losses or the weights, so nothing is missed.
+        On divergence the head is restored to its weights before the call, never left half-NaN.
+
+        Parameters
+        ----------
+        feats : np.ndarray
+            Samples (n, in).
+        targets : np.ndarray
+            Regression targets (n, out) or class labels (n,).
+        order : np.ndarray of int
+            Sample index of each step (e.g. shuffled passes over the local data).
+        lr, trainable, clip_norm
+            As in `sgd_step`.
+
+        Raises
+        ------
+        HeadDivergedError
+            A loss or the final weights are NaN/inf; the weights are restored.
         """
         if isinstance(lr, bool) or not (np.isfinite(lr) and lr > 0):
             raise LearnerInputError(f"learning rate must be a positive number; got {lr!r}")
         if clip_norm is not None and not (np.isfinite(clip_norm) and clip_norm > 0):
             raise LearnerInputError(f"clip_norm must be a positive number or None; got {clip_norm!r}")
         idx = self._layers(trainable)
-        f = self._feats(feat, batch=False)
-        t = self._targets(np.asarray(target), 1)
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected and reported below
-            acts = [a[0] for a in self._forward(f[None])]
-            losses, delta = self._loss_and_delta(acts[-1][None], t)
-            loss = float(losses[0])
-            if not idx:
-                return loss
-            errs = self._errors(acts, delta[0], idx[0])
-        if not np.isfinite(loss) or any(e is not None and not np.all(np.isfinite(e)) for e in errs):
-            raise HeadDivergedError(f"head diverged: loss {loss} (lower the learning rate {lr} or set clip_norm); "
-                                    "weights left unchanged")
-        for l in idx:
-            d = errs[l]
-            assert d is not None
+        f = self._feats(feats, batch=True)
+        t = self._targets(np.asarray(targets), len(f))
+        steps = np.asarray(order, dtype=np.intp).reshape(-1)
+        if steps.size and (int(steps.min()) < 0 or int(steps.max()) >= len(f)):
+            raise LearnerInputError(f"step order must index the {len(f)} samples; got {int(steps.min())}.."
+                                    f"{int(steps.max())}")
+        losses = np.empty(steps.size, dtype=np.float64)
+        if not idx:  # nothing to train: losses only
+            losses[:] = self._loss_and_delta(self._forward(f[steps])[-1], t[steps])[0] if steps.size else 0.0
+            return losses
+        saved = [w.copy() for w in self.weights_]
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected below, once
+            for s, i in enumerate(steps.tolist()):
+                losses[s] = self._step(f[i], t[i], lr, idx, clip_norm)
+        if not (np.all(np.isfinite(losses)) and all(np.all(np.isfinite(w)) for w in self.weights_)):
+            bad = losses[~np.isfinite(losses)]
+            self.weights_ = saved
+            raise HeadDivergedError(f"head diverged{f': loss {bad[0]}' if bad.size else ''} (lower the learning rate "
+                                    f"{lr} or set clip_norm); weights left unchanged")
+        return losses
+
+    def _step(self, a0: np.ndarray, t: np.ndarray, lr: float, idx: list[int], clip_norm: float | None) -> float:
+        """One unchecked batch-1 SGD update (validated inputs); the hot loop of every device.
+
+        Error vectors are computed top-down with each layer's *old* weights, then that layer is
+        updated, which equals computing all of them first (what `loss_and_grads` does).
+        """
+        ws = self.weights_
+        last = len(ws) // 2 - 1
+        acts = [a0]
+        for l in range(last + 1):
+            z = acts[-1] @ ws[2 * l] + ws[2 * l + 1]
+            if l < last:
+                np.maximum(z, 0, out=z)
+            acts.append(z)
+        out = acts[-1]
+        if self.kind == "regression":
+            d = out - t
+            loss = float(d @ d) / d.size
+            d *= 2.0 / d.size
+        else:
+            shifted = out - out.max()
+            e = np.exp(shifted)
+            z_sum = float(e.sum())
+            loss = math.log(z_sum) - float(shifted[t])
+            d = e / z_sum
+            d[t] -= 1.0
+        lowest = idx[0]
+        trained = set(idx)
+        for l in range(last, lowest - 1, -1):
             a = acts[l]
-            scale = lr
-            if clip_norm is not None:
-                norm = float(np.linalg.norm(d)) * float(np.sqrt(float(a @ a) + 1.0))
-                if norm > clip_norm:
-                    scale = lr * clip_norm / norm
-            step = self.dtype.type(scale)
-            self.weights_[2 * l] -= np.outer(a, step * d)
-            self.weights_[2 * l + 1] -= step * d
+            d_below = (ws[2 * l] @ d) * (a > 0) if l > lowest else None
+            if l in trained:
+                scale = lr
+                if clip_norm is not None:
+                    norm = math.sqrt(float(d @ d) * (float(a @ a) + 1.0))
+                    if norm > clip_norm:
+                        scale = lr * clip_norm / norm
+                sd = d * scale
+                ws[2 * l] -= a[:, None] * sd
+                ws[2 * l + 1] -= sd
+            if d_below is not None:
+                d = d_below
         return loss
 
     def losses(self, feats: np.ndarray, targets: np.ndarray) -> np.ndarray:
