@@ -1,85 +1,20 @@
-"""Memory accounting of an on-device learner, in bytes, and the "does it fit this board?" check.
+"""The "does it fit this board?" check of an on-device learner.
 
-RAM of a device that runs the frozen int8 backbone and trains the float head with batch size 1::
-
-    ram   = arena + head_weights + gradients + activations + buffer
-    arena        = TFLite Micro tensor arena of the backbone (measured: the smallest arena with
-                   which TFLM allocates and invokes it; 0 without a backbone, e.g. sine)
-    head_weights = 4 * n_params(head)                              (float32)
-    gradients    = 4 * (outputs of the lowest trained layer and every layer above it)
-                   (float32 error vectors d_l = dL/dz_l of one sample: `MLPHead.sgd_step` applies
-                   W_l -= lr * outer(a_l, d_l) in place, so no weight-sized gradient ever exists;
-                   a full gradient copy would cost 4 * n_params(trainable layers) instead)
-    activations  = 4 * (n_in + sum of every layer's output size)   (a_0 .. a_L of one sample;
-                   kept from the forward pass for the backward pass, ReLU masks read off them)
-    buffer       = buffer_samples * bytes of one raw input sample  (int8 backbone input, or
-                   float32 head input without a backbone)
-
-Flash::
-
-    flash = size of backbone.tflite + 4 * n_params(head)
-
-What is left out, on purpose: the code itself (interpreter kernels, the learner loop: firmware, not
-model) and scalars (loss, learning rate, loop counters).
-The error vectors are counted separately from the activations because both are alive at once.
+The RAM/flash formulas (arena + head weights + error vectors + activations + sample buffer) live in
+`firmware_models.memory_budget`, so that model cards, devices and the registry report one figure;
+this module adds what only a device needs: the fit check against a board and measuring an arena
+that a deployment did not declare.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from devices.exceptions import ModelDoesNotFitError
+from firmware_models.memory_budget import FLOAT_BYTES, MemoryReport, account
 
-FLOAT_BYTES = 4
-
-
-@dataclass(frozen=True)
-class MemoryReport:
-    """RAM parts and flash parts of one learner, in bytes."""
-
-    arena: int
-    head_weights: int
-    gradients: int
-    activations: int
-    buffer: int
-    flash_backbone: int
-    flash_head: int
-
-    @property
-    def ram(self) -> int:
-        """Total RAM: arena + head weights + gradients + activations + buffer."""
-        return self.arena + self.head_weights + self.gradients + self.activations + self.buffer
-
-    @property
-    def flash(self) -> int:
-        """Total flash: backbone .tflite bytes + float32 head parameters."""
-        return self.flash_backbone + self.flash_head
-
-    def as_dict(self) -> dict[str, int]:
-        """``arena, head_weights, gradients, activations, buffer, total`` (RAM) plus ``flash``."""
-        return {"arena": self.arena, "head_weights": self.head_weights, "gradients": self.gradients,
-                "activations": self.activations, "buffer": self.buffer, "total": self.ram,
-                "flash": self.flash, "flash_backbone": self.flash_backbone, "flash_head": self.flash_head}
-
-
-def account(*, layer_sizes: list[int], gradient_floats: int, arena: int, backbone_bytes: int,
-            sample_bytes: int, buffer_samples: int = 1) -> MemoryReport:
-    """Apply the formulas of this module to one head/backbone pair (see the module docstring)."""
-    if buffer_samples < 0:
-        raise ValueError(f"buffer_samples must be >= 0; got {buffer_samples}")
-    n_params = sum(a * b + b for a, b in zip(layer_sizes[:-1], layer_sizes[1:], strict=True))
-    head = FLOAT_BYTES * n_params
-    return MemoryReport(
-        arena=int(arena),
-        head_weights=head,
-        gradients=FLOAT_BYTES * int(gradient_floats),
-        activations=FLOAT_BYTES * int(sum(layer_sizes)),
-        buffer=int(buffer_samples) * int(sample_bytes),
-        flash_backbone=int(backbone_bytes),
-        flash_head=head,
-    )
+__all__ = ["FLOAT_BYTES", "MemoryReport", "account", "check_fits", "measure_backbone_arena", "sample_nbytes"]
 
 
 def check_fits(report: MemoryReport, *, ram_bytes: int, flash_bytes: int, what: str = "model") -> None:

@@ -199,7 +199,9 @@ def export_artifacts(out_dir: str | Path, name: str, keras_model: Any, represent
 
     step("C export + card", 0.85)
     write_c_source_pair(model_bytes, target, name)
-    head = head_section(list(head_weights), ARTIFACT_HEAD, sha256_file(head_path))
+    # a device buffers one raw sample: int8 when a backbone quantizes it, float32 into a bare head
+    sample_bytes = int(np.prod(np.shape(representative_x)[1:])) * (1 if backbone_model is not None else 4)
+    head = head_section(list(head_weights), ARTIFACT_HEAD, sha256_file(head_path), sample_bytes=sample_bytes)
     card = make_card(name=name, task=task, kind=kind, description=description, model=report,
                      model_file=ARTIFACT_MODEL, head=head, metrics=all_metrics, provenance=provenance,
                      backbone=backbone_report, backbone_file=ARTIFACT_BACKBONE if backbone_model is not None else None,

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from firmware_models.memory_budget import account
 from firmware_models.tflite_inspect import ModelReport, TensorReport
 from firmware_models.versions import tool_versions
 
 CARD_SCHEMA = "tinyfleet.model-card/1"
-FLOAT_BYTES = 4
 
 
 def sha256_file(path: str | Path) -> str:
@@ -48,18 +48,20 @@ def model_section(report: ModelReport, file_name: str) -> dict[str, Any]:
     }
 
 
-def head_section(head_weights: list[np.ndarray], file_name: str, sha256: str) -> dict[str, Any]:
+def head_section(head_weights: list[np.ndarray], file_name: str, sha256: str, *,
+                 sample_bytes: int) -> dict[str, Any]:
     """Layer widths, parameter count and on-device training RAM of the float head.
 
-    The RAM estimate is what online learning with batch 1 must hold in float32: weights and their
-    gradients (2 x params) plus each layer's activation and its gradient (2 x sum of widths,
-    input included). It excludes code and stack, which depend on the firmware.
+    The RAM figure is `firmware_models.memory_budget.account` for training every layer with batch
+    1 and one buffered raw sample of `sample_bytes` (the same formula devices use), without the
+    backbone arena, which the card reports separately.
     """
     widths = [int(head_weights[0].shape[0])] + [int(w.shape[1]) for w in head_weights[0::2]]
     params = int(sum(int(np.asarray(w).size) for w in head_weights))
-    train_bytes = FLOAT_BYTES * (2 * params + 2 * sum(widths))
+    budget = account(layer_sizes=widths, gradient_floats=sum(widths[1:]), arena=0, backbone_bytes=0,
+                     sample_bytes=sample_bytes)
     return {"file": file_name, "sha256": sha256, "layers": widths, "params": params,
-            "activation": "relu", "output": "linear", "training_ram_bytes": train_bytes}
+            "activation": "relu", "output": "linear", "training_ram_bytes": budget.ram}
 
 
 def make_card(*, name: str, task: str, kind: str, description: str, model: ModelReport, model_file: str,
