@@ -40,12 +40,16 @@ class SensorLog:
         float32 (n, 5) readings in `CHANNELS` order (ppm, °C, %RH, lux, PIR counts/min); NaN = missing.
     occupied : np.ndarray
         int64 (n,) ground truth, 1 when at least one person is in the room.
+    start : float or None
+        POSIX time of the first sample for recorded logs (None for simulated ones), so a
+        recording can be cut into calendar days.
     """
 
     room: str
     minutes: np.ndarray
     values: np.ndarray
     occupied: np.ndarray
+    start: float | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ device here: a device is a speaker.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,8 @@ class SpeechClips:
         "training", "validation" or "testing" per clip, from the list files.
     noise : list of np.ndarray
         Background noise recordings (16 kHz float32), possibly empty.
+    files : list of Path
+        Every file read: the clips in order, then the noise recordings (for provenance).
     """
 
     waves: np.ndarray
@@ -45,6 +47,7 @@ class SpeechClips:
     speakers: list[str]
     splits: list[str]
     noise: list[np.ndarray]
+    files: list[Path] = field(default_factory=list)
 
 
 def _read_split_list(root: Path, name: str) -> set[str]:
@@ -99,6 +102,7 @@ def load_speech_commands(root: str | Path, *, words: list[str] | None = None,
     clip_words: list[str] = []
     speakers: list[str] = []
     splits: list[str] = []
+    paths: list[Path] = []
     for folder in folders:
         files = sorted(folder.glob("*.wav"))
         if not files:
@@ -106,10 +110,94 @@ def load_speech_commands(root: str | Path, *, words: list[str] | None = None,
         for f in files[:max_per_word]:
             rel = f"{folder.name}/{f.name}"
             waves.append(fit_clip(_clip(f)))
+            paths.append(f)
             clip_words.append(folder.name)
             speakers.append(f.stem.split("_nohash_")[0])
             splits.append("validation" if rel in split_of["validation"]
                           else "testing" if rel in split_of["testing"] else "training")
-    noise = [_clip(f) for f in sorted((root / BACKGROUND_DIR).glob("*.wav"))] \
-        if (root / BACKGROUND_DIR).is_dir() else []
-    return SpeechClips(np.stack(waves).astype(np.float32), clip_words, speakers, splits, noise)
+    noise_files = sorted((root / BACKGROUND_DIR).glob("*.wav")) if (root / BACKGROUND_DIR).is_dir() else []
+    noise = [_clip(f) for f in noise_files]
+    paths += noise_files + [root / f for f in SPLIT_FILES.values() if (root / f).is_file()]
+    return SpeechClips(np.stack(waves).astype(np.float32), clip_words, speakers, splits, noise, paths)
+
+
+# --- the real data set split by device -------------------------------------------------------------
+@dataclass
+class SpeakerSplit:
+    """Speech Commands as the keywords use case needs it: 12 labels, devices = speakers.
+
+    Attributes
+    ----------
+    waves : np.ndarray
+        float32 (n, 16000) word clips (no silence; silence is cut from `noise` on demand).
+    labels : np.ndarray
+        int64 (n,) index into `labels` of the use case (keywords, then unknown).
+    speakers : np.ndarray
+        str (n,) speaker hash per clip.
+    train_speakers, heldout_speakers : list of str
+        Disjoint; held-out speakers are those of testing_list.txt.
+    noise : list of np.ndarray
+        Background recordings for "silence" (empty: silence is low-level dither).
+    files : list of Path
+        Every file read.
+    rule : str
+        Which split rule was applied (for the model card).
+    """
+
+    waves: np.ndarray
+    labels: np.ndarray
+    speakers: np.ndarray
+    train_speakers: list[str]
+    heldout_speakers: list[str]
+    noise: list[np.ndarray]
+    files: list[Path]
+    rule: str
+
+
+def load_speaker_split(root: str | Path, keywords: tuple[str, ...], *, max_per_word: int | None,
+                       max_per_unknown: int | None, heldout_fraction: float = 0.2) -> SpeakerSplit:
+    """Read the keyword folders and the other word folders ("unknown") and split speakers.
+
+    Labels are `keywords` (index 0..len-1) and "unknown" (index len(keywords)) for every other
+    word folder. Held-out speakers are the speakers of testing_list.txt (the data set's own
+    speaker-disjoint split); without that list, the last `heldout_fraction` of speaker hashes
+    (sorted; at least one) are held out. `max_per_word` / `max_per_unknown` cap the clips read
+    per folder (the first ones by file name, i.e. by speaker hash) because the full set is
+    ~105k clips = 6.7 GB as float32.
+
+    Raises
+    ------
+    DatasetError
+        Missing folder, no keyword folder, unreadable wav or split list (path named), or fewer
+        than two speakers.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: Speech Commands folder not found")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != BACKGROUND_DIR)
+    present = [w for w in keywords if w in folders]
+    if not present:
+        raise DatasetError(f"{root}: none of the keyword folders {', '.join(keywords)} found")
+    others = [w for w in folders if w not in keywords]
+    parts = [load_speech_commands(root, words=present, max_per_word=max_per_word)]
+    if others:
+        parts.append(load_speech_commands(root, words=others, max_per_word=max_per_unknown))
+    words = [w for p in parts for w in p.words]
+    labels = np.asarray([keywords.index(w) if w in keywords else len(keywords) for w in words], np.int64)
+    speakers = np.asarray([s for p in parts for s in p.speakers])
+    splits = [s for p in parts for s in p.splits]
+    testing = sorted({s for s, sp in zip(speakers.tolist(), splits, strict=True) if sp == "testing"})
+    everyone = sorted(set(speakers.tolist()))
+    if len(everyone) < 2:
+        raise DatasetError(f"{root}: clips of only one speaker; need two to hold one out")
+    if testing and len(testing) < len(everyone):
+        heldout = testing
+        rule = "speakers of testing_list.txt held out (the data set's own split)"
+    else:
+        n_held = max(1, round(heldout_fraction * len(everyone)))
+        heldout = everyone[-n_held:]
+        rule = f"no usable testing_list.txt: last {n_held} of {len(everyone)} speaker hashes (sorted) held out"
+    held = set(heldout)
+    files = list(dict.fromkeys(f for p in parts for f in p.files))
+    return SpeakerSplit(np.concatenate([p.waves for p in parts]), labels, speakers,
+                        [s for s in everyone if s not in held], heldout, parts[0].noise, files, rule)

@@ -11,6 +11,7 @@ accepted too. There is no motion sensor in that data set: the motion channel com
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -75,4 +76,101 @@ def load_uci_occupancy(path: str | Path) -> SensorLog:
         raise DatasetError(f"{path}: no data rows")
     assert CHANNELS == ("co2", "temperature", "humidity", "light", "motion")
     return SensorLog(room=path.stem, minutes=(np.asarray(times) - times[0]) / 60.0,
-                     values=np.asarray(values, np.float32), occupied=np.asarray(labels, np.int64))
+                     values=np.asarray(values, np.float32), occupied=np.asarray(labels, np.int64), start=times[0])
+
+
+# --- the real data set split by device -------------------------------------------------------------
+STANDARD_FILES = ("datatraining.txt", "datatest.txt", "datatest2.txt")
+HELDOUT_PREFIX = "datatest"
+MAX_GAP_MINUTES = 10.0     # a longer gap between two rows starts a new segment
+MIN_SEGMENT_ROWS = 60      # shorter segments (e.g. the last minutes of a file) make no device
+
+
+@dataclass
+class UciDays:
+    """The UCI Occupancy recording cut into devices: one device = one contiguous calendar day.
+
+    Why days: the three files record the same office, so rooms cannot be the devices. Days differ
+    in who came when, in daylight and in weather, which makes each day a task of its own; cutting
+    at midnight (and at gaps) keeps every window inside one device, so no window of a held-out
+    day overlaps a training day.
+
+    Attributes
+    ----------
+    train, heldout : list of SensorLog
+        One log per day; `room` is `<file stem>-<YYYY-MM-DD>`.
+    files : list of Path
+        The CSV files read.
+    rule : str
+        Which split rule was applied (for the model card).
+    """
+
+    train: list[SensorLog]
+    heldout: list[SensorLog]
+    files: list[Path]
+    rule: str
+
+
+def day_segments(log: SensorLog) -> list[SensorLog]:
+    """Cut a recorded log at local midnight and at gaps > `MAX_GAP_MINUTES`; drop short pieces."""
+    if log.start is None:
+        raise ValueError("day_segments needs a recorded log (start time)")
+    stamps = log.start + 60.0 * log.minutes
+    days = np.asarray([datetime.fromtimestamp(t).strftime("%Y-%m-%d") for t in stamps])
+    cut = np.flatnonzero((days[1:] != days[:-1]) | (np.diff(log.minutes) > MAX_GAP_MINUTES)) + 1
+    out: list[SensorLog] = []
+    for a, b in zip(np.r_[0, cut], np.r_[cut, len(days)], strict=True):
+        if b - a < MIN_SEGMENT_ROWS:
+            continue
+        name = f"{log.room}-{days[a]}"
+        if any(s.room == name for s in out):          # same day after a gap
+            name = f"{name}-{len(out)}"
+        out.append(SensorLog(room=name, minutes=log.minutes[a:b] - log.minutes[a], values=log.values[a:b],
+                             occupied=log.occupied[a:b], start=float(stamps[a])))
+    return out
+
+
+def _csv_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DatasetError(f"{path}: UCI occupancy CSV or folder not found")
+    files = [path / name for name in STANDARD_FILES if (path / name).is_file()]
+    if not files:
+        raise DatasetError(f"{path}: none of {', '.join(STANDARD_FILES)} found (or pass one CSV file)")
+    return files
+
+
+def load_uci_days(path: str | Path, *, heldout_fraction: float = 0.25) -> UciDays:
+    """Read the UCI files (a folder with the standard names, or one CSV) and split their days.
+
+    Rule: in a folder, days of `datatest*.txt` are held out and days of the other files train,
+    which is the published train/test split of the data set. One CSV alone is cut the same way
+    and its last `heldout_fraction` of days (at least one) are held out, chronologically, so
+    that the model is tested on days after the ones it learned from.
+
+    Raises
+    ------
+    DatasetError
+        Missing path, malformed CSV (file and line named), or too few day segments to hold out one.
+    """
+    path = Path(path)
+    files = _csv_files(path)
+    per_file = {f: day_segments(load_uci_occupancy(f)) for f in files}
+    for f, days in per_file.items():
+        if not days:
+            raise DatasetError(f"{f}: no stretch of {MIN_SEGMENT_ROWS} consecutive minutes within one day")
+    held = [f for f in files if f.stem.startswith(HELDOUT_PREFIX)]
+    if held and len(held) < len(files):
+        train = [d for f in files if f not in held for d in per_file[f]]
+        heldout = [d for f in held for d in per_file[f]]
+        rule = "days of datatest*.txt held out, days of the other files train (the data set's own split)"
+    else:
+        days = sorted((d for f in files for d in per_file[f]), key=lambda d: float(d.start or 0.0))
+        if len(days) < 2:
+            raise DatasetError(f"{files[0]}: only one day segment of >= {MIN_SEGMENT_ROWS} minutes; "
+                               "need at least two to hold one out")
+        n_held = max(1, round(heldout_fraction * len(days)))
+        train, heldout = days[:-n_held], days[-n_held:]
+        rule = f"chronological: last {n_held} of {len(days)} day segments held out"
+    return UciDays(train, heldout, files, rule)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+from pathlib import Path
 
 from firmware_models.exceptions import UnknownUseCaseError
 from firmware_models.usecases.base import UseCase
@@ -34,13 +35,15 @@ def _available(module: str) -> bool:
 USE_CASES: tuple[str, ...] = tuple(name for name, module in _MODULES.items() if _available(module))
 
 
-def get_use_case(name: str) -> UseCase:
-    """A fresh instance of the use case called `name`.
+def get_use_case(name: str, *, data: str | Path | None = None) -> UseCase:
+    """A fresh instance of the use case called `name`, reading the real data set at `data` if given.
 
     Raises
     ------
     UnknownUseCaseError
         When `name` is not one of `USE_CASES` (exit code 2); the message lists the valid names.
+    DataOptionError
+        `data` given for a use case without a real data set (exit code 2).
     """
     if name not in USE_CASES:
         raise UnknownUseCaseError(f"unknown use case {name!r}; valid: {', '.join(USE_CASES)}")
@@ -48,7 +51,7 @@ def get_use_case(name: str) -> UseCase:
     for obj in vars(module).values():
         if (inspect.isclass(obj) and issubclass(obj, UseCase) and not inspect.isabstract(obj)
                 and getattr(obj, "name", None) == name):
-            return obj()
+            return obj().with_data(data)
     raise UnknownUseCaseError(f"module {_MODULES[name]} defines no UseCase subclass named {name!r}")
 
 

@@ -11,6 +11,7 @@ Data generation must not import TensorFlow (devices generate their own streams o
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from firmware_models.exceptions import TinyFleetError
 
 Split = Literal["train", "heldout"]
 ProgressFn = Callable[[str, float], None]  # (stage description, fraction done in [0, 1])
@@ -61,6 +64,12 @@ class UseCase(ABC):
         Sensor kinds a device needs (e.g. ("microphone",)); used by matchmaking.
     input_shape : tuple of int
         Shape of one raw sample, without the batch axis.
+    real_dataset : str or None
+        Name of the public data set whose on-disk layout `with_data` accepts (None: generated only).
+    data : Path or None
+        Where that real data set lives; None = use the generator. Set through `with_data`, read
+        by both `devices` and `build`, so simulated devices stream the same real data the
+        backbone was trained on.
     """
 
     name: str
@@ -68,6 +77,46 @@ class UseCase(ABC):
     sensors: tuple[str, ...]
     input_shape: tuple[int, ...]
     description: str = ""
+    real_dataset: str | None = None
+    data: Path | None = None
+    _real: Any = None            # the loaded, split real data (cached: loading Omniglot takes seconds)
+
+    def with_data(self, path: str | Path | None) -> UseCase:
+        """A copy of this use case that reads the real data set at `path` (None: the generator).
+
+        Nothing is read yet; `load_real` (or the first `devices`/`build`) reads and checks it.
+
+        Raises
+        ------
+        DataOptionError
+            The use case has no real data set (exit code 2).
+        """
+        if path is not None and self.real_dataset is None:
+            raise DataOptionError(f"use case {self.name!r} has no real data set (its data is generated); drop --data")
+        clone = copy.copy(self)
+        clone.data = Path(path) if path is not None else None
+        clone._real = None
+        return clone
+
+    def load_real(self) -> Any:
+        """Read and split the real data set at `data` once; later calls return the cached split.
+
+        Call it before writing anything, so that bad data fails before an output folder exists.
+
+        Raises
+        ------
+        DatasetError
+            A missing or malformed folder/file; the message names it.
+        """
+        if self.data is None:
+            raise DataOptionError(f"use case {self.name!r}: no real data set given")
+        if self._real is None:
+            self._real = self._load_real(self.data)
+        return self._real
+
+    def _load_real(self, path: Path) -> Any:
+        """Read and split the real data at `path`; overridden by use cases that have one."""
+        raise DataOptionError(f"use case {self.name!r} has no real data set")
 
     @abstractmethod
     def devices(self, split: Split, n_devices: int, *, samples_per_device: int, seed: int = 0) -> list[DeviceData]:
@@ -77,6 +126,12 @@ class UseCase(ABC):
     def build(self, out_dir: Path, *, seed: int = 0, quick: bool = False,
               progress: ProgressFn | None = None) -> dict[str, Any]:
         """Train, convert to full int8, measure and export into `out_dir/<name>/`; return the card."""
+
+
+class DataOptionError(TinyFleetError):
+    """`--data` given where it cannot be used (a generated-only use case, or several use cases)."""
+
+    exit_code = 2
 
 
 # Files written by `UseCase.build` into `out_dir/<name>/` (the contract `devices` loads from):

@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from firmware_models.datasets import building
+from firmware_models.datasets.uci_occupancy import UciDays, load_uci_days
 from firmware_models.features.sensors import N_FEATURES, WINDOW, windows_from_log
 from firmware_models.usecases.base import DeviceData, ProgressFn, Split, UseCase
+from firmware_models.usecases.real_data import real_provenance
 
 FEATURES = 32
 HEAD_HIDDEN = 16
@@ -65,11 +67,18 @@ class PresenceUseCase(UseCase):
     sensors = ("co2", "temperature", "humidity", "illuminance", "motion")
     input_shape = (WINDOW, N_FEATURES)
     labels = ("absent", "present")
+    real_dataset = "UCI Occupancy Detection"
     description = ("Smart-building presence detection from 30-minute windows of CO2, temperature, humidity, "
                    "light and motion; int8 temporal CNN backbone -> 32 features, float head 32-16-2.")
 
     def devices(self, split: Split, n_devices: int, *, samples_per_device: int, seed: int = 0) -> list[DeviceData]:
-        """One simulated room (7 days, 1-minute steps) per device; windows sampled at random times."""
+        """One simulated room (7 days, 1-minute steps) per device; windows sampled at random times.
+
+        With real data (`with_data`), device i is day segment i of the split (cycled when more
+        devices are asked for than there are days, with fresh random windows).
+        """
+        if self.data is not None:
+            return self._real_devices(split, n_devices, samples_per_device, seed)
         out = []
         for i in range(int(n_devices)):
             spec = room_spec(split, i, seed)
@@ -79,6 +88,24 @@ class PresenceUseCase(UseCase):
                                                     "ach": round(spec.ach, 2), "capacity": spec.capacity,
                                                     "has_motion": spec.has_motion,
                                                     "occupied_fraction": round(float(log.occupied.mean()), 3)}))
+        return out
+
+    def _load_real(self, path: Path) -> UciDays:
+        return load_uci_days(path)
+
+    def _real_devices(self, split: Split, n_devices: int, samples: int, seed: int) -> list[DeviceData]:
+        if split not in _SPLIT_STREAM:
+            raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+        real: UciDays = self.load_real()
+        logs = real.train if split == "train" else real.heldout
+        out = []
+        for i in range(int(n_devices)):
+            log = logs[i % len(logs)]
+            x, y = log_windows(log, int(samples), np.random.default_rng([int(seed), 11, _SPLIT_STREAM[split], i]))
+            name = f"uci-{log.room}" + (f"-r{i // len(logs)}" if i >= len(logs) else "")
+            out.append(DeviceData(name, x, y, {"source": "UCI Occupancy Detection", "day": log.room,
+                                               "minutes": int(len(log.occupied)), "has_motion": False,
+                                               "occupied_fraction": round(float(log.occupied.mean()), 3)}))
         return out
 
     def build(self, out_dir: Path, *, seed: int = 0, quick: bool = False,
@@ -91,8 +118,16 @@ class PresenceUseCase(UseCase):
                                "windows_per_room": 200 if quick else 600, "epochs": 2 if quick else 25,
                                "batch_size": 64, "learning_rate": 3e-3, "seed": int(seed)}
         step = progress or (lambda stage, frac: None)
-        step("simulate rooms", 0.0)
+        step("simulate rooms" if self.data is None else "read UCI Occupancy", 0.0)
         t0 = time.perf_counter()
+        data_prov: dict[str, Any] = {"generator": "firmware_models.datasets.building"}
+        if self.data is not None:           # every real day segment is a device; none is left out
+            real: UciDays = self.load_real()
+            cfg.update(train_rooms=len(real.train), heldout_rooms=len(real.heldout))
+            data_prov = real_provenance(self.real_dataset or "", self.data, real.files, real.rule,
+                                        train_days=[d.room for d in real.train],
+                                        heldout_days=[d.room for d in real.heldout],
+                                        minutes=int(sum(len(d.occupied) for d in real.train + real.heldout)))
         train = self.devices("train", cfg["train_rooms"], samples_per_device=cfg["windows_per_room"], seed=seed)
         heldout = self.devices("heldout", cfg["heldout_rooms"], samples_per_device=cfg["windows_per_room"], seed=seed)
         x, y = np.concatenate([d.x for d in train]), np.concatenate([d.y for d in train])
@@ -114,10 +149,10 @@ class PresenceUseCase(UseCase):
             out_dir, self.name, model, x, task=self.name, kind=self.kind,
             head_weights=head_weights_from_dense(dense), eval_x=hx, eval_y=hy, backbone_model=backbone,
             description=self.description, sensors=self.sensors,
-            metrics={"metric": "present/absent accuracy on held-out rooms",
+            metrics={"metric": "present/absent accuracy on held-out " + ("rooms" if self.data is None else "days"),
                      "heldout_present_fraction": float(hy.mean())},
-            provenance={"generator": "firmware_models.datasets.building", "seed": int(seed), "quick": bool(quick),
-                        "days_per_room": DAYS, "window_minutes": WINDOW,
+            provenance={**data_prov, "seed": int(seed), "quick": bool(quick),
+                        **({"days_per_room": DAYS} if self.data is None else {}), "window_minutes": WINDOW,
                         "train_rooms": cfg["train_rooms"], "heldout_rooms": cfg["heldout_rooms"],
                         "train_samples": int(len(x)), "heldout_samples": int(len(hx)),
                         "training": {k: cfg[k] for k in ("epochs", "batch_size", "learning_rate")},

@@ -25,23 +25,34 @@ def build(
     out: Annotated[Path, typer.Option("--out", help="Output directory; artifacts go to OUT/<task>/.")] = Path("models"),
     seed: Annotated[int, typer.Option(help="Seed for data generation and training.")] = 0,
     quick: Annotated[bool, typer.Option("--quick", help="Fewer devices and epochs (for tests and demos).")] = False,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Train on the real public data set at DATA instead of the generator: characters = "
+                       "Omniglot folder, keywords = Speech Commands folder, presence = UCI Occupancy folder "
+                       "or CSV.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Train a use case's model, convert it to full int8, measure it and export it with its card.
 
     Example: tinyfleet models build sine --out models --json
+    Real data: tinyfleet models build presence --data occupancy_data/ --out models
     """
     from firmware_models.usecases import get_use_case
+    from firmware_models.usecases.base import DataOptionError
 
     from firmware_models.build import prepare_out_dir
 
     names = resolve_names(task)  # unknown name -> UnknownUseCaseError (exit 2, lists valid names)
+    if data is not None and len(names) > 1:
+        raise DataOptionError(f"--data {data}: give one use case, not {task!r} (each reads its own data set)")
+    use_cases = [get_use_case(name, data=data) for name in names]
+    for use_case in use_cases:
+        if use_case.data is not None:
+            use_case.load_real()  # bad data fails now, before anything is written to --out
     for name in names:
         prepare_out_dir(out, name)  # a bad --out fails now, not after training
     cards: list[dict[str, Any]] = []
     with progress() as bar:
-        for name in names:
-            use_case = get_use_case(name)
+        for name, use_case in zip(names, use_cases, strict=True):
             job = bar.add_task(f"{name}: start", total=100)
 
             def report(stage: str, frac: float, _job: Any = job, _name: str = name) -> None:

@@ -1,0 +1,169 @@
+"""`tinyfleet models build <task> --data PATH`: training on the real data sets' on-disk formats.
+
+Tiny data sets are written in the real formats (UCI Occupancy CSVs with quoted row ids, Omniglot
+`alphabet/character/<id>_<drawer>.png`, Speech Commands `word/<speaker>_nohash_<n>.wav`) and run
+through the real console script; bad data must give one `error: <file>: ...` line, exit 1, and
+leave --out untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from firmware_models.datasets import building
+from firmware_models.datasets.fingerprint import file_list_fingerprint
+from firmware_models.features import SAMPLE_RATE, write_wav
+from fixtures_models import run_cli
+
+UCI_HEADER = '"date","Temperature","Humidity","Light","CO2","HumidityRatio","Occupancy"\n'
+
+
+def write_uci(path: Path, start: datetime, days: float, seed: int) -> int:
+    """A UCI-format CSV of a simulated office (one row per minute); returns the row count."""
+    spec = building.random_room("office", np.random.default_rng(seed), "office")
+    log = building.simulate_room(spec, days=int(np.ceil(days)), seed=seed)
+    n = int(days * building.MINUTES_PER_DAY)
+    lines = [UCI_HEADER]
+    for i in range(n):
+        co2, t, rh, light, _ = (float(v) for v in np.nan_to_num(log.values[i], nan=0.0))
+        stamp = (start + timedelta(minutes=i)).strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(f'"{i + 1}","{stamp}",{t:.2f},{rh:.3f},{light:.1f},{co2:.2f},{rh / 6000:.6f},{log.occupied[i]}\n')
+    path.write_text("".join(lines))
+    return n
+
+
+@pytest.fixture(scope="module")
+def uci_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three standard files: 3 training days, 1 + 1 test days (the data set's own split)."""
+    root = tmp_path_factory.mktemp("uci")
+    write_uci(root / "datatraining.txt", datetime(2015, 2, 4), 3, seed=1)
+    write_uci(root / "datatest.txt", datetime(2015, 2, 2), 1, seed=2)
+    write_uci(root / "datatest2.txt", datetime(2015, 2, 11), 1, seed=3)
+    return root
+
+
+def write_omniglot(root: Path, *, alphabets: int = 3, characters: int = 5, drawers: int = 6) -> None:
+    """105x105 1-bit PNGs, black strokes on white; each character has its own stroke pattern."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for a in range(alphabets):
+        for c in range(characters):
+            folder = root / f"Alphabet_{a}" / f"character{c + 1:02d}"
+            folder.mkdir(parents=True)
+            strokes = rng.integers(10, 90, size=(3, 4))
+            for d in range(1, drawers + 1):
+                img = np.full((105, 105), 255, np.uint8)
+                for r0, c0, r1, c1 in strokes:
+                    jitter = int(rng.integers(-3, 4))
+                    img[min(r0, r1) + jitter:max(r0, r1) + 8 + jitter, min(c0, c1):min(c0, c1) + 8] = 0
+                    img[min(r0, r1):min(r0, r1) + 8, min(c0, c1) + jitter:max(c0, c1) + 8 + jitter] = 0
+                Image.fromarray(img).convert("1").save(folder / f"{a * 20 + c + 1:04d}_{d:02d}.png")
+
+
+def _one_error_line(proc, where: str) -> str:  # noqa: ANN001
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-1500:])
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: {where}"), lines[0]
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+# --- presence on UCI Occupancy -----------------------------------------------------------------------
+
+def test_presence_builds_on_uci_files_with_real_provenance(uci_dir: Path, tmp_path: Path) -> None:
+    proc = run_cli("models", "build", "presence", "--data", str(uci_dir), "--quick", "--out", str(tmp_path),
+                   "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = json.loads(proc.stdout)
+    assert json.loads((tmp_path / "presence" / "card.json").read_text())["data"] == card["data"]
+    prov = card["data"]
+    assert prov["dataset"] == "UCI Occupancy Detection" and "generator" not in prov
+    real = prov["real_data"]
+    files = [uci_dir / f for f in ("datatraining.txt", "datatest.txt", "datatest2.txt")]
+    assert real["path"] == str(uci_dir.resolve()) and real["files"] == 3
+    assert real["bytes"] == sum(f.stat().st_size for f in files)
+    assert real["file_list_sha256"] == file_list_fingerprint(uci_dir, files)["file_list_sha256"]
+    # devices = days: 3 training days, the two test files' days held out (the data set's own split)
+    assert real["train_days"] == ["datatraining-2015-02-04", "datatraining-2015-02-05", "datatraining-2015-02-06"]
+    assert real["heldout_days"] == ["datatest-2015-02-02", "datatest2-2015-02-11"]
+    assert prov["train_rooms"] == 3 and prov["heldout_rooms"] == 2
+    assert card["metrics"]["samples"] == prov["heldout_samples"] == 2 * 200
+    assert 0.0 <= card["metrics"]["int8"]["accuracy"] <= 1.0
+    assert "held-out days" in card["metrics"]["metric"]
+
+
+def test_fingerprint_changes_when_a_file_changes(uci_dir: Path, tmp_path: Path) -> None:
+    files = sorted(uci_dir.iterdir())
+    before = file_list_fingerprint(uci_dir, files)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in files:
+        (copy / f.name).write_bytes(f.read_bytes())
+    assert file_list_fingerprint(copy, sorted(copy.iterdir()))["file_list_sha256"] == before["file_list_sha256"]
+    (copy / "datatest.txt").write_bytes((copy / "datatest.txt").read_bytes()[:-40])
+    assert file_list_fingerprint(copy, sorted(copy.iterdir()))["file_list_sha256"] != before["file_list_sha256"]
+
+
+def _break_uci(data: Path, how: str) -> Path:
+    if how == "missing folder":
+        return data / "nope"
+    if how == "bad number":
+        (data / "datatraining.txt").write_text(UCI_HEADER + '"1","2015-02-04 17:51:00",23.1,27,426,x,0.004,1\n')
+    elif how == "bad header":
+        (data / "datatest.txt").write_text('"date","Temp"\n')
+    elif how == "no standard file":
+        (data / "datatraining.txt").unlink()
+    return data
+
+
+@pytest.mark.parametrize(("how", "where", "problem"), [
+    ("missing folder", "{d}/nope: ", "not found"),
+    ("bad number", "{d}/datatraining.txt:2: ", "column 'CO2' is not a number"),
+    ("bad header", "{d}/datatest.txt:1: ", "expected header"),
+    ("no standard file", "{d}: ", "none of datatraining.txt"),
+])
+def test_presence_bad_uci_data_is_one_line_and_writes_nothing(uci_dir: Path, tmp_path: Path, how: str, where: str,
+                                                              problem: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "datatraining.txt").write_bytes((uci_dir / "datatraining.txt").read_bytes())
+    out = tmp_path / "out"
+    proc = run_cli("models", "build", "presence", "--data", str(_break_uci(data, how)), "--quick", "--out", str(out),
+                   "--json")
+    line = _one_error_line(proc, where.format(d=data))
+    assert problem in line
+    assert not out.exists()
+
+
+def test_single_csv_is_split_chronologically(tmp_path: Path) -> None:
+    from firmware_models.usecases import get_use_case
+
+    csv = tmp_path / "occupancy.csv"
+    write_uci(csv, datetime(2015, 3, 1, 12, 0), 3.5, seed=4)
+    uc = get_use_case("presence", data=csv)
+    real = uc.load_real()
+    # 12:00 day 1 .. 24:00 day 4 = 4 calendar days; the last one (a quarter) is held out
+    assert [d.room for d in real.train] == ["occupancy-2015-03-01", "occupancy-2015-03-02", "occupancy-2015-03-03"]
+    assert [d.room for d in real.heldout] == ["occupancy-2015-03-04"]
+    devs = uc.devices("train", 4, samples_per_device=50, seed=0)
+    assert [d.device_id for d in devs] == ["uci-occupancy-2015-03-01", "uci-occupancy-2015-03-02",
+                                           "uci-occupancy-2015-03-03", "uci-occupancy-2015-03-01-r1"]
+    assert all(d.x.shape == (50, 30, 6) and set(np.unique(d.y)) <= {0, 1} for d in devs)
+    assert not np.array_equal(devs[0].x, devs[3].x)            # a repeated day gets fresh windows
+    assert all(np.all(d.x[..., 5] == 0) for d in devs)          # UCI has no motion sensor: flagged missing
+
+
+def test_data_option_refused_for_sine_and_all(tmp_path: Path) -> None:
+    proc = run_cli("models", "build", "sine", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: use case 'sine' has no real data set")
+    proc = run_cli("models", "build", "all", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "give one use case" in proc.stderr
+    assert not (tmp_path / "o").exists()
