@@ -7,7 +7,10 @@ on purpose, and `docs/protocol.md` describes the same bytes for implementers in 
 Frames (tasks and results) are ``u32 LE header_len | UTF-8 JSON header | data section``. The
 header's ``tensors`` list names every tensor with dtype, shape, byte offset (from the start of the
 data section, 8-byte aligned) and byte count; values are raw little-endian. A sparse tensor (Top-P
-update) stores ``nnz`` uint32 flat indices followed by ``nnz`` values. Floats never travel as
+update) stores ``nnz`` flat indices followed by ``nnz`` values; the indices are uint16 (declared as
+``"index_dtype": "uint16"``, index block zero-padded to 4 bytes) when the tensor has at most 65,536
+entries, which saves 2 of every 8 bytes of a float32 update, else uint32 (the default when
+``index_dtype`` is absent). Floats never travel as
 JSON lists: a 10k-parameter head is 40 kB binary instead of ~200 kB of text, and an MCU can point
 straight into the buffer. TD, presence and telemetry are plain JSON documents, because generic
 MQTT/WoT tooling must read them.
@@ -37,6 +40,10 @@ DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
 DEFAULT_CHUNK_BYTES = 48 * 1024
 """Deploy chunk size: with the header it stays below a 64 KiB broker `max_packet_size`."""
 ALIGN = 8
+INDEX_DTYPES: dict[str, np.dtype] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+"""Sparse index dtypes; ``index_dtype`` absent means uint32 (frames written before uint16 existed)."""
+UINT16_MAX_ENTRIES = 65536
+"""Largest tensor (in entries) whose sparse indices travel as uint16."""
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
 
@@ -121,7 +128,7 @@ DTYPES: dict[str, np.dtype] = {name: np.dtype(name).newbyteorder("<") for name i
 class SparseTensor:
     """A tensor of `shape` that is zero except at flat (C-order) `indices`."""
 
-    indices: np.ndarray  # uint32, strictly increasing not required but unique
+    indices: np.ndarray  # unsigned flat indices, unique (ascending not required); uint32 after decoding
     values: np.ndarray
     shape: tuple[int, ...]
 
@@ -178,12 +185,15 @@ def encode_frame(header: Mapping[str, Any], tensors: Iterable[tuple[str, Tensor]
     offset = 0
     for name, t in tensors:
         if isinstance(t, SparseTensor):
-            idx = np.ascontiguousarray(t.indices, dtype="<u4").tobytes()
+            index_dtype = sparse_index_dtype(math.prod(t.shape))
+            idx = np.ascontiguousarray(t.indices, dtype=INDEX_DTYPES[index_dtype]).tobytes()
             val_dt = _wire_dtype(t.values.dtype, name)
             vals = np.ascontiguousarray(t.values, dtype=val_dt).tobytes()
-            body = idx + vals
+            body = idx + b"\0" * ((-len(idx)) % 4) + vals
             entry = {"name": name, "dtype": val_dt.name, "shape": [int(s) for s in t.shape], "encoding": "sparse",
                      "nnz": int(len(t.indices)), "offset": offset, "nbytes": len(body)}
+            if index_dtype != "uint32":
+                entry["index_dtype"] = index_dtype
         else:
             arr = np.asarray(t)
             dt = _wire_dtype(arr.dtype, name)
@@ -197,6 +207,21 @@ def encode_frame(header: Mapping[str, Any], tensors: Iterable[tuple[str, Tensor]
     hdr["tensors"] = entries
     hjson = json.dumps(hdr, separators=(",", ":"), allow_nan=False).encode()
     return struct.pack("<I", len(hjson)) + hjson + b"".join(chunks)
+
+
+def sparse_index_dtype(size: int) -> str:
+    """The index dtype a sparse tensor of `size` entries travels with: uint16 up to 65,536 entries, else uint32."""
+    return "uint16" if size <= UINT16_MAX_ENTRIES else "uint32"
+
+
+def sparse_nbytes(nnz: int, *, index_dtype: str, value_itemsize: int) -> int:
+    """Bytes of a sparse tensor: index block (padded to a multiple of 4 bytes) + values.
+
+    The padding keeps float32 values 4-byte aligned after uint16 indices, so a microcontroller
+    can read them in place; uint32 indices need none, so older frames keep their exact size.
+    """
+    idx = nnz * INDEX_DTYPES[index_dtype].itemsize
+    return idx + (-idx) % 4 + nnz * value_itemsize
 
 
 def _wire_dtype(dtype: np.dtype, name: str) -> np.dtype:
@@ -369,12 +394,20 @@ def _read_tensor(e: dict[str, Any], data: memoryview, rid: str | None) -> Tensor
         return np.frombuffer(raw, dtype=dt).reshape(shape).astype(dt.newbyteorder("="))
     if encoding != "sparse":
         raise ProtocolError(f"{where}: unknown encoding {encoding!r} (dense or sparse)", request_id=rid)
-    nnz = e.get("nnz")
-    if not (_is_int(nnz, 0) and nnz <= size and nbytes == nnz * (4 + dt.itemsize)):
-        raise ProtocolError(f"{where}: sparse nnz={nnz!r} does not match {nbytes} bytes / shape {shape}",
+    index_dtype = e.get("index_dtype", "uint32")
+    if not isinstance(index_dtype, str) or index_dtype not in INDEX_DTYPES:
+        raise ProtocolError(f"{where}: sparse index_dtype must be uint16 or uint32; got {index_dtype!r}",
                             request_id=rid)
-    idx = np.frombuffer(raw[:4 * nnz], dtype="<u4").astype(np.uint32)
-    vals = np.frombuffer(raw[4 * nnz:], dtype=dt).astype(dt.newbyteorder("="))
+    if index_dtype == "uint16" and size > UINT16_MAX_ENTRIES:
+        raise ProtocolError(f"{where}: uint16 indices cannot address shape {shape} ({size} entries)", request_id=rid)
+    nnz = e.get("nnz")
+    if not (_is_int(nnz, 0) and nnz <= size
+            and nbytes == sparse_nbytes(nnz, index_dtype=index_dtype, value_itemsize=dt.itemsize)):
+        raise ProtocolError(f"{where}: sparse nnz={nnz!r} does not match {nbytes} bytes / shape {shape} "
+                            f"({index_dtype} indices)", request_id=rid)
+    idt = INDEX_DTYPES[index_dtype]
+    idx = np.frombuffer(raw[:nnz * idt.itemsize], dtype=idt).astype(np.uint32)
+    vals = np.frombuffer(raw[nbytes - nnz * dt.itemsize:], dtype=dt).astype(dt.newbyteorder("="))
     if nnz and (int(idx.max()) >= size or len(np.unique(idx)) != nnz):
         raise ProtocolError(f"{where}: sparse indices out of range [0, {size}) or repeated", request_id=rid)
     return SparseTensor(idx, vals, tuple(shape))
