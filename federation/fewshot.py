@@ -17,6 +17,16 @@ What one "step" is matters (an issue's "10 shots, 5 SGD steps" is meaningless wi
 
 Both apply the same per-layer gradient-norm clip as the device learner (`clip_norm`), and every
 baseline a benchmark compares is adapted with the same definition, `lr` and `clip_norm`.
+
+TinyMetaFed (partial local reconstruction) never meta-learns its local layers: the server's copy
+of them is the untrained initial one, and a device always re-fits its own before it uses the
+shared ones. Judging such a head fairly means doing what the device does: with
+``reconstruct_layers`` and ``reconstruct_steps = R``, each new device first takes R steps of the
+same kind on its K shots that change only the local layers (the shared ones frozen), and only then
+the k = 0 … `max_steps` adaptation steps on all layers. So a TinyMetaFed curve point k has seen
+R + k steps on the shots, R of which update only the local layers (for the 1-32-32-1 sine head
+the last layer: 33 of 1,153 parameters, and a backward pass through one layer); Reptile's and
+FedAvg's points k have seen k steps. The benchmark reports R with the curve.
 """
 
 from __future__ import annotations
@@ -38,6 +48,13 @@ DEFAULT_ADAPT_LR = 0.05
 """Adaptation learning rate of a full-batch step on the shots (measured best of 0.02/0.05/0.1 on sine)."""
 DEFAULT_CLIP_NORM = 10.0
 """Per-layer gradient-norm clip, the device learner's default."""
+NEW_DEVICE_RECONSTRUCT_STEPS = 50
+"""R for judging TinyMetaFed heads: full-batch steps a new device spends re-fitting its local layers.
+
+A new device starts from the server's never-trained copy of them (a device in training starts from
+its own previous copy, hence the strategy's much smaller per-round ``reconstruct_steps``). Measured
+in-process on sine (1,000 rounds, 100 held-out devices, last layer local): held-out MSE 3.5 with
+no reconstruction, 1.6 after 5 steps, 0.75 after 20, 0.50–0.53 after 50."""
 
 
 def _weights(head: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -80,17 +97,41 @@ def batch_sgd_step(head: MLPHead, feats: np.ndarray, targets: np.ndarray, lr: fl
     return float(np.mean(losses))
 
 
+def reconstruct_local(head: MLPHead, learner: OnlineLearner, shots: tuple[np.ndarray, np.ndarray], *,
+                      layers: set[int], steps: int, lr: float, step: StepKind = "batch",
+                      clip_norm: float | None = DEFAULT_CLIP_NORM) -> None:
+    """TinyMetaFed's partial local reconstruction on a new device: `steps` steps on the shots, `layers` only.
+
+    The shared layers stay frozen (the agent does the same before each round's training, with
+    ``reconstruct-steps`` batch-1 steps); `step` is the same kind as the adaptation steps after it.
+    """
+    if steps <= 0 or not layers:
+        return
+    xs, ys = shots
+    if step == "batch":
+        feats = learner.features(xs)
+        for _ in range(steps):
+            batch_sgd_step(head, feats, ys, lr, clip_norm=clip_norm, layers=set(layers))
+        return
+    learner.clip_norm = clip_norm
+    learner.train(xs, ys, steps, lr=lr, layers=set(layers))
+
+
 def adaptation_curve(head: MLPHead, learner: OnlineLearner, shots: tuple[np.ndarray, np.ndarray],
                      evaluation: tuple[np.ndarray, np.ndarray], *, max_steps: int, lr: float,
-                     step: StepKind = "batch", clip_norm: float | None = DEFAULT_CLIP_NORM) -> list[dict[str, float]]:
+                     step: StepKind = "batch", clip_norm: float | None = DEFAULT_CLIP_NORM,
+                     reconstruct_layers: set[int] | None = None, reconstruct_steps: int = 0) -> list[dict[str, float]]:
     """Held-out metrics of one device after k = 0 … `max_steps` adaptation steps of kind `step`.
 
     `learner` must wrap `head` (it provides features and the batch-1 path); the head is changed.
     Batch steps are deterministic, so the curve is built incrementally; sample steps restart from
-    the initial head for every k (the learner reshuffles per call), as a device would.
+    the initial head for every k (the learner reshuffles per call), as a device would. With
+    `reconstruct_layers`, `reconstruct_local` runs first and k counts the steps after it.
     """
     xs, ys = shots
     xe, ye = evaluation
+    reconstruct_local(head, learner, shots, layers=set(reconstruct_layers or ()), steps=reconstruct_steps, lr=lr,
+                      step=step, clip_norm=clip_norm)
     start = head.get_weights()
     out = [learner.evaluate(xe, ye)]
     if step == "batch":
@@ -112,7 +153,8 @@ def adaptation_curve(head: MLPHead, learner: OnlineLearner, shots: tuple[np.ndar
 def fewshot_curve(head: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, task: str, shots: int = 10,
                   max_steps: int = 10, lr: float = DEFAULT_ADAPT_LR, n_devices: int = 20, eval_samples: int = 100,
                   seed: int = 0, models_dir: Path | None = None, step: StepKind = "batch",
-                  clip_norm: float | None = DEFAULT_CLIP_NORM) -> dict[str, Any]:
+                  clip_norm: float | None = DEFAULT_CLIP_NORM, reconstruct_layers: Sequence[int] | None = None,
+                  reconstruct_steps: int = 0) -> dict[str, Any]:
     """Mean (and std) held-out loss over `n_devices` new devices after k = 0 … `max_steps` steps.
 
     Parameters
@@ -137,6 +179,11 @@ def fewshot_curve(head: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, task
         What one adaptation step is (see the module docstring).
     clip_norm : float or None, default=DEFAULT_CLIP_NORM
         Per-layer gradient-norm clip during adaptation.
+    reconstruct_layers : sequence of int, optional
+        TinyMetaFed's local layers (negative counts from the end); each new device first re-fits
+        them on its shots for `reconstruct_steps` steps (see the module docstring).
+    reconstruct_steps : int, default=0
+        R, the reconstruction steps before the adaptation curve starts.
 
     Returns
     -------
@@ -146,8 +193,15 @@ def fewshot_curve(head: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, task
     """
     if step not in ("batch", "sample"):
         raise ValueError(f"step must be 'batch' or 'sample'; got {step!r}")
+    if isinstance(reconstruct_steps, bool) or not isinstance(reconstruct_steps, int) or reconstruct_steps < 0:
+        raise ValueError(f"reconstruct_steps must be an integer >= 0; got {reconstruct_steps!r}")
     uc = get_use_case(task)
     weights = _weights(head)
+    n_layers = len(weights) // 2
+    local = {int(i) % n_layers for i in (reconstruct_layers or ()) if -n_layers <= int(i) < n_layers}
+    if len(local) != len(set(reconstruct_layers or ())) or (local and len(local) >= n_layers):
+        raise ValueError(f"reconstruct_layers must name distinct layers of the {n_layers}-layer head and leave one "
+                         f"shared; got {reconstruct_layers!r}")
     backbone = None
     if models_dir is not None:
         d = Path(models_dir)
@@ -162,10 +216,12 @@ def fewshot_curve(head: Mapping[str, np.ndarray] | Sequence[np.ndarray], *, task
         h = MLPHead([w.copy() for w in weights], kind=uc.kind)
         learner = OnlineLearner(h, backbone, lr=lr, seed=seed * 100003 + i, clip_norm=clip_norm)
         curve = adaptation_curve(h, learner, (dev.x[:shots], dev.y[:shots]), (dev.x[shots:], dev.y[shots:]),
-                                 max_steps=max_steps, lr=lr, step=step, clip_norm=clip_norm)
+                                 max_steps=max_steps, lr=lr, step=step, clip_norm=clip_norm,
+                                 reconstruct_layers=local, reconstruct_steps=reconstruct_steps)
         losses[i] = [c["loss"] for c in curve]
         metrics[i] = [c[metric] for c in curve]
     return {"task": task, "shots": shots, "lr": lr, "step": step, "clip_norm": clip_norm, "n_devices": len(devices),
+            "reconstruct_layers": sorted(local), "reconstruct_steps": reconstruct_steps if local else 0,
             "metric": metric, "steps": list(range(max_steps + 1)),
             "loss_mean": [float(v) for v in losses.mean(axis=0)], "loss_std": [float(v) for v in losses.std(axis=0)],
             "metric_mean": [float(v) for v in metrics.mean(axis=0)],
@@ -184,4 +240,5 @@ def head_sizes(head: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[in
     return [int(ws[0].shape[0])] + [int(w.shape[1]) for w in ws[0::2]]
 
 
-__all__ = ["DEFAULT_ADAPT_LR", "adaptation_curve", "batch_sgd_step", "fewshot_curve", "head_sizes", "scratch_head"]
+__all__ = ["DEFAULT_ADAPT_LR", "NEW_DEVICE_RECONSTRUCT_STEPS", "adaptation_curve", "batch_sgd_step", "fewshot_curve", "head_sizes", "reconstruct_local",
+           "scratch_head"]

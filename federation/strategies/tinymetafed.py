@@ -32,10 +32,12 @@ class TinyMetaFed(Reptile):
 
     Parameters
     ----------
-    top_p : float, default=0.1
+    top_p : float, default=0.05
         Fraction of each shared array's update entries a device uploads, in (0, 1]. Each kept
-        entry costs 8 bytes (uint32 index + float32 value) against 4 dense, so 0.1 uploads about
-        a fifth of Reptile's bytes (0.2 would be 0.4).
+        entry costs 6 bytes (uint16 index + float32 value, for arrays of ≤ 65,536 entries)
+        against 4 dense. On sine (in-process, 1,000 rounds) 0.05 gave the same few-shot MSE as
+        0.1 (within run-to-run noise) and, with the reply's ~850-byte JSON header, uploads about
+        a quarter of Reptile's bytes per device-round (0.1: a third).
     local_layers : tuple of int, default=(-1,)
         Head layers (0-based, negative from the end) that stay on the device.
     reconstruct_steps : int, default=5
@@ -44,7 +46,7 @@ class TinyMetaFed(Reptile):
         Passed to `Reptile` (epsilon, schedule, local steps and lr, serial, FedAvg's options).
     """
 
-    def __init__(self, *, top_p: float = 0.1, local_layers: tuple[int, ...] = (-1,), reconstruct_steps: int = 5,
+    def __init__(self, *, top_p: float = 0.05, local_layers: tuple[int, ...] = (-1,), reconstruct_steps: int = 5,
                  **kwargs: object) -> None:
         self.top_p = top_p
         self.local_layers = tuple(local_layers)

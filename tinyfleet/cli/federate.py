@@ -30,6 +30,11 @@ class StrategyName(str, Enum):
 RunDir = Annotated[Path, typer.Argument(help="Run directory (printed by `federate run`, e.g. runs/sine-reptile-...).",
                                         file_okay=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+CredentialsOpt = Annotated[Path | None, typer.Option(
+    "--credentials", dir_okay=False, help="Server account JSON (username, password, ca, cert, key) for --broker, "
+    "e.g. DIR/security/credentials/fleet-server.json of `tinyfleet broker start --dir DIR`.")]
+InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Without --broker: leave the private broker open "
+                                           "(debugging only; by default it is secured).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log Flower's and the Grid's messages on stderr.")]
 
 
@@ -55,7 +60,7 @@ def run(
     epsilon_floor: Annotated[float, typer.Option(help="Reptile step size the schedule anneals toward.")] = 0.0,
     serial: Annotated[bool, typer.Option(help="One device per round (TinyReptile).")] = False,
     fraction: Annotated[float, typer.Option(help="Fraction of present devices sampled per round.")] = 1.0,
-    top_p: Annotated[float, typer.Option(help="TinyMetaFed: fraction of update entries uploaded.")] = 0.1,
+    top_p: Annotated[float, typer.Option(help="TinyMetaFed: fraction of update entries uploaded.")] = 0.05,
     reconstruct_steps: Annotated[int, typer.Option(help="TinyMetaFed: local-layer re-fit steps.", min=0)] = 5,
     round_timeout: Annotated[float, typer.Option(help="Seconds to wait for replies per phase.", min=0.01)] = 30.0,
     min_replies: Annotated[int, typer.Option(help="Fewer valid replies keep the old parameters.", min=1)] = 1,
@@ -63,6 +68,8 @@ def run(
                                                     "else 1).", min=1)] = None,
     quorum_timeout: Annotated[float, typer.Option(help="Seconds to wait for the quorum.", min=0.0)] = 30.0,
     samples_per_device: Annotated[int, typer.Option(help="Simulated devices' local samples.", min=2)] = 64,
+    credentials: CredentialsOpt = None,
+    insecure: InsecureOpt = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -75,6 +82,7 @@ def run(
 
     if broker is not None:
         parse_broker_url(broker)  # fail on a bad URL before anything starts
+    creds = _load_credentials(credentials)
     rid = run_id or f"{task}-{strategy.value}-{time.strftime('%Y%m%d-%H%M%S')}"
     params: dict[str, Any] = {"fraction_train": fraction}
     if strategy is not StrategyName.fedavg:
@@ -94,7 +102,7 @@ def run(
     build_strategy(config.strategy, {**params, "local_steps": local_steps, "local_lr": lr}
                    if strategy is not StrategyName.fedavg else params, num_rounds=rounds)
     initial = initial_parameters(task, models_dir=models, seed=seed)
-    _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial))
+    _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial), creds, not insecure)
 
 
 @app.command()
@@ -102,6 +110,8 @@ def resume(
     run_dir: RunDir,
     models: Annotated[Path | None, typer.Option(help="Built model folder, as given to `federate run`.",
                                                 file_okay=False)] = None,
+    credentials: CredentialsOpt = None,
+    insecure: InsecureOpt = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -110,7 +120,8 @@ def resume(
     Example: tinyfleet federate resume runs/sine-reptile-20260101-120000 --json
     """
     config = RunConfig.load(run_dir)
-    _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume())
+    _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume(), _load_credentials(credentials),
+             not insecure)
 
 
 @app.command()
@@ -133,8 +144,17 @@ def status(run_dir: RunDir, json_out: JsonOpt = False) -> None:
     table(f"federated run {info['run_dir']}", ["field", "value"], rows)
 
 
+def _load_credentials(path: Path | None) -> Any:
+    """Read --credentials before anything starts (a bad file is a one-line error)."""
+    if path is None:
+        return None
+    from devices.broker_security import load_credentials
+
+    return load_credentials(path)
+
+
 def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bool, verbose: bool,
-             go: Any) -> None:
+             go: Any, credentials: Any = None, secure: bool = True) -> None:
     from federation.session import fleet_grid
 
     quiet_logs(verbose)
@@ -145,7 +165,8 @@ def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bo
             bar.update(task_id, completed=record["round"],
                        description=f"{config.strategy} on {config.task} loss {_fmt(record.get('loss'))}")
 
-        with stdout_to_stderr(), fleet_grid(config, run_dir, models_dir=models) as grid:
+        with stdout_to_stderr(), fleet_grid(config, run_dir, models_dir=models, credentials=credentials,
+                                                    secure=secure) as grid:
             result = go(Coordinator(config, grid, run_dir, on_round=on_round))
     summary = {"run_id": result["run_id"], "run_dir": result["run_dir"], "task": config.task,
                "strategy": config.strategy, "rounds": result["rounds"], "final_sha256": result["final_sha256"]}
