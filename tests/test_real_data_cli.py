@@ -167,3 +167,74 @@ def test_data_option_refused_for_sine_and_all(tmp_path: Path) -> None:
     proc = run_cli("models", "build", "all", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "give one use case" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+# --- characters on Omniglot --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def omniglot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One image folder: 3 alphabets x 5 characters x 6 drawers = 90 PNGs."""
+    root = tmp_path_factory.mktemp("omniglot") / "images_background"
+    write_omniglot(root)
+    return root
+
+
+def test_characters_builds_on_omniglot_with_real_provenance(omniglot_dir: Path, tmp_path: Path) -> None:
+    proc = run_cli("models", "build", "characters", "--data", str(omniglot_dir), "--quick", "--out", str(tmp_path),
+                   "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = json.loads(proc.stdout)
+    prov = card["data"]
+    real = prov["real_data"]
+    pngs = sorted(omniglot_dir.rglob("*.png"))
+    assert prov["dataset"] == "Omniglot" and real["files"] == len(pngs) == 90
+    assert real["file_list_sha256"] == file_list_fingerprint(omniglot_dir, pngs)["file_list_sha256"]
+    # alphabets -> classes (last 1 of 3 alphabets held out), drawers -> devices (the highest 2 of 6 held out)
+    assert real["train_alphabets"] == ["Alphabet_0", "Alphabet_1"] and real["test_alphabets"] == ["Alphabet_2"]
+    assert real["train_drawers"] == [1, 2, 3, 4] and real["heldout_drawers"] == [5, 6]
+    assert real["train_classes"] == 10 and real["test_classes"] == 5
+    assert prov["train_samples"] == 10 * 4                       # held-out drawers never pretrain
+    few = card["metrics"]["few_shot"]
+    # 6 drawings per held-out character: 1-shot (5 queries) and 5-shot (1 query) episodes
+    assert set(few["int8"]) == {"5way_1shot", "5way_5shot"}
+    assert 0.0 <= card["metrics"]["int8"]["accuracy"] <= 1.0
+    assert (tmp_path / "characters" / "backbone.tflite").is_file()
+
+
+def test_omniglot_devices_are_drawers(omniglot_dir: Path) -> None:
+    from firmware_models.usecases import get_use_case
+
+    uc = get_use_case("characters", data=omniglot_dir)
+    train = uc.devices("train", 5, samples_per_device=10, seed=0)
+    held = uc.devices("heldout", 2, samples_per_device=10, seed=0)
+    assert [d.meta["drawer"] for d in train] == [1, 2, 3, 4, 1]
+    assert [d.meta["drawer"] for d in held] == [5, 6]
+    assert all(c.startswith("Alphabet_2/") for d in held for c in d.meta["classes"])
+    assert not any(c.startswith("Alphabet_2/") for d in train for c in d.meta["classes"])
+    d = train[0]
+    assert d.x.shape == (10, 28, 28, 1) and d.y.tolist() == [0, 1, 2, 3, 4] * 2
+    # the second drawing of a class is the drawer's only drawing, shifted: same ink, not the same pixels
+    assert not np.array_equal(d.x[0], d.x[5]) and abs(d.x[0].sum() - d.x[5].sum()) < 0.2 * d.x[0].sum()
+
+
+@pytest.mark.parametrize(("how", "where", "problem"), [
+    ("missing folder", "{d}/nope: ", "Omniglot folder not found"),
+    ("broken png", "{d}/Alphabet_1/character02/0022_03.png: ", "not a readable image"),
+    ("empty character", "{d}/Alphabet_0/character09: ", "no .png files"),
+    ("no drawer", "{d}/Alphabet_0/character01/x.png: ", "no drawer number"),
+])
+def test_characters_bad_omniglot_is_one_line_and_writes_nothing(tmp_path: Path, how: str, where: str,
+                                                                problem: str) -> None:
+    data = tmp_path / "omniglot"
+    write_omniglot(data, drawers=3)
+    target = data / "nope" if how == "missing folder" else data
+    if how == "broken png":
+        (data / "Alphabet_1" / "character02" / "0022_03.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    elif how == "empty character":
+        (data / "Alphabet_0" / "character09").mkdir()
+    elif how == "no drawer":
+        (data / "Alphabet_0" / "character01" / "0001_02.png").rename(data / "Alphabet_0" / "character01" / "x.png")
+    out = tmp_path / "out"
+    proc = run_cli("models", "build", "characters", "--data", str(target), "--quick", "--out", str(out), "--json")
+    assert problem in _one_error_line(proc, where.format(d=data))
+    assert not out.exists()

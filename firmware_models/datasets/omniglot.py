@@ -181,5 +181,9 @@ def load_omniglot_split(root: str | Path, *, min_classes: int = 5, heldout_alpha
         if len(part.class_names) < min_classes:
             raise DatasetError(f"{root}: {what} alphabets hold {len(part.class_names)} characters; "
                                f"a {min_classes}-way task needs at least {min_classes}")
+    counts = np.bincount(heldout.labels, minlength=len(heldout.class_names))
+    if counts.min() < 2:    # few-shot evaluation needs a support and a query drawing of each character
+        raise DatasetError(f"{root}: held-out character {heldout.class_names[int(counts.argmin())]} has "
+                           f"{int(counts.min())} drawing; need at least 2 (support + query)")
     return OmniglotSplit(train, heldout, drawers[:-n_held_d], drawers[-n_held_d:],
                          f"{rule}; drawers {drawers[-n_held_d:]} held out")

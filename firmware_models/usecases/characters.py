@@ -22,7 +22,10 @@ from typing import Any
 import numpy as np
 
 from firmware_models.datasets import glyphs
+from firmware_models.datasets.omniglot import OmniglotSplit, load_omniglot_split
+from firmware_models.usecases import characters_real
 from firmware_models.usecases.base import ARTIFACT_BACKBONE, ARTIFACT_CARD, DeviceData, ProgressFn, Split, UseCase
+from firmware_models.usecases.real_data import real_provenance
 
 N_WAY = 5
 FEATURES = 64
@@ -92,6 +95,10 @@ class CharactersUseCase(UseCase):
     input_shape = (glyphs.IMAGE_SIZE, glyphs.IMAGE_SIZE, 1)
     description = ("Omniglot-style 5-way few-shot handwritten characters (font-rendered glyphs of 23 scripts, "
                    "30 writers); int8 CNN backbone 28x28 -> 64 features, float head 64-32-5.")
+    real_dataset = "Omniglot"
+
+    def _load_real(self, path: Path) -> OmniglotSplit:
+        return load_omniglot_split(path, min_classes=N_WAY)
 
     def devices(self, split: Split, n_devices: int, *, samples_per_device: int, seed: int = 0) -> list[DeviceData]:
         """Writers' 5-way tasks; labels cycle 0..4 so every device is balanced.
@@ -101,6 +108,9 @@ class CharactersUseCase(UseCase):
         """
         if split not in _SPLIT_STREAM:
             raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+        if self.data is not None:    # real Omniglot: device i = drawer i of the split
+            return characters_real.real_devices(self.load_real(), split, n_devices, samples_per_device, seed,
+                                                _SPLIT_STREAM[split], N_WAY, str(self.data))
         classes, writers = _classes(split), _writers(split)
         out = []
         for i in range(int(n_devices)):
@@ -129,18 +139,46 @@ class CharactersUseCase(UseCase):
                                "learning_rate": 3e-3, "episodes": 10 if quick else 200, "n_query": 5,
                                "seed": int(seed)}
         step = progress or (lambda stage, frac: None)
-        step("render glyphs", 0.0)
-        train_classes, test_classes = _classes("train"), _classes("heldout")
-        if quick:
-            train_classes = train_classes[::8]
-        writers = _writers("train")[: 6 if quick else None]
         t0 = time.perf_counter()
-        x, y, _ = render_set(train_classes, writers, cfg["samples_per_writer"], seed=seed)
+        if self.data is None:
+            step("render glyphs", 0.0)
+            train_classes, test_classes = _classes("train"), _classes("heldout")
+            if quick:
+                train_classes = train_classes[::8]
+            writers = _writers("train")[: 6 if quick else None]
+            x, y, _ = render_set(train_classes, writers, cfg["samples_per_writer"], seed=seed)
+            n_classes = len(train_classes)
+            data_prov: dict[str, Any] = {
+                "generator": "firmware_models.datasets.glyphs",
+                "train_classes": n_classes, "test_classes": len(test_classes),
+                "train_scripts": sorted({g.script for g in train_classes}),
+                "test_scripts": sorted({g.script for g in test_classes}),
+                "train_writers": len(writers), "heldout_writers": len(_writers("heldout"))}
+            heldout_writers = _writers("heldout")
+            max_shots = cfg["n_query"] + 5
+
+            def make_episodes(k: int, n_query: int, rng: np.random.Generator) -> list[Any]:
+                return [episode(test_classes, heldout_writers[e % len(heldout_writers)], N_WAY, k, n_query,
+                                rng, seed=seed) for e in range(cfg["episodes"])]
+        else:
+            step("read Omniglot", 0.0)
+            real: OmniglotSplit = self.load_real()
+            x, y, names = characters_real.pretrain_set(real, 120 if quick else None)
+            n_classes = len(names)
+            max_shots = characters_real.drawings_per_heldout_class(real)
+            data_prov = real_provenance(
+                "Omniglot", self.data, real.files, real.rule, train_classes=n_classes,
+                test_classes=len(real.heldout.class_names),
+                train_alphabets=sorted(set(real.train.alphabets)), test_alphabets=sorted(set(real.heldout.alphabets)),
+                train_drawers=real.train_drawers, heldout_drawers=real.heldout_drawers)
+
+            def make_episodes(k: int, n_query: int, rng: np.random.Generator) -> list[Any]:
+                return characters_real.heldout_episodes(real, N_WAY, k, n_query, cfg["episodes"], rng)
         t_data = time.perf_counter() - t0
 
         keras = training.seed_everything(seed)
         backbone = build_backbone(keras)
-        logits = keras.layers.Dense(len(train_classes))(keras.layers.Dropout(0.2)(backbone.output))
+        logits = keras.layers.Dense(n_classes)(keras.layers.Dropout(0.2)(backbone.output))
         pretrain = keras.Model(backbone.input, logits)
         t_train = training.fit_classifier(pretrain, x, y, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                                           learning_rate=cfg["learning_rate"], progress=step,
@@ -161,12 +199,7 @@ class CharactersUseCase(UseCase):
         card = export_artifacts(
             out_dir, self.name, model, x, task=self.name, kind=self.kind, head_weights=head,
             backbone_model=backbone, description=self.description, sensors=self.sensors,
-            provenance={"generator": "firmware_models.datasets.glyphs", "seed": int(seed), "quick": bool(quick),
-                        "train_classes": len(train_classes), "test_classes": len(test_classes),
-                        "train_scripts": sorted({g.script for g in train_classes}),
-                        "test_scripts": sorted({g.script for g in test_classes}),
-                        "train_writers": len(writers), "heldout_writers": len(_writers("heldout")),
-                        "train_samples": int(len(x)),
+            provenance={**data_prov, "seed": int(seed), "quick": bool(quick), "train_samples": int(len(x)),
                         "training": {k: cfg[k] for k in ("epochs", "batch_size", "learning_rate")},
                         "render_seconds": round(t_data, 3), "train_seconds": round(t_train, 3)},
             progress=on_export)
@@ -174,20 +207,23 @@ class CharactersUseCase(UseCase):
         step("few-shot episodes (held-out writers x evaluation scripts)", 0.86)
         backbone_int8 = (Path(out_dir) / self.name / ARTIFACT_BACKBONE).read_bytes()
         rng = np.random.default_rng([int(seed), 99])
-        heldout_writers = _writers("heldout")
         fewshot: dict[str, Any] = {"float": {}, "int8": {}, "method": "nearest class mean of L2-normalised "
-                                   "backbone features, held-out writers x evaluation scripts"}
-        for k in (1, 5):
-            eps = [episode(test_classes, heldout_writers[e % len(heldout_writers)], N_WAY, k, cfg["n_query"],
-                           rng, seed=seed) for e in range(cfg["episodes"])]
+                                   "backbone features, held-out writers x evaluation scripts" if self.data is None
+                                   else "nearest class mean of L2-normalised backbone features, held-out "
+                                   "alphabets, support and query by different drawers"}
+        shots = [k for k in (1, 5) if k < max_shots]   # a real set may have too few drawings for 5 shots
+        for k in shots:
+            eps = make_episodes(k, min(cfg["n_query"], max_shots - k), rng)
             fewshot["float"][f"{N_WAY}way_{k}shot"] = training.episode_accuracy(
                 lambda a: training.keras_features(backbone, a), eps)
             fewshot["int8"][f"{N_WAY}way_{k}shot"] = training.episode_accuracy(
                 lambda a: training.tflite_features(backbone_int8, a), eps)
+        headline = f"{N_WAY}way_{shots[-1]}shot"
         card["metrics"].update({
-            "float": {"accuracy": fewshot["float"][f"{N_WAY}way_5shot"]["accuracy"]},
-            "int8": {"accuracy": fewshot["int8"][f"{N_WAY}way_5shot"]["accuracy"]},
-            "metric": f"{N_WAY}-way 5-shot nearest-centroid accuracy on held-out writers and scripts",
+            "float": {"accuracy": fewshot["float"][headline]["accuracy"]},
+            "int8": {"accuracy": fewshot["int8"][headline]["accuracy"]},
+            "metric": f"{N_WAY}-way {shots[-1]}-shot nearest-centroid accuracy on held-out "
+                      + ("writers and scripts" if self.data is None else "Omniglot alphabets"),
             "few_shot": fewshot, "pretrain_train_accuracy": pretrain_acc})
         write_card(card, Path(out_dir) / self.name / ARTIFACT_CARD)
         step("done", 1.0)
