@@ -238,3 +238,84 @@ def test_characters_bad_omniglot_is_one_line_and_writes_nothing(tmp_path: Path, 
     proc = run_cli("models", "build", "characters", "--data", str(target), "--quick", "--out", str(out), "--json")
     assert problem in _one_error_line(proc, where.format(d=data))
     assert not out.exists()
+
+
+# --- keywords on Speech Commands ---------------------------------------------------------------------
+
+SPEAKERS = ("0a7c2a8d", "3b4f9e1c", "5c8a11ef", "c1d2e3f4")
+
+
+def write_speech_commands(root: Path) -> None:
+    """3 keywords + 1 unknown word by 4 speakers (tones per word, pitch per speaker); the last speaker tests."""
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    for w, word in enumerate(("yes", "no", "up", "bed")):
+        (root / word).mkdir(parents=True)
+        for s, spk in enumerate(SPEAKERS):
+            for rep in range(2):
+                f0 = (300 + 250 * w) * (1 + 0.05 * s)
+                env = np.exp(-((t - 0.5 - 0.05 * rep) ** 2) / 0.02)
+                write_wav(root / word / f"{spk}_nohash_{rep}.wav", 0.3 * env * np.sin(2 * np.pi * f0 * t), SAMPLE_RATE)
+    (root / "_background_noise_").mkdir()
+    write_wav(root / "_background_noise_" / "white_noise.wav",
+              np.random.default_rng(0).normal(0, 0.1, 3 * SAMPLE_RATE), SAMPLE_RATE)
+    (root / "testing_list.txt").write_text("".join(f"{w}/{SPEAKERS[3]}_nohash_{r}.wav\n"
+                                                   for w in ("yes", "no", "up", "bed") for r in range(2)))
+    (root / "validation_list.txt").write_text(f"yes/{SPEAKERS[2]}_nohash_0.wav\n")
+
+
+@pytest.fixture(scope="module")
+def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("speech_commands")
+    write_speech_commands(root)
+    return root
+
+
+def test_keywords_builds_on_speech_commands_with_real_provenance(speech_dir: Path, tmp_path: Path) -> None:
+    proc = run_cli("models", "build", "keywords", "--data", str(speech_dir), "--quick", "--out", str(tmp_path),
+                   "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = json.loads(proc.stdout)
+    prov, real = card["data"], card["data"]["real_data"]
+    assert prov["dataset"] == "Speech Commands"
+    assert real["files"] == 4 * 4 * 2 + 1 + 2                       # clips + noise + the two split lists
+    assert "testing_list.txt" in real["split_rule"]
+    assert prov["train_speakers"] == 3 and prov["heldout_speakers"] == 1
+    assert real["clips_per_label"]["yes"] == 8 and real["clips_per_label"]["_unknown_"] == 8
+    # held-out = the testing speaker's 8 clips + 1 silence cut from the noise recording
+    assert prov["heldout_samples"] == card["metrics"]["samples"] == 9 and prov["train_samples"] == 24 + 2
+    assert card["metrics"]["labels"][-1] == "_silence_"
+
+
+def test_speech_devices_are_speakers(speech_dir: Path) -> None:
+    from firmware_models.usecases import get_use_case
+
+    uc = get_use_case("keywords", data=speech_dir)
+    train = uc.devices("train", 3, samples_per_device=24, seed=0)
+    held = uc.devices("heldout", 1, samples_per_device=12, seed=0)
+    assert [d.meta["speaker"] for d in train] == list(SPEAKERS[:3]) and held[0].meta["speaker"] == SPEAKERS[3]
+    d = train[0]
+    assert d.x.shape == (24, 49, 40, 1) and np.isfinite(d.x).all()
+    assert (d.y == 11).sum() == 2 and set(d.y[d.y != 11].tolist()) == {0, 1, 2, 10}    # silence, yes/no/up, unknown
+    assert len({x.tobytes() for x in d.x}) == 24                     # repeats are time-shifted, not copies
+
+
+@pytest.mark.parametrize(("how", "where", "problem"), [
+    ("bad wav", "{d}/no/3b4f9e1c_nohash_1.wav: ", "not a readable PCM wav"),
+    ("bad list", "{d}/testing_list.txt:1: ", "expected '<word>/<file>.wav'"),
+    ("no keyword", "{d}: ", "none of the keyword folders"),
+])
+def test_keywords_bad_speech_commands_is_one_line_and_writes_nothing(tmp_path: Path, how: str, where: str,
+                                                                     problem: str) -> None:
+    data = tmp_path / "sc"
+    write_speech_commands(data)
+    if how == "bad wav":
+        (data / "no" / "3b4f9e1c_nohash_1.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
+    elif how == "bad list":
+        (data / "testing_list.txt").write_text("no-slash.wav\n")
+    elif how == "no keyword":
+        for w in ("yes", "no", "up"):
+            (data / w).rename(data / f"x{w}")
+    out = tmp_path / "out"
+    proc = run_cli("models", "build", "keywords", "--data", str(data), "--quick", "--out", str(out), "--json")
+    assert problem in _one_error_line(proc, where.format(d=data))
+    assert not out.exists()

@@ -8,6 +8,7 @@ device here: a device is a speaker.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,8 +78,8 @@ def _clip(path: Path) -> np.ndarray:
 
 
 def load_speech_commands(root: str | Path, *, words: list[str] | None = None,
-                         max_per_word: int | None = None) -> SpeechClips:
-    """Read a Speech Commands folder (all words, or only `words`).
+                         max_per_word: int | None = None, with_noise: bool = True) -> SpeechClips:
+    """Read a Speech Commands folder (all words, or only `words`; `with_noise=False` skips the noise).
 
     Raises
     ------
@@ -115,7 +116,8 @@ def load_speech_commands(root: str | Path, *, words: list[str] | None = None,
             speakers.append(f.stem.split("_nohash_")[0])
             splits.append("validation" if rel in split_of["validation"]
                           else "testing" if rel in split_of["testing"] else "training")
-    noise_files = sorted((root / BACKGROUND_DIR).glob("*.wav")) if (root / BACKGROUND_DIR).is_dir() else []
+    noise_files = sorted((root / BACKGROUND_DIR).glob("*.wav")) \
+        if with_noise and (root / BACKGROUND_DIR).is_dir() else []
     noise = [_clip(f) for f in noise_files]
     paths += noise_files + [root / f for f in SPLIT_FILES.values() if (root / f).is_file()]
     return SpeechClips(np.stack(waves).astype(np.float32), clip_words, speakers, splits, noise, paths)
@@ -128,8 +130,8 @@ class SpeakerSplit:
 
     Attributes
     ----------
-    waves : np.ndarray
-        float32 (n, 16000) word clips (no silence; silence is cut from `noise` on demand).
+    samples : np.ndarray
+        float32 (n, ...) word clips after `transform` (no silence; silence is cut from `noise`).
     labels : np.ndarray
         int64 (n,) index into `labels` of the use case (keywords, then unknown).
     speakers : np.ndarray
@@ -144,7 +146,7 @@ class SpeakerSplit:
         Which split rule was applied (for the model card).
     """
 
-    waves: np.ndarray
+    samples: np.ndarray
     labels: np.ndarray
     speakers: np.ndarray
     train_speakers: list[str]
@@ -155,15 +157,17 @@ class SpeakerSplit:
 
 
 def load_speaker_split(root: str | Path, keywords: tuple[str, ...], *, max_per_word: int | None,
-                       max_per_unknown: int | None, heldout_fraction: float = 0.2) -> SpeakerSplit:
+                       max_per_unknown: int | None, heldout_fraction: float = 0.2,
+                       transform: Callable[[np.ndarray], np.ndarray] | None = None) -> SpeakerSplit:
     """Read the keyword folders and the other word folders ("unknown") and split speakers.
 
     Labels are `keywords` (index 0..len-1) and "unknown" (index len(keywords)) for every other
     word folder. Held-out speakers are the speakers of testing_list.txt (the data set's own
     speaker-disjoint split); without that list, the last `heldout_fraction` of speaker hashes
     (sorted; at least one) are held out. `max_per_word` / `max_per_unknown` cap the clips read
-    per folder (the first ones by file name, i.e. by speaker hash) because the full set is
-    ~105k clips = 6.7 GB as float32.
+    per folder (the first ones by file name, i.e. by speaker hash), and `transform` (e.g. the
+    log-mel front end) runs folder by folder, because the full set is ~105k clips = 6.7 GB as
+    float32 waves.
 
     Raises
     ------
@@ -179,15 +183,25 @@ def load_speaker_split(root: str | Path, keywords: tuple[str, ...], *, max_per_w
     if not present:
         raise DatasetError(f"{root}: none of the keyword folders {', '.join(keywords)} found")
     others = [w for w in folders if w not in keywords]
-    parts = [load_speech_commands(root, words=present, max_per_word=max_per_word)]
-    if others:
-        parts.append(load_speech_commands(root, words=others, max_per_word=max_per_unknown))
-    words = [w for p in parts for w in p.words]
-    labels = np.asarray([keywords.index(w) if w in keywords else len(keywords) for w in words], np.int64)
-    speakers = np.asarray([s for p in parts for s in p.speakers])
-    splits = [s for p in parts for s in p.splits]
-    testing = sorted({s for s, sp in zip(speakers.tolist(), splits, strict=True) if sp == "testing"})
-    everyone = sorted(set(speakers.tolist()))
+    samples: list[np.ndarray] = []
+    labels: list[int] = []
+    speakers: list[str] = []
+    splits: list[str] = []
+    files: list[Path] = []
+    for word in present + others:
+        part = load_speech_commands(root, words=[word], with_noise=False,
+                                    max_per_word=max_per_word if word in keywords else max_per_unknown)
+        samples.append(transform(part.waves) if transform is not None else part.waves)
+        labels += [keywords.index(word) if word in keywords else len(keywords)] * len(part.words)
+        speakers += part.speakers
+        splits += part.splits
+        files += part.files
+    noise_part = (root / BACKGROUND_DIR)
+    noise_files = sorted(noise_part.glob("*.wav")) if noise_part.is_dir() else []
+    noise = [_clip(f) for f in noise_files]
+    files = list(dict.fromkeys(files + noise_files))
+    testing = sorted({s for s, sp in zip(speakers, splits, strict=True) if sp == "testing"})
+    everyone = sorted(set(speakers))
     if len(everyone) < 2:
         raise DatasetError(f"{root}: clips of only one speaker; need two to hold one out")
     if testing and len(testing) < len(everyone):
@@ -198,6 +212,5 @@ def load_speaker_split(root: str | Path, keywords: tuple[str, ...], *, max_per_w
         heldout = everyone[-n_held:]
         rule = f"no usable testing_list.txt: last {n_held} of {len(everyone)} speaker hashes (sorted) held out"
     held = set(heldout)
-    files = list(dict.fromkeys(f for p in parts for f in p.files))
-    return SpeakerSplit(np.concatenate([p.waves for p in parts]), labels, speakers,
-                        [s for s in everyone if s not in held], heldout, parts[0].noise, files, rule)
+    return SpeakerSplit(np.concatenate(samples).astype(np.float32), np.asarray(labels, np.int64),
+                        np.asarray(speakers), [s for s in everyone if s not in held], heldout, noise, files, rule)
