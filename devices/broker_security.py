@@ -19,8 +19,10 @@ account (`enroll_server`). Why ``max_packet_size`` and not ``message_size_limit`
 clients Mosquitto 2.0.11 answers an oversize QoS 1 PUBLISH with an invalid PUBACK 0x95 and paho
 enters a reconnect loop (shared notes, mqtt-security.md).
 
-Passwords are random (`secrets`), hashed by ``mosquitto_passwd`` (PBKDF2-SHA512) which reads them
-from stdin, never from argv. A device's password is returned once by `enroll_device` and not
+Passwords are random (`secrets`) and hashed here exactly as ``mosquitto_passwd`` 2.0 does
+(``$7$`` = PBKDF2-HMAC-SHA512, 101 iterations, 12-byte salt; `hash_password`), so the secret never
+reaches argv or a temp file and a thousand devices are enrolled with one file write and ONE SIGHUP
+(`enroll_devices`) instead of a thousand ``mosquitto_passwd`` processes. A device's password is returned once by `enroll_device` and not
 stored in clear text; a server account's password lives in ``credentials/<name>.json`` (0600)
 so that server processes can read it from a file. With TLS, a private CA (``cryptography``,
 imported lazily) signs the server's certificate (SAN localhost, 127.0.0.1, ::1) and one client
@@ -33,16 +35,16 @@ fleets; no secrets), ``credentials/``, ``pki/``. This module needs only the stan
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
 import secrets
-import shutil
 import signal
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +66,9 @@ DEFAULT_MAX_PACKET_BYTES = DEFAULT_MAX_FRAME_BYTES + 64 * 1024
 Role = Literal["device", "server"]
 _ACCOUNTS_VERSION = 1
 _PASSWORD_BYTES = 24  # 192 random bits, 32 URL-safe characters
+PBKDF2_ITERATIONS = 101
+"""mosquitto_passwd 2.0's default (``PW_DEFAULT_ITERATIONS``); the broker reads the count from each hash."""
+_SALT_BYTES = 12  # mosquitto_passwd 2.0's SALT_LEN
 
 
 class SecurityError(TinyFleetError):
@@ -261,7 +266,7 @@ def enroll_device(directory: str | Path, device_id: str, *, fleet: str = "defaul
     Parameters
     ----------
     directory : Path
-        A broker directory initialized by `SecureBrokerConfig.initialize` (``broker start --secure``).
+        A broker directory initialized by `SecureBrokerConfig.initialize` (``tinyfleet broker start``).
     device_id : str
         User name, client id and topic level; 1-64 of ``A-Z a-z 0-9 . _ -`` (no ``/ + # :``).
     fleet : str, default="default"
@@ -272,6 +277,42 @@ def enroll_device(directory: str | Path, device_id: str, *, fleet: str = "defaul
     """
     return _enroll(Path(directory), device_id, role="device", fleet=check_name(fleet, what="fleet name"),
                    rotate=rotate)
+
+
+def enroll_devices(directory: str | Path, device_ids: Iterable[str], *, fleet: str = "default",
+                   rotate: bool = False) -> list[Enrollment]:
+    """Enrol many devices at once (fleet simulator, provisioning scripts), each with its own password.
+
+    Same rules as `enroll_device`, but all hashes are written in one go and the running broker is
+    reloaded once: one ``mosquitto_passwd`` process and one SIGHUP per device would make a
+    1,000-device fleet wait tens of seconds (docs/reliability.md gives the measured figure).
+    With TLS each device still gets its own client certificate.
+    """
+    return _enroll_many(Path(directory), list(device_ids), role="device",
+                        fleet=check_name(fleet, what="fleet name"), rotate=rotate)
+
+
+def ensure_server_account(directory: str | Path, name: str = SERVER_USER) -> Credentials:
+    """The credentials of server account `name`, enrolling it first when it does not exist yet.
+
+    Why one account per purpose (coordinator, registry listener, deploy client, CLI): the broker
+    forces client id = user name, so two processes that share an account disconnect each other.
+    """
+    p = SecurityPaths(Path(directory))
+    if (p.credentials_dir / f"{name}.json").is_file() and name in list_accounts(directory):
+        return server_credentials(directory, name)
+    return enroll_server(directory, name, rotate=name in list_accounts(directory)).credentials
+
+
+def secured_broker(directory: str | Path, *, tls: bool = False, persistence: bool = False,
+                   host: str = "127.0.0.1", port: int | None = None) -> MosquittoBroker:
+    """A `MosquittoBroker` for `directory` with the hardened configuration (tinyfleet's default).
+
+    The TLS choice of an already secured directory wins (switching would strand enrolled devices).
+    """
+    if is_secured(directory):
+        tls = uses_tls(directory)
+    return SecureBrokerConfig(Path(directory), tls=tls).broker(host=host, port=port, persistence=persistence)
 
 
 def enroll_server(directory: str | Path, name: str = SERVER_USER, *, rotate: bool = False) -> Enrollment:
@@ -313,7 +354,7 @@ def write_acl(directory: str | Path) -> Path:
     p = SecurityPaths(Path(directory))
     accounts = _read_accounts(p)
     if accounts is None:
-        raise SecurityError(f"{p.root} is not initialized (run `tinyfleet broker start --secure --dir {directory}`)")
+        raise SecurityError(f"{p.root} is not initialized (run `tinyfleet broker start --dir {directory}`)")
     lines = ["# generated by tinyfleet (devices/broker_security.py); rewritten on every enrolment", ""]
     for name, acc in sorted(accounts["accounts"].items()):
         lines.append(f"user {name}")
@@ -351,53 +392,86 @@ def _check_account_name(name: str) -> str:
 
 
 def _enroll(directory: Path, name: str, *, role: Role, fleet: str | None, rotate: bool) -> Enrollment:
-    _check_account_name(name)
+    return _enroll_many(directory, [name], role=role, fleet=fleet, rotate=rotate)[0]
+
+
+def _enroll_many(directory: Path, names: list[str], *, role: Role, fleet: str | None, rotate: bool,
+                 reload: bool = True) -> list[Enrollment]:
+    """Enrol `names` under one lock: one password-file write, one accounts write, one ACL write, one SIGHUP."""
+    for name in names:
+        _check_account_name(name)
+    if len(set(names)) != len(names):
+        raise SecurityError("an enrolment batch names the same account twice")
     p = SecurityPaths(directory)
-    password = secrets.token_urlsafe(_PASSWORD_BYTES)
+    out: list[Enrollment] = []
     with _locked(p):
         accounts = _read_accounts(p)
         if accounts is None:
             raise SecurityError(f"{p.root} is not initialized: start the broker with "
-                                f"`tinyfleet broker start --secure --dir {directory}` first")
-        known = accounts["accounts"].get(name)
-        if known is not None:
-            if known["role"] != role:
-                raise SecurityError(f"{name!r} is already a {known['role']} account in {p.root}; pick another name")
-            if not rotate:
-                raise SecurityError(f"{name!r} is already enrolled in {p.root}; pass --rotate to replace its "
-                                    "password (the old one stops working)")
-        _set_password(p.passwd, name, password)
-        ca = cert = key = None
-        if accounts["tls"]:
-            cert, key = issue_client_certificate(directory, name)
-            ca = p.ca_cert
-        accounts["accounts"][name] = {"role": role, "fleet": fleet,
-                                      "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                                f"`tinyfleet broker start --dir {directory}` first")
+        for name in names:
+            known = accounts["accounts"].get(name)
+            if known is not None:
+                if known["role"] != role:
+                    raise SecurityError(f"{name!r} is already a {known['role']} account in {p.root}; "
+                                        "pick another name")
+                if not rotate:
+                    raise SecurityError(f"{name!r} is already enrolled in {p.root}; pass --rotate to replace its "
+                                        "password (the old one stops working)")
+        passwords = {name: secrets.token_urlsafe(_PASSWORD_BYTES) for name in names}
+        _set_passwords(p.passwd, passwords)
+        created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        for name in names:
+            ca = cert = key = None
+            if accounts["tls"]:
+                cert, key = issue_client_certificate(directory, name)
+                ca = p.ca_cert
+            accounts["accounts"][name] = {"role": role, "fleet": fleet, "created": created}
+            creds = Credentials(name, passwords[name], ca, cert, key)
+            cred_file = None
+            if role == "server":
+                p.credentials_dir.mkdir(mode=0o700, exist_ok=True)
+                cred_file = p.credentials_dir / f"{name}.json"
+                _write_private(cred_file, json.dumps({"username": name, "password": passwords[name], "ca": _opt(ca),
+                                                      "cert": _opt(cert), "key": _opt(key)}, indent=2) + "\n")
+            out.append(Enrollment(name, role, fleet, passwords[name], creds, cred_file))
         _write_accounts(p, accounts)
         write_acl(directory)
-        creds = Credentials(name, password, ca, cert, key)
-        cred_file = None
-        if role == "server":
-            p.credentials_dir.mkdir(mode=0o700, exist_ok=True)
-            cred_file = p.credentials_dir / f"{name}.json"
-            _write_private(cred_file, json.dumps({"username": name, "password": password, "ca": _opt(ca),
-                                                  "cert": _opt(cert), "key": _opt(key)}, indent=2) + "\n")
-    reload_broker(directory)
-    return Enrollment(name, role, fleet, password, creds, cred_file)
+    if reload:
+        reload_broker(directory)
+    return out
 
 
-def _set_password(passwd: Path, name: str, password: str) -> None:
-    """Add or replace `name` in the password file; the secret goes to mosquitto_passwd's stdin."""
-    tool = shutil.which("mosquitto_passwd") or ("/usr/bin/mosquitto_passwd"
-                                                if os.access("/usr/bin/mosquitto_passwd", os.X_OK) else None)
-    if tool is None:
-        raise SecurityError("mosquitto_passwd is not installed (Debian/Ubuntu: apt-get install -y mosquitto)")
-    proc = subprocess.run([tool, str(passwd), name], input=f"{password}\n{password}\n", capture_output=True,
-                          text=True, timeout=30, check=False)
-    if proc.returncode != 0:
-        why = (proc.stderr or proc.stdout).strip().splitlines()
-        raise SecurityError(f"mosquitto_passwd could not update {passwd}: {why[-1] if why else proc.returncode}")
-    os.chmod(passwd, 0o600)
+def hash_password(password: str, *, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
+    """The ``$7$`` hash Mosquitto 2.0 expects in its password file (what ``mosquitto_passwd`` writes).
+
+    Format ``$7$<iterations>$<base64 salt>$<base64 PBKDF2-HMAC-SHA512(password, salt)>`` with a
+    12-byte random salt; tests check it against ``mosquitto_passwd`` output and a real broker login.
+    """
+    salt = secrets.token_bytes(_SALT_BYTES) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def _set_passwords(passwd: Path, passwords: dict[str, str]) -> None:
+    """Add or replace accounts in the password file in one atomic write (order kept, 0600)."""
+    entries: dict[str, str] = {}
+    try:
+        text = passwd.read_text()
+    except FileNotFoundError:
+        text = ""
+    except OSError as exc:
+        raise SecurityError(f"{passwd} cannot be read: {exc.strerror or exc}") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        user, sep, digest = line.partition(":")
+        if not sep or not digest:
+            raise SecurityError(f"{passwd}:{lineno}: not a 'user:hash' line")
+        entries[user] = digest
+    for name, password in passwords.items():
+        entries[name] = hash_password(password)
+    _write_private(passwd, "".join(f"{u}:{h}\n" for u, h in entries.items()))
 
 
 def _read_accounts(p: SecurityPaths) -> dict[str, Any] | None:

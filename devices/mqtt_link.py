@@ -97,10 +97,11 @@ class Endpoint(Protocol):
 class Link:
     """One endpoint's handle on the hub; `publish`, `submit`, `crash` are safe from any thread."""
 
-    def __init__(self, hub: MqttHub, endpoint: Endpoint) -> None:
+    def __init__(self, hub: MqttHub, endpoint: Endpoint, credentials: Credentials | None = None) -> None:
         self.hub = hub
         self.endpoint = endpoint
         self.client_id = endpoint.client_id
+        self.credentials = credentials
         self.client: mqtt.Client | None = None
         self.connected = threading.Event()
         self.max_packet_size: int | None = None
@@ -172,12 +173,16 @@ class MqttHub:
         self._rng = random.Random(0)
 
     # ------------------------------------------------------------------------------ public
-    def add(self, endpoint: Endpoint) -> Link:
-        """Register an endpoint; it connects as soon as the hub runs."""
+    def add(self, endpoint: Endpoint, *, credentials: Credentials | None = None) -> Link:
+        """Register an endpoint; it connects as soon as the hub runs.
+
+        `credentials` are this endpoint's own (a secured broker gives every device its own
+        password); without them the hub's shared credentials apply.
+        """
         check_name(endpoint.client_id)
         if endpoint.client_id in self.links:
             raise ValueError(f"client id {endpoint.client_id!r} is already in this hub")
-        link = Link(self, endpoint)
+        link = Link(self, endpoint, credentials)
         self.links[endpoint.client_id] = link
         self._command(lambda: self._schedule_connect(link, 0.0))
         return link
@@ -305,7 +310,7 @@ class MqttHub:
     def _new_client(self, link: Link) -> mqtt.Client:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=link.client_id, protocol=mqtt.MQTTv5,
                         userdata=link)
-        cred = self.credentials
+        cred = link.credentials or self.credentials
         if cred.username is not None or cred.password is not None:
             c.username_pw_set(cred.username or link.client_id, cred.password)
         if self.address.tls:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,27 +116,43 @@ class FleetSimulator:
     telemetry_s : float, default=30.0
     workers : int, default=2
     credentials : Credentials, optional
+        Shared by every device (a broker with one fleet account); prefer `broker_dir`.
+    broker_dir : Path, optional
+        Directory of the tinyfleet-managed broker. When it is secured (the default for every
+        broker tinyfleet starts), every device is enrolled there in one batch (own password,
+        user name == client id == device id, ACL limited to its own topics; existing accounts of
+        the same ids get a new password) before it connects.
+    data : Path, optional
+        The use case's real data set (`UseCase.with_data`): devices stream it instead of generated data.
     seed : int, default=0
+
+    Attributes
+    ----------
+    enroll_seconds : float
+        Time spent enrolling (0 without a secured `broker_dir`).
     """
 
-    def __init__(self, *, n: int, use_case: str, address: BrokerAddress, state_root: Path,
+    def __init__(self, *, n: int, use_case: str, address: BrokerAddress, state_root: Path, data: Path | None = None,
                  boards: str = DEFAULT_BOARD, fleet: str = "sim", id_prefix: str = "sim",
                  models_dir: Path | None = None, samples_per_device: int = 50, faults: FaultKnobs = FaultKnobs(),
                  telemetry_s: float = 30.0, workers: int = 2, credentials: Credentials | None = None,
-                 seed: int = 0) -> None:
+                 broker_dir: Path | None = None, seed: int = 0) -> None:
         if n < 1:
             raise TinyFleetError(f"--n must be at least 1; got {n}")
         check_name(fleet, what="fleet name")
         check_name(f"{id_prefix}-0000")
-        uc = get_use_case(use_case)
+        uc = get_use_case(use_case, data=data)
         datasets = uc.devices("train", n, samples_per_device=samples_per_device, seed=seed)
         factory = LearnerFactory(uc, models_dir, seed=seed)
         rng = random.Random(seed)
+        self.enroll_seconds = 0.0
+        ids = [f"{id_prefix}-{i:04d}" for i in range(n)]
+        own = self._enroll(broker_dir, ids, fleet) if broker_dir is not None else {}
         self.hub = MqttHub(address, credentials=credentials, workers=workers)
         self.agents: list[DeviceAgent] = []
-        authenticated = credentials is not None and credentials.password is not None
+        authenticated = bool(own) or (credentials is not None and credentials.password is not None)
         for i, (data, board) in enumerate(zip(datasets, assign_boards(boards, n), strict=True)):
-            device_id = f"{id_prefix}-{i:04d}"
+            device_id = ids[i]
             slow = rng.random() < faults.slow_fraction
             cfg = AgentConfig(device_id=device_id, board=board, state_dir=Path(state_root) / device_id, fleet=fleet,
                               use_case=uc.name, sensors=tuple(uc.sensors), telemetry_s=telemetry_s,
@@ -146,7 +163,18 @@ class FleetSimulator:
             agent = DeviceAgent(cfg, factory(i, data), data, broker_host=address.host, broker_port=address.port,
                                 tls=address.tls, authenticated=authenticated)
             self.agents.append(agent)
-            self.hub.add(agent)
+            self.hub.add(agent, credentials=own.get(device_id))
+
+    def _enroll(self, broker_dir: Path, ids: list[str], fleet: str) -> dict[str, Credentials]:
+        """Enrol `ids` on a secured managed broker (one batch, one reload); {} for an open one."""
+        from devices.broker_security import enroll_devices, is_secured
+
+        if not is_secured(broker_dir):
+            return {}
+        t0 = time.perf_counter()
+        enrolled = enroll_devices(broker_dir, ids, fleet=fleet, rotate=True)
+        self.enroll_seconds = time.perf_counter() - t0
+        return {e.name: e.credentials for e in enrolled}
 
     @property
     def device_ids(self) -> list[str]:

@@ -5,6 +5,10 @@ starts a private Mosquitto in the run directory, starts N simulated devices (eac
 client and task), and points the Grid at them; everything is stopped again by PID when the block
 exits, also on errors. With `--broker` and no `--simulate` the run uses whatever devices are
 present on that broker (optionally restricted by an allow-list from registry matchmaking).
+
+The private broker is secured like every broker tinyfleet manages (devices/broker_security.py):
+no anonymous access, the coordinator logs in with the server account, and every simulated device
+is enrolled with its own password before it connects.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 
 from devices.broker import MosquittoBroker
 from devices.head import MLPHead
-from devices.mqtt_link import parse_broker_url
+from devices.mqtt_link import Credentials, parse_broker_url
 from devices.protocol import weight_names
 from firmware_models.usecases import get_use_case
 from firmware_models.usecases.base import ARTIFACT_HEAD
@@ -55,15 +59,34 @@ def initial_parameters(task: str, *, models_dir: Path | None = None, seed: int =
 
 @contextlib.contextmanager
 def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = None,
-               allow: Collection[str] | DeviceFilter | None = None) -> Iterator[FleetGrid]:
-    """Yield a `FleetGrid` for `config`, starting a private broker and simulated devices if asked."""
+               allow: Collection[str] | DeviceFilter | None = None, credentials: Credentials | None = None,
+               broker_dir: Path | None = None, secure: bool = True) -> Iterator[FleetGrid]:
+    """Yield a `FleetGrid` for `config`, starting a private broker and simulated devices if asked.
+
+    Parameters
+    ----------
+    credentials : Credentials, optional
+        The coordinator's server account on ``config.broker`` (``--credentials FILE``).
+    broker_dir : Path, optional
+        Directory of the tinyfleet-managed broker at ``config.broker``: simulated devices are
+        enrolled there when it is secured.
+    secure : bool, default=True
+        Secure the private broker this function starts (False only for debugging).
+    """
     with contextlib.ExitStack() as stack:
         url = config.broker
         if url is None:
             if not config.simulate:
                 raise FederationError("no devices to federate with: give --broker URL (devices already online) "
                                       "or --simulate N")
-            broker = MosquittoBroker(Path(run_dir) / "broker")
+            broker_dir = Path(run_dir) / "broker"
+            if secure:
+                from devices.broker_security import secured_broker, server_credentials
+
+                broker: MosquittoBroker = secured_broker(broker_dir)
+                credentials = server_credentials(broker_dir)
+            else:
+                broker = MosquittoBroker(broker_dir)
             url = broker.start().url
             stack.callback(broker.stop)
         address = parse_broker_url(url)
@@ -73,12 +96,12 @@ def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = No
             sim = FleetSimulator(n=config.simulate, use_case=config.task, address=address,
                                  state_root=Path(run_dir) / "devices", fleet=config.fleet, id_prefix="sim",
                                  models_dir=models_dir, samples_per_device=config.samples_per_device,
-                                 telemetry_s=0.0, seed=config.seed)
+                                 telemetry_s=0.0, broker_dir=broker_dir, seed=config.seed)
             stack.callback(sim.stop)
             connected = sim.start(timeout=config.quorum_timeout)
             if connected < config.simulate:
                 raise FederationError(f"only {connected} of {config.simulate} simulated devices connected to {url}")
-        transport = MqttTransport(url, fleet=config.fleet)
+        transport = MqttTransport(url, fleet=config.fleet, credentials=credentials)
         grid = FleetGrid(transport, ProtocolCodec({"local-steps": config.local_steps, "lr": config.lr}),
                          run_id=config.run_id, allow=allow)
         stack.callback(transport.close)

@@ -62,8 +62,13 @@ class PresenceListener:
         if self._tls[0]:  # mqtts; with a secured tinyfleet broker pass its CA and a client certificate
             client.tls_set(ca_certs=self._tls[1], certfile=self._tls[2], keyfile=self._tls[3])
         subscribed = threading.Event()
+        refused: list[str] = []
 
         def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+            if reason.is_failure:  # e.g. a secured broker and no or wrong credentials: say so at once
+                refused.append(str(reason))
+                subscribed.set()
+                return
             c.subscribe([(f"{ROOT}/{self.fleet}/+/td", 1), (f"{ROOT}/{self.fleet}/+/presence", 1)])
 
         client.on_connect = on_connect
@@ -74,8 +79,12 @@ class PresenceListener:
         except OSError as exc:  # refused, unreachable, TLS verification failed
             raise RegistryError(f"MQTT broker {self.host}:{self.port}: cannot connect: {exc}") from None
         client.loop_start()
-        if not subscribed.wait(10):
+        if not subscribed.wait(10) or refused:
+            client.disconnect()
             client.loop_stop()
+            if refused:
+                raise RegistryError(f"MQTT broker {self.host}:{self.port} refused the connection: {refused[0]} "
+                                    "(a secured tinyfleet broker needs --credentials FILE)")
             raise RegistryError(f"MQTT broker {self.host}:{self.port}: no subscription acknowledgement within 10 s")
         self._client = client
         return self

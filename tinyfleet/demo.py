@@ -2,7 +2,10 @@
 
 Steps (each printed as it happens):
 
-1. start a private Mosquitto (or use ``--broker``) and an embedded registry in the output directory;
+1. start a private Mosquitto, secured like every broker tinyfleet manages (no anonymous access;
+   the registry listener, the coordinator and the deploy client each log in with a server account
+   of their own; every simulated device is enrolled with its own password), or use ``--broker``;
+   and an embedded registry in the output directory;
 2. build (or reuse from ``<out>/models``) the int8 model of the use case and register it;
 3. start a simulated fleet of mixed boards — some too small for the model, some without the
    sensor — whose agents publish W3C Thing Descriptions; the registry ingests them live;
@@ -32,8 +35,10 @@ from typing import Any
 import numpy as np
 
 from devices.broker import MosquittoBroker
+from devices.broker_security import (SECURITY_DIR, SERVER_USER, ensure_server_account, is_secured, list_accounts,
+                                     secured_broker, server_credentials)
 from devices.fleet_client import FleetClient
-from devices.mqtt_link import parse_broker_url
+from devices.mqtt_link import Credentials, parse_broker_url
 from devices.protocol import encode_deploy, weight_names
 from federation.checkpoint import load_checkpoint
 from federation.coordinator import FINAL_FILE, Coordinator, RunConfig
@@ -53,6 +58,8 @@ from tinyfleet import plots
 # A mix of real boards: the Uno is too small for any model; the ESP32-CAM has only a camera.
 DEFAULT_BOARDS = "nano33ble:4,esp32:3,stm32f429:2,rpi4:1,uno:2,esp32cam:1"
 FLEET = "demo"
+LISTENER_ACCOUNT = "registry-listener"
+DEPLOY_ACCOUNT = "demo-deploy"
 
 
 @dataclass
@@ -69,6 +76,7 @@ class DemoOptions:
     broker: str | None = None
     seed: int = 0
     quick: bool = False
+    insecure: bool = False
 
     @classmethod
     def quick_defaults(cls, out: Path, **kw: Any) -> DemoOptions:
@@ -93,14 +101,32 @@ def run_demo(opts: DemoOptions, *, say: Say, on_round: OnRound | None = None) ->
     with contextlib.ExitStack() as stack:
         # 1. broker + registry ------------------------------------------------------------------
         url = opts.broker
+        broker_dir: Path | None = None
+        accounts: dict[str, Credentials | None] = {"server": None, "listener": None, "deploy": None}
         if url is None:
-            broker = MosquittoBroker(out / "broker")
+            broker_dir = out / "broker"
+            if opts.insecure:
+                broker = MosquittoBroker(broker_dir)
+            else:
+                shutil.rmtree(broker_dir / SECURITY_DIR, ignore_errors=True)  # fresh accounts per demo run
+                broker = secured_broker(broker_dir)
             url = broker.start().url
             stack.callback(broker.stop)
-            say(f"1. started a private Mosquitto at {url}")
+            if opts.insecure:
+                say(f"1. started a private INSECURE Mosquitto at {url} (anyone on this machine may connect)")
+            else:
+                accounts = {"server": server_credentials(broker_dir),
+                            "listener": ensure_server_account(broker_dir, LISTENER_ACCOUNT),
+                            "deploy": ensure_server_account(broker_dir, DEPLOY_ACCOUNT)}
+                say(f"1. started a private secured Mosquitto at {url}: anonymous access refused, server "
+                    f"accounts {SERVER_USER}, {LISTENER_ACCOUNT}, {DEPLOY_ACCOUNT}; devices get their own passwords")
         else:
             say(f"1. using the broker at {url}")
         address = parse_broker_url(url)
+        report["broker"] = {"url": url, "managed": broker_dir is not None,
+                            "secured": bool(broker_dir is not None and is_secured(broker_dir)),
+                            "anonymous_allowed": None if broker_dir is None else not is_secured(broker_dir),
+                            "accounts": sorted(list_accounts(broker_dir)) if broker_dir is not None else []}
         registry_dir = out / "registry"
         shutil.rmtree(registry_dir, ignore_errors=True)  # each demo run starts from an empty registry
         store = open_store(registry_dir)
@@ -118,13 +144,16 @@ def run_demo(opts: DemoOptions, *, say: Say, on_round: OnRound | None = None) ->
         report["model"] = {"iri": str(model_iri), "card": card}
 
         # 3. fleet + live ingestion ---------------------------------------------------------------
-        listener = PresenceListener(store, address.host, address.port, fleet=FLEET)
+        lc = accounts["listener"]
+        listener = PresenceListener(store, address.host, address.port, fleet=FLEET,
+                                    username=lc.username if lc else None, password=lc.password if lc else None,
+                                    tls=address.tls)
         stack.enter_context(listener)
         from devices.simulator import FleetSimulator
 
         sim = FleetSimulator(n=opts.devices, use_case=uc.name, address=address, state_root=out / "devices",
                              boards=opts.boards, fleet=FLEET, id_prefix="dev", models_dir=models_dir,
-                             samples_per_device=64, telemetry_s=5.0, seed=opts.seed)
+                             samples_per_device=64, telemetry_s=5.0, broker_dir=broker_dir, seed=opts.seed)
         stack.callback(sim.stop)
         connected = sim.start(timeout=60)
         if connected < opts.devices:
@@ -153,12 +182,13 @@ def run_demo(opts: DemoOptions, *, say: Say, on_round: OnRound | None = None) ->
         for strategy in ("reptile", "fedavg"):
             say(f"5. {strategy}: {opts.rounds} rounds over MQTT on {len(eligible)} devices")
             runs[strategy] = _federate(opts, strategy, url, out / "runs", models_dir, initial, eligible,
-                                       on_round=(lambda rec, s=strategy: on_round(s, rec)) if on_round else None)
+                                       credentials=accounts["server"], on_round=(lambda rec, s=strategy: on_round(s, rec)) if on_round else None)
         report["runs"] = {k: {kk: vv for kk, vv in v.items() if kk != "final"} for k, v in runs.items()}
 
         # 6. deploy + lineage ---------------------------------------------------------------------
         reptile = runs["reptile"]
-        deployed = _deploy(uc, reptile["final"], model_dir, address, eligible, out, say=say)
+        deployed = _deploy(uc, reptile["final"], model_dir, address, eligible, out, credentials=accounts["deploy"],
+                           say=say)
         new_iri = add_model(store, deployed["path"], deployed["card"])
         record_lineage(store, new_iri, reptile["run_id"], len(reptile["rounds"]), eligible, "tinyreptile",
                        reptile["started"], reptile["ended"], parent_model=model_iri)
@@ -219,7 +249,7 @@ def _device_id(item: dict[str, Any]) -> str:
 
 
 def _federate(opts: DemoOptions, strategy: str, url: str, runs_dir: Path, models_dir: Path,
-              initial: dict[str, np.ndarray], eligible: list[str], *,
+              initial: dict[str, np.ndarray], eligible: list[str], *, credentials: Credentials | None = None,
               on_round: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     run_id = f"demo-{opts.task}-{strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
     params: dict[str, Any] = {"fraction_train": 1.0}
@@ -228,7 +258,7 @@ def _federate(opts: DemoOptions, strategy: str, url: str, runs_dir: Path, models
                        quorum_timeout=30.0, round_timeout=30.0, fleet=FLEET, broker=url, simulate=0)
     run_dir = runs_dir / run_id
     started = _now()
-    with fleet_grid(config, run_dir, models_dir=models_dir, allow=set(eligible)) as grid:
+    with fleet_grid(config, run_dir, models_dir=models_dir, allow=set(eligible), credentials=credentials) as grid:
         result = Coordinator(config, grid, run_dir, on_round=on_round).start(initial)
     final, _ = load_checkpoint(run_dir / FINAL_FILE)
     return {"run_id": run_id, "run_dir": str(run_dir), "rounds": result["rounds"], "started": started,
@@ -236,7 +266,7 @@ def _federate(opts: DemoOptions, strategy: str, url: str, runs_dir: Path, models
 
 
 def _deploy(uc: Any, final: dict[str, np.ndarray], model_dir: Path, address: Any, eligible: list[str],
-            out: Path, *, say: Say) -> dict[str, Any]:
+            out: Path, *, credentials: Credentials | None = None, say: Say) -> dict[str, Any]:
     from firmware_models.build import score
     from firmware_models.head_export import head_to_int8
     from firmware_models.interpreters import TFLiteModel
@@ -264,7 +294,7 @@ def _deploy(uc: Any, final: dict[str, np.ndarray], model_dir: Path, address: Any
     card = {"name": f"{uc.name}-federated", "task": uc.name, "kind": uc.kind, "sensors": list(uc.sensors),
             "description": f"{uc.name} head learned by federated Reptile over the demo fleet",
             "metrics": {"int8": int8}}
-    fc = FleetClient(address, fleet=FLEET, client_id="tinyfleet-demo-deploy").connect()
+    fc = FleetClient(address, fleet=FLEET, client_id=DEPLOY_ACCOUNT, credentials=credentials).connect()
     try:
         tasks = {}
         for dev in eligible:

@@ -23,6 +23,8 @@ def demo(
     broker: Annotated[str | None, typer.Option(help="Use this broker (mqtt://host:port) instead of a private "
                                                     "Mosquitto.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of data, sampling and initial heads.")] = 0,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Leave the private broker open (debugging only; "
+                                           "by default it refuses anonymous clients).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log Flower's and the devices' messages.")] = False,
 ) -> None:
@@ -41,7 +43,7 @@ def demo(
     if broker is not None:
         parse_broker_url(broker)
     get_use_case(task)  # unknown names fail before anything starts
-    kw = {"task": task, "broker": broker, "seed": seed, "devices": devices, "rounds": rounds}
+    kw = {"task": task, "broker": broker, "seed": seed, "devices": devices, "rounds": rounds, "insecure": insecure}
     opts = (DemoOptions.quick_defaults(out, **kw) if quick
             else DemoOptions(out=out, **{k: v for k, v in kw.items() if v is not None}))
 
@@ -65,7 +67,7 @@ def demo(
             report = run_demo(opts, say=say, on_round=on_round)
 
     if json_out:
-        print_json({k: report[k] for k in ("summary", "matchmaking", "deploy", "plots", "seconds")}
+        print_json({k: report[k] for k in ("broker", "summary", "matchmaking", "deploy", "plots", "seconds")}
                    | {"report": str(out / "report.json")})
         return
     table(f"few-shot {task}: mean loss of {opts.newcomers} new devices ({opts.shots} shots)",

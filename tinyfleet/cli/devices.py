@@ -40,7 +40,16 @@ CertOption = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, he
 KeyOption = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Client key (mqtts).")]
 CredentialsOption = Annotated[Path | None, typer.Option(
     "--credentials", dir_okay=False, help="JSON credentials file (username, password, ca, cert, key), e.g. the "
-    "server account file that `tinyfleet broker start --secure` reports.")]
+    "server account file that `tinyfleet broker start` reports.")]
+
+
+BrokerDirOption = Annotated[Path | None, typer.Option(
+    "--broker-dir", file_okay=False, help="Directory of a broker started by `tinyfleet broker start --dir`: "
+    "its URL is used and, as it is secured, the devices are enrolled there (own password each).")]
+InsecureOption = Annotated[bool, typer.Option(
+    "--insecure", help="If this command starts its own private broker: leave it open (debugging only).")]
+CLI_ACCOUNT = "fleet-cli"
+"""Server account `devices list/show` enrol on the default managed broker (one per purpose)."""
 
 
 def _credentials(user: str | None, password: str | None, ca: Path | None, cert: Path | None,
@@ -50,26 +59,52 @@ def _credentials(user: str | None, password: str | None, ca: Path | None, cert: 
     return Credentials(user, password, ca, cert, key)
 
 
-def _known_broker(broker: str | None) -> BrokerAddress | None:
+def _known_broker(broker: str | None, broker_dir: Path | None = None) -> tuple[BrokerAddress, Path | None] | None:
+    """The broker to talk to and, when tinyfleet manages it, its directory (for enrolment/credentials).
+
+    Order: --broker (or config/env), else the broker running from --broker-dir, else the one of
+    `tinyfleet broker start` in the default directory.
+    """
     url = config.setting("broker", broker)
     if url:
-        return parse_broker_url(str(url))
-    state = read_state(default_dir())
-    return BrokerAddress(state.host, state.port, state.tls) if state else None
+        return parse_broker_url(str(url)), broker_dir
+    directory = broker_dir if broker_dir is not None else default_dir()
+    state = read_state(directory)
+    if state is None:
+        if broker_dir is not None:
+            raise DeviceLinkError(f"no broker runs from {broker_dir} (start it with `tinyfleet broker start "
+                                  f"--dir {broker_dir}`)")
+        return None
+    return BrokerAddress(state.host, state.port, state.tls), directory
 
 
 @contextmanager
-def _broker(broker: str | None, *, may_start: bool) -> Iterator[BrokerAddress]:
-    """The broker to use; without any, start a private Mosquitto for the command's lifetime."""
-    address = _known_broker(broker)
-    if address is not None:
-        yield address
+def _broker(broker: str | None, *, may_start: bool, broker_dir: Path | None = None,
+            insecure: bool = False) -> Iterator[tuple[BrokerAddress, Path | None]]:
+    """The broker to use; without any, start a private (secured) Mosquitto for the command's lifetime."""
+    known = _known_broker(broker, broker_dir)
+    if known is not None:
+        yield known
         return
     if not may_start:
         raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
-    with tempfile.TemporaryDirectory(prefix="tinyfleet-mq-") as tmp, MosquittoBroker(Path(tmp)) as mq:
-        err.print(f"started a private Mosquitto on mqtt://{mq.host}:{mq.port}")
-        yield BrokerAddress(mq.host, int(mq.port or 0))
+    from devices.broker_security import secured_broker
+
+    with tempfile.TemporaryDirectory(prefix="tinyfleet-mq-") as tmp:
+        d = Path(tmp)
+        with (MosquittoBroker(d) if insecure else secured_broker(d)) as mq:
+            err.print(f"started a private {'INSECURE' if insecure else 'secured'} Mosquitto on "
+                      f"mqtt://{mq.host}:{mq.port}")
+            yield BrokerAddress(mq.host, int(mq.port or 0)), d
+
+
+def _managed_server_credentials(broker_dir: Path | None, account: str) -> Credentials | None:
+    """A server account on a secured tinyfleet-managed broker, enrolled on first use; None when open."""
+    from devices.broker_security import ensure_server_account, is_secured
+
+    if broker_dir is None or not is_secured(broker_dir):
+        return None
+    return ensure_server_account(broker_dir, account)
 
 
 def _sleep(duration: float | None) -> None:
@@ -102,6 +137,7 @@ def run(
     duration: Annotated[float | None, typer.Option(min=0, help="Stop after S seconds (default: Ctrl-C).")] = None,
     user: UserOption = None, password: PasswordOption = None, ca: CaOption = None, cert: CertOption = None,
     key: KeyOption = None,
+    broker_dir: BrokerDirOption = None, insecure: InsecureOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every task on stderr.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
@@ -122,7 +158,12 @@ def run(
     data = uc.devices("train", seed + 1, samples_per_device=samples, seed=seed)[seed]
     learner = LearnerFactory(uc, models, seed=seed)(seed, data)
     creds = _credentials(user, password, ca, cert, key)
-    with _broker(broker, may_start=True) as address:
+    with _broker(broker, may_start=True, broker_dir=broker_dir, insecure=insecure) as (address, managed):
+        if creds is None and managed is not None:
+            from devices.broker_security import enroll_devices, is_secured
+
+            if is_secured(managed):  # its own password on the managed broker (a new one on every run)
+                creds = enroll_devices(managed, [device_id], fleet=fleet, rotate=True)[0].credentials
         cfg = AgentConfig(device_id=device_id, board=prof, fleet=fleet, use_case=uc.name, sensors=tuple(uc.sensors),
                           state_dir=state_dir or Path(tempfile.gettempdir()) / "tinyfleet-devices" / device_id,
                           telemetry_s=telemetry, seed=seed)
@@ -159,6 +200,8 @@ def simulate(
                                                 help="Folder of `tinyfleet models build` output.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Local samples per device.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of data, boards and faults.")] = 0,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Real data set for the use case (as for `models build --data`); devices stream it.")] = None,
     drop: Annotated[float, typer.Option(min=0, max=1, help="Probability a device ignores a task.")] = 0.0,
     latency: Annotated[float, typer.Option(min=0, help="Seconds added before each reply.")] = 0.0,
     slow_fraction: Annotated[float, typer.Option(min=0, max=1, help="Fraction of slow devices.")] = 0.0,
@@ -170,6 +213,7 @@ def simulate(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker threads for training.")] = 2,
     state_root: Annotated[Path | None, typer.Option(file_okay=False, help="Devices' model folders.")] = None,
     user: UserOption = None, password: PasswordOption = None,
+    broker_dir: BrokerDirOption = None, insecure: InsecureOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every task on stderr.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
@@ -183,15 +227,23 @@ def simulate(
     faults = FaultKnobs(drop_prob=drop, latency_s=latency, slow_fraction=slow_fraction, slow_factor=slow_factor,
                         crash_prob_per_s=crash_rate, crash_down_s=crash_down)
     creds = _credentials(user, password, None, None, None)
-    with _broker(broker, may_start=True) as address, tempfile.TemporaryDirectory(prefix="tinyfleet-sim-") as tmp:
+    with (_broker(broker, may_start=True, broker_dir=broker_dir, insecure=insecure) as (address, managed),
+          tempfile.TemporaryDirectory(prefix="tinyfleet-sim-") as tmp):
         t0 = time.monotonic()
         sim = FleetSimulator(n=n, use_case=task, address=address, state_root=state_root or Path(tmp), boards=boards,
-                             fleet=fleet, models_dir=models, samples_per_device=samples, faults=faults,
-                             telemetry_s=telemetry, workers=workers, credentials=creds, seed=seed)
+                             fleet=fleet, models_dir=models, data=data, samples_per_device=samples, faults=faults,
+                             telemetry_s=telemetry, workers=workers, credentials=creds,
+                             broker_dir=managed if creds is None else None, seed=seed)
+        from devices.broker_security import is_secured
+
+        secured = bool(creds and creds.password) or (managed is not None and is_secured(managed))
         try:
+            t_connect = time.monotonic()
             connected = sim.start(timeout=max(10.0, n / 50))
             connect_s = time.monotonic() - t0
-            err.print(f"{connected}/{n} devices online at {address.url} (fleet {fleet}) in {connect_s:.2f} s")
+            online_s = time.monotonic() - t_connect
+            err.print(f"{connected}/{n} devices online at {address.url} (fleet {fleet}) in {connect_s:.2f} s"
+                      + (f" ({sim.enroll_seconds:.2f} s enrolling)" if sim.enroll_seconds else ""))
             _sleep(duration)
         finally:
             sim.stop()
@@ -199,7 +251,9 @@ def simulate(
         for a in sim.agents:
             by_board[a.config.board.name] = by_board.get(a.config.board.name, 0) + 1
         summary: dict[str, Any] = {
-            "devices": n, "connected": connected, "connect_seconds": round(connect_s, 3), "broker": address.url,
+            "devices": n, "connected": connected, "connect_seconds": round(connect_s, 3),
+            "enroll_seconds": round(sim.enroll_seconds, 3), "online_seconds": round(online_s, 3),
+            "secured": secured, "broker": address.url,
             "fleet": fleet, "boards": by_board, "tasks_done": sum(a.tasks_done for a in sim.agents),
             "errors_sent": sum(a.errors_sent for a in sim.agents), "dropped": sum(a.dropped for a in sim.agents),
             "unfit_devices": sum(1 for a in sim.agents if a.unfit_reason)}
@@ -218,9 +272,12 @@ def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | 
         creds = load_credentials(credentials_file)
 
     check_name(fleet, what="fleet name")
-    address = _known_broker(broker)
-    if address is None:
+    known = _known_broker(broker)
+    if known is None:
         raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
+    address, managed = known
+    if creds is None:  # the default managed broker: a CLI server account of its own (never the coordinator's)
+        creds = _managed_server_credentials(managed, CLI_ACCOUNT)
     return snapshot(address, fleet=fleet, seconds=wait, credentials=creds)
 
 
@@ -289,7 +346,7 @@ def show(
 def enroll(
     device_id: Annotated[str, typer.Argument(help="Device id = MQTT user name and client id (no / + # :).")],
     directory: Annotated[Path, typer.Option("--dir", file_okay=False,
-                                            help="Directory of a broker started with --secure.")] = default_dir(),
+                                            help="Directory of a broker started by `tinyfleet broker start`.")] = default_dir(),
     fleet: FleetOption = "default",
     tls: Annotated[bool, typer.Option("--tls", help="Require the broker directory to use TLS (the device gets "
                                       "a client certificate signed by the broker's CA).")] = False,
@@ -306,11 +363,11 @@ def enroll(
     from devices.broker_security import SecurityError, enroll_device, enroll_server, is_secured, uses_tls
 
     if not is_secured(directory):
-        raise SecurityError(f"{directory} has no secured broker: run `tinyfleet broker start --secure --dir "
+        raise SecurityError(f"{directory} has no secured broker: run `tinyfleet broker start --dir "
                             f"{directory}` first")
     if tls and not uses_tls(directory):
         raise SecurityError(f"the broker of {directory} was secured without TLS; restart a new --dir with "
-                            "`tinyfleet broker start --secure --tls`")
+                            "`tinyfleet broker start --tls`")
     e = enroll_server(directory, device_id, rotate=rotate) if server else enroll_device(
         directory, device_id, fleet=fleet, rotate=rotate)
     running = read_state(directory)

@@ -248,6 +248,10 @@ def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:por
                                                         help="Client certificate (mqtts).")] = None,
            key: Annotated[Optional[Path], typer.Option("--key", exists=True, dir_okay=False,
                                                        help="Client key (mqtts).")] = None,
+           credentials: Annotated[Optional[Path], typer.Option(
+               "--credentials", dir_okay=False, help="Server account JSON (username, password, ca, cert, key), "
+               "e.g. DIR/security/credentials/<account>.json of `tinyfleet broker start --dir DIR`; overrides "
+               "--mqtt-user/--ca/--cert/--key.")] = None,
            store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
            user: UserOpt = None, json_out: JsonOpt = False) -> None:
     """Keep the registry in sync with devices' retained TDs and presence on MQTT, then print counts.
@@ -264,11 +268,17 @@ def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:por
     address = parse_broker_url(broker)
     if fleet != "+":
         check_name(fleet, what="fleet name")
+    password = os.environ.get("TINYFLEET_MQTT_PASSWORD")
+    if credentials is not None:
+        from devices.broker_security import load_credentials
+
+        c = load_credentials(credentials)
+        mqtt_user, password, ca, cert, key = c.username, c.password, c.ca, c.cert, c.key
     started = time.monotonic()
     with _open(store, endpoint, update_endpoint, user) as st:
         try:
             with PresenceListener(st, address.host, address.port, fleet=fleet, username=mqtt_user,
-                                  password=os.environ.get("TINYFLEET_MQTT_PASSWORD"), tls=address.tls,
+                                  password=password, tls=address.tls,
                                   ca=str(ca) if ca else None, cert=str(cert) if cert else None,
                                   key=str(key) if key else None) as listener:
                 if not json_out:
