@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devices.broker import BrokerInfo
 from firmware_models.datasets import building
 from firmware_models.datasets.fingerprint import file_list_fingerprint
 from firmware_models.features import SAMPLE_RATE, write_wav
@@ -78,11 +79,17 @@ def _one_error_line(proc, where: str) -> str:  # noqa: ANN001
 
 # --- presence on UCI Occupancy -----------------------------------------------------------------------
 
-def test_presence_builds_on_uci_files_with_real_provenance(uci_dir: Path, tmp_path: Path) -> None:
-    proc = run_cli("models", "build", "presence", "--data", str(uci_dir), "--quick", "--out", str(tmp_path),
-                   "--json")
+@pytest.fixture(scope="module")
+def presence_build(uci_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """`tinyfleet models build presence --data <uci> --quick --json`, once per module: (out dir, card)."""
+    out = tmp_path_factory.mktemp("models")
+    proc = run_cli("models", "build", "presence", "--data", str(uci_dir), "--quick", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    card = json.loads(proc.stdout)
+    return out, json.loads(proc.stdout)
+
+
+def test_presence_builds_on_uci_files_with_real_provenance(uci_dir: Path, presence_build: tuple[Path, dict]) -> None:
+    tmp_path, card = presence_build
     assert json.loads((tmp_path / "presence" / "card.json").read_text())["data"] == card["data"]
     prov = card["data"]
     assert prov["dataset"] == "UCI Occupancy Detection" and "generator" not in prov
@@ -141,6 +148,31 @@ def test_presence_bad_uci_data_is_one_line_and_writes_nothing(uci_dir: Path, tmp
     line = _one_error_line(proc, where.format(d=data))
     assert problem in line
     assert not out.exists()
+
+
+def test_simulated_fleet_streams_the_real_days(mosquitto: BrokerInfo, uci_dir: Path,
+                                              presence_build: tuple[Path, dict], tmp_path: Path) -> None:
+    from devices.mqtt_link import BrokerAddress
+    from devices.simulator import FleetSimulator
+    from firmware_models.usecases import get_use_case
+
+    out, _ = presence_build
+    url = f"mqtt://{mosquitto.host}:{mosquitto.port}"
+    proc = run_cli("devices", "simulate", "--n", "4", "--task", "presence", "--data", str(uci_dir), "--models",
+                   str(out), "--samples", "40", "--broker", url, "--fleet", "ucisim", "--duration", "1",
+                   "--telemetry", "0", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    assert summary["devices"] == summary["connected"] == 4 and summary["unfit_devices"] == 0
+    # in process (no connection): every device's local data is a real day's windows
+    sim = FleetSimulator(n=4, use_case="presence", data=uci_dir, address=BrokerAddress(mosquitto.host, mosquitto.port),
+                         state_root=tmp_path, models_dir=out, samples_per_device=40, seed=0)
+    days = get_use_case("presence", data=uci_dir).devices("train", 4, samples_per_device=40, seed=0)
+    for agent, day in zip(sim.agents, days, strict=True):
+        np.testing.assert_array_equal(np.concatenate([agent.x_train, agent.x_eval])[:40], day.x)
+    bad = run_cli("devices", "simulate", "--n", "2", "--task", "presence", "--data", str(tmp_path / "nope"),
+                  "--models", str(out), "--broker", url, "--duration", "0")
+    assert bad.returncode == 1 and bad.stderr.strip() == f"error: {tmp_path / 'nope'}: UCI occupancy CSV or folder not found"
 
 
 def test_single_csv_is_split_chronologically(tmp_path: Path) -> None:
