@@ -82,7 +82,8 @@ def test_secure_tls_start_enroll_login_and_restart_stays_secure(tmp_path: Path) 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     _one_line_error(run("devices", "enroll", "dev-1", "--dir", str(tmp_path / "none")), 1, "has no secured broker")
-    _one_line_error(run("broker", "start", "--dir", str(tmp_path / "x"), "--tls"), 2, "--tls needs --secure")
+    _one_line_error(run("broker", "start", "--dir", str(tmp_path / "x"), "--tls", "--insecure"), 2,
+                    "--tls cannot be combined with --insecure")
     plain = tmp_path / "plain"
     started = run("broker", "start", "--dir", str(plain), "--secure", "--json")
     try:
