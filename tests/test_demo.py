@@ -41,6 +41,11 @@ def test_quick_demo_end_to_end(tmp_path: Path, sine_build: SineBuild) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)  # stdout is exactly one JSON document
 
+    # issue #9: the demo's private broker is secured (no anonymous access, accounts per purpose)
+    assert summary["broker"]["secured"] is True and summary["broker"]["anonymous_allowed"] is False
+    assert {"fleet-server", "registry-listener", "demo-deploy", "dev-0000"} <= set(summary["broker"]["accounts"])
+    assert "allow_anonymous false" in (out / "broker" / "mosquitto.conf").read_text()
+
     # matchmaking: the Uno (2 KB RAM) and the camera-only board are excluded, with reasons
     excluded = {e["device"]: " ".join(e["reasons"]) for e in summary["matchmaking"]["excluded"]}
     assert any("too little RAM" in why for why in excluded.values())

@@ -158,6 +158,9 @@ def run_demo(opts: DemoOptions, *, say: Say, on_round: OnRound | None = None) ->
         connected = sim.start(timeout=60)
         if connected < opts.devices:
             raise TinyFleetError(f"only {connected} of {opts.devices} simulated devices connected to {url}")
+        if broker_dir is not None:  # the devices were enrolled just now: list every account (no secrets)
+            report["broker"]["accounts"] = sorted(list_accounts(broker_dir))
+            report["broker"]["enroll_seconds"] = round(sim.enroll_seconds, 3)
         if not listener.wait_for(lambda lst: lst.devices_added >= opts.devices, timeout=60):
             raise TinyFleetError(f"the registry ingested {listener.devices_added} of {opts.devices} "
                                  "Thing Descriptions within 60 s")
