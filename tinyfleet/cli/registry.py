@@ -53,7 +53,10 @@ def add_model(file: FileArg,
                                                            help="Model card JSON (name, task, metrics, sensors...).")] = None,
               store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
               user: UserOpt = None, json_out: JsonOpt = False) -> None:
-    """Inspect a .tflite (TFLite Micro arena measured) and add or replace its description."""
+    """Inspect a .tflite (TFLite Micro arena measured) and add or replace its description.
+
+    Example: tinyfleet registry add-model models/sine/model.tflite --card models/sine/card.json
+    """
     from registry.ingest_model import add_model as _add
     from registry.queries import rows_py
 
@@ -71,7 +74,10 @@ def add_model(file: FileArg,
 @app.command("add-device")
 def add_device(td: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
                user: UserOpt = None, json_out: JsonOpt = False) -> None:
-    """Add or replace a device from its W3C WoT Thing Description (JSON)."""
+    """Add or replace a device from its W3C WoT Thing Description (JSON).
+
+    Example: tinyfleet registry add-device td/dev-001.json --json
+    """
     from registry.ingest_device import add_device as _add
 
     with _open(store, endpoint, update_endpoint, user) as st:
@@ -85,7 +91,10 @@ def add_device(td: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None
 @app.command("import")
 def import_(file: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
             user: UserOpt = None, json_out: JsonOpt = False) -> None:
-    """Import Turtle / JSON-LD (also TinyML-schema style graphs) atomically: all or nothing."""
+    """Import Turtle / JSON-LD (also TinyML-schema style graphs) atomically: all or nothing.
+
+    Example: tinyfleet registry import tinyml-kg.ttl --store ./reg
+    """
     from registry.interop import import_file
 
     with _open(store, endpoint, update_endpoint, user) as st:
@@ -99,7 +108,10 @@ def import_(file: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None,
 
 @app.command("validate")
 def validate(file: FileArg, json_out: JsonOpt = False) -> None:
-    """Check a .tflite (+ nothing written), a TD (.json) or a Turtle/JSON-LD file against the shapes."""
+    """Check a .tflite (+ nothing written), a TD (.json) or a Turtle/JSON-LD file against the shapes.
+
+    Example: tinyfleet registry validate td/dev-001.json
+    """
     from registry.exceptions import ValidationFailedError
     from registry.validation import violations
 
@@ -146,7 +158,10 @@ def match(model: Annotated[Optional[str], typer.Option("--model", help="Model IR
           explain: Annotated[bool, typer.Option("--explain", help="Also list what was excluded and why.")] = False,
           store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
           user: UserOpt = None, json_out: JsonOpt = False) -> None:
-    """Devices that can run a model (--model), or models that fit a device (--device)."""
+    """Devices that can run a model (--model), or models that fit a device (--device).
+
+    Example: tinyfleet registry match --model sine --explain --json
+    """
     from registry import queries as q
     from registry.exceptions import RegistryInputError
 
@@ -173,7 +188,10 @@ def match(model: Annotated[Optional[str], typer.Option("--model", help="Model IR
 @app.command("query")
 def query(file: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
           user: UserOpt = None, json_out: JsonOpt = False) -> None:
-    """Run a read-only SPARQL query from FILE.rq (updates are refused)."""
+    """Run a read-only SPARQL query from FILE.rq (updates are refused).
+
+    Example: tinyfleet registry query my-query.rq --json
+    """
     from registry.queries import raw_query
 
     text = file.read_text(encoding="utf-8")
@@ -192,7 +210,10 @@ def query(file: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None, u
 @app.command("search")
 def search(text: str, store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
            user: UserOpt = None, json_out: JsonOpt = False) -> None:
-    """Free-text search over model and device names, ids and descriptions."""
+    """Free-text search over model and device names, ids and descriptions.
+
+    Example: tinyfleet registry search keyword
+    """
     from registry.queries import search as _search
 
     with _open(store, endpoint, update_endpoint, user) as st:
@@ -207,7 +228,10 @@ def search(text: str, store: StoreOpt = None, endpoint: EndpointOpt = None, upda
 @app.command("inventory")
 def inventory(store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
               user: UserOpt = None, json_out: JsonOpt = False) -> None:
-    """Which model version runs where, online or not."""
+    """Which model version runs where, online or not.
+
+    Example: tinyfleet registry inventory --json
+    """
     from registry.queries import inventory as _inventory
 
     with _open(store, endpoint, update_endpoint, user) as st:
@@ -223,7 +247,10 @@ def inventory(store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpo
 @app.command("lineage")
 def lineage(model: str, store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
             user: UserOpt = None, json_out: JsonOpt = False) -> None:
-    """Which federated runs, rounds and devices produced a model version."""
+    """Which federated runs, rounds and devices produced a model version.
+
+    Example: tinyfleet registry lineage sine-federated --json
+    """
     from registry.queries import lineage as _lineage
 
     with _open(store, endpoint, update_endpoint, user) as st:
@@ -259,6 +286,8 @@ def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:por
     Why a command of its own: the registry must follow the live fleet (devices that join, leave or
     drop and trigger their Last Will) without any device talking to it directly.
     MQTT password from TINYFLEET_MQTT_PASSWORD.
+
+    Example: tinyfleet registry listen --broker mqtt://127.0.0.1:1883 --fleet lab --duration 60
     """
     from devices.mqtt_link import parse_broker_url
     from devices.topics import check_name
@@ -316,7 +345,10 @@ def _wait(duration: float | None) -> None:
 def export(fmt: Annotated[ExportFormat, typer.Option("--format", help="Serialization.")] = ExportFormat.turtle,
            store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
            user: UserOpt = None) -> None:
-    """Print the whole registry graph (Turtle, JSON-LD or N-Triples) on stdout."""
+    """Print the whole registry graph (Turtle, JSON-LD or N-Triples) on stdout.
+
+    Example: tinyfleet registry export --format json-ld > registry.jsonld
+    """
     with _open(store, endpoint, update_endpoint, user) as st:
         g = st.triples_graph()
     typer.echo(g.serialize(format=fmt.value))
