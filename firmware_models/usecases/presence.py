@@ -64,7 +64,7 @@ class PresenceUseCase(UseCase):
 
     name = "presence"
     kind = "classification"
-    sensors = ("co2", "temperature", "humidity", "illuminance", "motion")
+    sensors = ("co2", "temperature", "humidity", "light", "motion")  # the names boards declare
     input_shape = (WINDOW, N_FEATURES)
     labels = ("absent", "present")
     real_dataset = "UCI Occupancy Detection"
