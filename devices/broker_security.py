@@ -502,21 +502,30 @@ def _write_accounts(p: SecurityPaths, doc: dict[str, Any]) -> None:
 
 def _write_private(path: Path, text: str | bytes) -> None:
     """Write atomically (temp file + rename) with mode 0600, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # the old file stays as it was: nothing half-written is ever read
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise SecurityError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 @contextlib.contextmanager
 def _locked(p: SecurityPaths) -> Iterator[None]:
     """Serialize enrolments of one directory (two `enroll` commands at once must not lose an account)."""
-    p.root.mkdir(parents=True, exist_ok=True)
-    with open(p.lock, "a") as f:
+    try:
+        p.root.mkdir(parents=True, exist_ok=True)
+        lock = open(p.lock, "a")
+    except OSError as exc:  # e.g. a run directory below a regular file, or a read-only disk
+        raise SecurityError(f"{p.root}: cannot create the broker's security files ({exc.strerror or exc})") from None
+    with lock as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
