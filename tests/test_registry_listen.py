@@ -18,10 +18,11 @@ from devices.thing_description import td_payload, thing_description
 
 
 @pytest.fixture()
-def publisher(mosquitto) -> Iterator[mqtt.Client]:  # type: ignore[no-untyped-def]
-    """A device-side client; every retained message it left is cleared afterwards."""
+def publisher(fresh_broker) -> Iterator[mqtt.Client]:  # type: ignore[no-untyped-def]
+    """A device-side client on a broker of this test alone (other tests leave retained messages on the
+    session broker, which `listen` on every fleet would count)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="listen-test-device")
-    client.connect(mosquitto.host, mosquitto.port)
+    client.connect(fresh_broker.host, fresh_broker.port)
     client.loop_start()
     client.retained: list[str] = []  # type: ignore[attr-defined]
     try:
@@ -43,12 +44,12 @@ def _json(proc) -> dict:  # type: ignore[no-untyped-def]
     return json.loads(proc.stdout)
 
 
-def test_listen_ingests_retained_td_and_presence(mosquitto, publisher, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_listen_ingests_retained_td_and_presence(fresh_broker, publisher, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # Prepare: a device of fleet "lj" leaves its real TD (devices.thing_description) and presence retained,
     # a second device of another fleet must be ignored, and a third one sends junk.
     board = get_board("nano33ble")
     doc = thing_description(device_id="lj-dev-1", fleet="lj", board=board, use_case="sine",
-                            host=mosquitto.host, port=mosquitto.port, sensors=["scalar-signal"])
+                            host=fresh_broker.host, port=fresh_broker.port, sensors=["scalar-signal"])
     _retain(publisher, "tinyfleet/v1/lj/lj-dev-1/td", td_payload(doc))
     _retain(publisher, "tinyfleet/v1/lj/lj-dev-1/presence", json.dumps({"online": True, "ts": time.time()}).encode())
     _retain(publisher, "tinyfleet/v1/other/lj-dev-9/td", json.dumps(td("lj-dev-9", 4096, 32768, [])).encode())
@@ -57,7 +58,7 @@ def test_listen_ingests_retained_td_and_presence(mosquitto, publisher, tmp_path:
 
     # Execute
     t0 = time.monotonic()
-    got = _json(run_cli("registry", "listen", "--broker", f"mqtt://{mosquitto.host}:{mosquitto.port}",
+    got = _json(run_cli("registry", "listen", "--broker", f"mqtt://{fresh_broker.host}:{fresh_broker.port}",
                         "--fleet", "lj", "--duration", "2", "--store", str(store), "--json", timeout=60))
     elapsed = time.monotonic() - t0
 
@@ -71,7 +72,7 @@ def test_listen_ingests_retained_td_and_presence(mosquitto, publisher, tmp_path:
         ("lj-dev-1", True, board.ram_bytes, board.flash_bytes)]
 
     # A second listen on every fleet adds the other fleet's device and keeps the first one.
-    got = _json(run_cli("registry", "listen", "--broker", f"mqtt://{mosquitto.host}:{mosquitto.port}",
+    got = _json(run_cli("registry", "listen", "--broker", f"mqtt://{fresh_broker.host}:{fresh_broker.port}",
                         "--duration", "1.5", "--store", str(store), "--json", timeout=60))
     assert got["store_devices"] == 2
     names = sorted(r["name"] for r in _json(run_cli("registry", "inventory", "--store", str(store), "--json")))
