@@ -20,7 +20,7 @@ from devices.topics import check_name
 from firmware_models.exceptions import TinyFleetError
 from tinyfleet import config
 from tinyfleet.cli.broker import default_dir
-from tinyfleet.cli.output import JSON_HELP, err, print_json, table
+from tinyfleet.cli.output import JSON_HELP, err, print_json, run_until, table
 
 app = typer.Typer(
     help="Device agents: run one, simulate a fleet, list the devices on a broker.\n\n"
@@ -107,15 +107,6 @@ def _managed_server_credentials(broker_dir: Path | None, account: str) -> Creden
     return ensure_server_account(broker_dir, account)
 
 
-def _sleep(duration: float | None) -> None:
-    deadline = None if duration is None else time.monotonic() + duration
-    try:
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic())))
-    except KeyboardInterrupt:
-        err.print("stopping")
-
-
 def _log_to_stderr(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
@@ -176,7 +167,7 @@ def run(
             if not hub.wait_connected(10):
                 raise DeviceLinkError(link.last_error or f"{device_id}: no connection to {address.url} within 10 s")
             err.print(f"{device_id} online at {address.url} (fleet {fleet}, board {prof.name}); Ctrl-C stops")
-            _sleep(duration)
+            run_until(duration)
         finally:
             hub.stop()
         summary = {"device": device_id, "broker": address.url, "fleet": fleet, "board": prof.name,
@@ -244,7 +235,7 @@ def simulate(
             online_s = time.monotonic() - t_connect
             err.print(f"{connected}/{n} devices online at {address.url} (fleet {fleet}) in {connect_s:.2f} s"
                       + (f" ({sim.enroll_seconds:.2f} s enrolling)" if sim.enroll_seconds else ""))
-            _sleep(duration)
+            run_until(duration)
         finally:
             sim.stop()
         by_board: dict[str, int] = {}

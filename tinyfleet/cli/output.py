@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -55,3 +56,14 @@ def quiet_logs(verbose: bool) -> None:
     logging.getLogger("flwr").setLevel(level)
     logging.getLogger("federation").setLevel(level)
     logging.getLogger("tinyfleet.devices").setLevel(level if verbose else logging.ERROR)
+
+
+def run_until(duration: float | None) -> None:
+    """Block until `duration` seconds have passed (forever when None) or Ctrl-C; background threads
+    (agents, listeners) do the work meanwhile."""
+    deadline = None if duration is None else time.monotonic() + duration
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic())))
+    except KeyboardInterrupt:
+        err.print("stopping")

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from tinyfleet.cli.output import JSON_HELP, err, print_json, table
+from tinyfleet.cli.output import JSON_HELP, err, print_json, run_until, table
 
 app = typer.Typer(help="Semantic registry: add models and devices, match them, query the knowledge graph.",
                   no_args_is_help=True)
@@ -313,7 +313,7 @@ def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:por
                 if not json_out:
                     err.print(f"listening on {address.url} for fleet {fleet!r}"
                               + (f" for {duration:g} s" if duration is not None else " (Ctrl-C to stop)"))
-                _wait(duration)
+                run_until(duration)
         except (OSError, ConnectionError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise RegistryError(f"MQTT broker {address.url} unreachable: {reason}") from None
@@ -329,16 +329,6 @@ def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:por
           [[listener.devices_added, listener.presence_updates, len(listener.rejected), devices, online]])
     for line in listener.rejected:
         err.print(f"rejected: {line}")
-
-
-def _wait(duration: float | None) -> None:
-    """Sleep until `duration` has passed or Ctrl-C (the listener works on its own thread meanwhile)."""
-    deadline = None if duration is None else time.monotonic() + duration
-    try:
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic())))
-    except KeyboardInterrupt:
-        err.print("stopping")
 
 
 @app.command("export")
