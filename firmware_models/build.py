@@ -32,6 +32,7 @@ from firmware_models.interpreters import TFLiteModel
 from firmware_models.tflite_inspect import inspect_tflite
 from firmware_models.usecases.base import (
     ARTIFACT_BACKBONE,
+    ARTIFACT_BACKBONE_KERAS,
     ARTIFACT_CARD,
     ARTIFACT_HEAD,
     ARTIFACT_MODEL,
@@ -179,6 +180,7 @@ def export_artifacts(out_dir: str | Path, name: str, keras_model: Any, represent
     if backbone_model is not None:
         step("int8 conversion (backbone)", 0.15)
         backbone_bytes = to_full_int8(backbone_model, representative_x)
+        backbone_model.save(target / ARTIFACT_BACKBONE_KERAS)
         (target / ARTIFACT_BACKBONE).write_bytes(backbone_bytes)
     t_convert = time.perf_counter() - t0
     head_path = save_head(target / ARTIFACT_HEAD, head_weights)

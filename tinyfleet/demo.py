@@ -47,7 +47,7 @@ from federation.session import fleet_grid, initial_parameters
 from firmware_models.card import json_default
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.usecases import get_use_case
-from firmware_models.usecases.base import ARTIFACT_BACKBONE, ARTIFACT_CARD, ARTIFACT_MODEL
+from firmware_models.usecases.base import ARTIFACT_BACKBONE, ARTIFACT_BACKBONE_KERAS, ARTIFACT_CARD, ARTIFACT_MODEL
 from registry.ingest_model import add_model
 from registry.lineage import record_lineage
 from registry.presence import PresenceListener
@@ -190,8 +190,7 @@ def run_demo(opts: DemoOptions, *, say: Say, on_round: OnRound | None = None) ->
 
         # 6. deploy + lineage ---------------------------------------------------------------------
         reptile = runs["reptile"]
-        deployed = _deploy(uc, reptile["final"], model_dir, address, eligible, out, credentials=accounts["deploy"],
-                           say=say)
+        deployed = _deploy(uc, reptile["final"], model_dir, address, eligible, out, credentials=accounts["deploy"])
         new_iri = add_model(store, deployed["path"], deployed["card"])
         record_lineage(store, new_iri, reptile["run_id"], len(reptile["rounds"]), eligible, "tinyreptile",
                        reptile["started"], reptile["ended"], parent_model=model_iri)
@@ -231,8 +230,11 @@ def run_demo(opts: DemoOptions, *, say: Say, on_round: OnRound | None = None) ->
 
 # ------------------------------------------------------------------------------------------------ steps
 def _build_or_reuse(uc: Any, models_dir: Path, *, seed: int, quick: bool, say: Say) -> dict[str, Any]:
-    card_path = models_dir / uc.name / ARTIFACT_CARD
-    if card_path.is_file() and (models_dir / uc.name / ARTIFACT_MODEL).is_file():
+    d = models_dir / uc.name
+    card_path = d / ARTIFACT_CARD
+    complete = card_path.is_file() and (d / ARTIFACT_MODEL).is_file() and (
+        not (d / ARTIFACT_BACKBONE).is_file() or (d / ARTIFACT_BACKBONE_KERAS).is_file())
+    if complete:
         say(f"2. reusing the built {uc.name} model in {card_path.parent}")
         return json.loads(card_path.read_text())
     say(f"2. building the {uc.name} model (Keras -> full int8, TFLM arena measured)...")
@@ -269,33 +271,28 @@ def _federate(opts: DemoOptions, strategy: str, url: str, runs_dir: Path, models
 
 
 def _deploy(uc: Any, final: dict[str, np.ndarray], model_dir: Path, address: Any, eligible: list[str],
-            out: Path, *, credentials: Credentials | None = None, say: Say) -> dict[str, Any]:
+            out: Path, *, credentials: Credentials | None) -> dict[str, Any]:
     from firmware_models.build import score
-    from firmware_models.head_export import head_to_int8
+    from firmware_models.head_export import fused_model_int8
     from firmware_models.interpreters import TFLiteModel
     from firmware_models.quiet import stdout_to_stderr
     from firmware_models.tflite_inspect import inspect_tflite
 
     weights = [final[k] for k in weight_names(len(final))]
-    has_backbone = (model_dir / ARTIFACT_BACKBONE).is_file()
     probe = uc.devices("heldout", 8, samples_per_device=32, seed=1234)
     x = np.concatenate([d.x for d in probe])
     y = np.concatenate([d.y for d in probe])
-    if has_backbone:
-        feats = TFLiteModel.from_file(model_dir / ARTIFACT_BACKBONE).predict(x).reshape(len(x), -1)
-    else:
-        feats = x.reshape(len(x), -1)
     with stdout_to_stderr():
-        data = head_to_int8(weights, feats)
-    artifact = "head.tflite" if has_backbone else ARTIFACT_MODEL
+        data = fused_model_int8(model_dir, weights, x)
+    artifact = ARTIFACT_MODEL
     version_dir = out / "deployed"
     version_dir.mkdir(parents=True, exist_ok=True)
     path = version_dir / artifact
     path.write_bytes(data)
     report = inspect_tflite(path)
-    int8 = score(TFLiteModel.from_bytes(data).predict(feats), y, uc.kind)
+    int8 = score(TFLiteModel.from_bytes(data).predict(x), y, uc.kind)
     card = {"name": f"{uc.name}-federated", "task": uc.name, "kind": uc.kind, "sensors": list(uc.sensors),
-            "description": f"{uc.name} head learned by federated Reptile over the demo fleet",
+            "description": f"{uc.name}: backbone + head learned by federated Reptile over the demo fleet",
             "metrics": {"int8": int8}}
     fc = FleetClient(address, fleet=FLEET, client_id=DEPLOY_ACCOUNT, credentials=credentials).connect()
     try:
@@ -322,10 +319,12 @@ def _curve_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _summary(report: dict[str, Any], curves: dict[str, list[float]]) -> list[dict[str, Any]]:
     rows = []
     for name, ys in curves.items():
-        run = report["runs"].get(name, {})
-        rounds = run.get("rounds", [])
+        fs = report["fewshot"][name]
+        metric = [float(v) for v in fs.get("metric_mean") or []]
+        rounds = report["runs"].get(name, {}).get("rounds", [])
         rows.append({"init": name, "loss_0_steps": ys[0], "loss_5_steps": ys[min(5, len(ys) - 1)],
-                     "loss_10_steps": ys[-1],
+                     "loss_10_steps": ys[-1], "metric": fs.get("metric"),
+                     "metric_10_steps": metric[-1] if metric else None,
                      "bytes_up": sum(int(r.get("bytes_up") or 0) for r in rounds),
                      "bytes_down": sum(int(r.get("bytes_down") or 0) for r in rounds)})
     return rows

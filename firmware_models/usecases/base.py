@@ -140,3 +140,5 @@ ARTIFACT_BACKBONE = "backbone.tflite"  # frozen int8 feature extractor; absent w
 ARTIFACT_HEAD = "head.npz"             # initial float32 head: w0 (in, h0), b0 (h0,), w1, b1, ...; ReLU between
                                        # layers, linear output (logits for classification)
 ARTIFACT_CARD = "card.json"            # model card (see firmware_models.card)
+ARTIFACT_BACKBONE_KERAS = "backbone.keras"  # the float backbone, kept so that a federated head can be fused
+                                            # with it into a new whole int8 model (firmware_models.head_export)

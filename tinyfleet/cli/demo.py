@@ -70,9 +70,11 @@ def demo(
         print_json({k: report[k] for k in ("broker", "summary", "matchmaking", "deploy", "plots", "seconds")}
                    | {"report": str(out / "report.json")})
         return
+    metric = report["summary"][0].get("metric") or "metric"
     table(f"few-shot {task}: mean loss of {opts.newcomers} new devices ({opts.shots} shots)",
-          ["init", "0 steps", "5 steps", "10 steps", "bytes up", "bytes down"],
+          ["init", "loss, 0 steps", "5 steps", "10 steps", f"{metric}, 10 steps", "bytes up", "bytes down"],
           [[r["init"], f"{r['loss_0_steps']:.4g}", f"{r['loss_5_steps']:.4g}", f"{r['loss_10_steps']:.4g}",
+            "-" if r["metric_10_steps"] is None else f"{r['metric_10_steps']:.4g}",
             r["bytes_up"], r["bytes_down"]] for r in report["summary"]])
     err.print(f"plots: {', '.join(report['plots'])}\nreport: {out / 'report.json'} "
               f"({report['seconds']} s)", highlight=False)
