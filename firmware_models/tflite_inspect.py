@@ -189,8 +189,12 @@ def _buffer_len(model: Any, buffer_index: int) -> int:
     return int(b.size or 0)  # models > 2 GB keep data outside the flatbuffer (offset/size)
 
 
-def _tensor_report(model: Any, sg: Any, index: int, dtypes: dict[int, str]) -> TensorReport:
-    t = sg.tensors[index]
+def _tensor_report(model: Any, sg: Any, index: int, dtypes: dict[int, str], source: str) -> TensorReport:
+    tensors = sg.tensors or []
+    if not 0 <= index < len(tensors):
+        raise ModelFileError(f"{source}: subgraph input/output refers to missing tensor {index} "
+                             f"(the model has {len(tensors)})")
+    t = tensors[index]
     name = t.name.decode("utf-8", "replace") if isinstance(t.name, bytes) else str(t.name or "")
     shape = [int(s) for s in (t.shape if t.shape is not None else [])]
     rep = TensorReport(index=index, name=name, shape=shape, dtype=dtypes.get(int(t.type), f"type{t.type}"))
@@ -272,8 +276,8 @@ def inspect_bytes(data: bytes, *, source: str = "<bytes>") -> ModelReport:
         params=int(params),
         macs=int(sum(o.macs for o in ops)),
         ops=ops,
-        inputs=[_tensor_report(model, main, int(i), dtypes) for i in (main.inputs if main.inputs is not None else [])],
-        outputs=[_tensor_report(model, main, int(i), dtypes) for i in (main.outputs if main.outputs is not None else [])],
+        inputs=[_tensor_report(model, main, int(i), dtypes, source) for i in (main.inputs if main.inputs is not None else [])],
+        outputs=[_tensor_report(model, main, int(i), dtypes, source) for i in (main.outputs if main.outputs is not None else [])],
         subgraphs=len(model.subgraphs),
         n_tensors=sum(len(sg.tensors or []) for sg in model.subgraphs),
         constant_bytes=int(constant_bytes),
