@@ -70,15 +70,23 @@ class FleetGrid(Grid):
         Only these devices (or those for which the predicate is true) become nodes; this is how
         registry matchmaking restricts a run to devices that can run the model.
     norm_factor : float, default=10.0
-        A train update whose L2 norm exceeds `norm_factor` × the round's median is rejected.
+        A train update whose L2 norm exceeds `norm_factor` × the round's median is rejected...
+    norm_floor : float, default=0.1
+        ... unless it is at most `norm_floor` × the L2 norm of the parameters the device was sent.
+        Without this floor the median rule rejected honest updates on presence, where most rooms
+        are already fitted by the pretrained head (measured over 24 rooms, 50 steps at lr 0.02:
+        median update 0.0018, honest updates up to 0.24, ‖θ‖ 8.5): 1–2 of 8 replies per round,
+        always the devices with the most to teach.
     """
 
     def __init__(self, transport: Transport, codec: Codec, *, run_id: str,
-                 allow: Collection[str] | DeviceFilter | None = None, norm_factor: float = 10.0) -> None:
+                 allow: Collection[str] | DeviceFilter | None = None, norm_factor: float = 10.0,
+                 norm_floor: float = 0.1) -> None:
         self.transport = transport
         self.codec = codec
         self.run_id = run_id
         self.norm_factor = float(norm_factor)
+        self.norm_floor = float(norm_floor)
         self.ledger = RoundLedger()
         if allow is None or callable(allow):
             self._allow: DeviceFilter | None = allow  # type: ignore[assignment]
@@ -317,7 +325,12 @@ class FleetGrid(Grid):
         ok = [(i, r) for i, r in enumerate(replies)
               if not r.has_error() and "update-norm" in (_first(r.content.metric_records) or {})]
         norms = [float(_first(r.content.metric_records)["update-norm"]) for _, r in ok]  # type: ignore[index]
-        bad = outlier_indices(norms, factor=self.norm_factor)
+        floor = 0.0
+        if ok:  # every train request of a round carries the same θ
+            sent = _first(requests[ok[0][1].metadata.reply_to_message_id].content.array_records)
+            theta_sq = sum(float(np.sum(np.square(v.numpy(), dtype=np.float64))) for v in sent.values()) if sent else 0.0
+            floor = self.norm_floor * float(np.sqrt(theta_sq))
+        bad = outlier_indices(norms, factor=self.norm_factor, floor=floor)
         if not bad:
             return replies
         med = float(np.median(norms))
@@ -330,7 +343,8 @@ class FleetGrid(Grid):
             self.ledger.add(rnd, phase, replies=-1)
             self.ledger.reject(rnd, phase, "absurd-norm")
             out[i] = Message(Error(ERR_REJECTED, f"{device}: absurd-norm: update norm {norms[j]:.3g} > "
-                                                 f"{self.norm_factor:g} x median {med:.3g}"), reply_to=request)
+                                                 f"{self.norm_factor:g} x median {med:.3g} and > "
+                                                 f"{self.norm_floor:g} x |theta| ({floor:.3g})"), reply_to=request)
         return out
 
 

@@ -105,14 +105,17 @@ def check_train_arrays(arrays: Mapping[str, np.ndarray], sent: Mapping[str, np.n
     raise RejectedReply("bad-encoding", f"unknown reply encoding {encoding!r}")
 
 
-def outlier_indices(norms: Sequence[float], *, factor: float, min_replies: int = 3) -> list[int]:
-    """Indices whose update norm exceeds `factor` × the median norm of the round.
+def outlier_indices(norms: Sequence[float], *, factor: float, min_replies: int = 3, floor: float = 0.0) -> list[int]:
+    """Indices whose update norm exceeds both `factor` × the median norm of the round and `floor`.
 
     Why the median: one absurd update must not move the yardstick it is judged by. With fewer
-    than `min_replies` replies a median says little, so nothing is rejected.
+    than `min_replies` replies a median says little, so nothing is rejected. Why a floor: when
+    most devices already fit their data (a pretrained head on easy rooms), honest updates are
+    heavy-tailed — the median is ~0 and the few devices with something to learn would be
+    rejected as "absurd" although their update is small next to the parameters themselves.
     """
     if len(norms) < min_replies:
         return []
     med = float(np.median(np.asarray(norms, dtype=np.float64)))
-    limit = factor * max(med, 1e-12)
+    limit = max(factor * max(med, 1e-12), float(floor))
     return [i for i, n in enumerate(norms) if n > limit]
