@@ -56,7 +56,9 @@ from federation.fewshot import (  # noqa: E402
 )
 from federation.session import fleet_grid, initial_parameters  # noqa: E402
 from federation.strategies import Reptile, TinyMetaFed  # noqa: E402
+from firmware_models.interpreters import TFLiteModel  # noqa: E402
 from firmware_models.usecases import get_use_case  # noqa: E402
+from firmware_models.usecases.base import ARTIFACT_BACKBONE  # noqa: E402
 
 RESULTS = Path("docs/results")
 TASK_PROTOCOL: dict[str, dict[str, Any]] = {
@@ -209,9 +211,15 @@ def local_only(p: Protocol, sizes: list[int], steps: int) -> dict[str, Any]:
     devs = uc.devices("heldout", p.local_only_devices, samples_per_device=p.shots + 100, seed=p.seed)
     losses, metrics = [], []
     key = "mse" if uc.kind == "regression" else "accuracy"
+    backbone = None
+    if p.models_dir is not None:  # the same frozen backbone the fleet runs (use cases with one)
+        mdir = Path(p.models_dir)
+        mdir = mdir / p.task if (mdir / p.task).is_dir() else mdir
+        if (mdir / ARTIFACT_BACKBONE).is_file():
+            backbone = TFLiteModel.from_file(mdir / ARTIFACT_BACKBONE)
     for i, d in enumerate(devs):
         head = MLPHead(scratch_head(p.task, sizes=sizes, seed=p.seed), kind=uc.kind)
-        learner = OnlineLearner(head, None, lr=REPTILE.local_lr, seed=i)
+        learner = OnlineLearner(head, backbone, lr=REPTILE.local_lr, seed=i)
         learner.train(d.x[:p.shots], d.y[:p.shots], steps)
         ev = learner.evaluate(d.x[p.shots:], d.y[p.shots:])
         losses.append(ev["loss"])
@@ -333,7 +341,8 @@ def run_task(p: Protocol, out_dir: Path) -> dict[str, Any]:
             broker.stop()
     sizes = head_sizes(initial_parameters(p.task, models_dir=Path(p.models_dir) if p.models_dir else None))
     res["scratch"] = fewshot_curve(scratch_head(p.task, sizes=sizes, seed=p.seed + 17), task=p.task, shots=p.shots,
-                                   max_steps=p.curve_steps, lr=p.adapt_lr, n_devices=p.heldout_devices, seed=p.seed)
+                                   max_steps=p.curve_steps, lr=p.adapt_lr, n_devices=p.heldout_devices, seed=p.seed,
+                                   models_dir=Path(p.models_dir) if p.models_dir else None)
     per_device = res["methods"]["reptile"]["rounds"][-1]["device_steps"] // p.fleet
     res["local_only"] = local_only(p, sizes, per_device + p.adapt_steps)
     res["bars"] = bars(p, res)
