@@ -69,7 +69,7 @@ class DemoOptions:
     out: Path
     task: str = "sine"
     devices: int = 50
-    rounds: int = 30
+    rounds: int = 100
     newcomers: int = 50
     shots: int = 10
     boards: str = DEFAULT_BOARDS

@@ -18,7 +18,7 @@ def demo(
     quick: Annotated[bool, typer.Option(help="Small fleet and few rounds (about a minute).")] = False,
     devices: Annotated[int | None, typer.Option(help="Simulated devices (default 50; 16 with --quick).",
                                                 min=2, max=2000)] = None,
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds per strategy (default 30; 8 with --quick).",
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds per strategy (default 100; 8 with --quick).",
                                                min=1, max=10000)] = None,
     broker: Annotated[str | None, typer.Option(help="Use this broker (mqtt://host:port) instead of a private "
                                                     "Mosquitto.")] = None,
