@@ -313,7 +313,7 @@ def _deploy(uc: Any, final: dict[str, np.ndarray], model_dir: Path, address: Any
 
 
 def _curve_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"round": r["round"], "train_loss": r.get("loss"), "eval_loss": r.get("eval_loss")} for r in rounds]
+    return [{"round": r["round"], "train_loss": r.get("train_loss"), "eval_loss": r.get("eval_loss")} for r in rounds]
 
 
 def _summary(report: dict[str, Any], curves: dict[str, list[float]]) -> list[dict[str, Any]]:

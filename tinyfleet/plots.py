@@ -18,7 +18,8 @@ def learning_curve(rounds: Sequence[Mapping[str, float]], path: Path, *, title: 
     """Train loss (and evaluation loss when present) per round."""
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [int(r["round"]) for r in rounds]
-    for key, label in (("train_loss", "train loss (devices)"), ("eval_loss", "held-out loss")):
+    for key, label in (("train_loss", "devices' loss while training (mean over local steps)"),
+                       ("eval_loss", "global head on the devices' held-out samples")):
         ys = [r.get(key) for r in rounds]
         if any(y is not None for y in ys):
             ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=label)
