@@ -17,6 +17,7 @@ from rdflib.term import Node
 from registry.exceptions import AmbiguousNameError, ReadOnlyQueryError, RegistryInputError, UnknownEntityError
 from registry.namespaces import NNET, S3N, check_iri, is_sha256, mint_model
 from registry.store import RegistryStore
+from registry.values import python_value
 
 
 @lru_cache(maxsize=None)
@@ -25,19 +26,7 @@ def load_query(name: str) -> str:
     return resources.files("registry").joinpath(f"queries/{name}.rq").read_text(encoding="utf-8")
 
 
-def _py(node: Node | None) -> Any:
-    if node is None:
-        return None
-    if isinstance(node, Literal):
-        value = node.toPython()
-        if hasattr(value, "isoformat"):
-            return value.isoformat()
-        if isinstance(value, Literal):  # unknown datatype: keep the lexical form
-            return str(value)
-        if isinstance(value, float) and value.is_integer() and node.datatype and "integer" in str(node.datatype):
-            return int(value)
-        return value
-    return str(node)
+_py = python_value
 
 
 def rows_py(rows: list[dict[str, Node]]) -> list[dict[str, Any]]:
@@ -83,7 +72,7 @@ def devices_for_model(store: RegistryStore, model: str | URIRef) -> list[dict[st
     """Devices that can run `model`, with the RAM/flash figures compared and their sensor kinds."""
     m = model if isinstance(model, URIRef) else resolve(store, model, kind="model")
     out = []
-    for r in rows_py(store.select(load_query("devices_for_model"), {"model": m})):
+    for r in store.select_values(load_query("devices_for_model"), {"model": m}):
         out.append({"iri": r["device"], "name": r.get("name"), "ram_bytes": r.get("ram"),
                     "ram_needed_bytes": r.get("ram_need"), "flash_bytes": r.get("flash"),
                     "flash_needed_bytes": r.get("flash_need"), "sensors": _sensors(r.get("sensors")),
@@ -115,7 +104,7 @@ def explain_model(store: RegistryStore, model: str | URIRef) -> dict[str, Any]:
     """Every device, split into `eligible` and `excluded` (each excluded one with its reasons)."""
     m = model if isinstance(model, URIRef) else resolve(store, model, kind="model")
     eligible, excluded = [], []
-    for r in rows_py(store.select(load_query("device_fit_all"), {"model": m})):
+    for r in store.select_values(load_query("device_fit_all"), {"model": m}):
         item = {"iri": r["device"], "name": r.get("name"), "ram_bytes": r.get("ram"),
                 "ram_needed_bytes": r.get("ram_need"), "flash_bytes": r.get("flash"),
                 "flash_needed_bytes": r.get("flash_need"), "online": r.get("online")}
@@ -131,7 +120,7 @@ def models_for_device(store: RegistryStore, device: str | URIRef) -> list[dict[s
     """Models that fit `device`, with the RAM/flash figures compared and the sensors they need."""
     d = device if isinstance(device, URIRef) else resolve(store, device, kind="device")
     out = []
-    for r in rows_py(store.select(load_query("models_for_device"), {"device": d})):
+    for r in store.select_values(load_query("models_for_device"), {"device": d}):
         out.append({"iri": r["model"], "name": r.get("name"), "task": r.get("task"), "ram_bytes": r.get("ram"),
                     "ram_needed_bytes": r.get("ram_need"), "flash_bytes": r.get("flash"),
                     "flash_needed_bytes": r.get("flash_need"), "sensors": _sensors(r.get("sensors"))})
@@ -142,7 +131,7 @@ def explain_device(store: RegistryStore, device: str | URIRef) -> dict[str, Any]
     """Every model, split into `eligible` and `excluded` for `device` (with reasons)."""
     d = device if isinstance(device, URIRef) else resolve(store, device, kind="device")
     eligible, excluded = [], []
-    for r in rows_py(store.select(load_query("model_fit_all"), {"device": d})):
+    for r in store.select_values(load_query("model_fit_all"), {"device": d}):
         item = {"iri": r["model"], "name": r.get("name"), "task": r.get("task"), "ram_bytes": r.get("ram"),
                 "ram_needed_bytes": r.get("ram_need"), "flash_bytes": r.get("flash"),
                 "flash_needed_bytes": r.get("flash_need")}
@@ -167,7 +156,7 @@ def models_by_metric(store: RegistryStore, metric: str, *, minimum: float | None
         b["sensor"] = Literal(sensor.lower())
     rows = [{"iri": r["model"], "name": r.get("name"), "task": r.get("task"), "metric": r.get("metric", metric),
              "value": r.get("value"), "precision": r.get("precision")}
-            for r in rows_py(store.select(load_query("models_by_metric"), b))]
+            for r in store.select_values(load_query("models_by_metric"), b)]
     if ascending:
         rows.sort(key=lambda r: (r["value"], r["name"] or ""))
     return rows
@@ -179,14 +168,14 @@ def inventory(store: RegistryStore) -> list[dict[str, Any]]:
              "last_seen": r.get("last_seen"), "model": r.get("model"), "model_name": r.get("model_name"),
              "model_version": r.get("model_version"), "sha256": r.get("sha256"), "mcu": r.get("mcu"),
              "ram_bytes": r.get("ram"), "flash_bytes": r.get("flash")}
-            for r in rows_py(store.select(load_query("inventory")))]
+            for r in store.select_values(load_query("inventory"))]
 
 
 def lineage(store: RegistryStore, model: str | URIRef) -> dict[str, Any]:
     """The federated runs that generated `model` (PROV-O), with rounds, devices and parent model."""
     m = model if isinstance(model, URIRef) else resolve(store, model, kind="model")
     runs = []
-    for r in rows_py(store.select(load_query("lineage"), {"model": m})):
+    for r in store.select_values(load_query("lineage"), {"model": m}):
         runs.append({"run": r["run"], "run_id": r.get("run_id"), "strategy": r.get("strategy"),
                      "rounds": r.get("rounds"), "started": r.get("started"), "ended": r.get("ended"),
                      "devices": sorted(str(r.get("devices") or "").split()), "parent": r.get("parent"),
@@ -199,7 +188,7 @@ def search(store: RegistryStore, text: str) -> list[dict[str, Any]]:
     if not text.strip():
         raise RegistryInputError("search text is empty")
     return [{"iri": r["entity"], "kind": r.get("kind"), "name": r.get("name"), "matched": r.get("matched")}
-            for r in rows_py(store.select(load_query("search"), {"q": Literal(text.strip().lower())}))]
+            for r in store.select_values(load_query("search"), {"q": Literal(text.strip().lower())})]
 
 
 def raw_query(store: RegistryStore, text: str) -> dict[str, Any]:
