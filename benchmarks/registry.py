@@ -371,17 +371,19 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
               f"{cfg['devices']:,}, models_for_device {payload['stores'][0]['models_for_device']['rows_mean']:,.0f} "
               f"models (max {payload['stores'][0]['models_for_device']['rows_max']:,}) out of {cfg['models']:,}: "
               "a match is a large answer, and its latency grows with the number of rows (query + conversion of "
-              "every row to Python). Profiling the embedded devices_for_model query showed the per-device "
-              "GROUP_CONCAT of sensor kinds (about 11 rows per device before grouping) and the conversion of "
-              "result rows to rdflib terms as the dominant costs; rewriting the .rq (GROUP BY ?device with "
-              "SAMPLE, a grouped sub-select) did not make it several times faster, so the queries are unchanged.",
+              "every row to Python). What makes them fast enough to compare: devices_for_model reads each device's "
+              "sensor kinds from one derived `tf:sensorKinds` literal instead of a GROUP_CONCAT over ~14 sensor rows "
+              "per device (no GROUP BY at all), and the embedded store runs the query on pyoxigraph directly and "
+              "converts terms straight to Python values instead of building rdflib terms through oxrdflib. What "
+              "remains is Oxigraph's own evaluation of the joins, OPTIONALs, the sensor NOT EXISTS and the ORDER BY "
+              "for thousands of result rows.",
               "",
               "rdflib-memory was loaded with rdflib's native `Graph.addN` because its SPARQL update parser ran at "
               + ", ".join(f"{r['ingest']['sparql_update_sample']['triples_per_s']:,.0f}" for r in payload["stores"]
                           if r["ingest"].get("sparql_update_sample"))
               + " triples/s on a 5-device sample (the full fleet would take hours); its ingest figure is that "
-              "bulk load. 'replace 1 device' includes a `DELETE` whose FILTER scans the whole graph, hence its "
-              "growth with store size.", "",
+              "bulk load. 'replace 1 device' deletes the old description by index lookups from the device IRI "
+              "(its triples and its sub-resources'), not by scanning the graph.", "",
               f"Machine: {m['cpu']}, {m['cores']} cores (shared with other jobs), {m['ram_gib']} GiB RAM, "
               f"Python {m['python']}, rdflib {m['rdflib']}, pyoxigraph {m['pyoxigraph']}. "
               f"Sizes: {cfg['devices']:,} devices (TDs of real board profiles) and {cfg['models']:,} models, "

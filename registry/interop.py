@@ -24,6 +24,7 @@ from rdflib.namespace import RDF, RDFS
 
 from registry.exceptions import RegistryInputError, ValidationFailedError
 from registry.namespaces import ID, NNET, OM, S3N, SCHEMA, SSN, SSNS, TD, TF, check_iri
+from registry.ingest_device import set_sensor_kinds_summary
 from registry.store import RegistryStore
 from registry.validation import validate
 
@@ -146,6 +147,8 @@ def normalize(g: Graph) -> list[str]:
                     g.add((sub, TF.sensorKind, Literal(k)))
             for k in list(g.objects(sub, TF.sensorKind)):
                 g.add((d, TF.sensorKind, Literal(str(k))))
+    for d in set(g.subjects(RDF.type, S3N.SmartSensor)):
+        set_sensor_kinds_summary(g, d)
     return problems
 
 
