@@ -39,4 +39,33 @@ def check_quick_build(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     feats = backbone.predict(x)
     with np.load(art / "head.npz") as head:
         assert feats.shape == (3, head["w0"].shape[0])
+    check_registry_match(name, art)
     return card
+
+
+def check_registry_match(name: str, art: Path) -> None:
+    """The built model goes into the registry with its measured figures, and matchmaking picks a board
+    that has its sensors and RAM while excluding the 2 KB Uno with the reasons."""
+    from devices.boards import BOARDS, get_board
+    from devices.thing_description import thing_description
+    from registry.ingest_device import add_device
+    from registry.ingest_model import add_model
+    from registry.queries import explain_model
+    from registry.store import open_store
+
+    card = json.loads((art / "card.json").read_text())
+    needed = set(get_use_case(name).sensors)
+    fit = next(b for b in BOARDS.values() if needed <= set(b.sensors) and b.ram_bytes >= 64 * 1024)
+    store = open_store(memory=True)
+    try:
+        model = add_model(store, art / "model.tflite", art / "card.json")
+        for dev, board in (("fits", fit), ("tiny", get_board("uno"))):
+            add_device(store, thing_description(device_id=dev, fleet="t", board=board, use_case=name,
+                                                host="127.0.0.1", port=1883, sensors=board.sensors), online=True)
+        result = explain_model(store, model)
+    finally:
+        store.close()
+    assert [(e["name"], e["ram_needed_bytes"], e["flash_needed_bytes"]) for e in result["eligible"]] == [
+        ("fits", card["arena_bytes"], card["flash_bytes"])]
+    (tiny,) = result["excluded"]
+    assert tiny["name"] == "tiny" and any("too little RAM" in r for r in tiny["reasons"])
