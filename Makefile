@@ -13,12 +13,14 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 setup: system-deps $(VENV)/.installed
 
 # Debian/Ubuntu packages the tool and its tests use: Mosquitto (broker), espeak-ng (keyword audio),
-# Noto fonts (handwritten-character glyphs). Installed only when missing; needs root or sudo.
+# Noto fonts (handwritten-character glyphs), python3-venv (Debian's python3 lacks venv without it).
+# Installed only when missing; needs root or sudo.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto mosquitto-clients"; \
 	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
 	[ -d /usr/share/fonts/truetype/noto ] || missing="$$missing fonts-noto-core"; \
+	$(PYTHON) -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  echo "installing:$$missing"; \
