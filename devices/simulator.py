@@ -25,8 +25,10 @@ from firmware_models.exceptions import TinyFleetError
 from firmware_models.interpreters import TFLiteModel
 from firmware_models.usecases import get_use_case
 from firmware_models.usecases.base import ARTIFACT_BACKBONE, DeviceData, UseCase
+from firmware_models.usecases.sine import HIDDEN as SINE_HIDDEN
 
-DEFAULT_HIDDEN = (32, 32)
+# A backbone-free use case without a built model starts from a fresh head of the sine model's shape.
+DEFAULT_HIDDEN = SINE_HIDDEN
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from devices.broker import MosquittoBroker
 from devices.head import MLPHead
 from devices.mqtt_link import Credentials, parse_broker_url
 from devices.protocol import weight_names
+from devices.simulator import DEFAULT_HIDDEN  # the head simulated devices build without a model
 from firmware_models.usecases import get_use_case
 from firmware_models.usecases.base import ARTIFACT_HEAD
 from federation.coordinator import RunConfig
@@ -32,7 +33,6 @@ from federation.grid import DeviceFilter, FleetGrid
 from federation.mqtt_transport import MqttTransport
 from federation.wire import ProtocolCodec
 
-DEFAULT_HIDDEN = (32, 32)  # the head devices.simulator builds for a backbone-free use case
 
 
 def initial_parameters(task: str, *, models_dir: Path | None = None, seed: int = 0) -> dict[str, np.ndarray]:
