@@ -276,10 +276,6 @@ class MLPHead:
         """Batch forward pass: features (n, in) -> outputs (n, out) (values or logits)."""
         return self._forward(self._feats(feats, batch=True))[-1]
 
-    def predict_classes(self, feats: np.ndarray) -> np.ndarray:
-        """Arg-max class ids (classification heads)."""
-        return np.argmax(self.predict(feats), axis=1)
-
     def loss_and_grads(self, feat: np.ndarray, target: object, *,
                        layers: Iterable[int] | None = None) -> tuple[float, list[np.ndarray]]:
         """Loss of one sample and the gradient of every parameter array (head.npz layout).

@@ -37,9 +37,14 @@ DeviceFilter = Callable[[str], bool]
 ERR_DEVICE, ERR_REJECTED = 1, 2
 
 
+def _hash63(text: str) -> int:
+    """A stable non-negative int64 from `text` (Flower's node and run ids are int64)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & (2**63 - 1)
+
+
 def node_id_for(device_id: str) -> int:
     """A stable positive int64 node id for `device_id` (> 1: node 1 is the server in Flower)."""
-    raw = int.from_bytes(hashlib.sha256(device_id.encode()).digest()[:8], "big") & (2**63 - 1)
+    raw = _hash63(device_id)
     return raw if raw > 1 else raw + 2
 
 
@@ -98,7 +103,7 @@ class FleetGrid(Grid):
         self._replies: dict[str, Message] = {}
         self._devices_by_node: dict[int, str] = {}
         self._current_round = 0
-        self._run: Run = flower_compat.empty_run(_numeric_run_id(run_id))
+        self._run: Run = flower_compat.empty_run(_hash63(run_id))
         self.transport.on_device_online(self._resend_inflight)
         self.transport.start(self._on_payload)
 
@@ -370,10 +375,6 @@ def _harmonize_metrics(replies: list[Message]) -> list[Message]:
         for key in [k for k in rec if k not in common]:  # type: ignore[union-attr]
             del rec[key]  # type: ignore[union-attr]
     return replies
-
-
-def _numeric_run_id(run_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:8], "big") & (2**63 - 1)
 
 
 __all__ = ["FleetGrid", "node_id_for"]

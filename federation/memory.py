@@ -42,11 +42,6 @@ class MemoryTransport(Transport):
         with self._lock:
             return sorted(self._online)
 
-    def set_online(self, device_id: str, online: bool) -> None:
-        """Simulate a device joining or leaving."""
-        with self._lock:
-            (self._online.add if online else self._online.discard)(device_id)
-
     def send(self, device_id: str, payload: bytes) -> None:
         self._pool.submit(self._run, device_id, payload)
 

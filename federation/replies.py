@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,15 +36,6 @@ class RejectedReply(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-@dataclass(frozen=True)
-class CheckedReply:
-    """A reply that passed the per-reply checks, with its update's L2 norm (train replies only)."""
-
-    arrays: dict[str, np.ndarray]
-    metrics: dict[str, int | float]
-    update_norm: float | None
 
 
 def check_metrics(metrics: object, *, phase: str) -> dict[str, int | float]:

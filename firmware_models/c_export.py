@@ -63,8 +63,11 @@ def write_c_source_pair(model: bytes, out_dir: str | Path, name: str) -> tuple[P
     header, source = c_source_pair(model, name)
     ident = c_identifier(name)
     h_path, cc_path = out / f"{ident}_model_data.h", out / f"{ident}_model_data.cc"
-    h_path.write_text(header)
-    cc_path.write_text(source)
+    for path, text in ((h_path, header), (cc_path, source)):
+        try:
+            path.write_text(text)
+        except OSError as exc:
+            raise ExportError(f"{path}: cannot write ({exc.strerror})") from None
     return h_path, cc_path
 
 

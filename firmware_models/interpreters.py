@@ -51,22 +51,6 @@ class TensorInfo:
         return ((np.asarray(q, dtype=np.float32) - self.zero_point) * self.scale).astype(np.float32)
 
 
-def available_backends() -> list[Backend]:
-    """Backends importable in this environment, in preference order."""
-    found: list[Backend] = []
-    for name, module in (
-        ("litert", "ai_edge_litert.interpreter"),
-        ("tflite_runtime", "tflite_runtime.interpreter"),
-        ("tflm", "tflite_micro"),
-    ):
-        try:
-            importlib.import_module(module)
-        except Exception:  # noqa: BLE001 - a broken install (tflite-runtime + numpy 2) counts as absent
-            continue
-        found.append(name)  # type: ignore[arg-type]
-    return found
-
-
 class TFLiteModel:
     """A loaded single-subgraph TFLite model on one backend.
 

@@ -23,7 +23,7 @@ from rdflib.compare import to_canonical_graph
 from rdflib.namespace import RDF, RDFS
 
 from registry.exceptions import RegistryInputError, ValidationFailedError
-from registry.namespaces import ID, NNET, OM, S3N, SCHEMA, SSN, SSNS, TD, TF, check_iri
+from registry.namespaces import ID, NNET, S3N, SCHEMA, SSN, SSNS, TD, TF, check_iri
 from registry.ingest_device import set_sensor_kinds_summary
 from registry.store import RegistryStore
 from registry.validation import validate
@@ -258,8 +258,3 @@ def import_file(store: RegistryStore, path: Path | str) -> int:
     """Import one file atomically; returns the number of triples written."""
     g = prepare(Path(path))
     return store.write(g)
-
-
-def unit_factor(unit: URIRef) -> int | None:
-    """Bytes per unit for an OM unit IRI (exposed for tests and docs)."""
-    return _UNIT_BYTES.get(_local(unit)) if str(unit).startswith(str(OM)) or ":" in str(unit) else None

@@ -24,14 +24,6 @@ def shapes_graph() -> Graph:
     return g
 
 
-@lru_cache(maxsize=1)
-def vocabulary_graph() -> Graph:
-    """The shipped tf: vocabulary (registry/vocab/tinyfleet.ttl)."""
-    g = Graph()
-    g.parse(data=resources.files("registry").joinpath("vocab/tinyfleet.ttl").read_text(encoding="utf-8"), format="turtle")
-    return g
-
-
 def violations(data: Graph) -> list[str]:
     """Plain-English SHACL violations of `data`, sorted; empty when it conforms."""
     import pyshacl

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from fixtures_models import run_cli
 from registry_helpers import td
 
 from devices.boards import get_board
+from devices.broker import free_port
 from devices.thing_description import td_payload, thing_description
 
 
@@ -79,13 +79,7 @@ def test_listen_ingests_retained_td_and_presence(fresh_broker, publisher, tmp_pa
     assert names == ["lj-dev-1", "lj-dev-9"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-_CLOSED = _free_port()
+_CLOSED = free_port()  # nothing listens there
 
 
 @pytest.mark.parametrize(("args", "code", "match"), [

@@ -15,7 +15,7 @@ occupants switch on (and sometimes forget); a PIR sensor counts movements.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -205,10 +205,3 @@ def simulate_room(spec: RoomSpec, *, days: int = 7, seed: int = 0, change_day: i
             values[s:s + int(rng.integers(1, 30)), ch] = np.nan
     return SensorLog(spec.name, np.arange(steps, dtype=np.float64), values.astype(np.float32),
                      (people > 0).astype(np.int64))
-
-
-def drift_stream(spec: RoomSpec, *, days: int = 14, change_day: int = 7, seed: int = 0,
-                 new_kind: RoomKind = "night_shift") -> SensorLog:
-    """A room whose use changes on `change_day` (e.g. office -> night shift): concept drift."""
-    return simulate_room(replace(spec, name=f"{spec.name}-drift"), days=days, seed=seed,
-                         change_day=change_day, new_kind=new_kind)

@@ -30,10 +30,6 @@ def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
     return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
 
 
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
-    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
-
-
 @lru_cache(maxsize=8)
 def mel_filterbank(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE,
                    f_min: float = F_MIN, f_max: float = F_MAX) -> np.ndarray:

@@ -22,7 +22,7 @@ def demo(
                                                min=1, max=10000)] = None,
     broker: Annotated[str | None, typer.Option(help="Use this broker (mqtt://host:port) instead of a private "
                                                     "Mosquitto.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of data, sampling and initial heads.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of data, sampling and initial heads.", min=0)] = 0,
     insecure: Annotated[bool, typer.Option("--insecure", help="Leave the private broker open (debugging only; "
                                            "by default it refuses anonymous clients).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,

@@ -123,7 +123,7 @@ def run(
     state_dir: Annotated[Path | None, typer.Option(file_okay=False,
                                                    help="Where deployed models are kept.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Local samples of this device.")] = 100,
-    seed: Annotated[int, typer.Option(help="Selects this device's task (non-IID data).")] = 0,
+    seed: Annotated[int, typer.Option(help="Selects this device's task (non-IID data).", min=0)] = 0,
     telemetry: Annotated[float, typer.Option(min=0, help="Telemetry period in seconds (0: off).")] = 10.0,
     duration: Annotated[float | None, typer.Option(min=0, help="Stop after S seconds (default: Ctrl-C).")] = None,
     user: UserOption = None, password: PasswordOption = None, ca: CaOption = None, cert: CertOption = None,
@@ -190,7 +190,7 @@ def simulate(
     models: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
                                                 help="Folder of `tinyfleet models build` output.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Local samples per device.")] = 50,
-    seed: Annotated[int, typer.Option(help="Seed of data, boards and faults.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of data, boards and faults.", min=0)] = 0,
     data: Annotated[Path | None, typer.Option(
         "--data", help="Real data set for the use case (as for `models build --data`); devices stream it.")] = None,
     drop: Annotated[float, typer.Option(min=0, max=1, help="Probability a device ignores a task.")] = 0.0,

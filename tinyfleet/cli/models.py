@@ -23,7 +23,7 @@ ModelPath = Annotated[Path, typer.Argument(help="A .tflite file (ours or third-p
 def build(
     task: Annotated[str, typer.Argument(help=f"Use case to build, or '{ALL}'.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory; artifacts go to OUT/<task>/.")] = Path("models"),
-    seed: Annotated[int, typer.Option(help="Seed for data generation and training.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for data generation and training.", min=0)] = 0,
     quick: Annotated[bool, typer.Option("--quick", help="Fewer devices and epochs (for tests and demos).")] = False,
     data: Annotated[Path | None, typer.Option(
         "--data", help="Train on the real public data set at DATA instead of the generator: characters = "

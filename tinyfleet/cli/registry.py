@@ -192,9 +192,13 @@ def query(file: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None, u
 
     Example: tinyfleet registry query my-query.rq --json
     """
+    from registry.exceptions import RegistryInputError
     from registry.queries import raw_query
 
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RegistryInputError(f"{file}: not UTF-8 text") from None
     with _open(store, endpoint, update_endpoint, user) as st:
         result = raw_query(st, text)
     if json_out:
