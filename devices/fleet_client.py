@@ -86,7 +86,9 @@ class FleetClient:
     # ------------------------------------------------------------------------------ callbacks
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            self._error = f"broker {self.address.url} refused the connection: {reason}"
+            hint = ("; a tinyfleet broker refuses anonymous clients: pass a server account with --credentials "
+                    "(<broker dir>/security/credentials/fleet-server.json)" if "authori" in str(reason).lower() else "")
+            self._error = f"broker {self.address.url} refused the connection: {reason}{hint}"
             self._connected.set()  # wakes connect() at once: a refusal (bad password, ACL) is final
             return
         sock = client.socket()
