@@ -21,6 +21,7 @@ from pathlib import Path
 from rdflib import BNode, Graph, Literal, URIRef
 from rdflib.compare import to_canonical_graph
 from rdflib.namespace import RDF, RDFS
+from rdflib.term import Node
 
 from registry.exceptions import RegistryInputError, ValidationFailedError
 from registry.namespaces import ID, NNET, S3N, SCHEMA, SSN, SSNS, TD, TF, check_iri
@@ -54,6 +55,14 @@ def sensor_kind(cls: URIRef) -> str | None:
         name = name[: -len("sensor")]
     name = _SENSOR_SYNONYMS.get(name, name)
     return None if name in _NOT_SENSOR_KINDS else name
+
+
+def _add_memory_figure(g: Graph, subject: URIRef, node: Node, props: dict[str, URIRef], problems: list[str]) -> None:
+    """Copy a published RAM/flash figure of `node` onto `subject` as bytes, unless it already states one."""
+    prop = props.get(_memory_kind(g, node) or "")
+    value = _bytes(g, node, problems)
+    if prop is not None and value is not None and g.value(subject, prop) is None:
+        g.add((subject, prop, Literal(value)))
 
 
 def _memory_kind(g: Graph, node: object) -> str | None:
@@ -100,11 +109,8 @@ def normalize(g: Graph) -> list[str]:
     for m in models:
         for feature in g.objects(m, S3N.hasProcedureFeature):
             for cond in g.objects(feature, SSNS.inCondition):
-                kind = _memory_kind(g, cond)
-                value = _bytes(g, cond, problems)
-                prop = {"ram": TF.ramRequiredBytes, "flash": TF.flashRequiredBytes}.get(kind or "")
-                if prop is not None and value is not None and g.value(m, prop) is None:
-                    g.add((m, prop, Literal(value)))
+                _add_memory_figure(g, m, cond, {"ram": TF.ramRequiredBytes, "flash": TF.flashRequiredBytes},
+                                   problems)
         for inp in g.objects(m, SSN.hasInput):
             for sensor, p in g.subject_predicates(inp):
                 if _local(p) == "provideinput":
@@ -131,11 +137,7 @@ def normalize(g: Graph) -> list[str]:
             if S3N.MicroController in types:
                 for cap in g.objects(sub, S3N.hasSystemCapability):
                     for prop in g.objects(cap, SSNS.hasSystemProperty):
-                        kind = _memory_kind(g, prop)
-                        value = _bytes(g, prop, problems)
-                        target = {"ram": TF.ramBytes, "flash": TF.flashBytes}.get(kind or "")
-                        if target is not None and value is not None and g.value(d, target) is None:
-                            g.add((d, target, Literal(value)))
+                        _add_memory_figure(g, d, prop, {"ram": TF.ramBytes, "flash": TF.flashBytes}, problems)
                 for model in g.objects(sub, SSN.implements):
                     if (model, RDF.type, NNET.NeuralNetwork) in g and g.value(d, TF.runsModel) is None:
                         g.add((d, TF.runsModel, model))
