@@ -46,13 +46,17 @@ import numpy as np
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from devices.broker import MosquittoBroker  # noqa: E402
-from devices.head import MLPHead  # noqa: E402
-from devices.learner import OnlineLearner  # noqa: E402
+from broker.process import MosquittoBroker
+from devices.learning.head import MLPHead
+from devices.learning.learner import OnlineLearner
 from federation.checkpoint import load_checkpoint  # noqa: E402
 from federation.coordinator import CHECKPOINT_FILE, Coordinator, RunConfig  # noqa: E402
 from federation.fewshot import (  # noqa: E402
-    DEFAULT_ADAPT_LR, NEW_DEVICE_RECONSTRUCT_STEPS, fewshot_curve, head_sizes, scratch_head,
+    DEFAULT_ADAPT_LR,
+    NEW_DEVICE_RECONSTRUCT_STEPS,
+    fewshot_curve,
+    head_sizes,
+    scratch_head,
 )
 from federation.session import fleet_grid, initial_parameters  # noqa: E402
 from federation.strategies import Reptile, TinyMetaFed  # noqa: E402

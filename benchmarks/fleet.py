@@ -41,7 +41,6 @@ import platform
 import resource
 import selectors
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,11 +53,12 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from devices.broker import MosquittoBroker, find_mosquitto
-from devices.head import MLPHead
-from devices.mqtt_link import BrokerAddress, Link, MqttHub
-from devices.protocol import MessageType, encode_task, frame_header
-from devices.topics import device_topic, fleet_filter, parse_topic
+from broker.process import MosquittoBroker, find_mosquitto
+from devices.learning.head import MLPHead
+from devices.link.address import BrokerAddress
+from devices.link.hub import Link, MqttHub
+from devices.wire.protocol import MessageType, encode_task, frame_header
+from devices.wire.topics import device_topic, fleet_filter, parse_topic
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "docs" / "results"
@@ -92,7 +92,7 @@ def percentile(values: list[float], q: float) -> float:
 class EchoDevice:
     """The baseline device: a bare paho client that returns every task payload at once, no decoding.
 
-    It implements `devices.mqtt_link.Endpoint`, so the hub, the sockets and the QoS are exactly the
+    It implements `devices.link.hub.Endpoint`, so the hub, the sockets and the QoS are exactly the
     agent's; what differs is only the work the device does per message.
     """
 

@@ -6,7 +6,7 @@ metrics, build time; and checks the quality floors of issue #4:
 
 * characters: 5-way 5-shot accuracy of head-only adaptation on meta-test characters >= 80%
   (frozen int8 backbone features, the initial head trained by SGD on the 25 support shots with
-  `devices.head.MLPHead`, exactly what a device does, accuracy on the query set);
+  `devices.learning.head.MLPHead`, exactly what a device does, accuracy on the query set);
 * keywords: int8 accuracy on held-out speakers >= 85%;
 * presence: int8 accuracy on held-out rooms >= 90%.
 
@@ -29,7 +29,7 @@ import numpy as np
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from devices.head import MLPHead  # noqa: E402
+from devices.learning.head import MLPHead
 from firmware_models.interpreters import TFLiteModel  # noqa: E402
 from firmware_models.usecases import USE_CASES, get_use_case  # noqa: E402
 

@@ -6,7 +6,7 @@ what does the embedded Oxigraph store buy over rdflib's pure-Python default stor
 Method (all in one run, same data, same queries):
 
 * A synthetic fleet described exactly as ingestion describes it: every device's TD comes from
-  `devices.thing_description.thing_description` for a real board profile (`devices.boards`), goes
+  `devices.wire.thing_description.thing_description` for a real board profile (`devices.boards`), goes
   through `registry.ingest_device.parse_td` + `device_graph`; every model comes from a report with
   the keys of `ModelReport.to_dict()` and a model card through `registry.ingest_model.model_graph`.
   Figures are drawn from a seeded generator (arena log-uniform 1 KB-600 KB, flash 4 KB-3 MB, 0-2
@@ -15,7 +15,7 @@ Method (all in one run, same data, same queries):
   one transaction), timed end to end (N-Triples serialization + request + commit). Then a few
   single-entity replacements on the full store, exactly what `add_device` / `add_model` send
   (`DELETE` the old description `; INSERT DATA`), to show the cost of one live update.
-* Match latency per store: `registry.queries.devices_for_model` for random models and
+* Match latency per store: `registry.questions.devices_for_model` for random models and
   `models_for_device` for random devices (the API the CLI uses, rows converted to Python), p50/p95.
   A store whose single query is slow runs fewer repetitions (`--budget` seconds per series); the
   JSON says how many ran. The answers of the three stores are compared: they must be identical.
@@ -49,10 +49,10 @@ import numpy as np
 from rdflib import Graph, URIRef
 
 from devices.boards import BOARDS
-from devices.thing_description import thing_description
+from devices.wire.thing_description import thing_description
 from registry.ingest_device import device_graph, parse_td
 from registry.ingest_model import model_graph
-from registry.queries import devices_for_model, models_for_device
+from registry.questions import devices_for_model, models_for_device
 from registry.store import MemoryStore, RegistryStore, open_store
 
 GOAL_P95_MS = 100.0      # embedded match p95
@@ -392,7 +392,7 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
               "the registry's own builders (`parse_td` + `device_graph`, `model_graph`) and written in batches of "
               f"{cfg['batch']} entities, one SPARQL update (one transaction) per batch; 'replace 1 device' is one "
               "`add_device`-style write (`DELETE` old description `; INSERT DATA`) on the full store. Match latency "
-              "is the wall time of `registry.queries.devices_for_model` / `models_for_device` (query + rows to "
+              "is the wall time of `registry.questions.devices_for_model` / `models_for_device` (query + rows to "
               f"Python) for random models / devices, seed {cfg['seed']}; a series stops early once it has used "
               f"{cfg['budget_s']:.0f} s (min. 3 queries), so [n] gives the queries actually run. Embedded = "
               "pyoxigraph on disk via oxrdflib; rdflib-memory = rdflib's default store; oxigraph-server = "

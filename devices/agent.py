@@ -1,6 +1,6 @@
 """The MQTT device agent: one device that learns on its own data and answers the server's tasks.
 
-The agent is an `Endpoint` of `devices.mqtt_link.MqttHub`, so the same class runs alone
+The agent is an `Endpoint` of `devices.link.hub.MqttHub`, so the same class runs alone
 (`tinyfleet devices run`) or by the thousand in one process (`devices.simulator`). On connect it
 publishes its retained Thing Description and presence (the Last Will clears presence when the
 link dies); every `telemetry_s` it publishes telemetry; it answers train / evaluate / adapt /
@@ -26,14 +26,28 @@ import numpy as np
 from devices.boards import Board
 from devices.deploy import ChunkAssembler, fit_check, install
 from devices.exceptions import DeployError, ModelDoesNotFitError, ProtocolError
-from devices.learner import OnlineLearner
-from devices.mqtt_link import Link
-from devices.protocol import (
-    DEFAULT_MAX_FRAME_BYTES, ConfigKey, ErrorCode, Frame, MessageType, MetricKey, SparseTensor, check_finite,
-    decode_frame, encode_result, frame_header, presence_payload, sha256_hex, telemetry_payload, weight_names)
-from devices.sparse import top_p_encode
-from devices.thing_description import td_payload, thing_description
-from devices.topics import check_name, device_topic
+from devices.learning.learner import OnlineLearner
+from devices.link.hub import Link
+from devices.wire.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    ConfigKey,
+    ErrorCode,
+    Frame,
+    MessageType,
+    MetricKey,
+    SparseTensor,
+    check_finite,
+    decode_frame,
+    encode_result,
+    frame_header,
+    presence_payload,
+    sha256_hex,
+    telemetry_payload,
+    weight_names,
+)
+from devices.wire.sparse import top_p_encode
+from devices.wire.thing_description import td_payload, thing_description
+from devices.wire.topics import check_name, device_topic
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.usecases.base import DeviceData
 

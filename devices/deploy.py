@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from devices.exceptions import DeployError, ModelDoesNotFitError, ProtocolError
-from devices.memory import MemoryReport, check_fits, measure_backbone_arena
-from devices.protocol import ConfigKey, ErrorCode, Frame, sha256_hex
+from devices.learning.fit import MemoryReport, check_fits, measure_backbone_arena
+from devices.wire.protocol import ConfigKey, ErrorCode, Frame, sha256_hex
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.interpreters import TFLiteModel
 
@@ -133,7 +133,7 @@ def fit_check(data: bytes, *, artifact: str, arena_bytes: int | None, current: M
     """Raise `DeployError` (``does-not-fit``) if the new model + head exceed the board; return the arena.
 
     The learner's current `MemoryReport` is reused with the new model's arena and file size, so
-    the head's weights, gradients, activations and buffer are counted exactly as `devices.memory`
+    the head's weights, gradients, activations and buffer are counted exactly as `devices.learning.fit`
     counts them. The arena comes from the task (the model card's measured TFLM arena) or is
     measured here with TFLite Micro (seconds).
     """

@@ -40,7 +40,7 @@ class ProtocolError(TinyFleetError):
     message : str
         One line naming what is wrong and where.
     code : str, default="malformed"
-        One of `devices.protocol.ErrorCode`'s values.
+        One of `devices.wire.protocol.ErrorCode`'s values.
     request_id : str or None, default=None
         The correlation id of the offending request when it could be read, so the reply can name it.
     """

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import math
 import random
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from devices.agent import AgentConfig, DeviceAgent
 from devices.boards import DEFAULT_BOARD, assign_boards
-from devices.head import MLPHead
-from devices.learner import OnlineLearner
-from devices.mqtt_link import BrokerAddress, Credentials, MqttHub
-from devices.topics import check_name
+from devices.learning.head import MLPHead
+from devices.learning.learner import OnlineLearner
+from devices.link.address import BrokerAddress, Credentials
+from devices.link.hub import MqttHub
+from devices.wire.topics import check_name
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.interpreters import TFLiteModel
 from firmware_models.usecases import get_use_case
@@ -118,27 +119,21 @@ class FleetSimulator:
     telemetry_s : float, default=30.0
     workers : int, default=2
     credentials : Credentials, optional
-        Shared by every device (a broker with one fleet account); prefer `broker_dir`.
-    broker_dir : Path, optional
-        Directory of the tinyfleet-managed broker. When it is secured (the default for every
-        broker tinyfleet starts), every device is enrolled there in one batch (own password,
-        user name == client id == device id, ACL limited to its own topics; existing accounts of
-        the same ids get a new password) before it connects.
+        Shared by every device (a broker with one fleet account); prefer `device_credentials`.
+    device_credentials : mapping of device id to Credentials, optional
+        Each device's own account (a secured broker gives every device its own password; the
+        caller enrols them, e.g. with `broker.accounts.enroll_device_credentials`, because broker
+        operations are not a device's business). Ids are `simulated_ids(n, id_prefix)`.
     data : Path, optional
         The use case's real data set (`UseCase.with_data`): devices stream it instead of generated data.
     seed : int, default=0
-
-    Attributes
-    ----------
-    enroll_seconds : float
-        Time spent enrolling (0 without a secured `broker_dir`).
     """
 
     def __init__(self, *, n: int, use_case: str, address: BrokerAddress, state_root: Path, data: Path | None = None,
                  boards: str = DEFAULT_BOARD, fleet: str = "sim", id_prefix: str = "sim",
                  models_dir: Path | None = None, samples_per_device: int = 50, faults: FaultKnobs = FaultKnobs(),
                  telemetry_s: float = 30.0, workers: int = 2, credentials: Credentials | None = None,
-                 broker_dir: Path | None = None, seed: int = 0) -> None:
+                 device_credentials: Mapping[str, Credentials] | None = None, seed: int = 0) -> None:
         if n < 1:
             raise TinyFleetError(f"--n must be at least 1; got {n}")
         check_name(fleet, what="fleet name")
@@ -147,9 +142,8 @@ class FleetSimulator:
         datasets = uc.devices("train", n, samples_per_device=samples_per_device, seed=seed)
         factory = LearnerFactory(uc, models_dir, seed=seed)
         rng = random.Random(seed)
-        self.enroll_seconds = 0.0
-        ids = [f"{id_prefix}-{i:04d}" for i in range(n)]
-        own = self._enroll(broker_dir, ids, fleet) if broker_dir is not None else {}
+        ids = simulated_ids(n, id_prefix)
+        own = dict(device_credentials or {})
         self.hub = MqttHub(address, credentials=credentials, workers=workers)
         self.agents: list[DeviceAgent] = []
         authenticated = bool(own) or (credentials is not None and credentials.password is not None)
@@ -166,17 +160,6 @@ class FleetSimulator:
                                 tls=address.tls, authenticated=authenticated)
             self.agents.append(agent)
             self.hub.add(agent, credentials=own.get(device_id))
-
-    def _enroll(self, broker_dir: Path, ids: list[str], fleet: str) -> dict[str, Credentials]:
-        """Enrol `ids` on a secured managed broker (one batch, one reload); {} for an open one."""
-        from devices.broker_security import enroll_devices, is_secured
-
-        if not is_secured(broker_dir):
-            return {}
-        t0 = time.perf_counter()
-        enrolled = enroll_devices(broker_dir, ids, fleet=fleet, rotate=True)
-        self.enroll_seconds = time.perf_counter() - t0
-        return {e.name: e.credentials for e in enrolled}
 
     @property
     def device_ids(self) -> list[str]:
@@ -197,3 +180,8 @@ class FleetSimulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def simulated_ids(n: int, prefix: str = "sim") -> list[str]:
+    """The device ids `FleetSimulator` gives its `n` devices: ``<prefix>-0000``, ``<prefix>-0001``, ..."""
+    return [f"{prefix}-{i:04d}" for i in range(n)]

@@ -37,8 +37,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from devices.head import MLPHead
-from devices.learner import OnlineLearner
+from devices.learning.head import MLPHead
+from devices.learning.learner import OnlineLearner
 from firmware_models.interpreters import TFLiteModel
 from firmware_models.usecases import get_use_case
 from firmware_models.usecases.base import ARTIFACT_BACKBONE

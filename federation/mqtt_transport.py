@@ -2,23 +2,21 @@
 
 One paho client (MQTT v5, QoS 1, its own network thread) serves the coordinator. Presence comes
 from the devices' retained presence documents (the Last Will flips them to offline), so a
-coordinator that starts after the fleet still sees who is online. TCP_NODELAY is set on the
-socket after every connect: without it, Nagle's algorithm costs ~40 ms per message on loopback.
+coordinator that starts after the fleet still sees who is online. The connection is the project's one
+`MqttClient` (TCP_NODELAY, credentials, TLS and refusals handled there).
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import uuid
 
-import paho.mqtt.client as mqtt
-
-from devices import protocol
-from devices.exceptions import ProtocolError
-from devices.mqtt_link import Credentials, parse_broker_url
-from devices.topics import device_topic, fleet_filter, parse_topic
+from devices.exceptions import DeviceLinkError, ProtocolError
+from devices.link.address import BrokerAddress, Credentials
+from devices.link.client import MqttClient
+from devices.wire import protocol
+from devices.wire.topics import device_topic, fleet_filter, parse_topic
 from federation.exceptions import FederationError
 from federation.transport import PayloadHandler, Transport
 
@@ -30,107 +28,74 @@ class MqttTransport(Transport):
 
     Parameters
     ----------
-    broker_url : str
-        ``mqtt://host:port`` (``mqtts://`` uses TLS with the system CAs).
+    address : BrokerAddress
+        The broker (``devices.link.address.parse_broker_url`` makes one from a URL).
     fleet : str
         The fleet name (second level under ``tinyfleet/v1``).
+    credentials : Credentials, optional
+        User name, password and TLS files (CA, client certificate and key), e.g.
+        `broker.accounts.server_credentials(dir)`.
     client_id : str, optional
         MQTT client id; defaults to a unique ``tinyfleet-server-...``.
-    username, password : str, optional
-        Credentials when the broker enforces ACLs.
-    credentials : Credentials, optional
-        User name, password and TLS files (CA, client certificate and key) in one object, e.g.
-        `devices.broker_security.server_credentials(dir)`; `username`/`password` override it.
     connect_timeout : float, default=10.0
-        Seconds to wait for CONNACK.
+        Seconds to wait for CONNACK and SUBACK.
     """
 
-    def __init__(self, broker_url: str, *, fleet: str, client_id: str | None = None, username: str | None = None,
-                 password: str | None = None, connect_timeout: float = 10.0,
-                 credentials: Credentials | None = None) -> None:
-        self.address = parse_broker_url(broker_url)
+    def __init__(self, address: BrokerAddress, *, fleet: str, credentials: Credentials | None = None,
+                 client_id: str | None = None, connect_timeout: float = 10.0) -> None:
+        self.address = address
         self.fleet = fleet
         self.client_id = client_id or f"tinyfleet-server-{uuid.uuid4().hex[:8]}"
         self.connect_timeout = connect_timeout
         self._online: dict[str, bool] = {}
         self._lock = threading.Lock()
-        self._connected = threading.Event()
-        self._subscribed = threading.Event()
         self._on_payload: PayloadHandler | None = None
-        self._connect_error: str | None = None
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                   protocol=mqtt.MQTTv5)
-        cred = credentials or Credentials()
-        username = username if username is not None else cred.username
-        password = password if password is not None else cred.password
-        if username is not None:
-            self._client.username_pw_set(username, password)
-        if self.address.tls:
-            self._client.tls_set(ca_certs=str(cred.ca) if cred.ca else None,
-                                 certfile=str(cred.cert) if cred.cert else None,
-                                 keyfile=str(cred.key) if cred.key else None)
-        self._client.on_connect = self._handle_connect
-        self._client.on_subscribe = self._handle_subscribe
-        self._client.on_message = self._handle_message
+        self._mqtt = MqttClient(address, credentials, client_id=self.client_id, keepalive=30,
+                                subscriptions=[fleet_filter(fleet, "presence"), fleet_filter(fleet, "result")],
+                                on_message=self._handle_message)
+
+    @property
+    def mqtt(self) -> MqttClient:
+        """The underlying connection (its `connected` event tells whether the broker is reachable)."""
+        return self._mqtt
 
     # -- Transport -----------------------------------------------------------------------------
     def start(self, on_payload: PayloadHandler) -> None:
         """Connect, subscribe to presence and results, and return once subscribed."""
         self._on_payload = on_payload
         try:
-            self._client.connect(self.address.host, self.address.port, keepalive=30)
-        except OSError as exc:  # ssl.SSLError (wrong CA) is an OSError too
-            raise FederationError(f"cannot connect to the MQTT broker at {self.address.url}: {exc}") from None
-        self._client.loop_start()
-        if not self._subscribed.wait(self.connect_timeout):
-            self.close()
-            why = self._connect_error or "no answer"
-            raise FederationError(f"MQTT broker at {self.address.url} did not accept the coordinator within "
-                                  f"{self.connect_timeout:g} s ({why})")
+            self._mqtt.connect(timeout=self.connect_timeout)
+        except DeviceLinkError as exc:
+            raise FederationError(f"the coordinator cannot use the MQTT broker: {exc}") from None
 
     def present_devices(self) -> list[str]:
         with self._lock:
             return sorted(d for d, up in self._online.items() if up)
 
     def send(self, device_id: str, payload: bytes) -> None:
-        self._client.publish(device_topic(self.fleet, device_id, "task"), payload, qos=1)
+        try:
+            self._mqtt.publish(device_topic(self.fleet, device_id, "task"), payload, qos=1)
+        except DeviceLinkError as exc:
+            raise FederationError(str(exc)) from None
 
     def close(self) -> None:
+        self._mqtt.close()
+
+    # -- network thread ------------------------------------------------------------------------
+    def _handle_message(self, topic_name: str, payload: bytes) -> None:
         try:
-            self._client.disconnect()
-        finally:
-            self._client.loop_stop()
-
-    # -- paho callbacks (network thread) -------------------------------------------------------
-    def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object,
-                        properties: object) -> None:
-        if getattr(reason, "is_failure", False):
-            self._connect_error = str(reason)
-            return
-        sock = client.socket()
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.subscribe([(fleet_filter(self.fleet, "presence"), 1), (fleet_filter(self.fleet, "result"), 1)])
-        self._connected.set()
-
-    def _handle_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: object,
-                          properties: object) -> None:
-        self._subscribed.set()
-
-    def _handle_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        try:
-            topic = parse_topic(msg.topic)
+            topic = parse_topic(topic_name)
         except ValueError:
             return
         if topic.kind == "result":
             if self._on_payload is not None:
                 try:
-                    self._on_payload(topic.device_id, bytes(msg.payload))
+                    self._on_payload(topic.device_id, payload)
                 except Exception:  # noqa: BLE001 - the network thread must survive any bad result
                     log.exception("result from %s could not be handled", topic.device_id)
             return
         if topic.kind == "presence":
-            self._presence(topic.device_id, bytes(msg.payload))
+            self._presence(topic.device_id, payload)
 
     def _presence(self, device_id: str, payload: bytes) -> None:
         if not payload:  # a cleared retained message: the device is gone

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from devices.exceptions import SparseEncodingError
-from devices.sparse import top_p_decode
+from devices.wire.sparse import top_p_decode
 
 WEIGHT_KEY = "num-examples"
 ENCODING_KEY = "reply-encoding"

@@ -6,7 +6,7 @@ client and task), and points the Grid at them; everything is stopped again by PI
 exits, also on errors. With `--broker` and no `--simulate` the run uses whatever devices are
 present on that broker (optionally restricted by an allow-list from registry matchmaking).
 
-The private broker is secured like every broker tinyfleet manages (devices/broker_security.py):
+The private broker is secured like every broker tinyfleet manages (broker/secure.py):
 no anonymous access, the coordinator logs in with the server account, and every simulated device
 is enrolled with its own password before it connects.
 """
@@ -20,19 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from devices.broker import MosquittoBroker
-from devices.head import MLPHead
-from devices.mqtt_link import Credentials, parse_broker_url
-from devices.protocol import weight_names
+from broker.process import MosquittoBroker
+from devices.learning.head import MLPHead
+from devices.link.address import Credentials, parse_broker_url
 from devices.simulator import DEFAULT_HIDDEN  # the head simulated devices build without a model
-from firmware_models.usecases import get_use_case
-from firmware_models.usecases.base import ARTIFACT_HEAD
+from devices.wire.protocol import weight_names
 from federation.coordinator import RunConfig
 from federation.exceptions import FederationError
 from federation.grid import DeviceFilter, FleetGrid
 from federation.mqtt_transport import MqttTransport
 from federation.wire import ProtocolCodec
-
+from firmware_models.usecases import get_use_case
+from firmware_models.usecases.base import ARTIFACT_HEAD
 
 
 def initial_parameters(task: str, *, models_dir: Path | None = None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -81,7 +80,8 @@ def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = No
                                       "or --simulate N")
             broker_dir = Path(run_dir) / "broker"
             if secure:
-                from devices.broker_security import secured_broker, server_credentials
+                from broker.accounts import server_credentials
+                from broker.secure import secured_broker
 
                 broker: MosquittoBroker = secured_broker(broker_dir)
                 credentials = server_credentials(broker_dir)
@@ -91,17 +91,20 @@ def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = No
             stack.callback(broker.stop)
         address = parse_broker_url(url)
         if config.simulate:
-            from devices.simulator import FleetSimulator
+            from broker.accounts import enroll_device_credentials
+            from devices.simulator import FleetSimulator, simulated_ids
 
+            device_creds = (enroll_device_credentials(broker_dir, simulated_ids(config.simulate), fleet=config.fleet)
+                            if broker_dir is not None else {})
             sim = FleetSimulator(n=config.simulate, use_case=config.task, address=address,
                                  state_root=Path(run_dir) / "devices", fleet=config.fleet, id_prefix="sim",
                                  models_dir=models_dir, samples_per_device=config.samples_per_device,
-                                 telemetry_s=0.0, broker_dir=broker_dir, seed=config.seed)
+                                 telemetry_s=0.0, device_credentials=device_creds, seed=config.seed)
             stack.callback(sim.stop)
             connected = sim.start(timeout=config.quorum_timeout)
             if connected < config.simulate:
                 raise FederationError(f"only {connected} of {config.simulate} simulated devices connected to {url}")
-        transport = MqttTransport(url, fleet=config.fleet, credentials=credentials)
+        transport = MqttTransport(address, fleet=config.fleet, credentials=credentials)
         grid = FleetGrid(transport, ProtocolCodec({"local-steps": config.local_steps, "lr": config.lr}),
                          run_id=config.run_id, allow=allow)
         stack.callback(transport.close)

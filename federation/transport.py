@@ -2,7 +2,7 @@
 
 The Grid speaks Flower `Message`s upwards and bytes downwards; a transport only moves bytes to and
 from device ids and knows who is present. Two transports exist: `federation.mqtt_transport`
-(real Mosquitto, real device agents) and `federation.memory` (in-process, for unit tests of the
+(real Mosquitto, real device agents) and `federation.inprocess_transport` (in-process, for unit tests of the
 strategies). Both go through the same codec, so byte counts and validation are the same.
 """
 

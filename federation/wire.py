@@ -1,9 +1,9 @@
-"""The Grid's codec on top of the devices' wire protocol (`devices.protocol`, docs/protocol.md).
+"""The Grid's codec on top of the devices' wire protocol (`devices.wire.protocol`, docs/protocol.md).
 
 Flower array keys travel as tensor names (the head's ``w0, b0, w1, ...``). A sparse result tensor
 (TinyMetaFed's Top-P update of layer ``k``) becomes the two arrays ``k.idx`` (uint32) and ``k.val``
 (float32) inside Flower, because an `ArrayRecord` holds dense arrays only; the strategy decodes
-them with `devices.sparse.top_p_decode`, the one implementation of the selection rule.
+them with `devices.wire.sparse.top_p_decode`, the one implementation of the selection rule.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from devices import protocol
 from devices.exceptions import ProtocolError
+from devices.wire import protocol
 from federation.exceptions import FederationError
 from federation.replies import IDX_SUFFIX, VAL_SUFFIX
 from federation.transport import Codec, CodecError, TaskSpec, WireReply

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ def make_card(*, name: str, task: str, kind: str, description: str, model: Model
         "kind": kind,
         "description": description,
         "sensors": list(sensors),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "tools": tool_versions(),
         # Top-level copies of the headline numbers: what the registry and tables read first.
         "flash_bytes": model.flash_bytes,

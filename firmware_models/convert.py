@@ -16,7 +16,6 @@ import numpy as np
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.quiet import capture_fd, quiet_tensorflow_env
 
-
 log = logging.getLogger(__name__)
 
 

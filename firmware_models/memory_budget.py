@@ -1,7 +1,7 @@
 """Memory accounting of an on-device learner, in bytes: the one formula for RAM and flash.
 
 It lives in the lowest package so that model cards (`firmware_models.card`), devices
-(`devices.memory`, deploy fit checks) and the registry all report the same figures.
+(`devices.learning.fit`, deploy fit checks) and the registry all report the same figures.
 
 RAM of a device that runs the frozen int8 backbone and trains the float head with batch size 1::
 

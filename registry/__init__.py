@@ -16,8 +16,18 @@ from registry.ingest_device import add_device, set_presence
 from registry.ingest_model import add_model, add_model_report
 from registry.interop import import_file
 from registry.lineage import record_lineage
-from registry.queries import (devices_for_model, explain_device, explain_model, inventory, lineage,
-                              models_by_metric, models_for_device, raw_query, resolve, search)
+from registry.questions import (
+    devices_for_model,
+    explain_device,
+    explain_model,
+    inventory,
+    lineage,
+    models_by_metric,
+    models_for_device,
+    raw_query,
+    resolve,
+    search,
+)
 from registry.store import RegistryStore, open_store
 
 __all__ = ["RegistryStore", "add_device", "add_model", "add_model_report", "devices_for_model", "explain_device",

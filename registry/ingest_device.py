@@ -1,6 +1,6 @@
 """Describe a device from its W3C WoT Thing Description and add it to the registry.
 
-The TD is the one `devices.thing_description` publishes (retained on the device's `td` topic):
+The TD is the one `devices.wire.thing_description` publishes (retained on the device's `td` topic):
 TD 1.1 JSON-LD whose board facts use `tinyfleet:` terms (= `tf:`), e.g.
 `"tinyfleet:board": {"tinyfleet:mcu": ..., "tinyfleet:ramBytes": ..., "tinyfleet:flashBytes": ...}`,
 `"tinyfleet:sensors": [...]`, `"tinyfleet:modelSha256": ...`. It is read as plain JSON, not
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,7 @@ def device_graph(info: Mapping[str, Any], *, online: bool | None = None,
     if online is not None:
         g.add((d, TF.online, Literal(bool(online))))
     if last_seen is not None:
-        g.add((d, TF.lastSeen, Literal(last_seen.astimezone(timezone.utc).replace(microsecond=0),
+        g.add((d, TF.lastSeen, Literal(last_seen.astimezone(UTC).replace(microsecond=0),
                                         datatype=XSD.dateTime)))
     return d, g
 
@@ -228,9 +228,9 @@ def set_presence(store: RegistryStore, device_id: str, *, online: bool, seen: da
     d = mint_device(device_id)
     if not store.ask("ASK WHERE { ?d a s3n:SmartSensor }", {"d": d}):
         return False
-    seen = seen or datetime.now(timezone.utc)
+    seen = seen or datetime.now(UTC)
     g = Graph()
     g.add((d, TF.online, Literal(bool(online))))
-    g.add((d, TF.lastSeen, Literal(seen.astimezone(timezone.utc).replace(microsecond=0), datatype=XSD.dateTime)))
+    g.add((d, TF.lastSeen, Literal(seen.astimezone(UTC).replace(microsecond=0), datatype=XSD.dateTime)))
     store.write(g, replace_values=[(d, TF.online), (d, TF.lastSeen)])
     return True

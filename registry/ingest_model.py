@@ -21,7 +21,7 @@ from rdflib import Graph, Literal, URIRef
 from rdflib.namespace import RDF, RDFS, XSD
 
 from registry.exceptions import RegistryInputError
-from registry.namespaces import (NNET, OM, S3N, SCHEMA, SSN, SSNS, TF, check_iri, mint_model, part)
+from registry.namespaces import NNET, OM, S3N, SCHEMA, SSN, SSNS, TF, check_iri, mint_model, part
 from registry.store import RegistryStore
 from registry.validation import validate
 

@@ -24,8 +24,8 @@ from rdflib.namespace import RDF, RDFS
 from rdflib.term import Node
 
 from registry.exceptions import RegistryInputError, ValidationFailedError
-from registry.namespaces import ID, NNET, S3N, SCHEMA, SSN, SSNS, TD, TF, check_iri
 from registry.ingest_device import set_sensor_kinds_summary
+from registry.namespaces import ID, NNET, S3N, SCHEMA, SSN, SSNS, TD, TF, check_iri
 from registry.store import RegistryStore
 from registry.validation import validate
 

@@ -7,14 +7,14 @@ model version it produced `prov:wasGeneratedBy` it and `prov:wasDerivedFrom` its
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rdflib import Graph, Literal, URIRef
 from rdflib.namespace import PROV, RDF, XSD
 
 from registry.exceptions import RegistryInputError
 from registry.namespaces import SCHEMA, TF, check_local_id, mint_device, mint_run
-from registry.queries import resolve
+from registry.questions import resolve
 from registry.store import RegistryStore
 from registry.validation import validate
 
@@ -26,8 +26,8 @@ def _time(value: datetime | str, what: str) -> Literal:
         except ValueError:
             raise RegistryInputError(f"{what} {value!r} is not an ISO 8601 date-time") from None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return Literal(value.astimezone(timezone.utc).isoformat(), datatype=XSD.dateTime)
+        value = value.replace(tzinfo=UTC)
+    return Literal(value.astimezone(UTC).isoformat(), datatype=XSD.dateTime)
 
 
 def record_lineage(store: RegistryStore, model_iri_or_sha: str | URIRef, run_id: str, rounds: int,

@@ -12,10 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from datetime import datetime, timezone
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
-from devices.topics import ROOT, check_name, parse_topic
+from devices.exceptions import DeviceLinkError
+from devices.link.address import BrokerAddress, Credentials
+from devices.link.client import MqttClient
+from devices.wire.topics import ROOT, check_name, parse_topic
 from registry.exceptions import RegistryError
 from registry.ingest_device import add_device, set_presence
 from registry.store import RegistryStore
@@ -39,90 +43,58 @@ class PresenceListener:
         One line per message that could not be used (topic: reason).
     """
 
-    def __init__(self, store: RegistryStore, host: str, port: int, *, fleet: str = "+",
-                 username: str | None = None, password: str | None = None, tls: bool = False,
-                 ca: str | None = None, cert: str | None = None, key: str | None = None) -> None:
+    def __init__(self, store: RegistryStore, address: BrokerAddress, credentials: Credentials | None = None, *,
+                 fleet: str = "+", client_id: str | None = None) -> None:
         self.store = store
-        self.host, self.port = host, port
+        self.address = address
         self.fleet = fleet if fleet == "+" else check_name(fleet, what="fleet name")
-        self._auth = (username, password)
-        self._tls = (tls, ca, cert, key)
         self._lock = threading.Condition()
         self.devices_added = 0
         self.presence_updates = 0
         self.rejected: list[str] = []
-        self._client: Any = None
+        self._mqtt = MqttClient(address, credentials, keepalive=30,
+                                client_id=client_id or f"tinyfleet-registry-{uuid.uuid4().hex[:8]}",
+                                subscriptions=[f"{ROOT}/{self.fleet}/+/td", f"{ROOT}/{self.fleet}/+/presence"],
+                                on_message=self._on_message)
 
     def __enter__(self) -> PresenceListener:
-        import paho.mqtt.client as mqtt
-
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv311)
-        if self._auth[0]:
-            client.username_pw_set(self._auth[0], self._auth[1])
-        if self._tls[0]:  # mqtts; with a secured tinyfleet broker pass its CA and a client certificate
-            client.tls_set(ca_certs=self._tls[1], certfile=self._tls[2], keyfile=self._tls[3])
-        subscribed = threading.Event()
-        refused: list[str] = []
-
-        def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-            if reason.is_failure:  # e.g. a secured broker and no or wrong credentials: say so at once
-                refused.append(str(reason))
-                subscribed.set()
-                return
-            c.subscribe([(f"{ROOT}/{self.fleet}/+/td", 1), (f"{ROOT}/{self.fleet}/+/presence", 1)])
-
-        client.on_connect = on_connect
-        client.on_subscribe = lambda *a: subscribed.set()
-        client.on_message = self._on_message
         try:
-            client.connect(self.host, self.port, keepalive=30)
-        except OSError as exc:  # refused, unreachable, TLS verification failed
-            raise RegistryError(f"MQTT broker {self.host}:{self.port}: cannot connect: {exc}") from None
-        client.loop_start()
-        if not subscribed.wait(10) or refused:
-            client.disconnect()
-            client.loop_stop()
-            if refused:
-                raise RegistryError(f"MQTT broker {self.host}:{self.port} refused the connection: {refused[0]} "
-                                    "(a secured tinyfleet broker needs --credentials FILE)")
-            raise RegistryError(f"MQTT broker {self.host}:{self.port}: no subscription acknowledgement within 10 s")
-        self._client = client
+            self._mqtt.connect(timeout=10)
+        except DeviceLinkError as exc:
+            raise RegistryError(f"registry listener: {exc}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
-            self._client = None
+        self._mqtt.close()
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def _on_message(self, topic_name: str, payload: bytes) -> None:
         try:
-            topic = parse_topic(msg.topic)
+            topic = parse_topic(topic_name)
         except ValueError as exc:
-            return self._reject(msg.topic, str(exc))
-        if not msg.payload:  # a cleared retained message
+            return self._reject(topic_name, str(exc))
+        if not payload:  # a cleared retained message
             return None
         try:
-            doc = json.loads(msg.payload)
+            doc = json.loads(payload)
         except (ValueError, UnicodeDecodeError):
-            return self._reject(msg.topic, "payload is not JSON")
+            return self._reject(topic_name, "payload is not JSON")
         try:
             with self._lock:
                 if topic.kind == "td":
-                    add_device(self.store, doc, source=f"TD on {msg.topic}")
+                    add_device(self.store, doc, source=f"TD on {topic_name}")
                     self.devices_added += 1
                 else:
                     if not isinstance(doc, dict) or not isinstance(doc.get("online"), bool):
-                        return self._reject(msg.topic, "presence needs a boolean 'online'")
+                        return self._reject(topic_name, "presence needs a boolean 'online'")
                     ts = doc.get("ts")
-                    seen = (datetime.fromtimestamp(float(ts), tz=timezone.utc)
-                            if isinstance(ts, (int, float)) and not isinstance(ts, bool) else datetime.now(timezone.utc))
+                    seen = (datetime.fromtimestamp(float(ts), tz=UTC)
+                            if isinstance(ts, (int, float)) and not isinstance(ts, bool) else datetime.now(UTC))
                     if not set_presence(self.store, topic.device_id, online=doc["online"], seen=seen):
-                        return self._reject(msg.topic, f"device {topic.device_id} not registered yet")
+                        return self._reject(topic_name, f"device {topic.device_id} not registered yet")
                     self.presence_updates += 1
                 self._lock.notify_all()
         except RegistryError as exc:
-            self._reject(msg.topic, str(exc).splitlines()[0])
+            self._reject(topic_name, str(exc).splitlines()[0])
         return None
 
     def _reject(self, topic: str, reason: str) -> None:

@@ -1,6 +1,6 @@
 """RDF terms to JSON-ready Python values, one rule for every store.
 
-Why a module of its own: the query API (`registry.queries`) turns rdflib terms into Python values,
+Why a module of its own: the query API (`registry.questions`) turns rdflib terms into Python values,
 and the embedded store turns pyoxigraph terms into the SAME values without building rdflib terms
 first (building ~40,000 rdflib Literals per large match cost more than the query). Both paths share
 `python_value`, and `oxigraph_value` falls back to it for every datatype it does not handle itself,

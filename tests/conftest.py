@@ -1,19 +1,28 @@
-"""Shared fixtures: a real Mosquitto on a free loopback port for the whole test session."""
+"""Shared fixtures: a real Mosquitto, a real Oxigraph SPARQL server, one real sine build, a tiny CNN.
+
+Helpers that are not fixtures live in tests/support/.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from devices.broker import BrokerInfo, MosquittoBroker, find_mosquitto  # noqa: E402
-
-pytest_plugins = ["fixtures_models"]  # model fixtures (sine build, tiny CNN): tests/fixtures_models.py
+from broker.process import BrokerInfo, MosquittoBroker, find_mosquitto  # noqa: E402
+from tests.support.models import SineBuild, run_cli  # noqa: E402
+from tests.support.registry import OxigraphServer, oxigraph_binary  # noqa: E402
 
 
 def _require_mosquitto() -> None:
@@ -46,3 +55,75 @@ def fresh_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def sine_build(tmp_path_factory: pytest.TempPathFactory) -> SineBuild:
+    """`tinyfleet models build sine --out DIR --quick --json`, once per session."""
+    out = tmp_path_factory.mktemp("models")
+    proc = run_cli("models", "build", "sine", "--out", str(out), "--quick", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = json.loads(proc.stdout)
+    return SineBuild(out / "sine", proc.stdout, proc.stderr, proc.returncode, card)
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A purpose-built int8 model with one CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED.
+
+    Input 8x8x2 -> Conv2D(4, 3x3, valid) -> 6x6x4: 6*6*4 outputs x 3*3*2 = 2,592 MACs
+    -> DepthwiseConv2D(3x3, stride 2, same) -> 3x3x4: 3*3*4 outputs x 3*3 = 324 MACs
+    -> Flatten 36 -> Dense(5): 5 outputs x 36 = 180 MACs. Total 3,096 MACs, 301 parameters.
+    """
+    from firmware_models.convert import to_full_int8
+    from firmware_models.quiet import quiet_tensorflow_env
+
+    quiet_tensorflow_env()
+    import keras
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([
+        keras.Input((8, 8, 2)),
+        keras.layers.Conv2D(4, 3, padding="valid", activation="relu", bias_initializer="random_normal"),
+        keras.layers.DepthwiseConv2D(3, strides=2, padding="same", activation="relu",
+                                     bias_initializer="random_normal"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(5, bias_initializer="random_normal"),  # a zero bias would be dropped by the converter
+    ])
+    x = np.random.default_rng(1).normal(size=(64, 8, 8, 2)).astype(np.float32)
+    path = tmp_path_factory.mktemp("tinycnn") / "tiny_cnn.tflite"
+    path.write_bytes(to_full_int8(model, x, n_calibration=64))
+    return path
+
+
+@pytest.fixture(scope="session")
+def oxigraph_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OxigraphServer]:
+    """`oxigraph serve` on a free loopback port for the session, stopped by PID."""
+    binary = oxigraph_binary()
+    if binary is None:
+        pytest.skip("oxigraph server not installed (pip install oxigraph)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path_factory.mktemp("oxigraph")
+    proc = subprocess.Popen([binary, "serve", "--location", str(data), "--bind", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/query?query=ASK%7B%7D", timeout=1).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"oxigraph serve did not start: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
+            time.sleep(0.05)
+    try:
+        yield OxigraphServer(url, proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

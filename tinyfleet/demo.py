@@ -28,18 +28,19 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from devices.broker import MosquittoBroker
-from devices.broker_security import (SECURITY_DIR, SERVER_USER, ensure_server_account, is_secured, list_accounts,
-                                     secured_broker, server_credentials)
-from devices.fleet_client import FleetClient
-from devices.mqtt_link import Credentials, parse_broker_url
-from devices.protocol import encode_deploy, weight_names
+from broker.accounts import enroll_device_credentials, ensure_server_account, list_accounts, server_credentials
+from broker.files import SECURITY_DIR, SERVER_USER
+from broker.process import MosquittoBroker
+from broker.secure import is_secured, secured_broker
+from devices.link.address import Credentials, parse_broker_url
+from devices.link.fleet_client import FleetClient
+from devices.wire.protocol import encode_deploy, weight_names
 from federation.checkpoint import load_checkpoint
 from federation.coordinator import FINAL_FILE, Coordinator, RunConfig
 from federation.fewshot import fewshot_curve, head_sizes, scratch_head
@@ -51,7 +52,7 @@ from firmware_models.usecases.base import ARTIFACT_BACKBONE, ARTIFACT_BACKBONE_K
 from registry.ingest_model import add_model
 from registry.lineage import record_lineage
 from registry.presence import PresenceListener
-from registry.queries import explain_model
+from registry.questions import explain_model
 from registry.store import open_store
 from tinyfleet import plots
 
@@ -145,22 +146,24 @@ def run_demo(opts: DemoOptions, *, say: Say, on_round: OnRound | None = None) ->
 
         # 3. fleet + live ingestion ---------------------------------------------------------------
         lc = accounts["listener"]
-        listener = PresenceListener(store, address.host, address.port, fleet=FLEET,
-                                    username=lc.username if lc else None, password=lc.password if lc else None,
-                                    tls=address.tls)
+        listener = PresenceListener(store, address, lc, fleet=FLEET)
         stack.enter_context(listener)
-        from devices.simulator import FleetSimulator
+        from devices.simulator import FleetSimulator, simulated_ids
 
+        t_enroll = time.perf_counter()
+        device_creds = (enroll_device_credentials(broker_dir, simulated_ids(opts.devices, "dev"), fleet=FLEET)
+                        if broker_dir is not None else {})
+        enroll_seconds = time.perf_counter() - t_enroll
         sim = FleetSimulator(n=opts.devices, use_case=uc.name, address=address, state_root=out / "devices",
                              boards=opts.boards, fleet=FLEET, id_prefix="dev", models_dir=models_dir,
-                             samples_per_device=64, telemetry_s=5.0, broker_dir=broker_dir, seed=opts.seed)
+                             samples_per_device=64, telemetry_s=5.0, device_credentials=device_creds, seed=opts.seed)
         stack.callback(sim.stop)
         connected = sim.start(timeout=60)
         if connected < opts.devices:
             raise TinyFleetError(f"only {connected} of {opts.devices} simulated devices connected to {url}")
         if broker_dir is not None:  # the devices were enrolled just now: list every account (no secrets)
             report["broker"]["accounts"] = sorted(list_accounts(broker_dir))
-            report["broker"]["enroll_seconds"] = round(sim.enroll_seconds, 3)
+            report["broker"]["enroll_seconds"] = round(enroll_seconds, 3)
         if not listener.wait_for(lambda lst: lst.devices_added >= opts.devices, timeout=60):
             raise TinyFleetError(f"the registry ingested {listener.devices_added} of {opts.devices} "
                                  "Thing Descriptions within 60 s")
@@ -331,5 +334,5 @@ def _summary(report: dict[str, Any], curves: dict[str, list[float]]) -> list[dic
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 

@@ -8,7 +8,7 @@
   device uses only until it has reconstructed its own.
 * Top-P% selective communication: devices upload only the ``ceil(top_p · size)`` largest-magnitude
   entries of φ − θ per shared array, as a sparse tensor; the server rebuilds the dense update with
-  `devices.sparse.top_p_decode` (the one implementation of the rule) and applies Reptile's step.
+  `devices.wire.sparse.top_p_decode` (the one implementation of the rule) and applies Reptile's step.
   The downlink stays dense: a device sampled in round r has usually not seen the global head of
   round r − 1, so a sparse downlink would need per-device base versions (see docs/federation.md).
 """
@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from devices.sparse import top_p_decode
+from devices.wire.sparse import top_p_decode
 from federation.replies import IDX_SUFFIX, VAL_SUFFIX
 from federation.strategies._params import check_int, check_real
 from federation.strategies.reptile import Reptile

@@ -13,7 +13,6 @@ full data set is a few thousand espeak calls. No TensorFlow here.
 from __future__ import annotations
 
 import hashlib
-import io
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor

@@ -8,9 +8,10 @@ from typing import Annotated
 import typer
 from platformdirs import user_data_dir
 
-from devices.broker import BrokerError, MosquittoBroker, read_state
-from devices.broker_security import (SERVER_USER, SecurityError, SecurityPaths, is_secured, secured_broker,
-                                     uses_tls)
+from broker.exceptions import BrokerError, SecurityError
+from broker.files import SERVER_USER, SecurityPaths
+from broker.process import MosquittoBroker, read_state
+from broker.secure import is_secured, secured_broker, uses_tls
 from tinyfleet.cli.output import JSON_HELP, err, print_json, table
 
 app = typer.Typer(

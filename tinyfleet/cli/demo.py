@@ -33,7 +33,7 @@ def demo(
 
     Example: tinyfleet demo --quick --out demo-out
     """
-    from devices.mqtt_link import parse_broker_url
+    from devices.link.address import parse_broker_url
     from firmware_models.usecases import get_use_case
     from tinyfleet import config
     from tinyfleet.demo import DemoOptions, run_demo

@@ -12,11 +12,11 @@ from typing import Annotated, Any
 
 import typer
 
+from broker.process import MosquittoBroker, read_state
 from devices.boards import DEFAULT_BOARD, get_board
-from devices.broker import MosquittoBroker, read_state
 from devices.exceptions import DeviceLinkError
-from devices.mqtt_link import BrokerAddress, Credentials, parse_broker_url
-from devices.topics import check_name
+from devices.link.address import BrokerAddress, Credentials, parse_broker_url
+from devices.wire.topics import check_name
 from firmware_models.exceptions import TinyFleetError
 from tinyfleet import config
 from tinyfleet.cli.broker import default_dir
@@ -88,7 +88,7 @@ def _broker(broker: str | None, *, may_start: bool, broker_dir: Path | None = No
         return
     if not may_start:
         raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
-    from devices.broker_security import secured_broker
+    from broker.secure import secured_broker
 
     with tempfile.TemporaryDirectory(prefix="tinyfleet-mq-") as tmp:
         d = Path(tmp)
@@ -100,7 +100,8 @@ def _broker(broker: str | None, *, may_start: bool, broker_dir: Path | None = No
 
 def _managed_server_credentials(broker_dir: Path | None, account: str) -> Credentials | None:
     """A server account on a secured tinyfleet-managed broker, enrolled on first use; None when open."""
-    from devices.broker_security import ensure_server_account, is_secured
+    from broker.accounts import ensure_server_account
+    from broker.secure import is_secured
 
     if broker_dir is None or not is_secured(broker_dir):
         return None
@@ -137,7 +138,7 @@ def run(
     Example: tinyfleet devices run --id dev-001 --task sine --broker mqtt://127.0.0.1:1883
     """
     from devices.agent import AgentConfig, DeviceAgent
-    from devices.mqtt_link import MqttHub
+    from devices.link.hub import MqttHub
     from devices.simulator import LearnerFactory
     from firmware_models.usecases import get_use_case
 
@@ -151,7 +152,8 @@ def run(
     creds = _credentials(user, password, ca, cert, key)
     with _broker(broker, may_start=True, broker_dir=broker_dir, insecure=insecure) as (address, managed):
         if creds is None and managed is not None:
-            from devices.broker_security import enroll_devices, is_secured
+            from broker.accounts import enroll_devices
+            from broker.secure import is_secured
 
             if is_secured(managed):  # its own password on the managed broker (a new one on every run)
                 creds = enroll_devices(managed, [device_id], fleet=fleet, rotate=True)[0].credentials
@@ -220,12 +222,18 @@ def simulate(
     creds = _credentials(user, password, None, None, None)
     with (_broker(broker, may_start=True, broker_dir=broker_dir, insecure=insecure) as (address, managed),
           tempfile.TemporaryDirectory(prefix="tinyfleet-sim-") as tmp):
+        from broker.accounts import enroll_device_credentials
+        from broker.secure import is_secured
+        from devices.simulator import simulated_ids
+
         t0 = time.monotonic()
+        device_creds = (enroll_device_credentials(managed, simulated_ids(n), fleet=fleet)
+                        if managed is not None and creds is None else {})
+        enroll_s = time.monotonic() - t0
         sim = FleetSimulator(n=n, use_case=task, address=address, state_root=state_root or Path(tmp), boards=boards,
                              fleet=fleet, models_dir=models, data=data, samples_per_device=samples, faults=faults,
                              telemetry_s=telemetry, workers=workers, credentials=creds,
-                             broker_dir=managed if creds is None else None, seed=seed)
-        from devices.broker_security import is_secured
+                             device_credentials=device_creds, seed=seed)
 
         secured = bool(creds and creds.password) or (managed is not None and is_secured(managed))
         try:
@@ -234,7 +242,7 @@ def simulate(
             connect_s = time.monotonic() - t0
             online_s = time.monotonic() - t_connect
             err.print(f"{connected}/{n} devices online at {address.url} (fleet {fleet}) in {connect_s:.2f} s"
-                      + (f" ({sim.enroll_seconds:.2f} s enrolling)" if sim.enroll_seconds else ""))
+                      + (f" ({enroll_s:.2f} s enrolling)" if device_creds else ""))
             run_until(duration)
         finally:
             sim.stop()
@@ -243,7 +251,7 @@ def simulate(
             by_board[a.config.board.name] = by_board.get(a.config.board.name, 0) + 1
         summary: dict[str, Any] = {
             "devices": n, "connected": connected, "connect_seconds": round(connect_s, 3),
-            "enroll_seconds": round(sim.enroll_seconds, 3), "online_seconds": round(online_s, 3),
+            "enroll_seconds": round(enroll_s, 3) if device_creds else 0.0, "online_seconds": round(online_s, 3),
             "secured": secured, "broker": address.url,
             "fleet": fleet, "boards": by_board, "tasks_done": sum(a.tasks_done for a in sim.agents),
             "errors_sent": sum(a.errors_sent for a in sim.agents), "dropped": sum(a.dropped for a in sim.agents),
@@ -256,8 +264,8 @@ def simulate(
 
 def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | None,
               credentials_file: Path | None = None) -> Any:
-    from devices.broker_security import load_credentials
-    from devices.fleet_client import snapshot
+    from broker.accounts import load_credentials
+    from devices.link.fleet_client import snapshot
 
     if credentials_file is not None:
         creds = load_credentials(credentials_file)
@@ -351,7 +359,9 @@ def enroll(
     The running broker of DIR reloads its password and ACL files (SIGHUP).
     Example: tinyfleet devices enroll dev-001 --dir ./mq --fleet lab --json
     """
-    from devices.broker_security import SecurityError, enroll_device, enroll_server, is_secured, uses_tls
+    from broker.accounts import enroll_device, enroll_server
+    from broker.exceptions import SecurityError
+    from broker.secure import is_secured, uses_tls
 
     if not is_secured(directory):
         raise SecurityError(f"{directory} has no secured broker: run `tinyfleet broker start --dir "

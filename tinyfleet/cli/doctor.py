@@ -23,7 +23,7 @@ SHOWN = ("tensorflow", "keras", "ai-edge-litert", "tflite-runtime", "tflite-micr
 
 def broker_check() -> dict[str, Any]:
     """Find the mosquitto binary and start/stop a private broker on a free loopback port."""
-    from devices.broker import MosquittoBroker, find_mosquitto
+    from broker.process import MosquittoBroker, find_mosquitto
     from firmware_models.exceptions import TinyFleetError
 
     binary = find_mosquitto()

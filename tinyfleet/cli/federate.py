@@ -78,7 +78,7 @@ def run(
 
     Example: tinyfleet federate run --task sine --strategy tinymetafed --rounds 5 --simulate 6 --json
     """
-    from devices.mqtt_link import parse_broker_url
+    from devices.link.address import parse_broker_url
     from federation.session import initial_parameters
 
     if broker is not None:
@@ -149,7 +149,7 @@ def _load_credentials(path: Path | None) -> Any:
     """Read --credentials before anything starts (a bad file is a one-line error)."""
     if path is None:
         return None
-    from devices.broker_security import load_credentials
+    from broker.accounts import load_credentials
 
     return load_credentials(path)
 

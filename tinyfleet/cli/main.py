@@ -13,19 +13,22 @@ import sys
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from pathlib import Path  # noqa: E402
+from typing import Annotated  # noqa: E402
+
 import typer  # noqa: E402
 
 from firmware_models.exceptions import TinyFleetError  # noqa: E402
-from tinyfleet.cli import models  # noqa: E402
-from tinyfleet.cli import doctor  # noqa: E402
-from tinyfleet.cli import broker  # noqa: E402
-from tinyfleet.cli import demo  # noqa: E402
-from tinyfleet.cli import registry  # noqa: E402
-from tinyfleet.cli import federate  # noqa: E402
-from tinyfleet.cli import devices  # noqa: E402
 from tinyfleet import config  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Annotated  # noqa: E402
+from tinyfleet.cli import (
+    broker,  # noqa: E402
+    demo,  # noqa: E402
+    devices,  # noqa: E402
+    doctor,  # noqa: E402
+    federate,  # noqa: E402
+    models,  # noqa: E402
+    registry,  # noqa: E402
+)
 
 app = typer.Typer(
     name="tinyfleet",

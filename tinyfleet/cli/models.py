@@ -36,10 +36,9 @@ def build(
     Example: tinyfleet models build sine --out models --json
     Real data: tinyfleet models build presence --data occupancy_data/ --out models
     """
+    from firmware_models.build import prepare_out_dir
     from firmware_models.usecases import get_use_case
     from firmware_models.usecases.base import DataOptionError
-
-    from firmware_models.build import prepare_out_dir
 
     names = resolve_names(task)  # unknown name -> UnknownUseCaseError (exit 2, lists valid names)
     if data is not None and len(names) > 1:

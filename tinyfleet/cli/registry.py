@@ -13,7 +13,7 @@ import os
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -22,12 +22,12 @@ from tinyfleet.cli.output import JSON_HELP, err, print_json, run_until, table
 app = typer.Typer(help="Semantic registry: add models and devices, match them, query the knowledge graph.",
                   no_args_is_help=True)
 
-StoreOpt = Annotated[Optional[Path], typer.Option("--store", help="Embedded store directory (default: user data dir).",
+StoreOpt = Annotated[Path | None, typer.Option("--store", help="Embedded store directory (default: user data dir).",
                                                   envvar="TINYFLEET_REGISTRY_STORE", file_okay=False)]
-EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint", help="SPARQL 1.1 query endpoint URL (remote store).",
+EndpointOpt = Annotated[str | None, typer.Option("--endpoint", help="SPARQL 1.1 query endpoint URL (remote store).",
                                                     envvar="TINYFLEET_REGISTRY_ENDPOINT")]
-UpdateOpt = Annotated[Optional[str], typer.Option("--update-endpoint", help="SPARQL update URL (default: --endpoint).")]
-UserOpt = Annotated[Optional[str], typer.Option("--user", help="HTTP user; password from TINYFLEET_REGISTRY_PASSWORD.")]
+UpdateOpt = Annotated[str | None, typer.Option("--update-endpoint", help="SPARQL update URL (default: --endpoint).")]
+UserOpt = Annotated[str | None, typer.Option("--user", help="HTTP user; password from TINYFLEET_REGISTRY_PASSWORD.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 FileArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]
 
@@ -49,7 +49,7 @@ def _open(store: Path | None, endpoint: str | None, update_endpoint: str | None,
 
 @app.command("add-model")
 def add_model(file: FileArg,
-              card: Annotated[Optional[Path], typer.Option("--card", exists=True, dir_okay=False,
+              card: Annotated[Path | None, typer.Option("--card", exists=True, dir_okay=False,
                                                            help="Model card JSON (name, task, metrics, sensors...).")] = None,
               store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
               user: UserOpt = None, json_out: JsonOpt = False) -> None:
@@ -58,7 +58,7 @@ def add_model(file: FileArg,
     Example: tinyfleet registry add-model models/sine/model.tflite --card models/sine/card.json
     """
     from registry.ingest_model import add_model as _add
-    from registry.queries import rows_py
+    from registry.questions import rows_py
 
     with _open(store, endpoint, update_endpoint, user) as st:
         iri = _add(st, file, card)
@@ -153,8 +153,8 @@ def _looks_like_td(path: Path) -> bool:
 
 
 @app.command("match")
-def match(model: Annotated[Optional[str], typer.Option("--model", help="Model IRI, sha256 or name.")] = None,
-          device: Annotated[Optional[str], typer.Option("--device", help="Device IRI, id or title.")] = None,
+def match(model: Annotated[str | None, typer.Option("--model", help="Model IRI, sha256 or name.")] = None,
+          device: Annotated[str | None, typer.Option("--device", help="Device IRI, id or title.")] = None,
           explain: Annotated[bool, typer.Option("--explain", help="Also list what was excluded and why.")] = False,
           store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
           user: UserOpt = None, json_out: JsonOpt = False) -> None:
@@ -162,7 +162,7 @@ def match(model: Annotated[Optional[str], typer.Option("--model", help="Model IR
 
     Example: tinyfleet registry match --model sine --explain --json
     """
-    from registry import queries as q
+    from registry import questions as q
     from registry.exceptions import RegistryInputError
 
     if (model is None) == (device is None):
@@ -193,7 +193,7 @@ def query(file: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None, u
     Example: tinyfleet registry query my-query.rq --json
     """
     from registry.exceptions import RegistryInputError
-    from registry.queries import raw_query
+    from registry.questions import raw_query
 
     try:
         text = file.read_text(encoding="utf-8")
@@ -218,7 +218,7 @@ def search(text: str, store: StoreOpt = None, endpoint: EndpointOpt = None, upda
 
     Example: tinyfleet registry search keyword
     """
-    from registry.queries import search as _search
+    from registry.questions import search as _search
 
     with _open(store, endpoint, update_endpoint, user) as st:
         rows = _search(st, text)
@@ -236,7 +236,7 @@ def inventory(store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpo
 
     Example: tinyfleet registry inventory --json
     """
-    from registry.queries import inventory as _inventory
+    from registry.questions import inventory as _inventory
 
     with _open(store, endpoint, update_endpoint, user) as st:
         rows = _inventory(st)
@@ -255,7 +255,7 @@ def lineage(model: str, store: StoreOpt = None, endpoint: EndpointOpt = None, up
 
     Example: tinyfleet registry lineage sine-federated --json
     """
-    from registry.queries import lineage as _lineage
+    from registry.questions import lineage as _lineage
 
     with _open(store, endpoint, update_endpoint, user) as st:
         result = _lineage(st, model)
@@ -270,16 +270,16 @@ def lineage(model: str, store: StoreOpt = None, endpoint: EndpointOpt = None, up
 @app.command("listen")
 def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:port of the fleet's broker.")],
            fleet: Annotated[str, typer.Option("--fleet", help="Fleet to follow; '+' = every fleet.")] = "+",
-           duration: Annotated[Optional[float], typer.Option("--duration", min=0.0,
+           duration: Annotated[float | None, typer.Option("--duration", min=0.0,
                                                              help="Stop after S seconds (default: until Ctrl-C).")] = None,
-           mqtt_user: Annotated[Optional[str], typer.Option("--mqtt-user", help="MQTT user name.")] = None,
-           ca: Annotated[Optional[Path], typer.Option("--ca", exists=True, dir_okay=False,
+           mqtt_user: Annotated[str | None, typer.Option("--mqtt-user", help="MQTT user name.")] = None,
+           ca: Annotated[Path | None, typer.Option("--ca", exists=True, dir_okay=False,
                                                       help="CA certificate (mqtts).")] = None,
-           cert: Annotated[Optional[Path], typer.Option("--cert", exists=True, dir_okay=False,
+           cert: Annotated[Path | None, typer.Option("--cert", exists=True, dir_okay=False,
                                                         help="Client certificate (mqtts).")] = None,
-           key: Annotated[Optional[Path], typer.Option("--key", exists=True, dir_okay=False,
+           key: Annotated[Path | None, typer.Option("--key", exists=True, dir_okay=False,
                                                        help="Client key (mqtts).")] = None,
-           credentials: Annotated[Optional[Path], typer.Option(
+           credentials: Annotated[Path | None, typer.Option(
                "--credentials", dir_okay=False, help="Server account JSON (username, password, ca, cert, key), "
                "e.g. DIR/security/credentials/<account>.json of `tinyfleet broker start --dir DIR`; overrides "
                "--mqtt-user/--ca/--cert/--key.")] = None,
@@ -293,27 +293,24 @@ def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:por
 
     Example: tinyfleet registry listen --broker mqtt://127.0.0.1:1883 --fleet lab --duration 60
     """
-    from devices.mqtt_link import parse_broker_url
-    from devices.topics import check_name
+    from devices.link.address import Credentials, parse_broker_url
+    from devices.wire.topics import check_name
     from registry.exceptions import RegistryError
     from registry.presence import PresenceListener
 
     address = parse_broker_url(broker)
     if fleet != "+":
         check_name(fleet, what="fleet name")
-    password = os.environ.get("TINYFLEET_MQTT_PASSWORD")
     if credentials is not None:
-        from devices.broker_security import load_credentials
+        from broker.accounts import load_credentials
 
-        c = load_credentials(credentials)
-        mqtt_user, password, ca, cert, key = c.username, c.password, c.ca, c.cert, c.key
+        creds = load_credentials(credentials)
+    else:
+        creds = Credentials(mqtt_user, os.environ.get("TINYFLEET_MQTT_PASSWORD"), ca, cert, key)
     started = time.monotonic()
     with _open(store, endpoint, update_endpoint, user) as st:
         try:
-            with PresenceListener(st, address.host, address.port, fleet=fleet, username=mqtt_user,
-                                  password=password, tls=address.tls,
-                                  ca=str(ca) if ca else None, cert=str(cert) if cert else None,
-                                  key=str(key) if key else None) as listener:
+            with PresenceListener(st, address, creds, fleet=fleet) as listener:
                 if not json_out:
                     err.print(f"listening on {address.url} for fleet {fleet!r}"
                               + (f" for {duration:g} s" if duration is not None else " (Ctrl-C to stop)"))
