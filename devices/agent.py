@@ -27,6 +27,7 @@ from devices.boards import Board
 from devices.deploy import ChunkAssembler, fit_check, install
 from devices.exceptions import DeployError, ModelDoesNotFitError, ProtocolError
 from devices.learning.learner import OnlineLearner
+from devices.link.address import BrokerAddress
 from devices.link.hub import Link
 from devices.wire.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -112,14 +113,14 @@ class DeviceAgent:
         The device's model (frozen backbone + trainable head).
     data : DeviceData
         The device's local data (its task); the last `eval_fraction` is held out for evaluation.
-    broker_host, broker_port : str, int
-        Only used for the Thing Description's ``href``.
-    tls, authenticated : bool
-        Also only for the Thing Description.
+    address : BrokerAddress
+        Where the device connects; only used for the Thing Description's ``href`` (the hub connects).
+    authenticated : bool, default=False
+        Whether the broker needs a user name and password (the TD's security definition says so).
     """
 
-    def __init__(self, config: AgentConfig, learner: OnlineLearner, data: DeviceData, *, broker_host: str,
-                 broker_port: int, tls: bool = False, authenticated: bool = False) -> None:
+    def __init__(self, config: AgentConfig, learner: OnlineLearner, data: DeviceData, *, address: BrokerAddress,
+                 authenticated: bool = False) -> None:
         self.config = config
         self.client_id = check_name(config.device_id)
         self.learner = learner
@@ -127,7 +128,8 @@ class DeviceAgent:
         n_eval = max(1, int(round(n * config.eval_fraction))) if n > 1 else 0
         self.x_train, self.y_train = data.x[: n - n_eval], data.y[: n - n_eval]
         self.x_eval, self.y_eval = (data.x[n - n_eval:], data.y[n - n_eval:]) if n_eval else (data.x, data.y)
-        self.broker = (broker_host, broker_port, tls, authenticated)
+        self.address = address
+        self.authenticated = authenticated
         self.rng = random.Random(config.seed)
         self._lock = threading.Lock()
         self._replies: OrderedDict[str, bytes] = OrderedDict()
@@ -165,10 +167,10 @@ class DeviceAgent:
                                                           board=self.config.board.name, reason="shutdown"), True)]
 
     def thing_description(self) -> dict[str, Any]:
-        host, port, tls, auth = self.broker
         return thing_description(device_id=self.client_id, fleet=self.config.fleet, board=self.config.board,
-                                 use_case=self.config.use_case, sensors=self.config.sensors, host=host, port=port,
-                                 tls=tls, authenticated=auth, model_sha256=self.model_sha256)
+                                 use_case=self.config.use_case, sensors=self.config.sensors, host=self.address.host,
+                                 port=self.address.port, tls=self.address.tls, authenticated=self.authenticated,
+                                 model_sha256=self.model_sha256)
 
     # ------------------------------------------------------------------------------ hub callbacks
     def on_connected(self, link: Link) -> None:

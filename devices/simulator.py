@@ -156,8 +156,7 @@ class FleetSimulator:
                               slow_factor=faults.slow_factor if slow else 1.0,
                               crash_prob_per_s=faults.crash_prob_per_s, crash_down_s=faults.crash_down_s,
                               seed=seed + i)
-            agent = DeviceAgent(cfg, factory(i, data), data, broker_host=address.host, broker_port=address.port,
-                                tls=address.tls, authenticated=authenticated)
+            agent = DeviceAgent(cfg, factory(i, data), data, address=address, authenticated=authenticated)
             self.agents.append(agent)
             self.hub.add(agent, credentials=own.get(device_id))
 

@@ -33,6 +33,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg
 
+from devices.wire.protocol import ConfigKey, MetricKey
 from federation import flower_compat
 from federation.checkpoint import load_checkpoint, save_checkpoint
 from federation.exceptions import CheckpointError, QuorumError
@@ -183,7 +184,7 @@ class Coordinator:
             round_seed = int(rng.integers(2**63))
             record: dict[str, Any] = {"round": rnd}
             self._require_nodes(cfg.quorum_timeout)
-            train_cfg = ConfigRecord({"local-steps": cfg.local_steps, "lr": cfg.lr, "seed": cfg.seed})
+            train_cfg = ConfigRecord({ConfigKey.LOCAL_STEPS: cfg.local_steps, ConfigKey.LR: cfg.lr, ConfigKey.SEED: cfg.seed})
             msgs = self._sampled(lambda: self.strategy.configure_train(rnd, arrays, train_cfg, self.grid), round_seed)
             replies = self._sorted(self.grid.send_and_receive(messages=msgs, timeout=cfg.round_timeout))
             new_arrays, train_metrics, note = self._aggregate_train(rnd, replies)
@@ -192,7 +193,7 @@ class Coordinator:
             record.update(_metric_fields("train", train_metrics))
             if note:
                 record["skipped"] = note
-            eval_cfg = ConfigRecord({"seed": cfg.seed})
+            eval_cfg = ConfigRecord({ConfigKey.SEED: cfg.seed})
             emsgs = self._sampled(lambda: self.strategy.configure_evaluate(rnd, arrays, eval_cfg, self.grid),
                                   round_seed + 1)
             ereplies = self._sorted(self.grid.send_and_receive(messages=emsgs, timeout=cfg.round_timeout))
@@ -200,7 +201,7 @@ class Coordinator:
             record.update(self._ledger_fields(rnd))
             loss = record.get("eval_loss", record.get("train_loss"))
             if loss is not None:
-                record["loss"] = loss
+                record[MetricKey.LOSS] = loss
             record["seconds"] = round(time.monotonic() - t0, 4)
             record["params_sha256"] = arrays_sha256(arrays)
             history.append(record)

@@ -39,6 +39,7 @@ import numpy as np
 
 from devices.learning.head import MLPHead
 from devices.learning.learner import OnlineLearner
+from devices.wire.protocol import weight_names
 from firmware_models.interpreters import TFLiteModel
 from firmware_models.usecases import get_use_case
 from firmware_models.usecases.base import ARTIFACT_BACKBONE
@@ -59,9 +60,7 @@ no reconstruction, 1.6 after 5 steps, 0.75 after 20, 0.50–0.53 after 50."""
 
 def _weights(head: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
     if isinstance(head, Mapping):
-        n = len(head)
-        names = [f"{'w' if i % 2 == 0 else 'b'}{i // 2}" for i in range(n)]
-        return [np.asarray(head[k], np.float32) for k in names]
+        return [np.asarray(head[k], np.float32) for k in weight_names(len(head))]
     return [np.asarray(w, np.float32) for w in head]
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from devices.wire.protocol import ConfigKey
 from federation import flower_compat
 from federation.flower_compat import Run
 from federation.ledger import RoundLedger
@@ -186,7 +187,7 @@ class FleetGrid(Grid):
     # -- sending --------------------------------------------------------------------------------
     def _round_phase(self, msg: Message) -> tuple[int, str]:
         cfg = _first(msg.content.config_records)
-        rnd = int(cfg.get("server-round", self._current_round)) if cfg is not None else self._current_round
+        rnd = int(cfg.get(ConfigKey.SERVER_ROUND, self._current_round)) if cfg is not None else self._current_round
         phase = "train" if msg.metadata.message_type.startswith(MessageType.TRAIN) else "evaluate"
         return rnd, phase
 
@@ -198,7 +199,7 @@ class FleetGrid(Grid):
         arrays = {k: v.numpy() for k, v in arrays_rec.items()} if arrays_rec is not None else {}
         cfg_rec = _first(msg.content.config_records)
         config = dict(cfg_rec) if cfg_rec is not None else {}
-        encoding = TOP_P if "top-p" in config else DENSE
+        encoding = TOP_P if ConfigKey.TOP_P in config else DENSE
         inflight = _Inflight(msg, device_id or "?", rnd, phase, _expected_reply(arrays, config), encoding)
         if device_id is None:  # a node id we never announced: answer with an error, do not crash
             with self._cv:
@@ -355,7 +356,7 @@ class FleetGrid(Grid):
 
 def _expected_reply(sent: dict[str, np.ndarray], config: dict[str, object]) -> dict[str, np.ndarray]:
     """The arrays a train reply must answer: all that were sent except the device's local layers."""
-    local = config.get("local-layers") or []
+    local = config.get(ConfigKey.LOCAL_LAYERS) or []
     keep = {f"{p}{i}" for i in local if isinstance(i, int) for p in ("w", "b")}  # type: ignore[union-attr]
     return {k: v for k, v in sent.items() if k not in keep}
 

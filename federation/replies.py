@@ -20,12 +20,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from devices.exceptions import SparseEncodingError
+from devices.wire.protocol import SPARSE_INDEX_SUFFIX, SPARSE_VALUE_SUFFIX, Encoding, MetricKey
 from devices.wire.sparse import top_p_decode
 
-WEIGHT_KEY = "num-examples"
+WEIGHT_KEY = MetricKey.NUM_EXAMPLES
 ENCODING_KEY = "reply-encoding"
-DENSE, TOP_P = "dense", "top-p"
-IDX_SUFFIX, VAL_SUFFIX = ".idx", ".val"
+DENSE, TOP_P = Encoding.DENSE, Encoding.TOP_P
+IDX_SUFFIX, VAL_SUFFIX = SPARSE_INDEX_SUFFIX, SPARSE_VALUE_SUFFIX
 MAX_EXAMPLES = 10**9
 
 

@@ -24,7 +24,7 @@ from broker.process import MosquittoBroker
 from devices.learning.head import MLPHead
 from devices.link.address import Credentials, parse_broker_url
 from devices.simulator import DEFAULT_HIDDEN  # the head simulated devices build without a model
-from devices.wire.protocol import weight_names
+from devices.wire.protocol import ConfigKey, weight_names
 from federation.coordinator import RunConfig
 from federation.exceptions import FederationError
 from federation.grid import DeviceFilter, FleetGrid
@@ -105,7 +105,7 @@ def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = No
             if connected < config.simulate:
                 raise FederationError(f"only {connected} of {config.simulate} simulated devices connected to {url}")
         transport = MqttTransport(address, fleet=config.fleet, credentials=credentials)
-        grid = FleetGrid(transport, ProtocolCodec({"local-steps": config.local_steps, "lr": config.lr}),
+        grid = FleetGrid(transport, ProtocolCodec({ConfigKey.LOCAL_STEPS: config.local_steps, ConfigKey.LR: config.lr}),
                          run_id=config.run_id, allow=allow)
         stack.callback(transport.close)
         yield grid

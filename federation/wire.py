@@ -46,11 +46,11 @@ class ProtocolCodec(Codec):
         """One task frame; a config the protocol refuses is a server-side mistake and raises."""
         mtype = _TASK_TYPES[task.task_type]
         config = {**self.task_defaults, **{k: _plain(v) for k, v in task.config.items()}}
-        header = {"v": protocol.PROTOCOL_VERSION, "type": mtype, "id": task.message_id, "run": task.run_id,
-                  "round": int(task.server_round), "config": config}
+        tensors = [(k, np.asarray(v, np.float32)) for k, v in task.arrays.items()]
         try:
-            protocol.check_config(mtype, config, request_id=task.message_id)
-            return protocol.encode_frame(header, [(k, np.asarray(v, np.float32)) for k, v in task.arrays.items()])
+            _, frame = protocol.encode_task(mtype, config=config, run=task.run_id, server_round=int(task.server_round),
+                                            task_id=task.message_id, extra_tensors=tensors)
+            return frame
         except ProtocolError as exc:
             raise FederationError(f"cannot encode the {task.task_type} task of round {task.server_round}: {exc}") \
                 from None

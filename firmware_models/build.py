@@ -27,7 +27,8 @@ import numpy as np
 from firmware_models.c_export import ExportError, write_c_source_pair
 from firmware_models.card import head_section, make_card, sha256_file, write_card
 from firmware_models.convert import to_full_int8
-from firmware_models.exceptions import TinyFleetError
+from firmware_models.exceptions import HeadFileError
+from firmware_models.head_format import write_head_npz
 from firmware_models.interpreters import TFLiteModel
 from firmware_models.tflite_inspect import inspect_tflite
 from firmware_models.usecases.base import (
@@ -38,10 +39,6 @@ from firmware_models.usecases.base import (
     ARTIFACT_MODEL,
     ProgressFn,
 )
-
-
-class HeadFileError(TinyFleetError):
-    """A head.npz file is missing, unreadable or not a w0, b0, w1, b1, ... stack."""
 
 
 def prepare_out_dir(out_dir: str | Path, name: str) -> Path:
@@ -68,33 +65,9 @@ def head_weights_from_dense(layers: Sequence[Any]) -> list[np.ndarray]:
 
 
 def save_head(path: str | Path, weights: Sequence[np.ndarray]) -> Path:
-    """Write head weights as `w0, b0, w1, b1, ...` float32 arrays (the devices' format)."""
+    """Check the layer layout, then write the head in the devices' ``head.npz`` format."""
     _check_head(list(weights), str(path))
-    arrays = {}
-    for i in range(0, len(weights), 2):
-        arrays[f"w{i // 2}"] = np.asarray(weights[i], np.float32)
-        arrays[f"b{i // 2}"] = np.asarray(weights[i + 1], np.float32)
-    p = Path(path)
-    with open(p, "wb") as f:  # np.savez on a path would append ".npz" to other names
-        np.savez(f, **arrays)
-    return p
-
-
-def load_head(path: str | Path) -> list[np.ndarray]:
-    """Read a head.npz back as [w0, b0, w1, b1, ...]; errors name the file."""
-    p = Path(path)
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            n = len([k for k in z.files if k.startswith("w")])
-            weights = []
-            for i in range(n):
-                weights += [np.asarray(z[f"w{i}"], np.float32), np.asarray(z[f"b{i}"], np.float32)]
-    except FileNotFoundError:
-        raise HeadFileError(f"{p}: head file not found") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise HeadFileError(f"{p}: not a head.npz ({exc})") from None
-    _check_head(weights, str(p))
-    return weights
+    return write_head_npz(path, weights)
 
 
 def _check_head(weights: list[np.ndarray], source: str) -> None:

@@ -29,3 +29,7 @@ class DatasetError(TinyFleetError):
 
 class InterpreterUnavailableError(TinyFleetError):
     """No TFLite interpreter (ai-edge-litert, tflite-runtime, TFLite Micro) can be imported."""
+
+
+class HeadFileError(TinyFleetError):
+    """A head.npz file is missing, unreadable or not a w0, b0, w1, b1, ... stack."""

@@ -25,6 +25,7 @@ from rdflib.namespace import RDF, XSD
 
 from registry.exceptions import RegistryInputError
 from registry.namespaces import OM, S3N, SCHEMA, SOSA, SSN, SSNS, TD, TF, mint_device, mint_model, part
+from registry.queries import load_query
 from registry.store import RegistryStore
 from registry.validation import validate
 
@@ -209,8 +210,7 @@ def add_device(store: RegistryStore, td: Path | str | Mapping[str, Any], *, sour
     info = parse_td(td, source=source)
     iri = mint_device(str(info["device_id"]))
     if online is None or last_seen is None:
-        rows = store.select("SELECT ?online ?seen WHERE { OPTIONAL { ?d tf:online ?online } "
-                            "OPTIONAL { ?d tf:lastSeen ?seen } }", {"d": iri})
+        rows = store.select(load_query("device_presence"), {"d": iri})
         if rows:
             if online is None and "online" in rows[0]:
                 online = bool(rows[0]["online"].toPython())
@@ -226,7 +226,7 @@ def add_device(store: RegistryStore, td: Path | str | Mapping[str, Any], *, sour
 def set_presence(store: RegistryStore, device_id: str, *, online: bool, seen: datetime | None = None) -> bool:
     """Record a device's presence (one atomic update); False when the device is not registered."""
     d = mint_device(device_id)
-    if not store.ask("ASK WHERE { ?d a s3n:SmartSensor }", {"d": d}):
+    if not store.ask(load_query("is_a"), {"e": d, "cls": S3N.SmartSensor}):
         return False
     seen = seen or datetime.now(UTC)
     g = Graph()

@@ -7,8 +7,6 @@ one answer. User text (names, search terms) only ever travels as bound RDF liter
 
 from __future__ import annotations
 
-from functools import cache
-from importlib import resources
 from typing import Any
 
 from rdflib import Literal, URIRef
@@ -16,15 +14,9 @@ from rdflib.term import Node
 
 from registry.exceptions import AmbiguousNameError, ReadOnlyQueryError, RegistryInputError, UnknownEntityError
 from registry.namespaces import NNET, S3N, check_iri, is_sha256, mint_model
+from registry.queries import load_query
 from registry.store import RegistryStore
 from registry.values import python_value
-
-
-@cache
-def load_query(name: str) -> str:
-    """Text of registry/queries/<name>.rq."""
-    return resources.files("registry").joinpath(f"queries/{name}.rq").read_text(encoding="utf-8")
-
 
 _py = python_value
 
@@ -48,12 +40,12 @@ def resolve(store: RegistryStore, ref: str, *, kind: str) -> URIRef:
         raise RegistryInputError(f"{kind} reference must be 1-2048 characters")
     if "://" in ref or ref.startswith("urn:"):
         iri = check_iri(ref, what=f"{kind} IRI")
-        if store.ask("ASK WHERE { ?e a ?cls }", {"e": iri, "cls": cls}):
+        if store.ask(load_query("is_a"), {"e": iri, "cls": cls}):
             return iri
         raise UnknownEntityError(f"no {kind} with IRI <{ref}> in the registry")
     if kind == "model" and is_sha256(ref):
         iri = mint_model(ref)
-        if store.ask("ASK WHERE { ?e a ?cls }", {"e": iri, "cls": cls}):
+        if store.ask(load_query("is_a"), {"e": iri, "cls": cls}):
             return iri
     found = [r["entity"] for r in store.select(load_query("resolve"), {"cls": cls, "key": Literal(ref)})]
     if not found:
@@ -218,3 +210,17 @@ def raw_query(store: RegistryStore, text: str) -> dict[str, Any]:
     names = [str(v) for v in (result.vars or [])]
     return {"type": "select", "vars": names,
             "rows": [{n: _py(row[n]) for n in names if row[n] is not None} for row in result]}
+
+
+def model_summary(store: RegistryStore, model: URIRef) -> dict[str, Any]:
+    """``{"name", "ram", "flash"}`` of a registered model (bytes); raises `UnknownEntityError` if absent."""
+    rows = rows_py(store.select(load_query("model_summary"), {"m": model}))
+    if not rows:
+        raise UnknownEntityError(f"no model <{model}> with RAM and flash figures in the registry")
+    return rows[0]
+
+
+def device_counts(store: RegistryStore) -> dict[str, int]:
+    """``{"devices": n, "online": k}``: devices in the registry and how many are online."""
+    row = rows_py(store.select(load_query("device_counts")))[0]
+    return {"devices": int(row.get("devices", 0)), "online": int(row.get("online", 0))}

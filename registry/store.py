@@ -38,6 +38,7 @@ from rdflib.term import Node, Variable
 
 from registry.exceptions import StoreError
 from registry.namespaces import PREFIXES, REGISTRY_GRAPH
+from registry.queries import load_query
 from registry.values import oxigraph_value, python_value
 
 Row = dict[str, Node]
@@ -186,12 +187,12 @@ class RegistryStore:
         g = Graph()
         for p, ns in PREFIXES.items():
             g.bind(p, ns)
-        for r in self.select("SELECT ?s ?p ?o WHERE { ?s ?p ?o }"):
+        for r in self.select(load_query("all_triples")):
             g.add((r["s"], r["p"], r["o"]))
         return g
 
     def __len__(self) -> int:
-        rows = self.select("SELECT (COUNT(*) AS ?n) WHERE { ?s ?p ?o }")
+        rows = self.select(load_query("count_triples"))
         return int(rows[0]["n"]) if rows else 0
 
     def close(self) -> None:

@@ -39,11 +39,10 @@ from broker.files import SECURITY_DIR, SERVER_USER
 from broker.process import MosquittoBroker
 from broker.secure import is_secured, secured_broker
 from devices.link.address import Credentials, parse_broker_url
-from devices.link.fleet_client import FleetClient
-from devices.wire.protocol import encode_deploy, weight_names
 from federation.checkpoint import load_checkpoint
 from federation.coordinator import FINAL_FILE, Coordinator, RunConfig
 from federation.fewshot import fewshot_curve, head_sizes, scratch_head
+from federation.rollout import package_federated_model, rollout
 from federation.session import fleet_grid, initial_parameters
 from firmware_models.card import json_default
 from firmware_models.exceptions import TinyFleetError
@@ -276,43 +275,23 @@ def _federate(opts: DemoOptions, strategy: str, url: str, runs_dir: Path, models
 def _deploy(uc: Any, final: dict[str, np.ndarray], model_dir: Path, address: Any, eligible: list[str],
             out: Path, *, credentials: Credentials | None) -> dict[str, Any]:
     from firmware_models.build import score
-    from firmware_models.head_export import fused_model_int8
     from firmware_models.interpreters import TFLiteModel
-    from firmware_models.quiet import stdout_to_stderr
     from firmware_models.tflite_inspect import inspect_tflite
 
-    weights = [final[k] for k in weight_names(len(final))]
     probe = uc.devices("heldout", 8, samples_per_device=32, seed=1234)
     x = np.concatenate([d.x for d in probe])
     y = np.concatenate([d.y for d in probe])
-    with stdout_to_stderr():
-        data = fused_model_int8(model_dir, weights, x)
-    artifact = ARTIFACT_MODEL
-    version_dir = out / "deployed"
-    version_dir.mkdir(parents=True, exist_ok=True)
-    path = version_dir / artifact
-    path.write_bytes(data)
+    path = package_federated_model(model_dir, final, x, out / "deployed" / ARTIFACT_MODEL)
+    data = path.read_bytes()
     report = inspect_tflite(path)
     int8 = score(TFLiteModel.from_bytes(data).predict(x), y, uc.kind)
     card = {"name": f"{uc.name}-federated", "task": uc.name, "kind": uc.kind, "sensors": list(uc.sensors),
             "description": f"{uc.name}: backbone + head learned by federated Reptile over the demo fleet",
             "metrics": {"int8": int8}}
-    fc = FleetClient(address, fleet=FLEET, client_id=DEPLOY_ACCOUNT, credentials=credentials).connect()
-    try:
-        tasks = {}
-        for dev in eligible:
-            tid, frames = encode_deploy(data, artifact=artifact, arena_bytes=report.arena_bytes)
-            tasks[dev] = (tid, frames)
-        replies = fc.request(tasks, timeout=60)
-    finally:
-        fc.close()
-    outcomes: dict[str, int] = {}
-    for reply in replies.values():
-        action = "no reply" if reply is None else str((reply.header.get("deploy") or {}).get("action")
-                                                      or ("error" if reply.header.get("error") else "ok"))
-        outcomes[action] = outcomes.get(action, 0) + 1
-    return {"artifact": artifact, "sha256": report.sha256, "flash_bytes": report.flash_bytes,
-            "arena_bytes": report.arena_bytes, "outcomes": outcomes, "card": card, "path": path}
+    result = rollout(data, eligible, address=address, fleet=FLEET, credentials=credentials, client_id=DEPLOY_ACCOUNT,
+                     artifact=ARTIFACT_MODEL, arena_bytes=report.arena_bytes, timeout=60)
+    return {"artifact": ARTIFACT_MODEL, "sha256": report.sha256, "flash_bytes": report.flash_bytes,
+            "arena_bytes": report.arena_bytes, "outcomes": result.outcomes, "card": card, "path": path}
 
 
 def _curve_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -22,9 +22,6 @@ what the memory accounting in `devices.learning.fit` counts).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -32,6 +29,8 @@ from typing import Literal
 import numpy as np
 
 from devices.exceptions import HeadDivergedError, HeadWeightsError, LearnerInputError
+from firmware_models.exceptions import HeadFileError
+from firmware_models.head_format import read_head_npz, weight_names, write_head_npz
 
 Kind = Literal["regression", "classification"]
 KINDS: tuple[Kind, ...] = ("regression", "classification")
@@ -50,7 +49,7 @@ def _validate_layout(weights: Sequence[np.ndarray], *, where: str) -> None:
                                f"[w0, b0, w1, b1, ...]; got {len(weights)}")
     fan_in: int | None = None
     for i, arr in enumerate(weights):
-        name = f"{'w' if i % 2 == 0 else 'b'}{i // 2}"
+        name = weight_names(len(weights))[i]
         if not isinstance(arr, np.ndarray) or arr.dtype.kind != "f":
             kind = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
             raise HeadWeightsError(f"{where}: {name} must be a float array; got {kind}")
@@ -117,40 +116,19 @@ class MLPHead:
 
     @classmethod
     def from_npz(cls, path: str | Path, *, kind: str) -> MLPHead:
-        """Load ``head.npz`` (keys ``w0, b0, w1, b1, ...``; ``arr_0, arr_1, ...`` also accepted)."""
-        p = Path(path)
-        if not p.is_file():
-            raise HeadWeightsError(f"{p}: head file not found")
+        """Load ``head.npz`` (the format of `firmware_models.head_format`); errors name the file."""
         try:
-            with np.load(p, allow_pickle=False) as npz:
-                arrays = {k: np.array(npz[k]) for k in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-            raise HeadWeightsError(f"{p}: not a readable .npz head file ({exc})") from None
-        n = len(arrays)
-        if n and all(f"{'w' if i % 2 == 0 else 'b'}{i // 2}" in arrays for i in range(n)):
-            ordered = [arrays[f"{'w' if i % 2 == 0 else 'b'}{i // 2}"] for i in range(n)]
-        elif n and all(f"arr_{i}" in arrays for i in range(n)):
-            ordered = [arrays[f"arr_{i}"] for i in range(n)]
-        else:
-            raise HeadWeightsError(f"{p}: expected arrays named w0, b0, w1, b1, ...; found {sorted(arrays)}")
+            arrays = read_head_npz(path)
+        except HeadFileError as exc:
+            raise HeadWeightsError(str(exc)) from None
         try:
-            return cls(ordered, kind=kind)
+            return cls(arrays, kind=kind)
         except HeadWeightsError as exc:
-            raise HeadWeightsError(f"{p}: {exc}") from None
+            raise HeadWeightsError(f"{Path(path)}: {exc}") from None
 
     def to_npz(self, path: str | Path) -> None:
         """Write ``head.npz`` atomically (temp file + rename), so a crash never leaves half a head."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        names = {f"{'w' if i % 2 == 0 else 'b'}{i // 2}": w.astype(np.float32) for i, w in enumerate(self.weights_)}
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **names)  # type: ignore[arg-type]
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_head_npz(path, self.weights_)
 
     def copy(self) -> MLPHead:
         """An independent head with the same weights (e.g. a device's private copy of the global head)."""
@@ -167,7 +145,7 @@ class MLPHead:
         if len(arrays) != len(self.weights_):
             raise HeadWeightsError(f"head expects {len(self.weights_)} arrays [w0, b0, ...]; got {len(arrays)}")
         for i, (new, old) in enumerate(zip(arrays, self.weights_, strict=True)):
-            name = f"{'w' if i % 2 == 0 else 'b'}{i // 2}"
+            name = weight_names(len(arrays))[i]
             if new.shape != old.shape:
                 raise HeadWeightsError(f"head array {name} must have shape {old.shape}; got {new.shape}")
             if new.dtype.kind not in "fiu":

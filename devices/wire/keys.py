@@ -37,6 +37,7 @@ class ConfigKey(_Constants):
     SERVER_ROUND = "server-round"
     LOCAL_STEPS = "local-steps"
     LR = "lr"
+    SEED = "seed"
     TOP_P = "top-p"
     LOCAL_LAYERS = "local-layers"
     RECONSTRUCT_STEPS = "reconstruct-steps"
@@ -80,3 +81,15 @@ class ErrorCode(_Constants):
 
 
 ERROR_CODES = tuple(v for k, v in vars(ErrorCode).items() if k.isupper())
+
+
+class Encoding(_Constants):
+    """How a result's update tensors travel (the result header's ``encoding``)."""
+
+    DENSE = "dense"
+    TOP_P = "top-p"
+
+
+SPARSE_INDEX_SUFFIX = ".idx"
+SPARSE_VALUE_SUFFIX = ".val"
+"""A Top-P update of tensor ``w0`` reaches Flower as two arrays, ``w0.idx`` and ``w0.val``."""

@@ -52,15 +52,19 @@ from devices.wire.keys import (
     ERROR_CODES,
     FRAME_TYPES,
     PROTOCOL_VERSION,
+    SPARSE_INDEX_SUFFIX,
+    SPARSE_VALUE_SUFFIX,
     TASK_TYPES,
     ConfigKey,
+    Encoding,
     ErrorCode,
     MessageType,
     MetricKey,
 )
+from firmware_models.head_format import weight_names
 
 __all__ = [
-    "ALIGN", "ARTIFACTS", "DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_FRAME_BYTES", "DTYPES", "ERROR_CODES", "FRAME_TYPES",
+    "ALIGN", "ARTIFACTS", "SPARSE_INDEX_SUFFIX", "SPARSE_VALUE_SUFFIX", "Encoding", "DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_FRAME_BYTES", "DTYPES", "ERROR_CODES", "FRAME_TYPES",
     "INDEX_DTYPES", "MAX_HEADER_BYTES", "MAX_STEPS", "PROTOCOL_VERSION", "SCHEMA_DIR", "TASK_TYPES",
     "UINT16_MAX_ENTRIES", "ConfigKey", "ErrorCode", "Frame", "MessageType", "MetricKey", "SparseTensor", "Tensor",
     "check_config", "check_finite", "check_header", "decode_frame", "decode_json_document", "decode_result",
@@ -80,17 +84,14 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def weight_names(n: int) -> list[str]:
-    """Wire names of an MLP head's parameters in `MLPHead.get_weights()` order: w0, b0, w1, b1, ..."""
-    return [f"{'w' if i % 2 == 0 else 'b'}{i // 2}" for i in range(n)]
-
-
 def encode_task(mtype: str, *, config: Mapping[str, Any] | None = None, weights: Sequence[np.ndarray] = (),
                 run: str | None = None, server_round: int | None = None, task_id: str | None = None,
                 extra_tensors: Sequence[tuple[str, Tensor]] = ()) -> tuple[str, bytes]:
     """Build a task frame; returns ``(correlation id, bytes)``. Weights travel dense, named w0, b0, ...
 
-    Server side helper: the federation grid calls this once per device and remembers the id.
+    The one task builder: the federation grid's codec calls it once per device (passing its named
+    arrays as `extra_tensors`) and remembers the id. The config is checked against the task type's
+    rules first, so a server can never send a task the protocol refuses.
     """
     if mtype not in TASK_TYPES:
         raise ValueError(f"not a task type: {mtype!r}")

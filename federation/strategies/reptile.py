@@ -16,6 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from devices.wire.protocol import ConfigKey
 from federation.flower_compat import check_and_log_replies
 from federation.meta_update import AGGREGATIONS, linear_epsilon, reptile_update
 from federation.strategies._params import check_choice, check_int, check_real
@@ -97,8 +98,8 @@ class Reptile(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         """Remember θ (aggregate_train never sees it) and ask for `local_steps` SGD steps."""
         self._theta = arrays
-        config["local-steps"] = self.local_steps
-        config["lr"] = self.local_lr
+        config[ConfigKey.LOCAL_STEPS] = self.local_steps
+        config[ConfigKey.LR] = self.local_lr
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,

@@ -21,6 +21,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
+from devices.wire.protocol import ConfigKey, weight_names
 from devices.wire.sparse import top_p_decode
 from federation.replies import IDX_SUFFIX, VAL_SUFFIX
 from federation.strategies._params import check_int, check_real
@@ -67,7 +68,7 @@ class TinyMetaFed(Reptile):
     def split_keys(self, keys: list[str]) -> tuple[list[str], list[str], list[int]]:
         """(shared keys, local keys, local layer indices) of a head laid out as w0, b0, w1, b1, ..."""
         n_layers = len(keys) // 2
-        expected = [f"{'w' if i % 2 == 0 else 'b'}{i // 2}" for i in range(len(keys))]
+        expected = weight_names(len(keys))
         if keys != expected:
             from federation.exceptions import FederationError
 
@@ -86,8 +87,8 @@ class TinyMetaFed(Reptile):
                         grid: Grid) -> Iterable[Message]:
         """Name the local layers; ask for reconstruction and a Top-P sparse reply of the shared ones."""
         _, _, local = self.split_keys(list(arrays.keys()))
-        config["top-p"] = float(self.top_p)
-        config["local-layers"] = local
+        config[ConfigKey.TOP_P] = float(self.top_p)
+        config[ConfigKey.LOCAL_LAYERS] = local
         config["reconstruct-steps"] = self.reconstruct_steps
         return super().configure_train(server_round, arrays, config, grid)
 
@@ -95,7 +96,7 @@ class TinyMetaFed(Reptile):
                            grid: Grid) -> Iterable[Message]:
         """Evaluate the shared layers; each device completes the head with its own local layers."""
         _, _, local = self.split_keys(list(arrays.keys()))
-        config["local-layers"] = local
+        config[ConfigKey.LOCAL_LAYERS] = local
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def adapted_weights(self, reply: Message, keys: list[str], theta: list[np.ndarray]) -> list[np.ndarray]:

@@ -98,8 +98,8 @@ def _agent(e: Enrollment, address: BrokerAddress, state_dir: Path) -> DeviceAgen
     head = MLPHead.init([1, 8, 1], kind="regression", seed=0)
     cfg = AgentConfig(device_id=e.name, board=get_board("nano33ble"), state_dir=state_dir, fleet=FLEET,
                       use_case="sine", sensors=("scalar-signal",), telemetry_s=0.0)
-    return DeviceAgent(cfg, OnlineLearner(head, None, seed=0), sine_data(e.name), broker_host=address.host,
-                       broker_port=address.port, tls=True, authenticated=True)
+    return DeviceAgent(cfg, OnlineLearner(head, None, seed=0), sine_data(e.name), address=address,
+                       authenticated=True)
 
 
 def test_enrolled_agent_trains_over_mqtts_and_every_server_account_sees_the_fleet(tls_broker: TlsBroker,

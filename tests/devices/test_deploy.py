@@ -52,7 +52,7 @@ def _agent(address: BrokerAddress, state: Path, backbone: bytes, *, board: Board
     learner = OnlineLearner(MLPHead.init([8, 4, 1], kind="regression", seed=0), TFLiteModel.from_bytes(backbone),
                             arena_bytes=2000)
     cfg = AgentConfig(device_id=state.name, board=board, state_dir=state, fleet="dep")
-    return DeviceAgent(cfg, learner, data, broker_host=address.host, broker_port=address.port)
+    return DeviceAgent(cfg, learner, data, address=address)
 
 
 def _deploy(fc: FleetClient, device: str, model: bytes, *, tamper: bool = False, **kw: object) -> p.Frame:

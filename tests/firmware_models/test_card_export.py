@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_models.build import HeadFileError, load_head, save_head
+from firmware_models.build import save_head
 from firmware_models.c_export import c_identifier, c_source_pair, parse_c_array, write_c_source_pair
+from firmware_models.exceptions import HeadFileError
+from firmware_models.head_format import read_head_npz as load_head
 
 CARD_KEYS = {"schema", "name", "task", "kind", "created", "tools", "flash_bytes", "arena_bytes", "macs", "params",
              "sha256", "inputs", "outputs", "model", "backbone", "head", "ram", "metrics", "data"}

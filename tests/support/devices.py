@@ -30,7 +30,7 @@ def sine_agent(device_id: str, address: BrokerAddress, state_dir: Path, *, board
     config = AgentConfig(device_id=device_id, board=board or get_board("nano33ble"), state_dir=state_dir,
                          fleet=fleet, use_case="sine", sensors=("scalar-signal",), seed=seed, **cfg)  # type: ignore[arg-type]
     return DeviceAgent(config, OnlineLearner(head, None, seed=seed), sine_data(device_id, seed=seed),
-                       broker_host=address.host, broker_port=address.port)
+                       address=address)
 
 
 def start_hub(address: BrokerAddress, *agents: DeviceAgent) -> MqttHub:

@@ -160,8 +160,7 @@ def run(
         cfg = AgentConfig(device_id=device_id, board=prof, fleet=fleet, use_case=uc.name, sensors=tuple(uc.sensors),
                           state_dir=state_dir or Path(tempfile.gettempdir()) / "tinyfleet-devices" / device_id,
                           telemetry_s=telemetry, seed=seed)
-        agent = DeviceAgent(cfg, learner, data, broker_host=address.host, broker_port=address.port, tls=address.tls,
-                            authenticated=bool(creds and creds.password))
+        agent = DeviceAgent(cfg, learner, data, address=address, authenticated=bool(creds and creds.password))
         hub = MqttHub(address, credentials=creds, workers=1)
         link = hub.add(agent)
         hub.start()
@@ -339,6 +338,65 @@ def show(
             ("flash B", b.get("tinyfleet:flashBytes")), ("sensors", ", ".join(td.get("tinyfleet:sensors", []))),
             ("actions", ", ".join(td.get("actions", {})))]
     table(f"device {device_id}", ["key", "value"], rows)
+
+
+DEPLOY_ACCOUNT = "fleet-deploy"
+"""Server account `devices deploy` enrols on a secured managed broker (one per purpose)."""
+
+
+@app.command()
+def deploy(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
+                                          help="The .tflite file to roll out.")],
+    device: Annotated[list[str] | None, typer.Option(
+        "--device", help="Target device id (repeat); default: every online device of the fleet.")] = None,
+    artifact: Annotated[str, typer.Option(
+        help="What the file replaces on the device: model.tflite (whole model) or backbone.tflite.")] = "model.tflite",
+    broker: BrokerOption = None,
+    fleet: FleetOption = "default",
+    timeout: Annotated[float, typer.Option(min=1.0, max=3600, help="Seconds to wait for every outcome.")] = 60.0,
+    user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Roll a model out to devices: chunks, sha256 check, fit check, atomic swap, self-test, rollback.
+
+    Exits 1 unless every target device swapped the new model in (each device's outcome is listed).
+
+    Example: tinyfleet devices deploy demo-out/deployed/model.tflite --fleet demo --broker mqtt://127.0.0.1:1883
+    """
+    from broker.accounts import load_credentials
+    from federation.rollout import rollout
+    from firmware_models.tflite_inspect import inspect_tflite
+
+    check_name(fleet, what="fleet name")
+    targets = [check_name(d) for d in device or []]
+    known = _known_broker(broker)
+    if known is None:
+        raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
+    address, managed = known
+    creds = load_credentials(credentials) if credentials is not None else _credentials(user, password, None, None,
+                                                                                         None)
+    if creds is None:
+        creds = _managed_server_credentials(managed, DEPLOY_ACCOUNT)
+    report = inspect_tflite(model)
+    if not targets:
+        from devices.link.fleet_client import snapshot
+
+        targets = snapshot(address, fleet=fleet, seconds=1.0, credentials=creds, client_id=DEPLOY_ACCOUNT).online()
+        if not targets:
+            raise DeviceLinkError(f"no device of fleet {fleet!r} is online at {address.url}")
+    result = rollout(model.read_bytes(), targets, address=address, fleet=fleet, credentials=creds,
+                     client_id=creds.username if creds and creds.username else DEPLOY_ACCOUNT, artifact=artifact,
+                     arena_bytes=report.arena_bytes, timeout=timeout)
+    if json_out:
+        print_json(result.to_json())
+    else:
+        table(f"deploy {model.name} ({result.nbytes} B, sha256 {result.sha256[:12]}…) to fleet {fleet}",
+              ["device", "outcome"], sorted(result.per_device.items()))
+    if not result.ok:
+        bad = {d: o for d, o in result.per_device.items() if o != "swapped"}
+        raise DeviceLinkError(f"{len(bad)} of {len(result.per_device)} devices did not swap the model in: "
+                              + ", ".join(f"{d} ({o})" for d, o in sorted(bad.items())[:10]))
 
 
 @app.command()

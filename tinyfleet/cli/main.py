@@ -1,37 +1,48 @@
-"""Entry point of the `tinyfleet` console script.
+"""Entry point of the `tinyfleet` console script: the command groups and the CLI's error edge.
 
-User mistakes raise `TinyFleetError` subclasses anywhere below; here they become one stderr line
-(`error: <what and where>`) and the error's exit code: 0 ok, 1 failure, 2 usage. Anything else is a
-bug and keeps its traceback.
+User mistakes raise `TinyFleetError` subclasses anywhere below; `TinyFleetGroup.invoke` turns them
+into one stderr line (`error: <what and where>`) and the error's exit code: 0 ok, 1 failure, 2 usage.
+Why inside Typer (a click group) and not around `app()`: so that Typer's own test runner
+(`typer.testing.CliRunner`) sees the real exit codes, and Ctrl-C is handled before click turns it
+into "Aborted!". Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pathlib import Path  # noqa: E402
-from typing import Annotated  # noqa: E402
+from typing import Annotated, Any  # noqa: E402
 
+import click  # noqa: E402
 import typer  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
 
 from firmware_models.exceptions import TinyFleetError  # noqa: E402
 from tinyfleet import config  # noqa: E402
-from tinyfleet.cli import (
-    broker,  # noqa: E402
-    demo,  # noqa: E402
-    devices,  # noqa: E402
-    doctor,  # noqa: E402
-    federate,  # noqa: E402
-    models,  # noqa: E402
-    registry,  # noqa: E402
-)
+from tinyfleet.cli import broker, demo, devices, doctor, federate, models, registry  # noqa: E402
+
+
+class TinyFleetGroup(TyperGroup):
+    """The root command group: one line on stderr and the error's exit code for every user mistake."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TinyFleetError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
 
 app = typer.Typer(
     name="tinyfleet",
+    cls=TinyFleetGroup,
     help="Manage TinyML fleets that learn on the device: int8 models, MQTT devices, "
     "federated meta-learning and a semantic registry.",
     no_args_is_help=True,
@@ -60,15 +71,8 @@ app.command(name="doctor")(doctor.doctor)
 
 
 def main() -> None:
-    """Run the CLI, turning user errors into one line on stderr and an exit code."""
-    try:
-        app()
-    except TinyFleetError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
+    """Run the CLI (the console script's entry point)."""
+    app()
 
 
 if __name__ == "__main__":

@@ -58,12 +58,11 @@ def add_model(file: FileArg,
     Example: tinyfleet registry add-model models/sine/model.tflite --card models/sine/card.json
     """
     from registry.ingest_model import add_model as _add
-    from registry.questions import rows_py
+    from registry.questions import model_summary
 
     with _open(store, endpoint, update_endpoint, user) as st:
         iri = _add(st, file, card)
-        row = rows_py(st.select("SELECT ?name ?ram ?flash WHERE { ?m schema:name ?name ; tf:ramRequiredBytes ?ram ; "
-                                "tf:flashRequiredBytes ?flash }", {"m": iri}))[0]
+        row = model_summary(st, iri)
     result = {"iri": str(iri), "name": row["name"], "ram_needed_bytes": row["ram"], "flash_needed_bytes": row["flash"]}
     if json_out:
         print_json(result)
@@ -297,6 +296,7 @@ def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:por
     from devices.wire.topics import check_name
     from registry.exceptions import RegistryError
     from registry.presence import PresenceListener
+    from registry.questions import device_counts
 
     address = parse_broker_url(broker)
     if fleet != "+":
@@ -318,8 +318,8 @@ def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:por
         except (OSError, ConnectionError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise RegistryError(f"MQTT broker {address.url} unreachable: {reason}") from None
-        devices = len(st.select("SELECT DISTINCT ?d WHERE { ?d a s3n:SmartSensor }"))
-        online = len(st.select("SELECT DISTINCT ?d WHERE { ?d a s3n:SmartSensor ; tf:online true }"))
+        counts = device_counts(st)
+        devices, online = counts["devices"], counts["online"]
     result = {"broker": address.url, "fleet": fleet, "seconds": round(time.monotonic() - started, 3),
               "tds_ingested": listener.devices_added, "presence_updates": listener.presence_updates,
               "rejected": listener.rejected, "store_devices": devices, "store_devices_online": online}
