@@ -26,9 +26,11 @@ import numpy as np
 from devices.boards import Board
 from devices.deploy import ChunkAssembler, fit_check, install
 from devices.exceptions import DeployError, ModelDoesNotFitError, ProtocolError
+from devices.learning.adapt import AdaptConfig, adapt
 from devices.learning.learner import OnlineLearner
 from devices.link.address import BrokerAddress
 from devices.link.hub import Link
+from devices.train_task import FederatedState, receive_weights, train_round
 from devices.wire.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     ConfigKey,
@@ -36,7 +38,6 @@ from devices.wire.protocol import (
     Frame,
     MessageType,
     MetricKey,
-    SparseTensor,
     check_finite,
     decode_frame,
     encode_result,
@@ -46,7 +47,6 @@ from devices.wire.protocol import (
     telemetry_payload,
     weight_names,
 )
-from devices.wire.sparse import top_p_encode
 from devices.wire.thing_description import td_payload, thing_description
 from devices.wire.topics import check_name, device_topic
 from firmware_models.exceptions import TinyFleetError
@@ -134,7 +134,8 @@ class DeviceAgent:
         self._lock = threading.Lock()
         self._replies: OrderedDict[str, bytes] = OrderedDict()
         self._assembler = ChunkAssembler(max_bytes=config.board.flash_bytes)
-        self._personal: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._fed = FederatedState.from_weights(learner.head.get_weights())
+        self._fed_run: str | None = None
         self._next_telemetry = 0.0
         self._started = time.monotonic()
         self.tasks_done = 0
@@ -234,6 +235,14 @@ class DeviceAgent:
             link.publish(self.topic("result"), reply, qos=1, delay=delay)
             return reply
 
+    def answer(self, payload: bytes) -> bytes | None:
+        """Process one task frame without a network: the reply frame, or None (in-process runs, tests).
+
+        Exactly what `handle` does minus publishing (and minus the simulated latency).
+        """
+        with self._lock:
+            return self._handle_locked(payload)
+
     def _remember(self, request_id: str | None, reply: bytes) -> None:
         if request_id is None:
             return
@@ -313,58 +322,22 @@ class DeviceAgent:
 
     def _train(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any]]:
         cfg = frame.config
-        head = self.learner.head
-        n_layers = head.n_layers
-        local = sorted(set(cfg.get(ConfigKey.LOCAL_LAYERS, [])))
-        if any(i >= n_layers for i in local) or len(local) == n_layers:
-            raise ProtocolError(f"local-layers {local} must be a proper subset of 0..{n_layers - 1}",
-                                code=ErrorCode.BAD_CONFIG, request_id=frame.id)
-        theta = self._weights_from(frame)
+        run = frame.header.get("run")
+        if run != self._fed_run:  # error-feedback residuals belong to one run's parameters
+            self._fed.residual.clear()
+            self._fed_run = run
+        theta = receive_weights(frame, self.learner.head.get_weights(), self._fed)
         if "seed" in cfg and ConfigKey.SERVER_ROUND in cfg:  # reproducible runs (federation resume): the
             # sample order depends only on (run seed, device, round), not on how many tasks came before
             self.learner.rng = np.random.default_rng(
                 [int(cfg["seed"]) & 0xFFFFFFFF, zlib.crc32(self.client_id.encode()), int(cfg[ConfigKey.SERVER_ROUND])])
-        if theta is None:
-            raise ProtocolError("task.train carries no weights", code=ErrorCode.BAD_SHAPE, request_id=frame.id)
-        start = [w.copy() for w in theta]
-        for layer in local:  # partial local reconstruction: personal layers never leave the device
-            if layer in self._personal:
-                start[2 * layer], start[2 * layer + 1] = (w.copy() for w in self._personal[layer])
-        head.set_weights(start)
-        global_layers = set(range(n_layers)) - set(local)
-        lr = float(cfg[ConfigKey.LR])
-        metrics: dict[str, float] = {}
-        if local and int(cfg.get(ConfigKey.RECONSTRUCT_STEPS, 0)) > 0:
-            rec = self.learner.train(self.x_train, self.y_train, int(cfg[ConfigKey.RECONSTRUCT_STEPS]), lr=lr,
-                                     layers=set(local))
-            metrics["reconstruct-loss"] = rec["loss"]
-        out = self.learner.train(self.x_train, self.y_train, int(cfg[ConfigKey.LOCAL_STEPS]), lr=lr,
-                                 layers=global_layers if local else None)
-        phi = head.get_weights()
-        for layer in local:
-            self._personal[layer] = (phi[2 * layer].copy(), phi[2 * layer + 1].copy())
-        metrics.update({MetricKey.NUM_EXAMPLES: float(out["num-examples"]), MetricKey.TRAIN_LOSS: out["loss"],
-                        "train-loss-last": out["loss-last"], MetricKey.TRAIN_SECONDS: out["duration-s"]})
-        names = weight_names(len(phi))
-        send = [i for i in range(len(phi)) if i // 2 in global_layers]
-        top_p = cfg.get(ConfigKey.TOP_P)
-        if top_p is None:
-            tensors: list[tuple[str, Any]] = [(names[i], phi[i]) for i in send]
-            encoding = "weights"
-        else:
-            tensors = []
-            for i in send:
-                idx, vals = top_p_encode(phi[i] - theta[i], float(top_p))
-                tensors.append((names[i], SparseTensor(idx, vals, phi[i].shape)))
-            encoding = "delta"
-            metrics[ConfigKey.TOP_P] = float(top_p)
-        return metrics, tensors, {"encoding": encoding, "local-layers": local}
+        return train_round(self.learner, self.x_train, self.y_train, theta, cfg, self._fed, request_id=frame.id)
 
     def _evaluate(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any]]:
         weights = self._weights_from(frame)
         for layer in frame.config.get(ConfigKey.LOCAL_LAYERS, []):  # TinyMetaFed: evaluate with own local layers
-            if weights is not None and layer in self._personal:
-                weights[2 * layer], weights[2 * layer + 1] = (w.copy() for w in self._personal[layer])
+            if weights is not None and layer in self._fed.personal:
+                weights[2 * layer], weights[2 * layer + 1] = (w.copy() for w in self._fed.personal[layer])
         head = self.learner.head
         saved = head.get_weights()
         try:
@@ -384,12 +357,13 @@ class DeviceAgent:
         weights = self._weights_from(frame)
         if weights is not None:
             self.learner.head.set_weights(weights)
-        steps = int(cfg[ConfigKey.STEPS])
+        procedure = AdaptConfig.from_task_config(cfg, default_lr=self.learner.lr)
         metrics: dict[str, float] = {}
         held_before = self.learner.evaluate(self.x_eval, self.y_eval)
-        if steps > 0:
-            out = self.learner.adapt(self.x_train[:shots], self.y_train[:shots], steps, lr=cfg.get(ConfigKey.LR))
-            metrics.update({MetricKey.LOSS_BEFORE: out["loss-before"], MetricKey.LOSS_AFTER: out["loss-after"]})
+        if procedure.steps > 0 or procedure.readout_lambda is not None:
+            out = adapt(self.learner, self.x_train[:shots], self.y_train[:shots], procedure)
+            metrics.update({MetricKey.LOSS_BEFORE: out.loss_before, MetricKey.LOSS_AFTER: out.loss_after,
+                            "steps-taken": float(out.steps_taken)})
         held = self.learner.evaluate(self.x_eval, self.y_eval)
         metrics.update({"heldout-" + k: float(v) for k, v in held.items()})
         metrics.update({"heldout-before-" + k: float(v) for k, v in held_before.items() if k != "num-examples"})

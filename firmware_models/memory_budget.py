@@ -5,7 +5,7 @@ It lives in the lowest package so that model cards (`firmware_models.card`), dev
 
 RAM of a device that runs the frozen int8 backbone and trains the float head with batch size 1::
 
-    ram   = arena + head_weights + gradients + activations + buffer
+    ram   = arena + head_weights + gradients + activations + buffer + adaptation + federated
     arena        = TFLite Micro tensor arena of the backbone (measured: the smallest arena with
                    which TFLM allocates and invokes it; 0 without a backbone, e.g. sine)
     head_weights = 4 * n_params(head)                              (float32)
@@ -17,6 +17,16 @@ RAM of a device that runs the frozen int8 backbone and trains the float head wit
                    kept from the forward pass for the backward pass, ReLU masks read off them)
     buffer       = buffer_samples * bytes of one raw input sample  (int8 backbone input, or
                    float32 head input without a backbone)
+    adaptation   = 4 * the larger of what the few-shot adaptation procedure holds (0 when the
+                   device only runs batch-1 SGD):
+                   closed-form readout of the last layer (h inputs, m outputs):
+                       (h + 1)^2 + (h + 1) * m   (Gram matrix, Cholesky in place; right-hand side,
+                                                  `devices.learning.readout`)
+                   full-batch ("batch") adaptation steps: n_params(head)  (one accumulated gradient)
+    federated    = 4 * the floats a federated round keeps between rounds (0 for FedAvg/Reptile):
+                   the base copy of the weights a delta-coded downlink is applied to
+                   (n_params(head)), plus the error-feedback residual of a Top-P uplink
+                   (n_params(shared layers))
 
 Flash::
 
@@ -45,11 +55,14 @@ class MemoryReport:
     buffer: int
     flash_backbone: int
     flash_head: int
+    adaptation: int = 0
+    federated: int = 0
 
     @property
     def ram(self) -> int:
-        """Total RAM: arena + head weights + gradients + activations + buffer."""
-        return self.arena + self.head_weights + self.gradients + self.activations + self.buffer
+        """Total RAM: arena + head weights + gradients + activations + buffer + adaptation + federated."""
+        return (self.arena + self.head_weights + self.gradients + self.activations + self.buffer
+                + self.adaptation + self.federated)
 
     @property
     def flash(self) -> int:
@@ -57,14 +70,23 @@ class MemoryReport:
         return self.flash_backbone + self.flash_head
 
     def as_dict(self) -> dict[str, int]:
-        """``arena, head_weights, gradients, activations, buffer, total`` (RAM) plus ``flash``."""
+        """``arena, head_weights, gradients, activations, buffer, adaptation, federated, total`` (RAM) plus ``flash``."""
         return {"arena": self.arena, "head_weights": self.head_weights, "gradients": self.gradients,
-                "activations": self.activations, "buffer": self.buffer, "total": self.ram,
+                "activations": self.activations, "buffer": self.buffer, "adaptation": self.adaptation,
+                "federated": self.federated, "total": self.ram,
                 "flash": self.flash, "flash_backbone": self.flash_backbone, "flash_head": self.flash_head}
 
 
+def adaptation_floats(layer_sizes: list[int], *, readout: bool, batch_steps: bool) -> int:
+    """Floats of the adaptation state (see the module docstring): readout solver or accumulated gradient."""
+    h, m = int(layer_sizes[-2]), int(layer_sizes[-1])
+    n_params = sum(a * b + b for a, b in zip(layer_sizes[:-1], layer_sizes[1:], strict=True))
+    return max((h + 1) ** 2 + (h + 1) * m if readout else 0, n_params if batch_steps else 0)
+
+
 def account(*, layer_sizes: list[int], gradient_floats: int, arena: int, backbone_bytes: int,
-            sample_bytes: int, buffer_samples: int = 1) -> MemoryReport:
+            sample_bytes: int, buffer_samples: int = 1, adaptation_floats: int = 0,
+            federated_floats: int = 0) -> MemoryReport:
     """Apply the formulas of this module to one head/backbone pair (see the module docstring)."""
     if buffer_samples < 0:
         raise ValueError(f"buffer_samples must be >= 0; got {buffer_samples}")
@@ -78,4 +100,6 @@ def account(*, layer_sizes: list[int], gradient_floats: int, arena: int, backbon
         buffer=int(buffer_samples) * int(sample_bytes),
         flash_backbone=int(backbone_bytes),
         flash_head=head,
+        adaptation=FLOAT_BYTES * int(adaptation_floats),
+        federated=FLOAT_BYTES * int(federated_floats),
     )

@@ -23,7 +23,10 @@ def check_fits(report: MemoryReport, *, ram_bytes: int, flash_bytes: int, what: 
     if report.ram > ram_bytes:
         problems.append(f"needs {report.ram:,} B RAM (arena {report.arena:,} + head {report.head_weights:,} "
                         f"+ gradients {report.gradients:,} + activations {report.activations:,} "
-                        f"+ buffer {report.buffer:,}) but the device has {ram_bytes:,} B")
+                        f"+ buffer {report.buffer:,}"
+                        + (f" + adaptation {report.adaptation:,}" if report.adaptation else "")
+                        + (f" + federated {report.federated:,}" if report.federated else "")
+                        + f") but the device has {ram_bytes:,} B")
     if report.flash > flash_bytes:
         problems.append(f"needs {report.flash:,} B flash (backbone {report.flash_backbone:,} + head "
                         f"{report.flash_head:,}) but the device has {flash_bytes:,} B")

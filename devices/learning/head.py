@@ -417,6 +417,53 @@ class MLPHead:
                 d = d_below
         return loss
 
+    def batch_sgd_step(self, feats: np.ndarray, targets: np.ndarray, lr: float, *,
+                       trainable: set[int] | None = None, clip_norm: float | None = None) -> float:
+        """One SGD step on the *mean* loss of a batch (e.g. a new device's K shots); returns that loss before it.
+
+        The gradient is the mean of the per-sample gradients of `sgd_step` (a device accumulates
+        them in one gradient-sized buffer, counted as ``adaptation`` RAM), computed here for the
+        whole batch at once; each layer's (dW, db) is scaled down to norm ≤ `clip_norm` as in
+        `sgd_step`. On a non-finite result the weights stay unchanged and `HeadDivergedError` is raised.
+        """
+        if isinstance(lr, bool) or not (np.isfinite(lr) and lr > 0):
+            raise LearnerInputError(f"learning rate must be a positive number; got {lr!r}")
+        idx = self._layers(trainable)
+        f = self._feats(feats, batch=True)
+        t = self._targets(np.asarray(targets), len(f))
+        if len(f) == 0:
+            raise LearnerInputError("a batch step needs at least one sample")
+        ws = self.weights_
+        updates: list[tuple[int, np.ndarray, np.ndarray]] = []
+        with np.errstate(over="ignore", invalid="ignore"):
+            acts = self._forward(f)
+            losses, d = self._loss_and_delta(acts[-1], t)
+            d = d * (1.0 / len(f))
+            lowest = idx[0] if idx else self.n_layers
+            trained = set(idx)
+            for l in range(self.n_layers - 1, lowest - 1, -1):
+                a = acts[l]
+                d_below = (d @ ws[2 * l].T) * (a > 0) if l > lowest else None
+                if l in trained:
+                    gw, gb = a.T @ d, d.sum(axis=0)
+                    scale = float(lr)
+                    if clip_norm is not None:
+                        norm = math.sqrt(float(np.vdot(gw, gw)) + float(np.vdot(gb, gb)))
+                        if norm > clip_norm:
+                            scale *= clip_norm / norm
+                    updates.append((l, ws[2 * l] - scale * gw, ws[2 * l + 1] - scale * gb))
+                if d_below is not None:
+                    d = d_below
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss = float(losses.mean())
+            check = sum(float(w.sum()) + float(b.sum()) for _, w, b in updates)
+        if not (math.isfinite(loss) and math.isfinite(check)):
+            raise HeadDivergedError(f"head diverged in a batch step (loss {loss}; lower the learning rate {lr}); "
+                                    "weights left unchanged")
+        for l, w, b in updates:
+            ws[2 * l], ws[2 * l + 1] = w.astype(self.dtype, copy=False), b.astype(self.dtype, copy=False)
+        return loss
+
     def losses(self, feats: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Per-sample losses of a batch (no update)."""
         f = self._feats(feats, batch=True)

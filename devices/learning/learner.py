@@ -234,8 +234,13 @@ class OnlineLearner:
             self._arena = measure_backbone_arena(self.backbone.model_bytes)
         return self._arena
 
-    def memory(self, buffer_samples: int = 1, *, layers: set[int] | None = None) -> MemoryReport:
-        """The full `MemoryReport` (RAM and flash parts); see `devices.learning.fit` for the formulas."""
+    def memory(self, buffer_samples: int = 1, *, layers: set[int] | None = None, adaptation_floats: int = 0,
+               federated_floats: int = 0) -> MemoryReport:
+        """The full `MemoryReport` (RAM and flash parts); see `firmware_models.memory_budget` for the formulas.
+
+        `adaptation_floats` / `federated_floats`: state of the few-shot procedure and of federated
+        rounds (`devices.learning.adapt.adaptation_floats`, `devices.train_task.FederatedState.floats`).
+        """
         if self.backbone is None:
             sample = sample_nbytes(self.input_shape, FLOAT_BYTES)
             flash_backbone = 0
@@ -244,7 +249,8 @@ class OnlineLearner:
             flash_backbone = len(self.backbone.model_bytes)
         return account(layer_sizes=self.head.layer_sizes, gradient_floats=self.head.error_floats(layers),
                        arena=self.arena_bytes(), backbone_bytes=flash_backbone, sample_bytes=sample,
-                       buffer_samples=buffer_samples)
+                       buffer_samples=buffer_samples, adaptation_floats=adaptation_floats,
+                       federated_floats=federated_floats)
 
     def memory_report(self, buffer_samples: int = 1, *, layers: set[int] | None = None) -> dict[str, int]:
         """Bytes: ``arena, head_weights, gradients, activations, buffer, total`` (RAM) and ``flash``.

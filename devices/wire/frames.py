@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from devices.exceptions import ProtocolError
-from devices.wire.keys import FRAME_TYPES, PROTOCOL_VERSION, ConfigKey, ErrorCode, MessageType
+from devices.wire.keys import ADAPT_STEPS, FRAME_TYPES, PROTOCOL_VERSION, ConfigKey, Downlink, ErrorCode, MessageType
 
 MAX_HEADER_BYTES = 65536
 """A header larger than this is refused before JSON parsing (bounded memory on a device)."""
@@ -235,10 +235,14 @@ _CONFIG_RULES: dict[str, dict[str, tuple[str, bool]]] = {
     # key: (rule, required)
     MessageType.TRAIN: {ConfigKey.SERVER_ROUND: ("int>=0", False), ConfigKey.LOCAL_STEPS: ("int>=1", True),
                         ConfigKey.LR: ("num>0", True), ConfigKey.TOP_P: ("fraction", False),
-                        ConfigKey.LOCAL_LAYERS: ("int-list", False), ConfigKey.RECONSTRUCT_STEPS: ("int>=0", False)},
+                        ConfigKey.LOCAL_LAYERS: ("int-list", False), ConfigKey.RECONSTRUCT_STEPS: ("int>=0", False),
+                        ConfigKey.READOUT_LAMBDA: ("num>0", False), ConfigKey.ERROR_FEEDBACK: ("bool", False),
+                        ConfigKey.DOWNLINK: ("downlink", False), ConfigKey.DOWNLINK_SCALES: ("num-list", False),
+                        ConfigKey.BASE_CRC: ("crc32", False)},
     MessageType.EVALUATE: {ConfigKey.SERVER_ROUND: ("int>=0", False)},
     MessageType.ADAPT: {ConfigKey.SHOTS: ("int>=1", True), ConfigKey.STEPS: ("int>=0", True),
-                        ConfigKey.LR: ("num>0", False), ConfigKey.SERVER_ROUND: ("int>=0", False)},
+                        ConfigKey.LR: ("num>0", False), ConfigKey.SERVER_ROUND: ("int>=0", False),
+                        ConfigKey.ADAPT_STEP: ("adapt-step", False), ConfigKey.READOUT_LAMBDA: ("num>0", False)},
     MessageType.DEPLOY: {ConfigKey.ARTIFACT: ("artifact", True), ConfigKey.SHA256: ("sha256", True),
                          ConfigKey.SIZE: ("int>=1", True), ConfigKey.CHUNK_INDEX: ("int>=0", True),
                          ConfigKey.CHUNK_COUNT: ("int>=1", True), ConfigKey.ARENA_BYTES: ("int>=0", False)},
@@ -263,6 +267,11 @@ def check_config(mtype: str, config: Mapping[str, Any], *, request_id: str | Non
             "fraction": lambda x: is_number(x) and 0 < x <= 1,
             "int-list": lambda x: isinstance(x, list) and len(x) <= 64 and all(is_int(i, 0) for i in x),
             "artifact": lambda x: x in ARTIFACTS,
+            "bool": lambda x: isinstance(x, bool),
+            "downlink": lambda x: x in (Downlink.DENSE, Downlink.DELTA_Q8),
+            "num-list": lambda x: isinstance(x, list) and len(x) <= 64 and all(is_number(i) and i >= 0 for i in x),
+            "crc32": lambda x: is_int(x, 0) and x < 2**32,
+            "adapt-step": lambda x: x in ADAPT_STEPS,
             "sha256": lambda x: isinstance(x, str) and len(x) == 64 and all(c in "0123456789abcdef" for c in x),
         }[rule](val)
         if not ok:
@@ -272,6 +281,10 @@ def check_config(mtype: str, config: Mapping[str, Any], *, request_id: str | Non
         if key in config and mtype != MessageType.DEPLOY and config[key] > MAX_STEPS:
             raise ProtocolError(f"{mtype}: config {key!r}={config[key]} exceeds {MAX_STEPS}",
                                 code=ErrorCode.BAD_CONFIG, request_id=request_id)
+    if mtype == MessageType.TRAIN and config.get(ConfigKey.DOWNLINK) == Downlink.DELTA_Q8 and not (
+            ConfigKey.DOWNLINK_SCALES in config and ConfigKey.BASE_CRC in config):
+        raise ProtocolError(f"{mtype}: downlink {Downlink.DELTA_Q8!r} needs {ConfigKey.DOWNLINK_SCALES!r} and "
+                            f"{ConfigKey.BASE_CRC!r}", code=ErrorCode.BAD_CONFIG, request_id=request_id)
     if mtype == MessageType.DEPLOY and config[ConfigKey.CHUNK_INDEX] >= config[ConfigKey.CHUNK_COUNT]:
         raise ProtocolError(f"{mtype}: chunk-index {config[ConfigKey.CHUNK_INDEX]} is not below chunk-count "
                             f"{config[ConfigKey.CHUNK_COUNT]}", code=ErrorCode.BAD_CONFIG, request_id=request_id)

@@ -49,6 +49,20 @@ class ConfigKey(_Constants):
     CHUNK_INDEX = "chunk-index"
     CHUNK_COUNT = "chunk-count"
     ARENA_BYTES = "arena-bytes"
+    # --- federated meta-learning (issue 13; docs/protocol.md "Meta-learning keys") ---
+    READOUT_LAMBDA = "readout-lambda"
+    """train: re-fit the local (last) layer in closed form (ridge, this lambda) before training;
+    adapt: the same on the shots before the adaptation steps."""
+    ADAPT_STEP = "adapt-step"
+    """adapt: what one step is, "batch" (mean loss of the shots) or "sample" (batch-1; the default)."""
+    ERROR_FEEDBACK = "error-feedback"
+    """train with top-p: keep the unsent part of the update on the device and add it to the next one."""
+    DOWNLINK = "downlink"
+    """train: how the weights travel, "dense" (default) or "delta-q8" (int8 deltas to the device's base)."""
+    DOWNLINK_SCALES = "downlink-scales"
+    """train, delta-q8: one float32 scale per tensor, in tensor order (value = base + q * scale)."""
+    BASE_CRC = "base-crc"
+    """train, delta-q8: CRC-32 of the base the server assumes the device holds (float32 LE, tensor order)."""
 
 
 class MetricKey(_Constants):
@@ -77,6 +91,7 @@ class ErrorCode(_Constants):
     SHA_MISMATCH = "sha-mismatch"
     SELF_TEST_FAILED = "self-test-failed"
     DOES_NOT_FIT = "does-not-fit"
+    STALE_BASE = "stale-base"
     INTERNAL = "internal"
 
 
@@ -89,6 +104,16 @@ class Encoding(_Constants):
     DENSE = "dense"
     TOP_P = "top-p"
 
+
+class Downlink(_Constants):
+    """How a train task's weights travel (config ``downlink``)."""
+
+    DENSE = "dense"
+    DELTA_Q8 = "delta-q8"
+
+
+ADAPT_STEPS = ("batch", "sample")
+"""Values of ``adapt-step``."""
 
 SPARSE_INDEX_SUFFIX = ".idx"
 SPARSE_VALUE_SUFFIX = ".val"

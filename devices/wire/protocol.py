@@ -49,6 +49,7 @@ from devices.wire.frames import (
     sparse_nbytes,
 )
 from devices.wire.keys import (
+    ADAPT_STEPS,
     ERROR_CODES,
     FRAME_TYPES,
     PROTOCOL_VERSION,
@@ -56,6 +57,7 @@ from devices.wire.keys import (
     SPARSE_VALUE_SUFFIX,
     TASK_TYPES,
     ConfigKey,
+    Downlink,
     Encoding,
     ErrorCode,
     MessageType,
@@ -64,7 +66,7 @@ from devices.wire.keys import (
 from firmware_models.head_format import weight_names
 
 __all__ = [
-    "ALIGN", "ARTIFACTS", "SPARSE_INDEX_SUFFIX", "SPARSE_VALUE_SUFFIX", "Encoding", "DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_FRAME_BYTES", "DTYPES", "ERROR_CODES", "FRAME_TYPES",
+    "ADAPT_STEPS", "Downlink", "ALIGN", "ARTIFACTS", "SPARSE_INDEX_SUFFIX", "SPARSE_VALUE_SUFFIX", "Encoding", "DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_FRAME_BYTES", "DTYPES", "ERROR_CODES", "FRAME_TYPES",
     "INDEX_DTYPES", "MAX_HEADER_BYTES", "MAX_STEPS", "PROTOCOL_VERSION", "SCHEMA_DIR", "TASK_TYPES",
     "UINT16_MAX_ENTRIES", "ConfigKey", "ErrorCode", "Frame", "MessageType", "MetricKey", "SparseTensor", "Tensor",
     "check_config", "check_finite", "check_header", "decode_frame", "decode_json_document", "decode_result",

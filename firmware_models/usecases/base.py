@@ -122,6 +122,19 @@ class UseCase(ABC):
     def devices(self, split: Split, n_devices: int, *, samples_per_device: int, seed: int = 0) -> list[DeviceData]:
         """Generate `n_devices` devices of `split`; deterministic for a given seed."""
 
+    def split_shots(self, data: DeviceData, shots: int) -> tuple[DeviceData, DeviceData]:
+        """A held-out device's K labelled shots and the query samples it is judged on.
+
+        Default: the first `shots` samples and the rest (held-out devices are generated so that
+        any prefix is a fair shot set, e.g. labels cycling through the classes). A use case whose
+        few-shot protocol needs more (presence: balanced shots from early days, queries where
+        occupancy changes) overrides this.
+        """
+        if not 0 < shots < len(data):
+            raise ValueError(f"{data.device_id}: {shots} shots leave no query samples of {len(data)}")
+        return (DeviceData(data.device_id, data.x[:shots], data.y[:shots], data.meta),
+                DeviceData(data.device_id, data.x[shots:], data.y[shots:], data.meta))
+
     @abstractmethod
     def build(self, out_dir: Path, *, seed: int = 0, quick: bool = False,
               progress: ProgressFn | None = None) -> dict[str, Any]:
