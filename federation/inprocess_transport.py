@@ -25,14 +25,15 @@ class InProcessTransport(Transport):
     handlers : mapping of device id to handler
         The fleet; every device starts online.
     workers : int, default=4
-        Threads that run handlers (replies arrive concurrently and out of order, as over MQTT).
+        Threads that run handlers (replies arrive concurrently and out of order, as over MQTT);
+        0 runs each handler inside `send` (synchronous, deterministic: in-process experiments).
     """
 
     def __init__(self, handlers: Mapping[str, DeviceHandler], *, workers: int = 4) -> None:
         self.handlers = dict(handlers)
         self._online = set(self.handlers)
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="memdev")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="memdev") if workers > 0 else None
         self._on_payload: PayloadHandler | None = None
 
     def start(self, on_payload: PayloadHandler) -> None:
@@ -43,7 +44,10 @@ class InProcessTransport(Transport):
             return sorted(self._online)
 
     def send(self, device_id: str, payload: bytes) -> None:
-        self._pool.submit(self._run, device_id, payload)
+        if self._pool is None:
+            self._run(device_id, payload)
+        else:
+            self._pool.submit(self._run, device_id, payload)
 
     def inject(self, device_id: str, payload: bytes) -> None:
         """Deliver `payload` as if `device_id` had published it (replays, garbage, late replies)."""
@@ -56,4 +60,5 @@ class InProcessTransport(Transport):
             self._on_payload(device_id, reply)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

@@ -7,6 +7,7 @@ fleets) the mean has one term. ε is annealed linearly so that late rounds refin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,6 +61,29 @@ def reptile_update(theta: Sequence[np.ndarray], phis: Sequence[Sequence[np.ndarr
         combined = aggregate_trimmed_avg([(d, 1) for d in deltas], trim)
     return [(t64 + epsilon * c).astype(np.asarray(t).dtype)
             for t, t64, c in zip(theta, t64s, combined, strict=True)]
+
+
+SCHEDULES = ("linear", "cosine", "constant")
+"""How ε moves from its start value to its floor over a run."""
+
+
+def scheduled_epsilon(server_round: int, num_rounds: int, *, epsilon: float, epsilon_floor: float,
+                      schedule: str = "linear") -> float:
+    """ε for `server_round` (1-based) under `schedule`, from `epsilon` toward `epsilon_floor`.
+
+    * ``linear``: Reptile's ε·(1 − i/n) (`linear_epsilon`);
+    * ``cosine``: ``floor + (ε − floor)·(1 + cos(π·i/n))/2`` with i = round − 1 — stays near ε
+      longer, then falls faster; like `linear` it reaches the floor one round after the last;
+    * ``constant``: ε every round (then batched Reptile with ε = 1 is FedAvg, see docs/federation.md).
+    """
+    if schedule == "linear":
+        return linear_epsilon(server_round, num_rounds, epsilon=epsilon, epsilon_floor=epsilon_floor)
+    if schedule == "constant":
+        return float(epsilon)
+    if schedule != "cosine":
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
+    frac = min(max((server_round - 1) / max(num_rounds, 1), 0.0), 1.0)
+    return float(epsilon_floor + (epsilon - epsilon_floor) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
 def linear_epsilon(server_round: int, num_rounds: int, *, epsilon: float, epsilon_floor: float) -> float:

@@ -46,7 +46,9 @@ class ProtocolCodec(Codec):
         """One task frame; a config the protocol refuses is a server-side mistake and raises."""
         mtype = _TASK_TYPES[task.task_type]
         config = {**self.task_defaults, **{k: _plain(v) for k, v in task.config.items()}}
-        tensors = [(k, np.asarray(v, np.float32)) for k, v in task.arrays.items()]
+        # weights travel as float32; int8 arrays are delta codes (TinyMetaFed's delta-q8 downlink) and stay int8
+        tensors = [(k, v if np.asarray(v).dtype == np.int8 else np.asarray(v, np.float32))
+                   for k, v in task.arrays.items()]
         try:
             _, frame = protocol.encode_task(mtype, config=config, run=task.run_id, server_round=int(task.server_round),
                                             task_id=task.message_id, extra_tensors=tensors)

@@ -2,7 +2,7 @@
 
 from flwr.serverapp.strategy import FedAvg
 
-from federation.strategies.reptile import Reptile
+from federation.strategies.reptile import Reptile, TinyReptile
 from federation.strategies.tinymetafed import TinyMetaFed
 
-__all__ = ["FedAvg", "Reptile", "TinyMetaFed"]
+__all__ = ["FedAvg", "Reptile", "TinyMetaFed", "TinyReptile"]

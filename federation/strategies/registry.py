@@ -8,10 +8,11 @@ from typing import Any
 from flwr.serverapp.strategy import FedAvg
 
 from federation.exceptions import StrategyParameterError
-from federation.strategies.reptile import Reptile
+from federation.strategies.reptile import Reptile, TinyReptile
 from federation.strategies.tinymetafed import TinyMetaFed
 
-STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "reptile": Reptile, "tinymetafed": TinyMetaFed}
+STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "reptile": Reptile, "tinyreptile": TinyReptile,
+                                       "tinymetafed": TinyMetaFed}
 
 # Sampling settings every strategy gets from the coordinator: it has already waited for its quorum,
 # so FedAvg's own endless wait for `min_available_nodes` must never trigger mid-run.

@@ -1,9 +1,13 @@
 """Reptile / TinyReptile as a Flower strategy: FedAvg's sampling, Reptile's server update.
 
 Devices run the same local training as under FedAvg (k online SGD steps from the global head θ,
-returning φ); only the server step differs: θ ← θ + ε·mean_i(φ_i − θ) with ε annealed linearly
+returning φ); only the server step differs: θ ← θ + ε·mean_i(φ_i − θ) with ε annealed
 (Nichol et al., 2018). ``serial=True`` samples one device per round, as TinyReptile does on a
-fleet of microcontrollers that cannot all be awake at once.
+fleet of microcontrollers that cannot all be awake at once (`TinyReptile`).
+
+Batched Reptile with a constant ε = 1 *is* FedAvg when every device reports the same
+``num-examples`` (θ + 1·mean_i(φ_i − θ) = mean_i φ_i; docs/federation.md has the algebra), so
+the two differ only by the ε schedule.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from devices.wire.protocol import ConfigKey
 from federation.flower_compat import check_and_log_replies
-from federation.meta_update import AGGREGATIONS, linear_epsilon, reptile_update
+from federation.meta_update import AGGREGATIONS, SCHEDULES, reptile_update, scheduled_epsilon
 from federation.strategies._params import check_choice, check_int, check_real
 
 log = logging.getLogger(__name__)
@@ -52,13 +56,15 @@ class Reptile(FedAvg):
         trimmed mean, which a few consistent, wrong updates cannot drag (see `reptile_update`).
     trim : float, default=0.2
         For "trimmed-mean": fraction of updates cut at each end per coordinate, in [0, 0.5).
+    schedule : {"linear", "cosine", "constant"}, default="linear"
+        How ε falls from `epsilon` to `epsilon_floor` (`federation.meta_update.scheduled_epsilon`).
     **kwargs
         Passed to `flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes, keys).
     """
 
     def __init__(self, *, epsilon: float = 1.0, epsilon_floor: float = 0.0, num_rounds: int = 1,
-                 local_steps: int = 50, local_lr: float = 0.02, serial: bool = False, aggregation: str = "mean", trim: float = 0.2,
-                 **kwargs: object) -> None:
+                 local_steps: int = 50, local_lr: float = 0.02, serial: bool = False, aggregation: str = "mean",
+                 trim: float = 0.2, schedule: str = "linear", **kwargs: object) -> None:
         if serial:
             kwargs.update(fraction_train=SERIAL_FRACTION, min_train_nodes=1)
             kwargs.setdefault("min_available_nodes", 1)
@@ -71,6 +77,7 @@ class Reptile(FedAvg):
         self.serial = serial
         self.aggregation = aggregation
         self.trim = trim
+        self.schedule = schedule
         self._theta: ArrayRecord | None = None
         self._validate_params()
 
@@ -82,17 +89,19 @@ class Reptile(FedAvg):
         check_real(self, "local_lr", self.local_lr, 0.0, 1000.0, closed="right")
         check_choice(self, "aggregation", self.aggregation, AGGREGATIONS)
         check_real(self, "trim", self.trim, 0.0, 0.5, closed="left")
+        check_choice(self, "schedule", self.schedule, SCHEDULES)
 
     def summary(self) -> None:
         """Log the Reptile settings, then FedAvg's."""
-        log.info("\t├──> Reptile: epsilon %.3g -> %.3g over %d rounds, %d local steps at lr %.3g%s",
-                 self.epsilon, self.epsilon_floor, self.num_rounds, self.local_steps, self.local_lr,
+        log.info("\t├──> Reptile: epsilon %.3g -> %.3g (%s) over %d rounds, %d local steps at lr %.3g%s",
+                 self.epsilon, self.epsilon_floor, self.schedule, self.num_rounds, self.local_steps, self.local_lr,
                  " (serial)" if self.serial else "")
         super().summary()
 
     def epsilon_at(self, server_round: int) -> float:
         """The outer step size used to aggregate `server_round`."""
-        return linear_epsilon(server_round, self.num_rounds, epsilon=self.epsilon, epsilon_floor=self.epsilon_floor)
+        return scheduled_epsilon(server_round, self.num_rounds, epsilon=self.epsilon,
+                                 epsilon_floor=self.epsilon_floor, schedule=self.schedule)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -122,3 +131,24 @@ class Reptile(FedAvg):
         """φ of one device, in the order of `keys` (subclasses decode compressed replies here)."""
         rec = next(iter(reply.content.array_records.values()))
         return [rec[k].numpy() for k in keys]
+
+
+TINYREPTILE_EPSILON = 0.3
+"""TinyReptile's default ε at round 1 (annealed linearly to 0), chosen on validation devices.
+
+With one device per round, ε = 1 replaces θ by that device's adapted head every round, so the
+"initialization" is whatever the last device learnt: on sine ε0 = 1 collapsed (MSE 4.20, all 32
+second-layer ReLUs dead) where ε0 = 0.1 reached 0.55. `benchmarks.fedmeta` re-measures the sweep
+(``fedmeta_summary.json`` → ``validation``) and docs/federation.md quotes it."""
+
+
+class TinyReptile(Reptile):
+    """TinyReptile (Ren et al., 2021): serial Reptile, one device per round, online batch-1 training.
+
+    `Reptile` with ``serial=True`` and the validated ε0 default `TINYREPTILE_EPSILON`; every other
+    parameter is Reptile's.
+    """
+
+    def __init__(self, *, epsilon: float = TINYREPTILE_EPSILON, **kwargs: object) -> None:
+        kwargs["serial"] = True
+        super().__init__(epsilon=epsilon, **kwargs)  # type: ignore[arg-type]

@@ -1,16 +1,17 @@
-"""TinyMetaFed as a Flower strategy: Reptile + partial local reconstruction + Top-P% uplink.
+"""TinyMetaFed as a Flower strategy: Reptile + partial local reconstruction + compressed links both ways.
 
-* Partial local reconstruction: the head's `local_layers` (by default the last one) never leave
-  a device. Each device keeps its own copy, re-fits it for ``reconstruct-steps`` SGD steps with
-  the shared layers frozen before training, and uploads only the shared layers; the server only
-  meta-learns those. The task config names the local layers (``local-layers``); the task still
-  carries the server's initial copy of them (protocol v1 tasks carry a whole head), which a
-  device uses only until it has reconstructed its own.
-* Top-P% selective communication: devices upload only the ``ceil(top_p · size)`` largest-magnitude
-  entries of φ − θ per shared array, as a sparse tensor; the server rebuilds the dense update with
-  `devices.wire.sparse.top_p_decode` (the one implementation of the rule) and applies Reptile's step.
-  The downlink stays dense: a device sampled in round r has usually not seen the global head of
-  round r − 1, so a sparse downlink would need per-device base versions (see docs/federation.md).
+* **Partial local reconstruction.** The head's `local_layers` (by default the last one) never
+  travel: the server meta-learns only the shared layers, and each device re-fits its own copy of
+  the local ones before it trains — in closed form with ``readout_lambda`` (a ridge readout on
+  its local data, `devices.learning.readout`), else by ``reconstruct_steps`` SGD steps.
+* **Top-P% uplink with error feedback.** Devices upload the ``ceil(top_p · size)`` largest
+  entries of their update per shared tensor (`devices.wire.sparse`); with ``error_feedback``
+  what they leave out stays on the device and joins the next update.
+* **Delta-coded downlink** (``downlink="delta-q8"``). The server remembers, per device, the
+  shared weights it last sent (the device's *base*; unknown devices are assumed to hold the
+  run's initial head, which they were deployed with) and sends int8 deltas with one scale per
+  tensor (`devices.wire.delta`); a device whose base differs answers ``stale-base`` and gets
+  dense weights the next time it is sampled. The record is updated only when a device answers.
 """
 
 from __future__ import annotations
@@ -18,46 +19,69 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from devices.wire.protocol import ConfigKey, weight_names
+from devices.wire.delta import arrays_crc32, q8_apply, q8_encode
+from devices.wire.protocol import ConfigKey, Downlink, ErrorCode, weight_names
 from devices.wire.sparse import top_p_decode
 from federation.replies import IDX_SUFFIX, VAL_SUFFIX
-from federation.strategies._params import check_int, check_real
+from federation.strategies._params import check_choice, check_int, check_real
 from federation.strategies.reptile import Reptile
+
+DOWNLINKS = (Downlink.DENSE, Downlink.DELTA_Q8)
 
 
 class TinyMetaFed(Reptile):
-    """Federated meta-learning for TinyML with partial local reconstruction and Top-P% updates.
+    """Federated meta-learning for TinyML with partial local reconstruction and compressed links.
 
     Parameters
     ----------
     top_p : float, default=0.05
-        Fraction of each shared array's update entries a device uploads, in (0, 1]. Each kept
-        entry costs 6 bytes (uint16 index + float32 value, for arrays of ≤ 65,536 entries)
-        against 4 dense. On sine (in-process, 1,000 rounds) 0.05 gave the same few-shot MSE as
-        0.1 (within run-to-run noise) and, with the reply's ~850-byte JSON header, uploads about
-        a quarter of Reptile's bytes per device-round (0.1: a third).
+        Fraction of each shared tensor's update entries a device uploads, in (0, 1]. Each kept
+        entry costs 6 bytes (uint16 index + float32 value) against 4 dense.
     local_layers : tuple of int, default=(-1,)
         Head layers (0-based, negative from the end) that stay on the device.
+    readout_lambda : float or None, default=1.0
+        Re-fit the local (last) layer in closed form, ridge lambda (`devices.learning.readout`);
+        None falls back to `reconstruct_steps` SGD steps.
     reconstruct_steps : int, default=5
-        SGD steps a device spends re-fitting its local layers before each round's training.
+        SGD steps of the local layers before training, when `readout_lambda` is None.
+    error_feedback : bool, default=True
+        Devices keep the unsent part of their Top-P update for the next round.
+    downlink : {"delta-q8", "dense"}, default="delta-q8"
+        How the shared weights go down (see the module docstring).
     **kwargs
         Passed to `Reptile` (epsilon, schedule, local steps and lr, serial, FedAvg's options).
     """
 
-    def __init__(self, *, top_p: float = 0.05, local_layers: tuple[int, ...] = (-1,), reconstruct_steps: int = 5,
-                 **kwargs: object) -> None:
+    def __init__(self, *, top_p: float = 0.05, local_layers: tuple[int, ...] = (-1,),
+                 readout_lambda: float | None = 1.0, reconstruct_steps: int = 5, error_feedback: bool = True,
+                 downlink: str = Downlink.DELTA_Q8, **kwargs: object) -> None:
         self.top_p = top_p
         self.local_layers = tuple(local_layers)
+        self.readout_lambda = readout_lambda
         self.reconstruct_steps = reconstruct_steps
+        self.error_feedback = error_feedback
+        self.downlink = downlink
+        self._initial_shared: dict[str, np.ndarray] | None = None
+        self._bases: dict[int, dict[str, np.ndarray]] = {}
+        self._pending: dict[int, dict[str, np.ndarray]] = {}
+        self._dense_next: set[int] = set()
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     def _validate_params(self) -> None:
         super()._validate_params()
         check_real(self, "top_p", self.top_p, 0.0, 1.0, closed="right")
         check_int(self, "reconstruct_steps", self.reconstruct_steps, 0)
+        check_choice(self, "downlink", self.downlink, DOWNLINKS)
+        if self.readout_lambda is not None:
+            check_real(self, "readout_lambda", self.readout_lambda, 0.0, 1e6, closed="right")
+        if not isinstance(self.error_feedback, bool):
+            from federation.exceptions import StrategyParameterError
+
+            raise StrategyParameterError(f"The 'error_feedback' parameter of {type(self).__name__} must be a bool. "
+                                         f"Got {self.error_feedback!r} instead.")
         if not self.local_layers or not all(isinstance(i, int) and not isinstance(i, bool)
                                             for i in self.local_layers):
             from federation.exceptions import StrategyParameterError
@@ -80,17 +104,67 @@ class TinyMetaFed(Reptile):
             raise StrategyParameterError(
                 f"The 'local_layers' parameter of TinyMetaFed must name distinct layers of the {n_layers}-layer "
                 f"head and leave at least one shared. Got {self.local_layers!r} instead.")
+        if self.readout_lambda is not None and local != [n_layers - 1]:
+            from federation.exceptions import StrategyParameterError
+
+            raise StrategyParameterError("The 'readout_lambda' parameter of TinyMetaFed re-fits the last layer in "
+                                         f"closed form: 'local_layers' must be (-1,). Got {self.local_layers!r}.")
         local_keys = [k for i in local for k in (f"w{i}", f"b{i}")]
         return [k for k in keys if k not in local_keys], local_keys, local
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """Name the local layers; ask for reconstruction and a Top-P sparse reply of the shared ones."""
-        _, _, local = self.split_keys(list(arrays.keys()))
+        """One task per sampled device: its shared layers (int8 deltas to its base, or dense) and the settings."""
+        shared, _, local = self.split_keys(list(arrays.keys()))
         config[ConfigKey.TOP_P] = float(self.top_p)
         config[ConfigKey.LOCAL_LAYERS] = local
-        config["reconstruct-steps"] = self.reconstruct_steps
-        return super().configure_train(server_round, arrays, config, grid)
+        config[ConfigKey.ERROR_FEEDBACK] = self.error_feedback
+        if self.readout_lambda is not None:
+            config[ConfigKey.READOUT_LAMBDA] = float(self.readout_lambda)
+        else:
+            config[ConfigKey.RECONSTRUCT_STEPS] = self.reconstruct_steps
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        theta = {k: arrays[k].numpy().astype(np.float32) for k in shared}
+        if self._initial_shared is None:
+            self._initial_shared = {k: v.copy() for k, v in theta.items()}
+        self._pending = {}
+        out = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            cfg = ConfigRecord(dict(next(iter(msg.content.config_records.values()))))
+            base = self._bases.get(node, self._initial_shared)
+            if self.downlink == Downlink.DENSE or node in self._dense_next:
+                tensors = {k: theta[k] for k in shared}
+                cfg[ConfigKey.DOWNLINK] = Downlink.DENSE
+                self._pending[node] = {k: theta[k].copy() for k in shared}
+            else:
+                codes = {k: q8_encode(theta[k] - base[k]) for k in shared}
+                tensors = {k: codes[k][0] for k in shared}
+                cfg[ConfigKey.DOWNLINK] = Downlink.DELTA_Q8
+                cfg[ConfigKey.DOWNLINK_SCALES] = [float(codes[k][1]) for k in shared]
+                cfg[ConfigKey.BASE_CRC] = arrays_crc32([base[k] for k in shared])
+                self._pending[node] = {k: q8_apply(base[k], *codes[k]) for k in shared}
+            record = RecordDict({self.arrayrecord_key: ArrayRecord({k: Array(np.ascontiguousarray(v))
+                                                                      for k, v in tensors.items()}),
+                                 self.configrecord_key: cfg})
+            out.append(Message(content=record, message_type=MessageType.TRAIN, dst_node_id=node))
+        return out
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Record what each answering device now holds, then Reptile's step on the decoded updates."""
+        replies = list(replies)
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if not reply.has_error():
+                if node in self._pending:
+                    self._bases[node] = self._pending[node]
+                self._dense_next.discard(node)
+            elif f": {ErrorCode.STALE_BASE}:" in (reply.error.reason or ""):
+                self._bases.pop(node, None)
+                self._dense_next.add(node)
+        self._pending = {}
+        return super().aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -109,3 +183,7 @@ class TinyMetaFed(Reptile):
             else:
                 out.append(t)
         return out
+
+    def bytes_state(self) -> int:
+        """Bytes of the per-device base records the server keeps (float32)."""
+        return int(sum(a.nbytes for b in self._bases.values() for a in b.values()))

@@ -23,6 +23,10 @@ import numpy as np
 CHANNELS = ("co2", "temperature", "humidity", "light", "motion")
 MINUTES_PER_DAY = 24 * 60
 RoomKind = Literal["office", "meeting", "lecture", "lab", "open_space", "night_shift"]
+Lighting = Literal["occupant", "schedule", "daylight"]
+LIGHTING: tuple[Lighting, ...] = ("occupant", "schedule", "daylight")
+"""Who switches the lamps: occupants (on when they come in, sometimes forgotten), the building's
+timer (workdays 07:00–19:00, whether anyone is there or not), or nobody (daylight only)."""
 ROOM_KINDS: tuple[RoomKind, ...] = ("office", "meeting", "lecture", "lab", "open_space")
 
 
@@ -69,6 +73,43 @@ class RoomSpec:
     temp_offset: float
     missing_rate: float      # probability per minute that a dropout burst starts
     start_weekday: int       # weekday (0 = Monday) of the first simulated day
+    lighting: Lighting = "occupant"
+
+
+@dataclass(frozen=True)
+class SensorCalibration:
+    """How one device's sensors misreport: per channel ``reading = gain * true + offset``, some channels absent.
+
+    Cheap building sensors differ by unit and by mounting: an NDIR CO2 sensor is off by ±100 ppm
+    and a few tens of percent in gain, a light sensor reads a fraction or a multiple of the lux at
+    the desk depending on where it hangs, humidity sensors drift by several %RH. A model that
+    learnt absolute levels on other rooms cannot know them; a new device has to learn its own.
+    """
+
+    gains: tuple[float, float, float, float, float] = (1.0, 1.0, 1.0, 1.0, 1.0)
+    offsets: tuple[float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0)
+    missing: tuple[str, ...] = ()
+
+
+def random_calibration(rng: np.random.Generator) -> SensorCalibration:
+    """Draw a device's calibration: CO2 gain U(0.7, 1.4) and offset N(0, 120) ppm, temperature offset
+    N(0, 1.2) °C, humidity gain U(0.8, 1.2) and offset N(0, 8) %RH, light gain log-uniform in
+    [0.2, 5], PIR sensitivity U(0.3, 1.5); humidity, light and motion each absent with probability 0.25."""
+    gains = (float(rng.uniform(0.7, 1.4)), 1.0, float(rng.uniform(0.8, 1.2)), float(np.exp(rng.uniform(np.log(0.2),
+             np.log(5.0)))), float(rng.uniform(0.3, 1.5)))
+    offsets = (float(rng.normal(0, 120)), float(rng.normal(0, 1.2)), float(rng.normal(0, 8)), 0.0, 0.0)
+    missing = tuple(ch for ch in ("humidity", "light", "motion") if rng.random() < 0.25)
+    return SensorCalibration(gains, offsets, missing)  # type: ignore[arg-type]
+
+
+def calibrate(log: SensorLog, cal: SensorCalibration) -> SensorLog:
+    """The log as this device's sensors report it (`SensorCalibration`); NaN (dropouts) stays NaN."""
+    values = log.values.astype(np.float64) * np.asarray(cal.gains) + np.asarray(cal.offsets)
+    values[:, 2] = np.clip(values[:, 2], 0.0, 100.0)
+    values[:, 3:] = np.maximum(values[:, 3:], 0.0)
+    for ch in cal.missing:
+        values[:, CHANNELS.index(ch)] = np.nan
+    return SensorLog(log.room, log.minutes, values.astype(np.float32), log.occupied, log.start)
 
 
 def random_room(name: str, rng: np.random.Generator, kind: RoomKind | None = None) -> RoomSpec:
@@ -178,14 +219,18 @@ def simulate_room(spec: RoomSpec, *, days: int = 7, seed: int = 0, change_day: i
         setpoint = 21.5 if 6 <= hour < 19 else 18.5
         temp += 0.05 * (setpoint - temp) + 0.004 * (t_out - temp) + k * 0.1 / (0.34 * spec.volume) \
             + rng.normal(0, 0.01)
-        if k > 0 and not lamps_on and rng.random() < 0.9 - 0.6 * (cloud * spec.window_lux > 400):
-            lamps_on, forgot = True, 0
-        if k == 0 and lamps_on and forgot == 0:
-            forgot = int(rng.integers(1, 90)) if rng.random() < 0.1 else 1
-        if forgot > 0:
-            forgot -= 1
-            if forgot == 0:
-                lamps_on = False
+        if spec.lighting == "occupant":
+            if k > 0 and not lamps_on and rng.random() < 0.9 - 0.6 * (cloud * spec.window_lux > 400):
+                lamps_on, forgot = True, 0
+            if k == 0 and lamps_on and forgot == 0:
+                forgot = int(rng.integers(1, 90)) if rng.random() < 0.1 else 1
+            if forgot > 0:
+                forgot -= 1
+                if forgot == 0:
+                    lamps_on = False
+        else:
+            lamps_on = (spec.lighting == "schedule" and (spec.start_weekday + i // MINUTES_PER_DAY) % 7 < 5
+                        and 7 <= hour < 19)
         daylight = spec.window_lux * cloud * max(0.0, np.sin(np.pi * (hour - 6.5) / 12.5))
         light = daylight + (rng.uniform(380, 480) if lamps_on else 0.0)
         rh = 100.0 * w / _saturation_ratio(temp)
