@@ -11,6 +11,7 @@ ends the run. Replies that arrive after their phase returned are discarded and c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -43,6 +44,7 @@ def _hash63(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & (2**63 - 1)
 
 
+@functools.lru_cache(maxsize=65536)  # asked for every present device every round: 1,000 SHA-256s per round otherwise
 def node_id_for(device_id: str) -> int:
     """A stable positive int64 node id for `device_id` (> 1: node 1 is the server in Flower)."""
     raw = _hash63(device_id)

@@ -1,45 +1,70 @@
-"""benchmarks.fedmeta's own machinery: the per-run device memo and the per-use-case protocol table.
-
-The memo must be invisible in the results (same arrays as generating afresh) and must not outlive
-the run (the use case's method is restored, also after an error).
-"""
+"""benchmarks.fedmeta end to end on a tiny sine protocol: the issue's summary schema, goals, plots, equal budgets."""
 
 from __future__ import annotations
 
-import numpy as np
+import json
+from dataclasses import asdict
+from pathlib import Path
+
 import pytest
 
-from benchmarks.fedmeta import TASK_PROTOCOL, memoized_devices
-from firmware_models.usecases import USE_CASES, get_use_case
+from benchmarks import fedmeta, fedmeta_report
+from benchmarks.fedmeta_train import METHODS, TaskProtocol
+
+METHOD_KEYS = {"mean", "ci95", "adapt_steps", "adapt_lr", "device_steps", "bytes_up", "bytes_down"}
 
 
-def test_memo_serves_identical_devices_and_restores_the_method() -> None:
-    # Prepare
-    fresh = get_use_case("sine").devices("heldout", 3, samples_per_device=8, seed=4)
-    original = type(get_use_case("sine")).devices
-    # Execute
-    with memoized_devices("sine"):
-        first = get_use_case("sine").devices("heldout", 3, samples_per_device=8, seed=4)
-        second = get_use_case("sine").devices("heldout", 3, samples_per_device=8, seed=4)
-        other_seed = get_use_case("sine").devices("heldout", 3, samples_per_device=8, seed=5)
-    # Assert
-    assert type(get_use_case("sine")).devices is original
-    assert first[0] is second[0]            # served from memory, not generated again
-    for a, b in zip(fresh, first, strict=True):
-        np.testing.assert_array_equal(a.x, b.x)
-        np.testing.assert_array_equal(a.y, b.y)
-    assert not np.array_equal(other_seed[0].y, first[0].y)   # the seed is part of the key
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Path]:
+    p = TaskProtocol(task="sine", shots=10, queries=20, fleet=12, rounds=3, per_round=4, local_steps=10, seeds=(0, 1, 2),
+                     test_devices=6, val_devices=4, curve_steps=6, max_adapt_steps=3)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(fedmeta, "ADAPT_LRS", {"regression": (0.01,)})
+    mp.setattr(fedmeta, "ADAPT_LAMBDAS", (None, 1.0))
+    mp.setattr(fedmeta, "TINYREPTILE_SWEEP", (0.3, 1.0))
+    try:
+        res = fedmeta.run_task(p, models=None, workers=1, sweep=True)
+    finally:
+        mp.undo()
+    details = {"tasks": {"sine": asdict(res)}, "settings": {"workers": 1, "cpu_count": 2, "quick": True, "seconds": 1.0}}
+    out = tmp_path_factory.mktemp("fedmeta")
+    summary = fedmeta_report.write_all(details, out, "fedmeta_tiny")
+    return details, summary, out
 
 
-def test_memo_is_removed_after_an_error() -> None:
-    original = type(get_use_case("sine")).devices
-    with pytest.raises(RuntimeError), memoized_devices("sine"):
-        raise RuntimeError("boom")
-    assert type(get_use_case("sine")).devices is original
+def test_summary_is_exactly_the_issue_schema(tiny: tuple[dict, dict, Path]) -> None:
+    _, summary, out = tiny
+    assert json.loads((out / "fedmeta_tiny_summary.json").read_text()) == summary
+    task = summary["tasks"]["sine"]
+    assert set(task) == {"metric", "shots", "seeds", "test_devices", "methods", "paired"}
+    assert task["metric"] == "mse" and task["shots"] == 10 and task["seeds"] == [0, 1, 2] and task["test_devices"] == 6
+    assert set(task["methods"]) == set(METHODS)
+    for m in task["methods"].values():
+        assert set(m) == METHOD_KEYS and m["ci95"][0] <= m["mean"] <= m["ci95"][1] and m["adapt_steps"] <= 3
+    for pair in task["paired"].values():
+        assert set(pair) == {"mean", "ci95"} and pair["ci95"][0] <= pair["mean"] <= pair["ci95"][1]
+    assert "tinyreptile-fedavg" in task["paired"]
 
 
-def test_protocol_table_covers_every_use_case_and_characters_is_5_way_5_shot() -> None:
-    assert set(TASK_PROTOCOL) == set(USE_CASES)
-    assert TASK_PROTOCOL["characters"]["shots"] == 25   # 5 classes x 5 shots (labels cycle 0..4)
-    labels = get_use_case("characters").devices("heldout", 1, samples_per_device=25, seed=0)[0].y
-    assert np.bincount(labels).tolist() == [5] * 5
+def test_budgets_are_equal_and_bytes_are_counted_both_ways(tiny: tuple[dict, dict, Path]) -> None:
+    details, summary, _ = tiny
+    m = summary["tasks"]["sine"]["methods"]
+    assert {m[k]["device_steps"] for k in ("tinyreptile", "reptile", "tinymetafed", "fedavg", "joint")} == {120}
+    assert all(m[k]["bytes_up"] > 0 and m[k]["bytes_down"] > 0 for k in ("tinyreptile", "reptile", "fedavg"))
+    assert m["tinymetafed"]["bytes_up"] < m["reptile"]["bytes_up"] / 2
+    assert m["scratch"]["device_steps"] == 0 and m["scratch"]["bytes_up"] == 0
+    runs = details["tasks"]["sine"]["runs"]
+    assert [r["rounds"] for r in runs["tinyreptile"]] == [12, 12, 12]   # one device per round, 4x the rounds
+    assert set(details["tasks"]["sine"]["sweep"]["epsilon"]) == {"0.3", "1.0"}
+    assert details["tasks"]["sine"]["validation"]["tinymetafed"]["chosen"]["readout_lambda"] == 1.0
+
+
+def test_goals_plots_and_page(tiny: tuple[dict, dict, Path]) -> None:
+    details, _, out = tiny
+    goals = {g["goal"]: g for g in details["goals"]}
+    assert any(k.startswith("sine: best method MSE") for k in goals)
+    assert all(isinstance(g["met"], bool) and g["figure"] for g in goals.values())
+    for name in ("fedmeta_tiny_sine_curves.png", "fedmeta_tiny_bytes.png", "fedmeta_tiny_tinyreptile_epsilon.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    page = (out / "fedmeta_tiny.md").read_text()
+    assert "| tinyreptile-fedavg |" in page and "**met**" in page or "**not met**" in page

@@ -2,7 +2,7 @@
 
 Small and seeded: 60 meta-iterations of 4 simulated devices with the real device learner
 (`OnlineLearner.train`, batch-1) and the server's one `reptile_update`; judged by the same
-few-shot harness as `benchmarks.fedmeta` (10 shots, 5 full-batch steps) on 20 held-out devices.
+few-shot protocol as `benchmarks.fedmeta` (10 shots, 5 full-batch steps) on 20 held-out devices.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 
 from devices.learning.head import MLPHead
 from devices.learning.learner import OnlineLearner
-from federation.fewshot import batch_sgd_step, fewshot_curve, scratch_head
+from devices.learning.adapt import AdaptConfig
+from federation.fewshot import curves, episodes, scratch_head
 from federation.meta_update import reptile_update
 from federation.session import initial_parameters
 from federation.strategies import Reptile
@@ -38,11 +39,13 @@ def _reptile(rounds: int, per_round: int, seed: int = 0) -> list[np.ndarray]:
 
 def test_tuned_reptile_beats_scratch_on_sine_fewshot() -> None:
     theta = _reptile(rounds=60, per_round=4)
-    meta = fewshot_curve(theta, task="sine", shots=10, max_steps=5, n_devices=20, seed=3)
-    scratch = fewshot_curve(scratch_head("sine", sizes=[1, 32, 32, 1], seed=5), task="sine", shots=10,
-                            max_steps=5, n_devices=20, seed=3)
-    assert meta["loss_mean"][5] < 0.6 * scratch["loss_mean"][5]
-    assert meta["loss_mean"][5] < meta["loss_mean"][0]  # the meta-learned head is made to be adapted
+    eps = episodes("sine", 20, shots=10, queries=100, seed=3)
+    cfg = AdaptConfig(steps=5, lr=0.02, step="batch")
+    meta = curves(theta, eps, kind="regression", config=cfg).value.mean(axis=0)
+    scratch = curves(scratch_head("sine", sizes=[1, 32, 32, 1], seed=5), eps, kind="regression",
+                     config=cfg).value.mean(axis=0)
+    assert meta[5] < 0.6 * scratch[5]
+    assert meta[5] < meta[0]  # the meta-learned head is made to be adapted
 
 
 def test_batch_step_follows_the_gradient_of_the_mean_loss() -> None:
@@ -52,7 +55,7 @@ def test_batch_step_follows_the_gradient_of_the_mean_loss() -> None:
     x, y = dev.x.astype(np.float64), dev.y.astype(np.float64)
     before = head.get_weights()
     lr = 1e-4
-    loss0 = batch_sgd_step(head, x, y, lr, clip_norm=None)
+    loss0 = head.batch_sgd_step(x, y, lr, clip_norm=None)
     assert loss0 == pytest.approx(float(np.mean(head.__class__(before, kind="regression",
                                                                dtype=np.float64).losses(x, y))))
     step_sq = sum(float(np.sum((a - b) ** 2)) for a, b in zip(head.get_weights(), before, strict=True))
@@ -66,7 +69,7 @@ def test_batch_step_clip_bounds_each_layer_update() -> None:
     dev = uc.devices("heldout", 1, samples_per_device=10, seed=1)[0]
     head = MLPHead(scratch_head("sine", sizes=[1, 8, 1], seed=2), kind="regression")
     before = head.get_weights()
-    batch_sgd_step(head, dev.x, dev.y * 100, 1.0, clip_norm=0.5)
+    head.batch_sgd_step(dev.x, dev.y * 100, 1.0, clip_norm=0.5)
     for l in range(2):
         dw = head.weights_[2 * l] - before[2 * l]
         db = head.weights_[2 * l + 1] - before[2 * l + 1]

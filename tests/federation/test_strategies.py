@@ -12,7 +12,7 @@ from federation.exceptions import StrategyParameterError
 from federation.flower_compat import init_task_identity
 from federation.grid import FleetGrid
 from federation.inprocess_transport import InProcessTransport
-from federation.meta_update import linear_epsilon
+from federation.meta_update import linear_epsilon, scheduled_epsilon
 from federation.strategies import Reptile, TinyMetaFed
 from federation.wire import ProtocolCodec
 from tests.support.federation import QuadraticDevice, adapted, initial_head
@@ -100,9 +100,9 @@ def test_tinymetafed_keeps_local_layers_on_device_and_counts_sparse_bytes() -> N
     grid, devs = make_grid(4)
     theta = initial_head()
     top_p = 0.25
-    out = start(TinyMetaFed(top_p=top_p, local_layers=(-1,), reconstruct_steps=2, epsilon=0.5, epsilon_floor=0.5,
-                            num_rounds=1, local_steps=STEPS, local_lr=LR, min_available_nodes=4, min_train_nodes=4),
-                grid)
+    out = start(TinyMetaFed(top_p=top_p, local_layers=(-1,), readout_lambda=None, reconstruct_steps=2, epsilon=0.5,
+                            epsilon_floor=0.5, downlink="dense", num_rounds=1, local_steps=STEPS, local_lr=LR,
+                            min_available_nodes=4, min_train_nodes=4), grid)
     # the device's own last layer never travelled upwards
     for d in devs.values():
         assert d.device.sent_keys == [["b0", "w0"]]
@@ -130,8 +130,8 @@ def test_top_p_shrinks_the_uplink() -> None:
     sizes = {}
     for p in (1.0, 0.1):
         grid, _ = make_grid(3)
-        start(TinyMetaFed(top_p=p, num_rounds=1, fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3),
-              grid)
+        start(TinyMetaFed(top_p=p, num_rounds=1, downlink="dense", fraction_evaluate=0.0, min_available_nodes=3,
+                          min_train_nodes=3), grid)
         sizes[p] = grid.ledger.round_summary(1)["phases"]["train"]["bytes_up"]
     assert sizes[0.1] < sizes[1.0]
 
@@ -150,6 +150,12 @@ def test_top_p_shrinks_the_uplink() -> None:
      "The 'reconstruct_steps' parameter of TinyMetaFed must be an int >= 0. Got 1.5 instead."),
     (TinyMetaFed, {"local_layers": ()},
      "The 'local_layers' parameter of TinyMetaFed must be a non-empty tuple of ints. Got () instead."),
+    (TinyMetaFed, {"downlink": "zip"},
+     "The 'downlink' parameter of TinyMetaFed must be one of 'dense', 'delta-q8'. Got 'zip' instead."),
+    (TinyMetaFed, {"readout_lambda": 0.0},
+     "The 'readout_lambda' parameter of TinyMetaFed must be a float in the range (0, 1e+06]. Got 0.0 instead."),
+    (Reptile, {"schedule": "step"},
+     "The 'schedule' parameter of Reptile must be one of 'linear', 'cosine', 'constant'. Got 'step' instead."),
 ])
 def test_bad_parameters_fail_at_construction_with_sklearn_style_messages(cls: type, kwargs: dict, message: str) -> None:
     with pytest.raises(StrategyParameterError) as info:
@@ -160,10 +166,31 @@ def test_bad_parameters_fail_at_construction_with_sklearn_style_messages(cls: ty
 def test_tinymetafed_refuses_to_keep_every_layer_local() -> None:
     grid, _ = make_grid(2)
     with pytest.raises(StrategyParameterError, match="leave at least one shared"):
-        start(TinyMetaFed(local_layers=(0, 1), num_rounds=1), grid)
+        start(TinyMetaFed(local_layers=(0, 1), readout_lambda=None, num_rounds=1), grid)
 
 
 def test_linear_epsilon_schedule() -> None:
     assert linear_epsilon(1, 10, epsilon=1.0, epsilon_floor=0.0) == 1.0
     assert linear_epsilon(10, 10, epsilon=1.0, epsilon_floor=0.0) == pytest.approx(0.1)
     assert linear_epsilon(6, 10, epsilon=0.5, epsilon_floor=0.1) == pytest.approx(0.3)
+
+
+def test_cosine_and_constant_schedules() -> None:
+    cos = [scheduled_epsilon(r, 10, epsilon=1.0, epsilon_floor=0.0, schedule="cosine") for r in range(1, 11)]
+    lin = [scheduled_epsilon(r, 10, epsilon=1.0, epsilon_floor=0.0, schedule="linear") for r in range(1, 11)]
+    assert cos[0] == 1.0 and cos[5] == pytest.approx(0.5) and all(a > b for a, b in zip(cos, cos[1:], strict=False))
+    assert cos[2] > lin[2] and cos[8] < lin[8]  # stays high longer, then falls faster
+    assert scheduled_epsilon(7, 10, epsilon=0.3, epsilon_floor=0.0, schedule="constant") == 0.3
+    assert Reptile(epsilon=1.0, num_rounds=10, schedule="cosine").epsilon_at(6) == pytest.approx(0.5)
+
+
+def test_batched_reptile_with_constant_epsilon_one_is_fedavg() -> None:
+    """θ + 1 · mean_i(φ_i − θ) = mean_i φ_i: with equal num-examples the two strategies agree to float precision."""
+    outs = []
+    for strategy in (FedAvg(min_available_nodes=4, min_train_nodes=4, fraction_evaluate=0.0),
+                     Reptile(epsilon=1.0, schedule="constant", num_rounds=1, local_steps=STEPS, local_lr=LR,
+                             min_available_nodes=4, min_train_nodes=4, fraction_evaluate=0.0)):
+        grid, _ = make_grid(4)
+        outs.append(start(strategy, grid))
+    for k in outs[0]:
+        np.testing.assert_allclose(outs[0][k], outs[1][k], rtol=1e-6, atol=1e-7)

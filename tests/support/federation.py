@@ -59,12 +59,12 @@ class QuadraticDevice:
                                           metrics={"num-examples": self.num_examples, "loss": loss})
         steps, lr = int(cfg["local-steps"]), float(cfg["lr"])
         local_keys = {f"{p}{layer}" for layer in cfg.get("local-layers", []) for p in ("w", "b")}
-        for k in local_keys:  # partial local reconstruction, as devices.agent does it
-            start = self.local.get(k, arrays[k])
+        for k in local_keys:  # partial local reconstruction, as devices.agent does it; a layer the server does
+            start = self.local.get(k, arrays.get(k, initial_head()[k]))  # not send starts from the deployed head
             self.local[k] = adapted(start, self.center[k], int(cfg.get("reconstruct-steps", 0)), lr)
         tensors: list = []
         for k, theta in arrays.items():
-            if k in local_keys:
+            if k in local_keys or theta.dtype.kind != "f":
                 continue
             phi = adapted(theta, self.center[k], steps, lr)
             if "top-p" in cfg:
