@@ -229,8 +229,9 @@ def add_device(store: RegistryStore, td: Path | str | Mapping[str, Any], *, sour
         td = read_td(Path(td))
     source = source or "Thing Description"
     info = parse_td(td, source=source)
+    doc: Mapping[str, Any] = td if isinstance(td, Mapping) else {}  # parse_td refused anything else
     iri = mint_device(str(info["device_id"]))
-    td_id = td_id_of(td, str(info["device_id"]))
+    td_id = td_id_of(doc, str(info["device_id"]))
     if registration is None:
         now = datetime.now(UTC)
         registration = new_registration(registration_of(store, td_id), None, now, max_ttl=1.0)
@@ -244,7 +245,7 @@ def add_device(store: RegistryStore, td: Path | str | Mapping[str, Any], *, sour
                 value = rows[0]["seen"].toPython()
                 last_seen = value if isinstance(value, datetime) else None
     _, g = device_graph(info, online=online, last_seen=last_seen)
-    thing, record, tg = thing_graph(td, td_id, registration)
+    thing, record, tg = thing_graph(doc, td_id, registration)
     g += tg
     g.add((thing, TF.describesDevice, iri))
     validate(g, source=source)

@@ -28,6 +28,7 @@ from tinyfleet.cli import (
     federate,  # noqa: E402
     models,  # noqa: E402
     registry,  # noqa: E402
+    serve,  # noqa: E402
 )
 
 app = typer.Typer(
@@ -56,6 +57,7 @@ app.command(name="demo")(demo.demo)
 app.add_typer(registry.app, name="registry")
 app.add_typer(federate.app, name="federate")
 app.add_typer(devices.app, name="devices")
+app.add_typer(serve.app, name="serve")
 app.command(name="doctor")(doctor.doctor)
 
 
