@@ -85,7 +85,7 @@ class DirectoryServer:
                                               fleet=self.options.fleet, ingest=self._ingest)
             self._listener.__enter__()
         config = uvicorn.Config(self.app, host=self.options.host, port=self.options.port, log_level="warning",
-                                lifespan="off", timeout_graceful_shutdown=2, access_log=False)
+                                lifespan="off", timeout_graceful_shutdown=2, access_log=False, ws="none")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="tinyfleet-serve", daemon=True)
         self._thread.start()
