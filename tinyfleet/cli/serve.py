@@ -105,3 +105,14 @@ def token(name: Annotated[str, typer.Option("--name", help="Name of the token (t
         return
     err.print(f"token {name!r} stored (hashed) in {path}; it is shown only now:", highlight=False)
     print(secret)
+
+
+def serve_demo_output(out: Path, *, port: int, duration: float | None = None) -> None:
+    """Serve a finished demo's registry and runs (read-only) until Ctrl-C: `tinyfleet demo --serve`."""
+    from registry.store import open_store
+    from tinyfleet.serve.server import DirectoryServer, ServeOptions
+
+    with open_store(out / "registry") as st, DirectoryServer(st, ServeOptions(port=port, runs=[out / "runs"])) as srv:
+        err.print(f"dashboard of the demo: {srv.url}/  (TDD API {srv.url}/things); Ctrl-C to stop", highlight=False,
+                  soft_wrap=True)
+        run_until(duration)

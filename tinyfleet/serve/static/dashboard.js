@@ -18,10 +18,13 @@
     if (a >= 1e4) return (v / 1024).toFixed(0) + "K";
     return a >= 100 ? v.toFixed(0) : Number(v.toPrecision(3)).toString();
   }
-  function frame(svg, xs, lo, hi, unit) {
+  function frame(svg, xs, lo, hi, unit, band) {
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     const x0 = xs.length ? xs[0] : 0, x1 = xs.length ? xs[xs.length - 1] : 1;
-    const sx = (x) => L + (x1 === x0 ? 0.5 : (x - x0) / (x1 - x0)) * (W - L - R);
+    const n = Math.max(1, xs.length);
+    // band: one slot per round (bars stay inside the plot); else a continuous x axis.
+    const sx = band ? (x) => L + (xs.indexOf(x) + 0.5) * (W - L - R) / n
+                    : (x) => L + (x1 === x0 ? 0.5 : (x - x0) / (x1 - x0)) * (W - L - R);
     const sy = (y) => T + (hi === lo ? 0.5 : 1 - (y - lo) / (hi - lo)) * (H - T - B);
     for (let i = 0; i <= 4; i++) {
       const y = lo + (hi - lo) * i / 4, py = sy(y);
@@ -57,7 +60,7 @@
   function bytesChart(svg, p) {
     const tot = p.bytes_up.map((u, i) => u + p.bytes_down[i]);
     const hi = Math.max(1, Math.max.apply(null, tot.concat([0])));
-    const f = frame(svg, p.round, 0, hi * 1.05, "B");
+    const f = frame(svg, p.round, 0, hi * 1.05, "B", true);
     const n = Math.max(1, p.round.length), bw = Math.max(2, (W - L - R) / n * 0.7);
     p.round.forEach((x, i) => {
       const cx = f.sx(x), yu = f.sy(p.bytes_up[i]), yt = f.sy(tot[i]);
