@@ -236,6 +236,14 @@ def test_directory_td_is_a_valid_td_1_1(http: httpx.Client) -> None:
 
 def _listen(url: str, out: queue.Queue[tuple[str, dict[str, Any], str]], stop: threading.Event,
             headers: dict[str, str] | None = None) -> None:
+    try:
+        _read_stream(url, out, stop, headers)
+    except httpx.HTTPError:  # the server closes open streams when it stops
+        return
+
+
+def _read_stream(url: str, out: queue.Queue[tuple[str, dict[str, Any], str]], stop: threading.Event,
+                 headers: dict[str, str] | None) -> None:
     with httpx.Client(timeout=httpx.Timeout(30, read=None)) as c, c.stream("GET", url, headers=headers) as r:
         out.put(("open", {"status": r.status_code, "type": r.headers["content-type"]}, ""))
         event, data, eid = "", [], ""
