@@ -41,6 +41,8 @@ from registry.things import (
     check_td_id,
     delete_request,
     enriched,
+    enriched_text,
+    iso,
     new_registration,
     registration_from_row,
     revision,
@@ -75,13 +77,18 @@ class DirectoryEvent:
 
 @dataclass(frozen=True)
 class Page:
-    """One page of the collection: the enriched TDs, whether more follow, the collection's revision."""
+    """One page of the collection: the enriched TDs (as JSON texts), whether more follow, the revision."""
 
-    items: list[dict[str, Any]]
+    documents: list[str]
     offset: int
     limit: int
     more: bool
     etag: str
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        """The enriched TDs as dicts."""
+        return [json.loads(d) for d in self.documents]
 
 
 @dataclass(frozen=True)
@@ -190,9 +197,17 @@ class ThingDirectory:
         etag = revision(self.store)
         query = load_query("things_page") + f"\nLIMIT {limit + 1} OFFSET {offset}"
         rows = self.store.select_values(query, {"now": Literal(now, datatype=XSD.dateTime)})
-        items = [enriched(json.loads(r["doc"]), str(r["id"]), registration_from_row(r), retrieved=now)
-                 for r in rows[:limit]]
-        return Page(items=items, offset=offset, limit=limit, more=len(rows) > limit, etag=etag)
+        retrieved = iso(now)
+        docs = []
+        for r in rows[:limit]:
+            reg = {"created": r["created"], "modified": r["modified"]}
+            if r.get("expires"):
+                reg["expires"] = r["expires"]
+            if r.get("ttl") is not None:
+                reg["ttl"] = int(r["ttl"]) if float(r["ttl"]).is_integer() else r["ttl"]
+            reg["retrieved"] = retrieved
+            docs.append(enriched_text(str(r["doc"]), reg))
+        return Page(documents=docs, offset=offset, limit=limit, more=len(rows) > limit, etag=etag)
 
     def count(self) -> int:
         """TDs served now (expired ones left out)."""

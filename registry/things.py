@@ -136,6 +136,18 @@ def with_context(td: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def enriched_text(document: str, registration: Mapping[str, Any]) -> str:
+    """A stored document (JSON text, context and id already in) with `registration` spliced in.
+
+    Why text: a page of 100 TDs is ~600 KB of JSON; parsing and re-serializing it per request cost
+    more than the query. The stored text is a JSON object written by `thing_graph`, so inserting one
+    member before its closing brace keeps it valid JSON.
+    """
+    body = document.rstrip()
+    sep = "," if body[:-1].strip() != "{" else ""
+    return body[:-1] + sep + '"registration":' + json.dumps(registration, separators=(",", ":")) + "}"
+
+
 def enriched(document: Mapping[str, Any], td_id: str, reg: Registration, *,
              retrieved: datetime | None = None) -> dict[str, Any]:
     """The TD as the directory serves it: local `id` set, Discovery context and `registration` added."""
@@ -153,7 +165,7 @@ def thing_graph(td: Mapping[str, Any], td_id: str, reg: Registration) -> tuple[U
     """The RDF of one stored TD: (thing IRI, record IRI, graph). `td` is stored without `registration`."""
     thing = check_td_id(td_id)
     record = mint_thing_record(td_id)
-    document = {k: v for k, v in td.items() if k != "registration"}
+    document = with_context({k: v for k, v in td.items() if k != "registration"})
     document["id"] = td_id
     g = Graph()
     g.add((thing, RDF.type, TD.Thing))
@@ -164,10 +176,11 @@ def thing_graph(td: Mapping[str, Any], td_id: str, reg: Registration) -> tuple[U
     g.add((record, RDF.type, DISCO.RegistrationInformation))
     g.add((record, TF.thingId, Literal(td_id)))
     g.add((record, TF.tdDocument, Literal(json.dumps(document, ensure_ascii=False, separators=(",", ":")))))
-    g.add((record, DISCO.dateCreated, Literal(reg.created, datatype=XSD.dateTime)))
-    g.add((record, DISCO.dateModified, Literal(reg.modified, datatype=XSD.dateTime)))
+    # Lexical forms exactly as served (`iso`), so a listing reads them back as strings, no parsing.
+    g.add((record, DISCO.dateCreated, Literal(iso(reg.created), datatype=XSD.dateTime)))
+    g.add((record, DISCO.dateModified, Literal(iso(reg.modified), datatype=XSD.dateTime)))
     if reg.expires is not None:
-        g.add((record, DISCO.expires, Literal(reg.expires, datatype=XSD.dateTime)))
+        g.add((record, DISCO.expires, Literal(iso(reg.expires), datatype=XSD.dateTime)))
     if reg.ttl is not None:
         g.add((record, DISCO.ttl, Literal(float(reg.ttl))))
     for section, link, cls in _AFFORDANCES:

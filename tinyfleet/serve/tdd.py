@@ -141,15 +141,17 @@ async def list_things(request: Request) -> Response:
     links = [f'</things>; rel="canonical"; etag="{page.etag}"']
     if page.more:
         links.insert(0, f'<{things_url(offset + limit, limit, fmt)}>; rel="next"')
+    members = "[" + ",".join(page.documents) + "]"  # stored JSON texts, not re-serialized
     if fmt == "collection":
         total = await run_in_threadpool(directory.count)
-        body: Any = {"@context": DISCOVERY_CONTEXT, "@type": "ThingCollection", "total": total,
-                     "members": page.items, "@id": things_url(offset, limit, fmt)}
+        head: dict[str, Any] = {"@context": DISCOVERY_CONTEXT, "@type": "ThingCollection", "total": total,
+                                "@id": things_url(offset, limit, fmt)}
         if page.more:
-            body["next"] = things_url(offset + limit, limit, fmt)
+            head["next"] = things_url(offset + limit, limit, fmt)
+        text = json.dumps(head, separators=(",", ":"))[:-1] + ',"members":' + members + "}"
     else:
-        body = page.items
-    response = JSONLDResponse(body)
+        text = members
+    response = Response(text.encode("utf-8"), media_type=LD_JSON)
     for link in links:
         response.headers.append("Link", link)
     return response
