@@ -197,9 +197,9 @@ def read_td(path: Path) -> Any:
 
 
 def is_device_td(td: Mapping[str, Any]) -> bool:
-    """True for a tinyfleet device's TD (its id is a device URN or it states a board)."""
-    tid = td.get("id")
-    return (isinstance(tid, str) and tid.startswith(_URN)) or _find(td, "board") is not None
+    """True for a tinyfleet device's TD: it states a board (`tinyfleet:board`), which the registry
+    needs to describe the device; any other TD is kept as a plain Thing."""
+    return _find(td, "board") is not None
 
 
 def td_id_of(td: Mapping[str, Any], device_id: str) -> str:
