@@ -68,7 +68,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     detail = {404: f"no resource at {request.url.path[:200]}",
               405: f"{request.method} is not supported on {request.url.path[:200]}"}.get(exc.status_code, exc.detail)
-    return problem(exc.status_code, str(detail), instance=_instance(request), headers=exc.headers)
+    return problem(exc.status_code, str(detail), instance=_instance(request), headers=dict(exc.headers or {}))
 
 
 async def _token_file(request: Request, exc: Exception) -> Response:
