@@ -94,7 +94,7 @@ def token(name: Annotated[str, typer.Option("--name", help="Name of the token (t
           tokens: TokensOpt = None, json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Create a bearer token for the directory's write operations; it is printed once and stored hashed.
 
-    Example: TOKEN=$(tinyfleet serve token --name ci --json | jq -r .token)
+    Example: tinyfleet serve token --name ci --json
     """
     from tinyfleet.serve.auth import TokenStore, default_tokens_path
 
