@@ -56,6 +56,7 @@ from benchmarks.fedmeta_train import (  # noqa: E402
     train_run,
 )
 from devices.learning.adapt import AdaptConfig  # noqa: E402
+from federation import compare  # noqa: E402
 from federation.fewshot import (  # noqa: E402
     curves,
     episodes,
@@ -82,8 +83,8 @@ PROTOCOLS: dict[str, TaskProtocol] = {
 }
 QUICK = replace(PROTOCOLS["sine"], fleet=200, rounds=100, val_devices=30)
 TINYREPTILE_SWEEP = (0.1, 0.3, 1.0)
-ADAPT_LRS = {"regression": (0.003, 0.01, 0.03, 0.1), "classification": (0.01, 0.03, 0.1, 0.3)}
-ADAPT_LAMBDAS = (None, 0.3, 3.0)
+ADAPT_LRS = compare.ADAPT_LRS
+ADAPT_LAMBDAS = compare.ADAPT_LAMBDAS
 
 
 def _log(msg: str) -> None:

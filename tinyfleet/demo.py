@@ -10,11 +10,14 @@ Steps (each printed as it happens):
 3. start a simulated fleet of mixed boards — some too small for the model, some without the
    sensor — whose agents publish W3C Thing Descriptions; the registry ingests them live;
 4. matchmaking picks the eligible devices and says who was excluded and why;
-5. federated meta-learning (Reptile) over MQTT on the eligible devices, with a live display;
-   FedAvg runs on the same devices with the same budget as the baseline;
+5. federated meta-learning over MQTT on the eligible devices with the benchmark's best method
+   for the use case (`federation.compare.RECOMMENDED`, or ``--strategy``), with a live display;
 6. the resulting head is converted to int8 and deployed to the fleet (safe deploy); the new model
    version and its lineage (run, rounds, devices) go into the registry;
-7. brand-new (held-out) devices adapt few-shot from Reptile's, FedAvg's and a scratch head;
+7. the honest comparison (issue 13's protocol, `federation.compare`): TinyReptile, Reptile,
+   TinyMetaFed, FedAvg, joint and from-scratch at the same budget on the same devices (in-process:
+   the devices' own code and frames), each new device adapting with its method's procedure as
+   chosen on validation newcomers; test newcomers give curves with 95 % bands;
 8. a summary table, PNG plots and ``report.json`` in the output directory.
 
 Everything started is stopped again (ExitStack), also on Ctrl-C.
@@ -40,14 +43,21 @@ from broker.process import MosquittoBroker
 from broker.secure import is_secured, secured_broker
 from devices.link.address import Credentials, parse_broker_url
 from federation.checkpoint import load_checkpoint
+from federation.compare import META, METHODS, RECOMMENDED, TASK_SHOTS, Budget, judge, train_method
 from federation.coordinator import FINAL_FILE, Coordinator, RunConfig
-from federation.fewshot import fewshot_curve, head_sizes, scratch_head
+from federation.fewshot import episodes, head_sizes, load_backbone
 from federation.rollout import package_federated_model, rollout
 from federation.session import fleet_grid, initial_parameters
 from firmware_models.card import json_default
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.usecases import get_use_case
-from firmware_models.usecases.base import ARTIFACT_BACKBONE, ARTIFACT_BACKBONE_KERAS, ARTIFACT_CARD, ARTIFACT_MODEL
+from firmware_models.usecases.base import (
+    ARTIFACT_BACKBONE,
+    ARTIFACT_BACKBONE_KERAS,
+    ARTIFACT_CARD,
+    ARTIFACT_MODEL,
+    DeviceData,
+)
 from registry.ingest_model import add_model
 from registry.lineage import record_lineage
 from registry.presence import PresenceListener
@@ -71,17 +81,23 @@ class DemoOptions:
     devices: int = 50
     rounds: int = 100
     newcomers: int = 50
-    shots: int = 10
+    validation: int = 20
+    shots: int = 0  # 0: the benchmark's K for the task (federation.compare.TASK_SHOTS)
+    strategy: str | None = None  # None: the benchmark's best method for the task (federation.compare.RECOMMENDED)
     boards: str = DEFAULT_BOARDS
     broker: str | None = None
     seed: int = 0
     quick: bool = False
     insecure: bool = False
 
+    def __post_init__(self) -> None:
+        if not self.shots:
+            self.shots = TASK_SHOTS.get(self.task, 10)
+
     @classmethod
     def quick_defaults(cls, out: Path, **kw: Any) -> DemoOptions:
-        """Smaller fleet and fewer rounds so the whole demo takes about a minute."""
-        base = {"devices": 16, "rounds": 8, "newcomers": 20}
+        """Smaller fleet, fewer rounds and new devices so the whole demo takes about a minute."""
+        base: dict[str, Any] = {"devices": 16, "rounds": 20, "newcomers": 30, "validation": 12}
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(out=out, quick=True, **base)
 
@@ -181,53 +197,90 @@ def run_demo(opts: DemoOptions, *, say: Say, on_round: OnRound | None = None) ->
             raise TinyFleetError(f"only {len(eligible)} device(s) can run {uc.name}; need at least 2 "
                                  f"(board mix {opts.boards!r})")
 
-        # 5. federated meta-learning -----------------------------------------------------------------
+        # 5. federated meta-learning over MQTT with the best method ------------------------------------
         initial = initial_parameters(uc.name, models_dir=models_dir, seed=opts.seed)
-        runs: dict[str, dict[str, Any]] = {}
-        for strategy in ("reptile", "fedavg"):
-            say(f"5. {strategy}: {opts.rounds} rounds over MQTT on {len(eligible)} devices")
-            runs[strategy] = _federate(opts, strategy, url, out / "runs", models_dir, initial, eligible,
-                                       credentials=accounts["server"], on_round=(lambda rec, s=strategy: on_round(s, rec)) if on_round else None)
-        report["runs"] = {k: {kk: vv for kk, vv in v.items() if kk != "final"} for k, v in runs.items()}
+        best = opts.strategy or RECOMMENDED[uc.name]
+        budget = Budget(rounds=opts.rounds, per_round=min(8, len(eligible)))
+        mqtt_rounds = budget.rounds * budget.per_round if best == "tinyreptile" else budget.rounds
+        say(f"5. {best} (the benchmark's best for {uc.name}): {mqtt_rounds} rounds over MQTT, "
+            f"{1 if best == 'tinyreptile' else budget.per_round} of {len(eligible)} devices per round")
+        run = _federate(opts, best, budget, mqtt_rounds, url, out / "runs", models_dir, initial, eligible,
+                        credentials=accounts["server"],
+                        on_round=(lambda rec: on_round(best, rec)) if on_round else None)
+        report["runs"] = {best: {k: v for k, v in run.items() if k != "final"}}
+        fleet = [DeviceData(a.client_id, np.concatenate([a.x_train, a.x_eval]), np.concatenate([a.y_train, a.y_eval]))
+                 for a in sim.agents if a.client_id in set(eligible)]
 
         # 6. deploy + lineage ---------------------------------------------------------------------
-        reptile = runs["reptile"]
-        deployed = _deploy(uc, reptile["final"], model_dir, address, eligible, out, credentials=accounts["deploy"])
+        deployed = _deploy(uc, run["final"], model_dir, address, eligible, out, credentials=accounts["deploy"])
         new_iri = add_model(store, deployed["path"], deployed["card"])
-        record_lineage(store, new_iri, reptile["run_id"], len(reptile["rounds"]), eligible, "tinyreptile",
-                       reptile["started"], reptile["ended"], parent_model=model_iri)
+        record_lineage(store, new_iri, run["run_id"], len(run["rounds"]), eligible, best,
+                       run["started"], run["ended"], parent_model=model_iri)
         say(f"6. deployed {deployed['artifact']} ({deployed['sha256'][:12]}) to {len(eligible)} devices: "
             + ", ".join(f"{n} {k}" for k, n in sorted(deployed["outcomes"].items())))
-        say(f"   registered version {new_iri} with lineage from run {reptile['run_id']}")
+        say(f"   registered version {new_iri} with lineage from run {run['run_id']}")
         report["deploy"] = {k: v for k, v in deployed.items() if k not in ("card", "path")}
         report["deploy"]["model_iri"] = str(new_iri)
 
-        # 7. few-shot adaptation of brand-new devices ------------------------------------------------
-        say(f"7. {opts.newcomers} brand-new devices adapt with {opts.shots} shots")
-        sizes = head_sizes(initial)
-        heads = {"reptile": reptile["final"], "fedavg": runs["fedavg"]["final"],
-                 "scratch": scratch_head(uc.name, sizes=sizes, seed=opts.seed + 1)}
-        backbone_dir = model_dir if (model_dir / ARTIFACT_BACKBONE).is_file() else None
-        fewshot = {name: fewshot_curve(h, task=uc.name, shots=opts.shots, n_devices=opts.newcomers,
-                                       seed=opts.seed + 7, models_dir=backbone_dir)
-                   for name, h in heads.items()}
-        report["fewshot"] = fewshot
+    # 7. the honest comparison: every method, same devices, same budget, judged on new devices ----------
+    say(f"7. every method on the same {len(fleet)} devices and budget ({budget.sample_gradients:,} device "
+        "sample-gradients; in-process, the devices' own code and frames), judged on new devices")
+    comparison = compare_methods(opts, uc, fleet, initial, models_dir, budget, run["final"], best, say)
+    report["comparison"] = comparison["methods"]
+    report["best"] = comparison["best"]
 
     # 8. plots + report (everything above is stopped by now) -------------------------------------------
-    metric = "loss"
-    curves = {name: [float(v) for v in fs["loss_mean"]] for name, fs in fewshot.items()}
+    label = "MSE" if uc.kind == "regression" else "accuracy"
     report["plots"] = [str(p) for p in (
-        plots.learning_curve(_curve_rows(runs["reptile"]["rounds"]), out / "learning_curve.png",
-                             title=f"Reptile on {uc.name}: mean device loss per round"),
-        plots.few_shot(curves, out / "few_shot.png", metric=metric,
-                       title=f"{uc.name}: new devices, {opts.shots} shots"),
-        plots.bytes_per_round({k: v["rounds"] for k, v in runs.items()}, out / "bytes_per_round.png"),
+        plots.learning_curve(_curve_rows(run["rounds"]), out / "learning_curve.png",
+                             title=f"{best} on {uc.name} over MQTT: mean device loss per round"),
+        plots.few_shot_bands(comparison["curves"], out / "few_shot.png", metric=f"query {label}",
+                             chosen={m: r["adapt_steps"] for m, r in comparison["methods"].items()},
+                             title=f"{uc.name}: {opts.newcomers} new devices, {opts.shots} shots, 95 % bands",
+                             log=uc.kind == "regression"),
+        plots.bytes_per_round({best: run["rounds"]}, out / "bytes_per_round.png"),
     )]
-    report["summary"] = _summary(report, curves)
+    report["summary"] = [{"init": m, "metric": "mse" if uc.kind == "regression" else "accuracy", **r}
+                         for m, r in comparison["methods"].items()]
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     report["ended"] = _now()
     (out / "report.json").write_text(json.dumps(report, indent=2, default=json_default) + "\n")
     return report
+
+
+def compare_methods(opts: DemoOptions, uc: Any, fleet: list[DeviceData], initial: dict[str, np.ndarray], models_dir: Path,
+             budget: Budget, mqtt_head: dict[str, np.ndarray], best: str, say: Say) -> dict[str, Any]:
+    """Train every method in-process at `budget`, choose each one's adaptation on validation newcomers, test."""
+    runs = {}
+    for m in METHODS:
+        runs[m] = train_method(uc.name, m, fleet, initial, budget, models_dir=models_dir, seed=opts.seed)
+        if m != "scratch":
+            say(f"   {m}: {runs[m].device_steps:,} device steps, {runs[m].bytes_up:,} B up, "
+                f"{runs[m].bytes_down:,} B down ({runs[m].seconds:.0f} s)")
+    heads = {m: r.head for m, r in runs.items()}
+    heads[f"{best} (MQTT)"] = mqtt_head
+    backbone = load_backbone(uc.name, models_dir)
+    width = head_sizes(initial)[0]
+    test = episodes(uc.name, opts.newcomers, shots=opts.shots, queries=50, seed=opts.seed + 7, backbone=backbone,
+                    n_features=width)
+    val = episodes(uc.name, opts.validation, shots=opts.shots, queries=50, seed=opts.seed + 7, first=opts.newcomers,
+                   backbone=backbone, n_features=width)
+    verdict = judge(heads, val, test, kind=uc.kind, max_steps=10, curve_steps=20, seed=opts.seed)
+    out: dict[str, Any] = {"methods": {}, "curves": {}, "best": verdict.best(META)}
+    for m, values in verdict.values.items():
+        run_costs = runs[m].costs() if m in runs else {"device_steps": runs[best].device_steps, "bytes_up": None,
+                                                        "bytes_down": None}
+        s = verdict.summary(m)
+        out["methods"][m] = {"mean": s["mean"], "ci95": s["ci95"], "adapt_steps": s["procedure"]["steps"],
+                             "procedure": s["procedure"], "value_0_steps": float(values[:, 0].mean()),
+                             "device_steps": run_costs["device_steps"], "bytes_up": run_costs["bytes_up"],
+                             "bytes_down": run_costs["bytes_down"]}
+        mean, half = values.mean(axis=0), 1.96 * values.std(axis=0, ddof=1) / np.sqrt(len(values))
+        out["curves"][m] = (mean.tolist(), (mean - half).tolist(), (mean + half).tolist())
+    say(f"   best on the new devices: {out['best']} "
+        f"({out['methods'][out['best']]['mean']:.4g}, 95 % CI {out['methods'][out['best']]['ci95'][0]:.4g}"
+        f"-{out['methods'][out['best']]['ci95'][1]:.4g})")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -255,13 +308,18 @@ def _device_id(item: dict[str, Any]) -> str:
     return str(item.get("name") or str(item["iri"]).rsplit(":", 1)[-1].rsplit("/", 1)[-1])
 
 
-def _federate(opts: DemoOptions, strategy: str, url: str, runs_dir: Path, models_dir: Path,
-              initial: dict[str, np.ndarray], eligible: list[str], *, credentials: Credentials | None = None,
+def _federate(opts: DemoOptions, strategy: str, budget: Budget, rounds: int, url: str, runs_dir: Path,
+              models_dir: Path, initial: dict[str, np.ndarray], eligible: list[str], *,
+              credentials: Credentials | None = None,
               on_round: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     run_id = f"demo-{opts.task}-{strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
-    params: dict[str, Any] = {"fraction_train": 1.0}
-    config = RunConfig(run_id=run_id, task=opts.task, strategy=strategy, rounds=opts.rounds, seed=opts.seed,
-                       strategy_params=params, quorum=len(eligible),
+    params: dict[str, Any] = {"fraction_evaluate": 0.0}
+    if strategy != "tinyreptile":
+        params.update(fraction_train=min(1.0, budget.per_round / len(eligible)), min_train_nodes=budget.per_round)
+    if strategy == "tinymetafed":
+        params.update(top_p=budget.top_p, readout_lambda=budget.tmf_readout_lambda)
+    config = RunConfig(run_id=run_id, task=opts.task, strategy=strategy, rounds=rounds, seed=opts.seed,
+                       local_steps=budget.local_steps, lr=budget.lr, strategy_params=params, quorum=len(eligible),
                        quorum_timeout=30.0, round_timeout=30.0, fleet=FLEET, broker=url, simulate=0)
     run_dir = runs_dir / run_id
     started = _now()
@@ -296,20 +354,6 @@ def _deploy(uc: Any, final: dict[str, np.ndarray], model_dir: Path, address: Any
 
 def _curve_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"round": r["round"], "train_loss": r.get("train_loss"), "eval_loss": r.get("eval_loss")} for r in rounds]
-
-
-def _summary(report: dict[str, Any], curves: dict[str, list[float]]) -> list[dict[str, Any]]:
-    rows = []
-    for name, ys in curves.items():
-        fs = report["fewshot"][name]
-        metric = [float(v) for v in fs.get("metric_mean") or []]
-        rounds = report["runs"].get(name, {}).get("rounds", [])
-        rows.append({"init": name, "loss_0_steps": ys[0], "loss_5_steps": ys[min(5, len(ys) - 1)],
-                     "loss_10_steps": ys[-1], "metric": fs.get("metric"),
-                     "metric_10_steps": metric[-1] if metric else None,
-                     "bytes_up": sum(int(r.get("bytes_up") or 0) for r in rounds),
-                     "bytes_down": sum(int(r.get("bytes_down") or 0) for r in rounds)})
-    return rows
 
 
 def _now() -> str:

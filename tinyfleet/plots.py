@@ -45,6 +45,31 @@ def few_shot(curves: Mapping[str, Sequence[float]], path: Path, *, metric: str =
     return _save(fig, path)
 
 
+def few_shot_bands(curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], path: Path, *,
+                   metric: str, chosen: Mapping[str, int] | None = None, title: str = "few-shot adaptation",
+                   log: bool = False) -> Path:
+    """Mean query metric after k = 0, 1, ... adaptation steps with its 95 % band, one line per method.
+
+    A dot marks the number of steps each method's procedure uses (chosen on validation devices).
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, (mean, lo, hi) in curves.items():
+        xs = range(len(mean))
+        line = ax.plot(xs, mean, label=name)[0]
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.18)
+        k = (chosen or {}).get(name)
+        if k is not None and k < len(mean):
+            ax.plot([k], [mean[k]], "o", color=line.get_color())
+    ax.set_xlabel("adaptation steps on the device (dot: the method's chosen k)")
+    ax.set_ylabel(metric)
+    if log:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def bytes_per_round(series: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> Path:
     """Uplink and downlink payload bytes per round, one pair of lines per strategy."""
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -76,7 +76,7 @@ class TinyMetaFed(Reptile):
         check_int(self, "reconstruct_steps", self.reconstruct_steps, 0)
         check_choice(self, "downlink", self.downlink, DOWNLINKS)
         if self.readout_lambda is not None:
-            check_real(self, "readout_lambda", self.readout_lambda, 0.0, 1e6, closed="right")
+            check_real(self, "readout_lambda", self.readout_lambda, 0.0, 1000.0, closed="right")
         if not isinstance(self.error_feedback, bool):
             from federation.exceptions import StrategyParameterError
 

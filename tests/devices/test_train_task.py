@@ -94,3 +94,25 @@ def test_readout_round_keeps_the_last_layer_home_and_feeds_back_the_residual() -
     assert metrics["num-examples"] == 20
     with pytest.raises(ProtocolError, match="local-layers must be"):
         train_round(learner, x, y, theta, {**cfg, ConfigKey.LOCAL_LAYERS: [1]}, state)
+
+
+def test_meta_learning_frames_match_the_json_schemas() -> None:
+    import jsonschema
+
+    from devices.wire.protocol import encode_result, frame_header, load_schema
+
+    q, s = q8_encode(np.ones((1, 8), np.float32))
+    _, task = encode_task(MessageType.TRAIN, config={
+        ConfigKey.LOCAL_STEPS: 5, ConfigKey.LR: 0.01, ConfigKey.LOCAL_LAYERS: [1], ConfigKey.TOP_P: 0.05,
+        ConfigKey.ERROR_FEEDBACK: True, ConfigKey.READOUT_LAMBDA: 1.0, ConfigKey.DOWNLINK: Downlink.DELTA_Q8,
+        ConfigKey.DOWNLINK_SCALES: [s], ConfigKey.BASE_CRC: 4294967295}, extra_tensors=[("w0", q)])
+    jsonschema.validate(frame_header(task), load_schema("task.train"))
+    missing = {**frame_header(task), "config": {ConfigKey.LOCAL_STEPS: 5, ConfigKey.LR: 0.01,
+                                                ConfigKey.DOWNLINK: Downlink.DELTA_Q8}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(missing, load_schema("task.train"))
+    _, adapt_task = encode_task(MessageType.ADAPT, config={ConfigKey.SHOTS: 10, ConfigKey.STEPS: 3,
+                                                           ConfigKey.ADAPT_STEP: "batch", ConfigKey.READOUT_LAMBDA: 0.3})
+    jsonschema.validate(frame_header(adapt_task), load_schema("task.adapt"))
+    reply = encode_result(frame_header(task), device="d", error=(ErrorCode.STALE_BASE, "crc mismatch"))
+    jsonschema.validate(frame_header(reply), load_schema("result"))

@@ -153,7 +153,7 @@ def test_top_p_shrinks_the_uplink() -> None:
     (TinyMetaFed, {"downlink": "zip"},
      "The 'downlink' parameter of TinyMetaFed must be one of 'dense', 'delta-q8'. Got 'zip' instead."),
     (TinyMetaFed, {"readout_lambda": 0.0},
-     "The 'readout_lambda' parameter of TinyMetaFed must be a float in the range (0, 1e+06]. Got 0.0 instead."),
+     "The 'readout_lambda' parameter of TinyMetaFed must be a float in the range (0, 1000]. Got 0.0 instead."),
     (Reptile, {"schedule": "step"},
      "The 'schedule' parameter of Reptile must be one of 'linear', 'cosine', 'constant'. Got 'step' instead."),
 ])

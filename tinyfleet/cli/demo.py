@@ -19,8 +19,10 @@ def demo(
     quick: Annotated[bool, typer.Option(help="Small fleet and few rounds (about a minute).")] = False,
     devices: Annotated[int | None, typer.Option(help="Simulated devices (default 50; 16 with --quick).",
                                                 min=2, max=2000)] = None,
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds per strategy (default 100; 8 with --quick).",
-                                               min=1, max=10000)] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds of the budget every method gets (default 100; "
+                                                    "20 with --quick).", min=1, max=10000)] = None,
+    strategy: Annotated[str | None, typer.Option(help="Method trained over MQTT and deployed (default: the "
+                                                      "benchmark's best for the task).")] = None,
     broker: Annotated[str | None, typer.Option(help="Use this broker (mqtt://host:port) instead of a private "
                                                     "Mosquitto.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of data, sampling and initial heads.", min=0)] = 0,
@@ -32,8 +34,8 @@ def demo(
                                         "and runs until Ctrl-C.")] = False,
     serve_port: Annotated[int, typer.Option("--serve-port", min=0, max=65535, help="Port for --serve.")] = 8080,
 ) -> None:
-    """Run the end-to-end demo: broker, registry, model, fleet, matchmaking, Reptile vs FedAvg,
-    safe deploy with lineage, few-shot adaptation of new devices, plots and report.json.
+    """Run the end-to-end demo: broker, registry, model, fleet, matchmaking, federated meta-learning with
+    the best method, safe deploy with lineage, every method compared on new devices, plots and report.json.
 
     Example: tinyfleet demo --quick --out demo-out
     """
@@ -47,7 +49,13 @@ def demo(
     if broker is not None:
         parse_broker_url(broker)
     get_use_case(task)  # unknown names fail before anything starts
-    kw = {"task": task, "broker": broker, "seed": seed, "devices": devices, "rounds": rounds, "insecure": insecure}
+    from federation.compare import FEDERATED
+
+    if strategy is not None and strategy not in FEDERATED:
+        raise typer.BadParameter(f"unknown method {strategy!r}; valid: {', '.join(FEDERATED)}",
+                                 param_hint="--strategy")
+    kw: dict[str, Any] = {"task": task, "broker": broker, "seed": seed, "devices": devices, "rounds": rounds, "insecure": insecure,
+          "strategy": strategy}
     opts = (DemoOptions.quick_defaults(out, **kw) if quick
             else DemoOptions(out=out, **{k: v for k, v in kw.items() if v is not None}))
 
@@ -58,12 +66,12 @@ def demo(
     with progress(enabled=not json_out) as bar:
         tasks: dict[str, Any] = {}
 
-        def on_round(strategy: str, rec: dict[str, Any]) -> None:
-            if strategy not in tasks:
-                tasks[strategy] = bar.add_task(strategy, total=opts.rounds)
+        def on_round(method: str, rec: dict[str, Any]) -> None:
+            if method not in tasks:
+                tasks[method] = bar.add_task(method, total=None)
             loss = rec.get("loss")
-            bar.update(tasks[strategy], completed=rec["round"],
-                       description=f"{strategy:8s} round {rec['round']:3d}  replies {rec.get('replies')}  "
+            bar.update(tasks[method], completed=rec["round"],
+                       description=f"{method:8s} round {rec['round']:3d}  replies {rec.get('replies')}  "
                                    f"loss {loss if loss is None else f'{loss:.4g}'}  "
                                    f"bytes {int(rec.get('bytes_up') or 0) + int(rec.get('bytes_down') or 0)}")
 
@@ -76,13 +84,22 @@ def demo(
         if serve:
             serve_demo_output(out, port=serve_port)
         return
-    metric = report["summary"][0].get("metric") or "metric"
-    table(f"few-shot {task}: mean loss of {opts.newcomers} new devices ({opts.shots} shots)",
-          ["init", "loss, 0 steps", "5 steps", "10 steps", f"{metric}, 10 steps", "bytes up", "bytes down"],
-          [[r["init"], f"{r['loss_0_steps']:.4g}", f"{r['loss_5_steps']:.4g}", f"{r['loss_10_steps']:.4g}",
-            "-" if r["metric_10_steps"] is None else f"{r['metric_10_steps']:.4g}",
-            r["bytes_up"], r["bytes_down"]] for r in report["summary"]])
+    metric = report["summary"][0]["metric"]
+    table(f"{task}: {opts.newcomers} new devices, {opts.shots} shots, each method's own adaptation "
+          f"(best: {report['best']})",
+          ["method", f"{metric}, 0 steps", f"{metric} (95 % CI)", "procedure", "device steps", "bytes up",
+           "bytes down"],
+          [[r["init"], f"{r['value_0_steps']:.4g}", f"{r['mean']:.4g} [{r['ci95'][0]:.4g}, {r['ci95'][1]:.4g}]",
+            _procedure(r["procedure"]), r["device_steps"], "-" if r["bytes_up"] is None else r["bytes_up"],
+            "-" if r["bytes_down"] is None else r["bytes_down"]] for r in report["summary"]])
     err.print(f"plots: {', '.join(report['plots'])}\nreport: {out / 'report.json'} "
               f"({report['seconds']} s)", highlight=False)
     if serve:
         serve_demo_output(out, port=serve_port)
+
+
+def _procedure(p: dict[str, Any]) -> str:
+    parts = [f"{p['steps']} {p['step']} steps at lr {p['lr']:g}"]
+    if p.get("readout_lambda") is not None:
+        parts.insert(0, f"readout λ {p['readout_lambda']:g}")
+    return ", ".join(parts)
