@@ -67,7 +67,6 @@ from federation.fewshot import (  # noqa: E402
     select_procedure,
 )
 from federation.session import initial_parameters  # noqa: E402
-from federation.strategies.reptile import TINYREPTILE_EPSILON  # noqa: E402
 from firmware_models.usecases import get_use_case  # noqa: E402
 
 RESULTS = Path("docs/results")
@@ -83,6 +82,11 @@ PROTOCOLS: dict[str, TaskProtocol] = {
 }
 QUICK = replace(PROTOCOLS["sine"], fleet=200, rounds=100, val_devices=30)
 TINYREPTILE_SWEEP = (0.1, 0.3, 1.0)
+TMF_STEPS_SWEEP = (50, 100)
+SWEEPS: dict[str, tuple[str, tuple[float, ...]]] = {"tinyreptile": ("epsilon", TINYREPTILE_SWEEP),
+                                                    "tinymetafed": ("tmf_local_steps", TMF_STEPS_SWEEP)}
+"""Training hyper-parameters chosen on sine's validation devices (ε0 of TinyReptile; TinyMetaFed's local
+steps per round at the same budget, i.e. fewer rounds and bytes); later use cases reuse sine's choice."""
 ADAPT_LRS = compare.ADAPT_LRS
 ADAPT_LAMBDAS = compare.ADAPT_LAMBDAS
 
@@ -120,9 +124,10 @@ def _run_all(specs: list[RunSpec], workers: int) -> list[dict[str, Any]]:
 def run_task(p: TaskProtocol, *, models: Path | None, workers: int, sweep: bool) -> TaskResult:
     """Train, validate, test one use case (see the module docstring).
 
-    With `sweep`, TinyReptile's ε0 is chosen first: one seed-0 run per value of `TINYREPTILE_SWEEP`
-    (trained alongside the other methods' seed-0 runs), judged on the validation devices; the
-    other seeds then use the chosen ε0.
+    With `sweep`, the training hyper-parameters of `SWEEPS` are chosen first: one seed-0 run per
+    value (trained alongside the other methods' seed-0 runs), each judged on the validation devices
+    with its own best adaptation procedure; the other seeds then use the chosen values (and
+    `main` passes them on to the use cases that follow).
     """
     t0 = time.perf_counter()
     uc = get_use_case(p.task)
@@ -134,37 +139,47 @@ def run_task(p: TaskProtocol, *, models: Path | None, workers: int, sweep: bool)
     val = episodes(p.task, p.val_devices, shots=p.shots, queries=p.queries, seed=0, first=p.test_devices,
                    backbone=backbone, n_features=n_feat)
     grid = procedure_grid(lrs=ADAPT_LRS[uc.kind], lambdas=ADAPT_LAMBDAS, steps=p.max_adapt_steps)
-    eps_values = TINYREPTILE_SWEEP if sweep else (TINYREPTILE_EPSILON,)
-    first = [RunSpec(p, m, p.seeds[0], mdir) for m in METHODS if m not in ("scratch", "tinyreptile")]
-    first += [RunSpec(p, "tinyreptile", p.seeds[0], mdir, epsilon=e) for e in eps_values]
-    _log(f"{p.task}: training {len(first)} seed-{p.seeds[0]} runs in {workers} process(es)")
-    outs = _run_all(first, workers)
-    heads: dict[tuple[str, int], dict[str, np.ndarray]] = {}
-    candidates: dict[float, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
-    for spec, out in zip(first, outs, strict=True):
-        head = out.pop("head")
-        if spec.method == "tinyreptile":
-            candidates[float(spec.epsilon)] = (head, out)  # type: ignore[arg-type]
+    s0 = p.seeds[0]
+    first: list[RunSpec] = []
+    for m in METHODS:
+        if m == "scratch":
+            continue
+        if sweep and m in SWEEPS:
+            name, values = SWEEPS[m]
+            first += [RunSpec(p, m, s0, mdir, **{name: v}) for v in values]
         else:
-            heads[(spec.method, spec.seed)] = head
+            first.append(RunSpec(p, m, s0, mdir))
+    _log(f"{p.task}: training {len(first)} seed-{s0} runs in {workers} process(es)")
+    heads: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+    candidates: dict[str, dict[float, tuple[dict[str, np.ndarray], dict[str, Any]]]] = {}
+    for spec, out in zip(first, _run_all(first, workers), strict=True):
+        head = out.pop("head")
+        if sweep and spec.method in SWEEPS:
+            candidates.setdefault(spec.method, {})[float(getattr(spec, SWEEPS[spec.method][0]))] = (head, out)
+        else:
+            heads[(spec.method, s0)] = head
             res.runs.setdefault(spec.method, []).append(out)
-    epsilon = TINYREPTILE_EPSILON
-    if len(candidates) > 1:
-        res.sweep["epsilon"] = {}
-        for eps, (head, out) in sorted(candidates.items()):
-            cfg, table = select_procedure(head, val, kind=uc.kind, grid=grid, max_steps=p.max_adapt_steps)
-            best = min(table, key=lambda r: r["value"] if uc.kind == "regression" else -r["value"])
-            res.sweep["epsilon"][str(eps)] = {"chosen": cfg.as_dict(), "value": best["value"],
-                                             "device_steps": out["device_steps"]}
+    overrides: dict[str, dict[str, Any]] = {}
+    for m, cands in candidates.items():
+        name = SWEEPS[m][0]
+        table = {}
+        for value, (head, out) in sorted(cands.items()):
+            cfg, rows = select_procedure(head, val, kind=uc.kind, grid=grid, max_steps=p.max_adapt_steps,
+                                         require_readout=m == "tinymetafed")
+            best = min(rows, key=lambda r: r["value"] if uc.kind == "regression" else -r["value"])
+            table[str(value)] = {"chosen": cfg.as_dict(), "value": best["value"], "device_steps": out["device_steps"],
+                                 "bytes": out["bytes_up"] + out["bytes_down"], "rounds": out["rounds"]}
         pick = min if uc.kind == "regression" else max
-        epsilon = float(pick(res.sweep["epsilon"], key=lambda e: res.sweep["epsilon"][e]["value"]))
-        res.sweep["chosen"] = epsilon
-        _log(f"{p.task}: TinyReptile epsilon0 on validation devices: {res.sweep['epsilon']} -> {epsilon}")
-    head, out = candidates[epsilon]
-    heads[("tinyreptile", p.seeds[0])] = head
-    res.runs.setdefault("tinyreptile", []).append(out)
-    rest = [RunSpec(p, m, s, mdir, epsilon=epsilon if m == "tinyreptile" else None)
-            for s in p.seeds[1:] for m in METHODS if m != "scratch"]
+        chosen_value = float(pick(table, key=lambda v: table[v]["value"]))
+        chosen_value = int(chosen_value) if name == "tmf_local_steps" else chosen_value
+        res.sweep[m] = {"parameter": name, "values": table, "chosen": chosen_value}
+        overrides[m] = {name: chosen_value}
+        head, out = cands[float(chosen_value)]
+        heads[(m, s0)] = head
+        res.runs.setdefault(m, []).append(out)
+        _log(f"{p.task}: {m} {name} on validation devices: "
+             f"{ {v: round(r['value'], 4) for v, r in table.items()} } -> {chosen_value}")
+    rest = [RunSpec(p, m, s, mdir, **overrides.get(m, {})) for s in p.seeds[1:] for m in METHODS if m != "scratch"]
     _log(f"{p.task}: training {len(rest)} runs of the other seeds")
     for spec, out in zip(rest, _run_all(rest, workers), strict=True):
         heads[(spec.method, spec.seed)] = out.pop("head")
@@ -224,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         tasks = [QUICK]
     else:
-        names = sorted(PROTOCOLS) if args.all else (args.task or ["sine"])
+        names = ["sine", "characters", "keywords", "presence"] if args.all else (args.task or ["sine"])
         tasks = []
         for name in names:
             if name != "sine" and args.models is None:
@@ -236,8 +251,13 @@ def main(argv: list[str] | None = None) -> int:
                                                         "quick": bool(args.quick)}}
     if details_path.is_file() and not args.quick and not args.all:  # keep other tasks' results
         details = json.loads(details_path.read_text())
+    chosen: dict[str, Any] = {}
     for p in tasks:
+        if chosen:  # sine's validation sweeps decide these for the use cases after it
+            p = replace(p, tinyreptile_epsilon=chosen.get("epsilon"), tmf_local_steps=chosen.get("tmf_local_steps"))
         res = run_task(p, models=args.models, workers=args.workers, sweep=p.task == "sine" and not args.quick)
+        for sw in res.sweep.values():
+            chosen[sw["parameter"]] = sw["chosen"]
         details["tasks"][p.task] = asdict(res)
         details_path.write_text(json.dumps(details, default=float) + "\n")
     if args.mqtt_check if args.mqtt_check is not None else args.all:

@@ -67,8 +67,8 @@ def task_summary(t: dict[str, Any]) -> dict[str, Any]:
         if a in test and b in test:
             d, (lo, hi) = paired_ci(_values_at(test, a), _values_at(test, b))
             paired[f"{a}-{b}"] = {"mean": d, "ci95": [lo, hi]}
-    return {"metric": metric, "shots": int(p["shots"]), "seeds": list(p["seeds"]), "test_devices": int(p["test_devices"]),
-            "methods": methods, "paired": paired}
+    return {"metric": metric, "shots": int(p["shots"]), "seeds": list(p["seeds"]),
+            "test_devices": int(p["test_devices"]), "methods": methods, "paired": paired}
 
 
 def _is_regression(t: dict[str, Any]) -> bool:
@@ -196,15 +196,16 @@ def plots(details: dict[str, Any], summ: dict[str, Any], out: Path, prefix: str)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     files.append(_save(fig, out / f"{prefix}_bytes.png"))
-    sweep = details["tasks"].get("sine", {}).get("sweep", {}).get("epsilon")
-    if sweep:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        eps = sorted(sweep, key=float)
-        ax.plot([float(e) for e in eps], [sweep[e]["value"] for e in eps], "o-")
-        ax.set(xscale="log", xlabel="TinyReptile ε0 (annealed linearly to 0)", ylabel="validation MSE",
-               title="sine: TinyReptile ε0 on validation devices")
-        ax.grid(alpha=0.3)
-        files.append(_save(fig, out / f"{prefix}_tinyreptile_epsilon.png"))
+    sweeps = details["tasks"].get("sine", {}).get("sweep", {})
+    if sweeps:
+        fig, axes = plt.subplots(1, len(sweeps), figsize=(4.6 * len(sweeps), 3.5), squeeze=False)
+        for ax, (m, sw) in zip(axes[0], sorted(sweeps.items()), strict=True):
+            vals = sorted(sw["values"], key=float)
+            ax.plot([float(v) for v in vals], [sw["values"][v]["value"] for v in vals], "o-")
+            ax.set(xscale="log", xlabel=f"{m}: {sw['parameter']}", ylabel="validation MSE",
+                   title=f"sine, seed 0: chosen {sw['chosen']}")
+            ax.grid(alpha=0.3)
+        files.append(_save(fig, out / f"{prefix}_sweeps.png"))
     return files
 
 
@@ -241,11 +242,12 @@ def markdown(details: dict[str, Any], summ: dict[str, Any], goal_list: list[dict
         p = t["protocol"]
         unit = "MSE" if s["metric"] == "mse" else "accuracy"
         lines += ["", f"## {name}", "",
-                  f"{p['fleet']} training devices, {p['rounds']} rounds x {p['per_round']} devices x {p['local_steps']} "
-                  f"batch-1 steps at lr {p['lr']} ({p['rounds'] * p['per_round'] * p['local_steps']:,} device "
-                  f"sample-gradients; TinyReptile: {p['rounds'] * p['per_round']} rounds x 1 device); K = {p['shots']} "
-                  f"shots, {p['queries']} queries, {p['val_devices']} validation and {p['test_devices']} test devices x "
-                  f"seeds {p['seeds']}.", "",
+                  f"{p['fleet']} training devices, {p['rounds']} rounds x {p['per_round']} devices x "
+                  f"{p['local_steps']} batch-1 steps at lr {p['lr']} "
+                  f"({p['rounds'] * p['per_round'] * p['local_steps']:,} device sample-gradients; TinyReptile: "
+                  f"{p['rounds'] * p['per_round']} rounds x 1 device); K = {p['shots']} shots, {p['queries']} "
+                  f"queries, {p['val_devices']} validation and {p['test_devices']} test devices x seeds "
+                  f"{p['seeds']}.", "",
                   f"| method | {unit} (95 % CI) | procedure (validation) | device steps | bytes up | bytes down | "
                   "train s |", "|---|---|---|---:|---:|---:|---:|"]
         for m, r in s["methods"].items():
@@ -261,18 +263,20 @@ def markdown(details: dict[str, Any], summ: dict[str, Any], goal_list: list[dict
         if refs and refs[0]:
             keys = sorted(refs[0])
             lines += ["", "References: " + "; ".join(f"{k} {np.mean([r[k] for r in refs]):.4g}" for k in keys) + "."]
-        sw = t.get("sweep", {}).get("epsilon")
-        if sw:
-            lines += ["", "TinyReptile ε0 sweep (validation MSE, seed 0, each with its own chosen procedure): "
-                      + "; ".join(f"ε0 = {e}: {v['value']:.4g}" for e, v in sorted(sw.items(), key=lambda kv: float(kv[0])))
-                      + "."]
+        for m, sw in sorted(t.get("sweep", {}).items()):
+            ordered = sorted(sw["values"].items(), key=lambda kv: float(kv[0]))
+            lines += ["", f"Validation sweep of {m}'s {sw['parameter']} (seed 0, each value with its own chosen "
+                      "procedure; equal device steps): " + "; ".join(
+                          f"{v}: {r['value']:.4g} ({r['rounds']} rounds, {r['bytes']:,} B)" for v, r in ordered)
+                      + f" → {sw['chosen']}."]
         lines += ["", f"Seconds: {t['seconds']}."]
     mq = details.get("mqtt_check")
     if mq:
         lines += ["", "## Over MQTT", "", "| method | rounds | bytes/device-round in-process | over Mosquitto | "
                   "difference |", "|---|---:|---:|---:|---:|"]
         for m, r in mq.items():
-            lines.append(f"| {m} | {r['rounds']} | {r['inprocess']:.1f} | {r['mqtt']:.1f} | {100 * r['relative']:+.2f} % |")
+            lines.append(f"| {m} | {r['rounds']} | {r['inprocess']:.1f} | {r['mqtt']:.1f} | "
+                         f"{100 * r['relative']:+.2f} % |")
     lines += ["", *[f"![{f}]({f})" for f in files], ""]
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ the production path, joint training on the uploaded data.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class TaskProtocol:
     curve_steps: int = 32
     top_p: float = 0.05
     tmf_readout_lambda: float = 1.0
+    tmf_local_steps: int | None = None
+    tinyreptile_epsilon: float | None = None
 
     @property
     def budget(self) -> int:
@@ -49,18 +51,20 @@ class TaskProtocol:
 
     def training_budget(self) -> Budget:
         return Budget(rounds=self.rounds, per_round=self.per_round, local_steps=self.local_steps, lr=self.lr,
-                      top_p=self.top_p, tmf_readout_lambda=self.tmf_readout_lambda)
+                      top_p=self.top_p, tmf_readout_lambda=self.tmf_readout_lambda,
+                      tmf_local_steps=self.tmf_local_steps)
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run: the protocol, a method, a seed, the models folder, an optional ε0 override."""
+    """One training run: protocol, method, seed, models folder, optional ε0 / TinyMetaFed-steps overrides."""
 
     protocol: TaskProtocol
     method: str
     seed: int
     models_dir: str | None = None
     epsilon: float | None = None
+    tmf_local_steps: int | None = None
 
 
 _DATA: dict[tuple[Any, ...], list[DeviceData]] = {}
@@ -81,7 +85,13 @@ def train_run(spec: RunSpec) -> dict[str, Any]:
     p = spec.protocol
     models = Path(spec.models_dir) if spec.models_dir else None
     initial = initial_parameters(p.task, models_dir=models, seed=spec.seed)
-    run = train_method(p.task, spec.method, training_devices(p, spec.seed), initial, p.training_budget(),
-                       models_dir=models, seed=spec.seed, epsilon=spec.epsilon)
-    return {**run.costs(), "seed": spec.seed, "epsilon": spec.epsilon, "head": run.head,
+    budget = p.training_budget()
+    if spec.tmf_local_steps is not None:
+        budget = replace(budget, tmf_local_steps=spec.tmf_local_steps)
+    epsilon = spec.epsilon if spec.epsilon is not None else p.tinyreptile_epsilon
+    run = train_method(p.task, spec.method, training_devices(p, spec.seed), initial, budget,
+                       models_dir=models, seed=spec.seed, epsilon=epsilon)
+    return {**run.costs(), "seed": spec.seed, "epsilon": epsilon if spec.method == "tinyreptile" else None,
+            "local_steps": budget.tmf_steps_and_rounds()[0] if spec.method == "tinymetafed" else p.local_steps,
+            "head": run.head,
             "seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 2)}

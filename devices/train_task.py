@@ -15,8 +15,9 @@ procedure for every strategy:
 * **train**: ``local-steps`` batch-1 SGD steps at ``lr`` on the local data, the shared layers only
   when some are local (`OnlineLearner.train`, the one SGD loop).
 * **answer**: the new weights (dense), or the Top-P update φ − θ of each shared tensor
-  (``top-p``), with error feedback when ``error-feedback`` is true: the unsent part stays in
-  `FederatedState.residual` and joins the next round's update (`devices.wire.sparse`).
+  (``top-p``), with error feedback when ``error-feedback`` is true: the values travel as float16
+  and the unsent part (with the rounding error) stays in `FederatedState.residual` and joins the
+  next round's update (`devices.wire.sparse`).
 """
 
 from __future__ import annotations

@@ -66,10 +66,16 @@ class Budget:
     lr: float = 0.02
     top_p: float = 0.05
     tmf_readout_lambda: float = 1.0
+    tmf_local_steps: int | None = None
 
     @property
     def sample_gradients(self) -> int:
         return self.rounds * self.per_round * self.local_steps
+
+    def tmf_steps_and_rounds(self) -> tuple[int, int]:
+        """TinyMetaFed's local steps (`tmf_local_steps`, default `local_steps`) and the rounds that keep the budget."""
+        steps = self.tmf_local_steps or self.local_steps
+        return steps, max(1, self.sample_gradients // (self.per_round * steps))
 
 
 @dataclass
@@ -108,16 +114,17 @@ def strategy_for(method: str, fleet: int, b: Budget, *, epsilon: float | None = 
     if method == "tinyreptile":
         eps = TINYREPTILE_EPSILON if epsilon is None else epsilon
         return TinyReptile(num_rounds=b.rounds * b.per_round, epsilon=eps, **inner, **common), b.rounds * b.per_round
-    if method == "tinymetafed":
-        return TinyMetaFed(num_rounds=b.rounds, top_p=b.top_p, readout_lambda=b.tmf_readout_lambda, **inner,
-                           **{**common, **batched}), b.rounds
+    if method == "tinymetafed":  # more local steps per round = fewer rounds (and bytes) for the same budget
+        steps, rounds = b.tmf_steps_and_rounds()
+        return TinyMetaFed(num_rounds=rounds, top_p=b.top_p, readout_lambda=b.tmf_readout_lambda,
+                           **{**inner, "local_steps": steps}, **{**common, **batched}), rounds
     raise ValueError(f"not a federated method: {method!r}")
 
 
 def train_method(task: str, method: str, data: list[DeviceData], initial: Mapping[str, np.ndarray], b: Budget, *,
                  models_dir: Path | None = None, seed: int = 0, epsilon: float | None = None) -> MethodRun:
     """Train one method on the fleet `data` from `initial` (``scratch``: a fresh head, no training)."""
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # FedAvg warns that evaluation is off, once per run
     t0 = time.perf_counter()
     if method == "scratch":
         head = dict(zip(initial, scratch_head(task, sizes=head_sizes(initial), seed=1000 + seed), strict=True))

@@ -248,8 +248,9 @@ def run_demo(opts: DemoOptions, *, say: Say, on_round: OnRound | None = None) ->
     return report
 
 
-def compare_methods(opts: DemoOptions, uc: Any, fleet: list[DeviceData], initial: dict[str, np.ndarray], models_dir: Path,
-             budget: Budget, mqtt_head: dict[str, np.ndarray], best: str, say: Say) -> dict[str, Any]:
+def compare_methods(opts: DemoOptions, uc: Any, fleet: list[DeviceData], initial: dict[str, np.ndarray],
+                    models_dir: Path, budget: Budget, mqtt_head: dict[str, np.ndarray], best: str,
+                    say: Say) -> dict[str, Any]:
     """Train every method in-process at `budget`, choose each one's adaptation on validation newcomers, test."""
     runs = {}
     for m in METHODS:
@@ -313,7 +314,7 @@ def _federate(opts: DemoOptions, strategy: str, budget: Budget, rounds: int, url
               credentials: Credentials | None = None,
               on_round: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     run_id = f"demo-{opts.task}-{strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
-    params: dict[str, Any] = {"fraction_evaluate": 0.0}
+    params: dict[str, Any] = {"fraction_evaluate": 1e-9, "min_evaluate_nodes": 1}  # one device reports eval loss
     if strategy != "tinyreptile":
         params.update(fraction_train=min(1.0, budget.per_round / len(eligible)), min_train_nodes=budget.per_round)
     if strategy == "tinymetafed":

@@ -48,7 +48,8 @@ class TinyMetaFed(Reptile):
     reconstruct_steps : int, default=5
         SGD steps of the local layers before training, when `readout_lambda` is None.
     error_feedback : bool, default=True
-        Devices keep the unsent part of their Top-P update for the next round.
+        Devices keep the unsent part of their Top-P update for the next round (and send the values
+        as float16: the rounding error joins the residual).
     downlink : {"delta-q8", "dense"}, default="delta-q8"
         How the shared weights go down (see the module docstring).
     **kwargs
@@ -141,9 +142,11 @@ class TinyMetaFed(Reptile):
                 codes = {k: q8_encode(theta[k] - base[k]) for k in shared}
                 tensors = {k: codes[k][0] for k in shared}
                 cfg[ConfigKey.DOWNLINK] = Downlink.DELTA_Q8
-                cfg[ConfigKey.DOWNLINK_SCALES] = [float(codes[k][1]) for k in shared]
+                # 9 significant digits round-trip a float32 exactly (and keep the JSON header short)
+                cfg[ConfigKey.DOWNLINK_SCALES] = [float(f"{codes[k][1]:.9g}") for k in shared]
                 cfg[ConfigKey.BASE_CRC] = arrays_crc32([base[k] for k in shared])
-                self._pending[node] = {k: q8_apply(base[k], *codes[k]) for k in shared}
+                self._pending[node] = {k: q8_apply(base[k], codes[k][0], cfg[ConfigKey.DOWNLINK_SCALES][i])
+                                       for i, k in enumerate(shared)}
             record = RecordDict({self.arrayrecord_key: ArrayRecord({k: Array(np.ascontiguousarray(v))
                                                                       for k, v in tensors.items()}),
                                  self.configrecord_key: cfg})

@@ -112,7 +112,8 @@ def test_meta_learning_frames_match_the_json_schemas() -> None:
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(missing, load_schema("task.train"))
     _, adapt_task = encode_task(MessageType.ADAPT, config={ConfigKey.SHOTS: 10, ConfigKey.STEPS: 3,
-                                                           ConfigKey.ADAPT_STEP: "batch", ConfigKey.READOUT_LAMBDA: 0.3})
+                                                           ConfigKey.ADAPT_STEP: "batch",
+                                                           ConfigKey.READOUT_LAMBDA: 0.3})
     jsonschema.validate(frame_header(adapt_task), load_schema("task.adapt"))
     reply = encode_result(frame_header(task), device="d", error=(ErrorCode.STALE_BASE, "crc mismatch"))
     jsonschema.validate(frame_header(reply), load_schema("result"))

@@ -16,17 +16,19 @@ METHOD_KEYS = {"mean", "ci95", "adapt_steps", "adapt_lr", "device_steps", "bytes
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Path]:
-    p = TaskProtocol(task="sine", shots=10, queries=20, fleet=12, rounds=3, per_round=4, local_steps=10, seeds=(0, 1, 2),
-                     test_devices=6, val_devices=4, curve_steps=6, max_adapt_steps=3)
+    p = TaskProtocol(task="sine", shots=10, queries=20, fleet=12, rounds=3, per_round=4, local_steps=10,
+                     seeds=(0, 1, 2), test_devices=6, val_devices=4, curve_steps=6, max_adapt_steps=3)
     mp = pytest.MonkeyPatch()
     mp.setattr(fedmeta, "ADAPT_LRS", {"regression": (0.01,)})
     mp.setattr(fedmeta, "ADAPT_LAMBDAS", (None, 1.0))
-    mp.setattr(fedmeta, "TINYREPTILE_SWEEP", (0.3, 1.0))
+    mp.setattr(fedmeta, "SWEEPS", {"tinyreptile": ("epsilon", (0.3, 1.0)),
+                                   "tinymetafed": ("tmf_local_steps", (10, 20))})
     try:
         res = fedmeta.run_task(p, models=None, workers=1, sweep=True)
     finally:
         mp.undo()
-    details = {"tasks": {"sine": asdict(res)}, "settings": {"workers": 1, "cpu_count": 2, "quick": True, "seconds": 1.0}}
+    details = {"tasks": {"sine": asdict(res)},
+               "settings": {"workers": 1, "cpu_count": 2, "quick": True, "seconds": 1.0}}
     out = tmp_path_factory.mktemp("fedmeta")
     summary = fedmeta_report.write_all(details, out, "fedmeta_tiny")
     return details, summary, out
@@ -55,7 +57,11 @@ def test_budgets_are_equal_and_bytes_are_counted_both_ways(tiny: tuple[dict, dic
     assert m["scratch"]["device_steps"] == 0 and m["scratch"]["bytes_up"] == 0
     runs = details["tasks"]["sine"]["runs"]
     assert [r["rounds"] for r in runs["tinyreptile"]] == [12, 12, 12]   # one device per round, 4x the rounds
-    assert set(details["tasks"]["sine"]["sweep"]["epsilon"]) == {"0.3", "1.0"}
+    sweep = details["tasks"]["sine"]["sweep"]
+    assert set(sweep["tinyreptile"]["values"]) == {"0.3", "1.0"} and sweep["tinyreptile"]["chosen"] in (0.3, 1.0)
+    steps = sweep["tinymetafed"]["chosen"]   # 20 local steps per round: half the rounds, same device steps
+    assert {r["rounds"] for r in runs["tinymetafed"]} == {3 if steps == 10 else 1}
+    assert {r["epsilon"] for r in runs["tinyreptile"]} == {sweep["tinyreptile"]["chosen"]}
     assert details["tasks"]["sine"]["validation"]["tinymetafed"]["chosen"]["readout_lambda"] == 1.0
 
 
@@ -64,7 +70,7 @@ def test_goals_plots_and_page(tiny: tuple[dict, dict, Path]) -> None:
     goals = {g["goal"]: g for g in details["goals"]}
     assert any(k.startswith("sine: best method MSE") for k in goals)
     assert all(isinstance(g["met"], bool) and g["figure"] for g in goals.values())
-    for name in ("fedmeta_tiny_sine_curves.png", "fedmeta_tiny_bytes.png", "fedmeta_tiny_tinyreptile_epsilon.png"):
+    for name in ("fedmeta_tiny_sine_curves.png", "fedmeta_tiny_bytes.png", "fedmeta_tiny_sweeps.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     page = (out / "fedmeta_tiny.md").read_text()
     assert "| tinyreptile-fedavg |" in page and "**met**" in page or "**not met**" in page

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from devices.learning.adapt import AdaptConfig
 from devices.learning.head import MLPHead
 from devices.learning.learner import OnlineLearner
-from devices.learning.adapt import AdaptConfig
 from federation.fewshot import curves, episodes, scratch_head
 from federation.meta_update import reptile_update
 from federation.session import initial_parameters

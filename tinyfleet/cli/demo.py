@@ -54,8 +54,8 @@ def demo(
     if strategy is not None and strategy not in FEDERATED:
         raise typer.BadParameter(f"unknown method {strategy!r}; valid: {', '.join(FEDERATED)}",
                                  param_hint="--strategy")
-    kw: dict[str, Any] = {"task": task, "broker": broker, "seed": seed, "devices": devices, "rounds": rounds, "insecure": insecure,
-          "strategy": strategy}
+    kw: dict[str, Any] = {"task": task, "broker": broker, "seed": seed, "devices": devices, "rounds": rounds,
+                          "insecure": insecure, "strategy": strategy}
     opts = (DemoOptions.quick_defaults(out, **kw) if quick
             else DemoOptions(out=out, **{k: v for k, v in kw.items() if v is not None}))
 

@@ -23,6 +23,7 @@ app = typer.Typer(
 
 class StrategyName(StrEnum):
     reptile = "reptile"
+    tinyreptile = "tinyreptile"
     tinymetafed = "tinymetafed"
     fedavg = "fedavg"
 
@@ -56,13 +57,23 @@ def run(
     local_steps: Annotated[int, typer.Option(help="Online SGD steps per device and round (Reptile default).",
                                              min=1)] = 50,
     lr: Annotated[float, typer.Option(help="Device learning rate (Reptile default).", min=0.0)] = 0.02,
-    epsilon: Annotated[float, typer.Option(help="Reptile outer step size at round 1.")] = 1.0,
+    epsilon: Annotated[float | None, typer.Option(help="Reptile outer step size at round 1 (default 1; "
+                                                       "tinyreptile: its validated default).")] = None,
     epsilon_floor: Annotated[float, typer.Option(help="Reptile step size the schedule anneals toward.")] = 0.0,
+    schedule: Annotated[str, typer.Option(help="How epsilon anneals: linear, cosine or constant.")] = "linear",
     serial: Annotated[bool, typer.Option(help="One device per round (TinyReptile).")] = False,
     fraction: Annotated[float, typer.Option(help="Fraction of present devices sampled per round.",
                                             min=0.0, max=1.0)] = 1.0,
     top_p: Annotated[float, typer.Option(help="TinyMetaFed: fraction of update entries uploaded.")] = 0.05,
-    reconstruct_steps: Annotated[int, typer.Option(help="TinyMetaFed: local-layer re-fit steps.", min=0)] = 5,
+    reconstruct_steps: Annotated[int, typer.Option(help="TinyMetaFed: local-layer SGD re-fit steps (with "
+                                                        "--readout-lambda 0).", min=0)] = 5,
+    readout_lambda: Annotated[float, typer.Option(help="TinyMetaFed: re-fit the last layer in closed form (ridge "
+                                                       "lambda); 0 uses --reconstruct-steps instead.",
+                                                  min=0.0)] = 1.0,
+    error_feedback: Annotated[bool, typer.Option(help="TinyMetaFed: devices keep what Top-P left out for the "
+                                                      "next round.")] = True,
+    downlink: Annotated[str, typer.Option(help="TinyMetaFed: delta-q8 (int8 deltas) or dense weights "
+                                               "down.")] = "delta-q8",
     round_timeout: Annotated[float, typer.Option(help="Seconds to wait for replies per phase.", min=0.01)] = 30.0,
     min_replies: Annotated[int, typer.Option(help="Fewer valid replies keep the old parameters.", min=1)] = 1,
     quorum: Annotated[int | None, typer.Option(help="Devices required before round 1 (default: --simulate N, "
@@ -87,9 +98,14 @@ def run(
     rid = run_id or f"{task}-{strategy.value}-{time.strftime('%Y%m%d-%H%M%S')}"
     params: dict[str, Any] = {"fraction_train": fraction}
     if strategy is not StrategyName.fedavg:
-        params.update(epsilon=epsilon, epsilon_floor=epsilon_floor, serial=serial)
+        params.update(epsilon_floor=epsilon_floor, schedule=schedule)
+        if epsilon is not None:
+            params["epsilon"] = epsilon
+        if strategy is not StrategyName.tinyreptile:
+            params["serial"] = serial
     if strategy is StrategyName.tinymetafed:
-        params.update(top_p=top_p, reconstruct_steps=reconstruct_steps)
+        params.update(top_p=top_p, reconstruct_steps=reconstruct_steps, error_feedback=error_feedback,
+                      downlink=downlink, readout_lambda=readout_lambda or None)
     config = RunConfig(run_id=rid, task=task, strategy=strategy.value, rounds=rounds, seed=seed,
                        local_steps=local_steps, lr=lr, strategy_params=params, round_timeout=round_timeout,
                        min_replies=min_replies, quorum=quorum or max(simulate, 1), quorum_timeout=quorum_timeout,
