@@ -131,8 +131,8 @@ class KeywordsUseCase(UseCase):
 
         cfg: dict[str, Any] = {"train_speakers": 4 if quick else speech.N_TRAIN_SPEAKERS,
                                "heldout_speakers": 2 if quick else speech.N_SPEAKERS - speech.N_TRAIN_SPEAKERS,
-                               "train_per_label": 2 if quick else 12, "heldout_per_label": 2 if quick else 5,
-                               "epochs": 2 if quick else 30, "batch_size": 32, "learning_rate": 3e-3,
+                               "train_per_label": 3 if quick else 12, "heldout_per_label": 2 if quick else 5,
+                               "epochs": 8 if quick else 30, "batch_size": 32, "learning_rate": 3e-3,
                                "seed": int(seed)}
         step = progress or (lambda stage, frac: None)
         t0 = time.perf_counter()

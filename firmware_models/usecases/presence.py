@@ -184,8 +184,8 @@ class PresenceUseCase(UseCase):
         from firmware_models.build import export_artifacts, head_weights_from_dense
         from firmware_models.usecases import training
 
-        cfg: dict[str, Any] = {"train_rooms": 8 if quick else 60, "heldout_rooms": 4 if quick else 20,
-                               "windows_per_room": 200 if quick else 600, "epochs": 2 if quick else 25,
+        cfg: dict[str, Any] = {"train_rooms": 12 if quick else 60, "heldout_rooms": 4 if quick else 20,
+                               "windows_per_room": 200 if quick else 600, "epochs": 8 if quick else 25,
                                "batch_size": 64, "learning_rate": 3e-3, "seed": int(seed)}
         step = progress or (lambda stage, frac: None)
         step("simulate rooms" if self.data is None else "read UCI Occupancy", 0.0)

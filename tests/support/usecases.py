@@ -1,6 +1,6 @@
 """Shared check of a quick real build (used by test_usecase_{characters,keywords,presence}.py).
 
-Quick builds train for 2 epochs on a handful of devices: they prove the pipeline end to end (real
+Quick builds train for a few epochs on a handful of devices: they prove the pipeline end to end (real
 Keras training, real int8 conversion, real TFLM arena, LiteRT metrics) and the budgets of issue
 #4; quality floors are measured by `python -m benchmarks.models`, not here.
 """
