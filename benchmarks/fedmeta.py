@@ -136,8 +136,9 @@ def run_task(p: TaskProtocol, *, models: Path | None, workers: int, sweep: bool)
     init = initial_parameters(p.task, models_dir=models, seed=0)
     backbone = load_backbone(p.task, models)
     n_feat = head_sizes(init)[0]
+    keep_raw = p.task == "presence"  # for the light-threshold reference
     val = episodes(p.task, p.val_devices, shots=p.shots, queries=p.queries, seed=0, first=p.test_devices,
-                   backbone=backbone, n_features=n_feat)
+                   backbone=backbone, n_features=n_feat, keep_raw=keep_raw)
     grid = procedure_grid(lrs=ADAPT_LRS[uc.kind], lambdas=ADAPT_LAMBDAS, steps=p.max_adapt_steps)
     s0 = p.seeds[0]
     first: list[RunSpec] = []
@@ -203,14 +204,16 @@ def run_task(p: TaskProtocol, *, models: Path | None, workers: int, sweep: bool)
     for s in p.seeds:
         data_seed = s if p.vary_data else 0
         test = episodes(p.task, p.test_devices, shots=p.shots, queries=p.queries, seed=data_seed, backbone=backbone,
-                        n_features=n_feat)
+                        n_features=n_feat, keep_raw=keep_raw)
         for m in METHODS:
             c = curves(heads[(m, s)], test, kind=uc.kind, config=replace(chosen[m], steps=p.curve_steps), seed=s)
             res.test.setdefault(m, {"chosen": chosen[m].as_dict(), "loss": [], "value": [], "diverged": 0})
             res.test[m]["loss"].append(c.loss.tolist())
             res.test[m]["value"].append(c.value.tolist())
             res.test[m]["diverged"] += c.diverged
-        res.reference.setdefault("per_seed", []).append(report.reference_baselines(p.task, test))
+        ref = report.reference_baselines(p.task, test, val)
+        ref["initial_head_0_steps"] = curves(init, test, kind=uc.kind, config=AdaptConfig(steps=0)).mean(0)
+        res.reference.setdefault("per_seed", []).append(ref)
         _log(f"{p.task}: seed {s} tested on {len(test)} devices")
     res.seconds["test"] = round(time.perf_counter() - t2, 1)
     res.seconds["total"] = round(time.perf_counter() - t0, 1)

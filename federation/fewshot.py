@@ -48,6 +48,7 @@ class Episode:
     shots_y: np.ndarray
     query_x: np.ndarray
     query_y: np.ndarray
+    query_raw: np.ndarray | None = None  # the raw query samples, when asked for (reference baselines)
 
 
 def load_backbone(task: str, models_dir: Path | None) -> TFLiteModel | None:
@@ -60,7 +61,8 @@ def load_backbone(task: str, models_dir: Path | None) -> TFLiteModel | None:
 
 
 def episodes(task: str, n: int, *, shots: int, queries: int, seed: int, first: int = 0,
-             backbone: TFLiteModel | None = None, n_features: int | None = None) -> list[Episode]:
+             backbone: TFLiteModel | None = None, n_features: int | None = None,
+             keep_raw: bool = False) -> list[Episode]:
     """Held-out devices ``first … first + n − 1`` of data seed `seed`, as few-shot episodes.
 
     Parameters
@@ -83,7 +85,7 @@ def episodes(task: str, n: int, *, shots: int, queries: int, seed: int, first: i
             sx, qx = probe.features(s.x), probe.features(q.x)
         else:
             sx, qx = s.x.reshape(len(s.x), -1).astype(np.float32), q.x.reshape(len(q.x), -1).astype(np.float32)
-        out.append(Episode(d.device_id, sx, s.y, qx, q.y))
+        out.append(Episode(d.device_id, sx, s.y, qx, q.y, q.x if keep_raw else None))
     return out
 
 
