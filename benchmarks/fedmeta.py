@@ -75,8 +75,9 @@ PROTOCOLS: dict[str, TaskProtocol] = {
     "sine": TaskProtocol(task="sine", shots=10, queries=100, fleet=1000, rounds=1000),
     # 5-way 5-shot: labels cycle 0..4, so 25 shots = 5 per class; unseen scripts
     "characters": TaskProtocol(task="characters", shots=25, queries=50, fleet=200, rounds=300),
-    # one data seed: synthesizing a new espeak-ng speaker costs seconds (the cache holds seed 0)
-    "keywords": TaskProtocol(task="keywords", shots=10, queries=50, fleet=100, rounds=300, vary_data=False),
+    # one data seed and 3 clips per label: every new espeak-ng speaker costs seconds of synthesis (cached)
+    "keywords": TaskProtocol(task="keywords", shots=10, queries=36, fleet=50, rounds=300, samples_per_device=36,
+                             vary_data=False),
     # 3 shots per class (absent, present alternate); queries: balanced windows where occupancy changes
     "presence": TaskProtocol(task="presence", shots=6, queries=100, fleet=200, rounds=300),
 }
@@ -255,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     if details_path.is_file() and not args.quick and not args.all:  # keep other tasks' results
         details = json.loads(details_path.read_text())
     chosen: dict[str, Any] = {}
+    for sw in details["tasks"].get("sine", {}).get("sweep", {}).values():  # an earlier `--task sine` run
+        chosen[sw["parameter"]] = sw["chosen"]
     for p in tasks:
         if chosen:  # sine's validation sweeps decide these for the use cases after it
             p = replace(p, tinyreptile_epsilon=chosen.get("epsilon"), tmf_local_steps=chosen.get("tmf_local_steps"))
