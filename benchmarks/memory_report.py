@@ -2,7 +2,10 @@
 
 Reads each model folder (``*/head.npz`` + ``card.json``), builds the device's `OnlineLearner` from
 it and prints its `MemoryReport` (arena, head weights, gradients, activations, buffer, total,
-flash): the table of README's "RAM per device".
+flash): the table of README's "RAM per device". Two more columns price issue 13's procedures:
+``adaptation`` (a new device's closed-form readout of the last layer or one accumulated gradient of
+full-batch steps, the larger) and ``federated`` (a TinyMetaFed device's delta-downlink base copy and
+error-feedback residual); ``total_meta`` adds both to ``total``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from devices.learning.adapt import AdaptConfig, adaptation_floats
 from devices.learning.learner import OnlineLearner
 from firmware_models.exceptions import ModelFileError, TinyFleetError
 
@@ -26,7 +30,12 @@ def report_models(models_dir: str | Path, *, buffer_samples: int = 1) -> dict[st
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelFileError(f"{card_path}: cannot read the model kind ({type(exc).__name__}: {exc})") from None
         learner = OnlineLearner.from_artifacts(head.parent, kind=kind)
-        out[head.parent.name] = {**learner.memory_report(buffer_samples), "head_params": learner.head.n_params}
+        sizes = learner.head.layer_sizes
+        meta = learner.memory(buffer_samples, adaptation_floats=adaptation_floats(
+            sizes, AdaptConfig(steps=10, step="batch", readout_lambda=1.0)),
+            federated_floats=learner.head.n_params + learner.head.layer_params(range(learner.head.n_layers - 1)))
+        out[head.parent.name] = {**learner.memory_report(buffer_samples), "head_params": learner.head.n_params,
+                                 "adaptation": meta.adaptation, "federated": meta.federated, "total_meta": meta.ram}
     return out
 
 
@@ -48,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
-    cols = ("arena", "head_weights", "gradients", "activations", "buffer", "total", "flash")
+    cols = ("arena", "head_weights", "gradients", "activations", "buffer", "total", "adaptation", "federated",
+            "total_meta", "flash")
     print("| use case | " + " | ".join(cols) + " |")
     print("|---|" + "---:|" * len(cols))
     for name, rep in table.items():

@@ -150,6 +150,7 @@ def test_sine_memory_report_without_backbone() -> None:
     learner = OnlineLearner(MLPHead.init([1, 32, 32, 1], kind="regression", seed=0))
     rep = learner.memory_report()
     assert rep == {"arena": 0, "head_weights": 4612, "gradients": 4 * 65, "activations": 4 * 66, "buffer": 4,
+                   "adaptation": 0, "federated": 0,
                    "total": 4612 + 260 + 264 + 4, "flash": 4612, "flash_backbone": 0, "flash_head": 4612}
     assert rep["total"] <= 8 * 1024
 
