@@ -234,6 +234,9 @@ def test_memory_table_of_a_models_folder(model_dir: Path, capsys: pytest.Capture
     assert list(table) == ["tiny"]
     assert table["tiny"]["buffer"] == 72 and table["tiny"]["arena"] == 1234
     assert table["tiny"]["head_params"] == N_FEATURES * 16 + 16 + 16 * N_CLASSES + N_CLASSES
+    t = table["tiny"]  # issue 13: the few-shot procedure's and TinyMetaFed's state are priced too
+    assert t["adaptation"] == 4 * max(17 * 17 + 17 * N_CLASSES, t["head_params"])
+    assert t["total_meta"] == t["total"] + t["adaptation"] + t["federated"] and t["federated"] > t["head_weights"]
     (model_dir / "card.json").write_text("{not json")
     assert main([str(model_dir.parent)]) == 1
     err = capsys.readouterr().err
