@@ -334,7 +334,7 @@ class FleetGrid(Grid):
               if not r.has_error() and "update-norm" in (_first(r.content.metric_records) or {})]
         norms = [float(_first(r.content.metric_records)["update-norm"]) for _, r in ok]  # type: ignore[index]
         floor = 0.0
-        if ok:  # every train request of a round carries the same θ
+        if len(ok) >= 3:  # every train request of a round carries the same θ (fewer replies: no outliers)
             sent = _first(requests[ok[0][1].metadata.reply_to_message_id].content.array_records)
             # float weights only: int8 delta codes (delta-q8 downlink) are not parameters, so no floor then
             theta_sq = sum(float(np.sum(np.square(v.numpy(), dtype=np.float64))) for v in sent.values()

@@ -85,17 +85,17 @@ def inprocess_grid(agents: list[DeviceAgent], *, run_id: str, local_steps: int, 
 
 def train_rounds(strategy: FedAvg, grid: FleetGrid, initial: Mapping[str, np.ndarray], rounds: int, *,
                  local_steps: int, lr: float, seed: int = 0,
-                 on_round: Callable[[RoundRecord, Mapping[str, np.ndarray]], None] | None = None,
+                 on_round: Callable[[RoundRecord, Callable[[], dict[str, np.ndarray]]], None] | None = None,
                  first_round: int = 1) -> dict[str, np.ndarray]:
     """Rounds `first_round` … `rounds` of `strategy` (train phase only); returns the final parameters.
 
     Sampling is seeded per round from (`seed`, round) as the coordinator seeds it, so a method
-    sees the same draws in every repetition. `on_round` gets the ledger of the round and the new
-    parameters (as numpy arrays; do not keep them, they are recreated each round).
+    sees the same draws in every repetition. `on_round` gets the ledger of the round and a function
+    that returns the new parameters as numpy arrays (converting Flower's arrays costs time, so only
+    when asked).
     """
     flower_compat.init_task_identity(grid.run.run_id)  # what the coordinator does before its first round
     arrays = ArrayRecord({k: Array(np.ascontiguousarray(v, np.float32)) for k, v in initial.items()})
-    current = {k: np.asarray(v, np.float32) for k, v in initial.items()}
     for rnd in range(first_round, rounds + 1):
         cfg = ConfigRecord({ConfigKey.LOCAL_STEPS: int(local_steps), ConfigKey.LR: float(lr), ConfigKey.SEED: seed})
         saved = random.getstate()
@@ -108,14 +108,13 @@ def train_rounds(strategy: FedAvg, grid: FleetGrid, initial: Mapping[str, np.nda
         new, _ = strategy.aggregate_train(rnd, replies)
         if new is not None:
             arrays = new
-            current = {k: v.numpy() for k, v in arrays.items()}
         st = grid.ledger.phase(rnd, "train")
         n_ex = sum(int(next(iter(r.content.metric_records.values()))[MetricKey.NUM_EXAMPLES])  # type: ignore[arg-type]
                    for r in replies if not r.has_error())
         if on_round is not None:
             on_round(RoundRecord(rnd, st.sent, st.replies, st.failures, st.bytes_down, st.bytes_up, n_ex,
-                                 dict(st.reasons)), current)
-    return current
+                                 dict(st.reasons)), lambda a=arrays: {k: v.numpy() for k, v in a.items()})
+    return {k: v.numpy() for k, v in arrays.items()}
 
 
 def temporary_state_root() -> contextlib.AbstractContextManager[str]:
