@@ -36,6 +36,8 @@ DeviceFilter = Callable[[str], bool]
 
 # Error codes of the error replies the Grid makes up (Flower's Error.code is an int).
 ERR_DEVICE, ERR_REJECTED = 1, 2
+_MISSING_RUN = "the result has no 'run' (a device copies 'run' and 'round' from the task into its result)"
+_MISSING_ROUND = "the result has no 'round' (a device copies 'run' and 'round' from the task into its result)"
 
 
 def _hash63(text: str) -> int:
@@ -251,11 +253,12 @@ class FleetGrid(Grid):
                          f"reply from {device_id} to a request sent to {inflight.device_id}")
             return
         if reply.run_id != self.run_id:
-            self._reject(reply.correlation_id, inflight, "unknown-run", f"run {reply.run_id!r} is not {self.run_id!r}")
+            self._reject(reply.correlation_id, inflight, "unknown-run", _MISSING_RUN if reply.run_id is None
+                         else f"run {reply.run_id!r} is not {self.run_id!r}")
             return
         if reply.server_round != inflight.server_round:
-            self._reject(reply.correlation_id, inflight, "stale-round",
-                         f"reply for round {reply.server_round} in round {inflight.server_round}")
+            self._reject(reply.correlation_id, inflight, "stale-round", _MISSING_ROUND if reply.server_round is None
+                         else f"reply for round {reply.server_round} in round {inflight.server_round}")
             return
         if reply.error is not None:
             code, reason = reply.error

@@ -234,9 +234,11 @@ def _check_result_header(header: dict[str, Any], rid: str | None) -> None:
 _CONFIG_RULES: dict[str, dict[str, tuple[str, bool]]] = {
     # key: (rule, required)
     MessageType.TRAIN: {ConfigKey.SERVER_ROUND: ("int>=0", False), ConfigKey.LOCAL_STEPS: ("int>=1", True),
-                        ConfigKey.LR: ("num>0", True), ConfigKey.TOP_P: ("fraction", False),
+                        ConfigKey.LR: ("num>0", True), ConfigKey.SEED: ("seed", False),
+                        ConfigKey.TOP_P: ("fraction", False),
                         ConfigKey.LOCAL_LAYERS: ("int-list", False), ConfigKey.RECONSTRUCT_STEPS: ("int>=0", False)},
-    MessageType.EVALUATE: {ConfigKey.SERVER_ROUND: ("int>=0", False)},
+    MessageType.EVALUATE: {ConfigKey.SERVER_ROUND: ("int>=0", False), ConfigKey.SEED: ("seed", False),
+                           ConfigKey.LOCAL_LAYERS: ("int-list", False)},
     MessageType.ADAPT: {ConfigKey.SHOTS: ("int>=1", True), ConfigKey.STEPS: ("int>=0", True),
                         ConfigKey.LR: ("num>0", False), ConfigKey.SERVER_ROUND: ("int>=0", False)},
     MessageType.DEPLOY: {ConfigKey.ARTIFACT: ("artifact", True), ConfigKey.SHA256: ("sha256", True),
@@ -259,6 +261,7 @@ def check_config(mtype: str, config: Mapping[str, Any], *, request_id: str | Non
         ok = {
             "int>=0": lambda x: is_int(x, 0) and x <= MAX_STEPS * 1000,
             "int>=1": lambda x: is_int(x, 1) and x <= 1 << 40,
+            "seed": lambda x: is_int(x, 0) and x < 1 << 63,
             "num>0": lambda x: is_number(x) and 0 < x <= 1e3,
             "fraction": lambda x: is_number(x) and 0 < x <= 1,
             "int-list": lambda x: isinstance(x, list) and len(x) <= 64 and all(is_int(i, 0) for i in x),
