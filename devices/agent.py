@@ -49,7 +49,7 @@ from devices.wire.protocol import (
 )
 from devices.wire.sparse import top_p_encode
 from devices.wire.thing_description import td_payload, thing_description
-from devices.wire.topics import check_name, device_topic
+from devices.wire.topics import DEFAULT_FLEET, check_name, device_topic
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.usecases.base import DeviceData
 
@@ -89,7 +89,7 @@ class AgentConfig:
     device_id: str
     board: Board
     state_dir: Path
-    fleet: str = "default"
+    fleet: str = DEFAULT_FLEET
     use_case: str = "sine"
     sensors: tuple[str, ...] = ()
     telemetry_s: float = 10.0

@@ -34,10 +34,12 @@ from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg
 
 from devices.wire.protocol import ConfigKey, MetricKey
+from devices.wire.topics import DEFAULT_FLEET
 from federation import flower_compat
 from federation.checkpoint import load_checkpoint, save_checkpoint
 from federation.exceptions import CheckpointError, QuorumError
 from federation.grid import FleetGrid
+from federation.selection import explain_exclusions
 from federation.strategies.registry import build_strategy
 
 log = logging.getLogger(__name__)
@@ -61,10 +63,11 @@ class RunConfig:
     min_replies: int = 1
     quorum: int = 1
     quorum_timeout: float = 30.0
-    fleet: str = "default"
+    fleet: str = DEFAULT_FLEET
     broker: str | None = None
     simulate: int = 0
     samples_per_device: int = 64
+    allow_undescribed: bool = False  # sample devices that publish no Thing Description (federation.selection)
 
     def save(self, run_dir: Path) -> None:
         try:
@@ -112,8 +115,10 @@ def wait_for_quorum(grid: FleetGrid, n: int, timeout: float, *, poll: float = 0.
         if len(nodes) >= n:
             return nodes
         if time.monotonic() >= deadline:
+            present = grid.transport.present_devices()
+            why = explain_exclusions(grid.excluded_devices(present))
             raise QuorumError(f"only {len(nodes)} of the {n} required devices came online within {timeout:g} s "
-                              f"(fleet devices present: {len(grid.transport.present_devices())})")
+                              f"(fleet devices present: {len(present)}" + (f"; {why}" if why else "") + ")")
         time.sleep(poll)
 
 

@@ -136,6 +136,15 @@ class FleetGrid(Grid):
             ids.append(nid)
         return sorted(ids)
 
+    def excluded_devices(self, device_ids: Iterable[str]) -> dict[str, str]:
+        """``{device: reason}`` for those of `device_ids` the allow filter keeps out of the run."""
+        if self._allow is None:
+            return {}
+        explain = getattr(self._allow, "excluded", None)
+        if callable(explain):
+            return dict(explain(list(device_ids)))
+        return {d: "not in the run's allow-list" for d in device_ids if not self._allow(d)}
+
     def device_id(self, node_id: int) -> str:
         """The device behind `node_id` (as seen by `get_node_ids`)."""
         return self._devices_by_node[node_id]

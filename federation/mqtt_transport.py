@@ -2,12 +2,14 @@
 
 One paho client (MQTT v5, QoS 1, its own network thread) serves the coordinator. Presence comes
 from the devices' retained presence documents (the Last Will flips them to offline), so a
-coordinator that starts after the fleet still sees who is online. The connection is the project's one
+coordinator that starts after the fleet still sees who is online; the retained Thing Descriptions
+say what each device is (`federation.selection` samples by them). The connection is the project's one
 `MqttClient` (TCP_NODELAY, credentials, TLS and refusals handled there).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import uuid
@@ -18,6 +20,7 @@ from devices.link.client import MqttClient
 from devices.wire import protocol
 from devices.wire.topics import device_topic, fleet_filter, parse_topic
 from federation.exceptions import FederationError
+from federation.selection import Description, description_from_td
 from federation.transport import PayloadHandler, Transport
 
 log = logging.getLogger(__name__)
@@ -48,10 +51,12 @@ class MqttTransport(Transport):
         self.client_id = client_id or f"tinyfleet-server-{uuid.uuid4().hex[:8]}"
         self.connect_timeout = connect_timeout
         self._online: dict[str, bool] = {}
+        self._descriptions: dict[str, Description] = {}
         self._lock = threading.Lock()
         self._on_payload: PayloadHandler | None = None
         self._mqtt = MqttClient(address, credentials, client_id=self.client_id, keepalive=30,
-                                subscriptions=[fleet_filter(fleet, "presence"), fleet_filter(fleet, "result")],
+                                subscriptions=[fleet_filter(fleet, "td"), fleet_filter(fleet, "presence"),
+                                               fleet_filter(fleet, "result")],
                                 on_message=self._handle_message)
 
     @property
@@ -71,6 +76,11 @@ class MqttTransport(Transport):
     def present_devices(self) -> list[str]:
         with self._lock:
             return sorted(d for d, up in self._online.items() if up)
+
+    def description(self, device_id: str) -> Description | None:
+        """What the device's retained Thing Description says (use case, RAM); None without one."""
+        with self._lock:
+            return self._descriptions.get(device_id)
 
     def send(self, device_id: str, payload: bytes) -> None:
         try:
@@ -96,6 +106,21 @@ class MqttTransport(Transport):
             return
         if topic.kind == "presence":
             self._presence(topic.device_id, payload)
+        elif topic.kind == "td":
+            self._description(topic.device_id, payload)
+
+    def _description(self, device_id: str, payload: bytes) -> None:
+        if not payload:  # a cleared retained TD: the device is no longer described
+            with self._lock:
+                self._descriptions.pop(device_id, None)
+            return
+        try:
+            td = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            log.info("ignored the Thing Description of %s: not UTF-8 JSON (%s)", device_id, exc)
+            td = None
+        with self._lock:
+            self._descriptions[device_id] = description_from_td(td)
 
     def _presence(self, device_id: str, payload: bytes) -> None:
         if not payload:  # a cleared retained message: the device is gone

@@ -16,7 +16,7 @@ from broker.process import MosquittoBroker, read_state
 from devices.boards import DEFAULT_BOARD, get_board
 from devices.exceptions import DeviceLinkError
 from devices.link.address import BrokerAddress, Credentials, parse_broker_url
-from devices.wire.topics import check_name
+from devices.wire.topics import DEFAULT_FLEET, check_name
 from firmware_models.exceptions import TinyFleetError
 from tinyfleet import config
 from tinyfleet.cli.broker import default_dir
@@ -120,7 +120,7 @@ def run(
     models: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
                                                 help="Folder of `tinyfleet models build` output.")] = None,
     board: Annotated[str, typer.Option(help="Board profile (RAM, flash, sensors).")] = DEFAULT_BOARD,
-    fleet: FleetOption = "default",
+    fleet: FleetOption = DEFAULT_FLEET,
     state_dir: Annotated[Path | None, typer.Option(file_okay=False,
                                                    help="Where deployed models are kept.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Local samples of this device.")] = 100,
@@ -187,7 +187,7 @@ def simulate(
     boards: Annotated[str, typer.Option(help="Board mix, e.g. nano33ble:0.5,esp32:0.3,uno:0.2")] = DEFAULT_BOARD,
     broker: BrokerOption = None,
     duration: Annotated[float | None, typer.Option(min=0, help="Run S seconds (default: until Ctrl-C).")] = None,
-    fleet: FleetOption = "sim",
+    fleet: FleetOption = DEFAULT_FLEET,
     models: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
                                                 help="Folder of `tinyfleet models build` output.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Local samples per device.")] = 50,
@@ -282,7 +282,7 @@ def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | 
 @app.command(name="list")
 def list_devices(
     broker: BrokerOption = None,
-    fleet: FleetOption = "default",
+    fleet: FleetOption = DEFAULT_FLEET,
     wait: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to collect retained messages.")] = 1.0,
     user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
@@ -311,7 +311,7 @@ def list_devices(
 def show(
     device_id: Annotated[str, typer.Argument(help="Device id.")],
     broker: BrokerOption = None,
-    fleet: FleetOption = "default",
+    fleet: FleetOption = DEFAULT_FLEET,
     wait: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to collect retained messages.")] = 1.0,
     user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
@@ -353,7 +353,7 @@ def deploy(
     artifact: Annotated[str, typer.Option(
         help="What the file replaces on the device: model.tflite (whole model) or backbone.tflite.")] = "model.tflite",
     broker: BrokerOption = None,
-    fleet: FleetOption = "default",
+    fleet: FleetOption = DEFAULT_FLEET,
     timeout: Annotated[float, typer.Option(min=1.0, max=3600, help="Seconds to wait for every outcome.")] = 60.0,
     user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
@@ -401,10 +401,11 @@ def deploy(
 
 @app.command()
 def enroll(
-    device_id: Annotated[str, typer.Argument(help="Device id = MQTT user name and client id (no / + # :).")],
+    device_id: Annotated[str, typer.Argument(help="Device id = MQTT user name and client id: 1-64 of A-Z a-z 0-9 . _ - "
+                                                        "(no / + # : or spaces).")],
     directory: Annotated[Path, typer.Option("--dir", file_okay=False,
                                             help="Directory of a broker started by `tinyfleet broker start`.")] = default_dir(),
-    fleet: FleetOption = "default",
+    fleet: FleetOption = DEFAULT_FLEET,
     tls: Annotated[bool, typer.Option("--tls", help="Require the broker directory to use TLS (the device gets "
                                       "a client certificate signed by the broker's CA).")] = False,
     server: Annotated[bool, typer.Option("--server", help="Enrol a server account (reads/writes every fleet; "

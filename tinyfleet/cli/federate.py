@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from devices.wire.topics import DEFAULT_FLEET
 from federation.coordinator import Coordinator, RunConfig, read_status
 from federation.exceptions import CheckpointError
 from firmware_models.quiet import stdout_to_stderr
@@ -36,6 +37,18 @@ CredentialsOpt = Annotated[Path | None, typer.Option(
 InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Without --broker: leave the private broker open "
                                            "(debugging only; by default it is secured).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log Flower's and the Grid's messages on stderr.")]
+BrokerDirOpt = Annotated[Path | None, typer.Option(
+    "--broker-dir", file_okay=False, help="Directory of a broker started by `tinyfleet broker start --dir DIR`: its "
+    "URL (when --broker is not given), its server account (when --credentials is not given), and with --simulate "
+    "the simulated devices are enrolled there.")]
+AllowUndescribedOpt = Annotated[bool, typer.Option(
+    "--allow-undescribed", help="Also sample devices that publish no Thing Description (devices that have one must "
+    "still declare the run's use case and enough RAM to train the model).")]
+RegistryOpt = Annotated[str | None, typer.Option(
+    "--registry", help="Sample by the registry's device records (embedded store directory; fed by `tinyfleet "
+    "registry listen`) instead of the retained Thing Descriptions. Default: config key 'registry'.")]
+RegistryEndpointOpt = Annotated[str | None, typer.Option(
+    "--registry-endpoint", help="As --registry, from a remote SPARQL endpoint. Default: config key 'endpoint'.")]
 
 
 @app.command()
@@ -49,7 +62,7 @@ def run(
                                                     "uses the devices present there.")] = None,
     out: Annotated[Path, typer.Option(help="Parent directory of run directories.", file_okay=False)] = Path("runs"),
     run_id: Annotated[str | None, typer.Option(help="Run id (default: <task>-<strategy>-<time>).")] = None,
-    fleet: Annotated[str, typer.Option(help="Fleet name (topic level).")] = "default",
+    fleet: Annotated[str, typer.Option(help="Fleet name (topic level).")] = DEFAULT_FLEET,
     models: Annotated[Path | None, typer.Option(help="Built model folder (head.npz, backbone.tflite).",
                                                 file_okay=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of sampling, devices' data and initial head.", min=0)] = 0,
@@ -65,16 +78,24 @@ def run(
     reconstruct_steps: Annotated[int, typer.Option(help="TinyMetaFed: local-layer re-fit steps.", min=0)] = 5,
     round_timeout: Annotated[float, typer.Option(help="Seconds to wait for replies per phase.", min=0.01)] = 30.0,
     min_replies: Annotated[int, typer.Option(help="Fewer valid replies keep the old parameters.", min=1)] = 1,
-    quorum: Annotated[int | None, typer.Option(help="Devices required before round 1 (default: --simulate N, "
-                                                    "else 1).", min=1)] = None,
+    quorum: Annotated[int | None, typer.Option(help="Eligible devices required before round 1 (default: --simulate "
+                                                    "N, else 1: a run on --broker starts with the first eligible "
+                                                    "device; give the fleet's size to wait for all).", min=1)] = None,
     quorum_timeout: Annotated[float, typer.Option(help="Seconds to wait for the quorum.", min=0.0)] = 30.0,
     samples_per_device: Annotated[int, typer.Option(help="Simulated devices' local samples.", min=2)] = 64,
     credentials: CredentialsOpt = None,
+    broker_dir: BrokerDirOpt = None,
+    allow_undescribed: AllowUndescribedOpt = False,
+    registry: RegistryOpt = None,
+    registry_endpoint: RegistryEndpointOpt = None,
     insecure: InsecureOpt = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a federated training; writes run.json, metrics.jsonl, checkpoint.npz and final.npz.
+
+    Devices are sampled only if their Thing Description declares --task as use case and enough RAM
+    to train the model on the device (see docs/protocol.md).
 
     Example: tinyfleet federate run --task sine --strategy tinymetafed --rounds 5 --simulate 6 --json
     """
@@ -93,7 +114,8 @@ def run(
     config = RunConfig(run_id=rid, task=task, strategy=strategy.value, rounds=rounds, seed=seed,
                        local_steps=local_steps, lr=lr, strategy_params=params, round_timeout=round_timeout,
                        min_replies=min_replies, quorum=quorum or max(simulate, 1), quorum_timeout=quorum_timeout,
-                       fleet=fleet, broker=broker, simulate=simulate, samples_per_device=samples_per_device)
+                       fleet=fleet, broker=broker, simulate=simulate, samples_per_device=samples_per_device,
+                       allow_undescribed=allow_undescribed)
     run_dir = out / rid
     if (run_dir / "run.json").exists():
         raise CheckpointError(f"{run_dir} already holds a run; use `tinyfleet federate resume {run_dir}` "
@@ -103,7 +125,8 @@ def run(
     build_strategy(config.strategy, {**params, "local_steps": local_steps, "local_lr": lr}
                    if strategy is not StrategyName.fedavg else params, num_rounds=rounds)
     initial = initial_parameters(task, models_dir=models, seed=seed)
-    _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial), creds, not insecure)
+    _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial), creds, not insecure,
+             broker_dir=broker_dir, describe=_registry_describe(registry, registry_endpoint, fleet))
 
 
 @app.command()
@@ -112,6 +135,9 @@ def resume(
     models: Annotated[Path | None, typer.Option(help="Built model folder, as given to `federate run`.",
                                                 file_okay=False)] = None,
     credentials: CredentialsOpt = None,
+    broker_dir: BrokerDirOpt = None,
+    registry: RegistryOpt = None,
+    registry_endpoint: RegistryEndpointOpt = None,
     insecure: InsecureOpt = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
@@ -122,7 +148,8 @@ def resume(
     """
     config = RunConfig.load(run_dir)
     _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume(), _load_credentials(credentials),
-             not insecure)
+             not insecure, broker_dir=broker_dir,
+             describe=_registry_describe(registry, registry_endpoint, config.fleet))
 
 
 @app.command()
@@ -154,8 +181,41 @@ def _load_credentials(path: Path | None) -> Any:
     return load_credentials(path)
 
 
+def _registry_describe(path: str | None, endpoint: str | None, fleet: str) -> Any:
+    """With a configured registry: a `federation.selection.Describe` over its records of `fleet`, else None.
+
+    The registry is asked at most every `REGISTRY_REFRESH_S` seconds (the coordinator checks
+    eligibility on every poll for devices, and a remote store answers in tens of milliseconds).
+    """
+    from tinyfleet import config as settings
+
+    path, endpoint = settings.setting("registry", path), settings.setting("endpoint", endpoint)
+    if path is None and endpoint is None:
+        return None
+    from federation.selection import Description
+    from registry.questions import fleet_devices
+    from registry.store import open_store
+
+    store = open_store(path, endpoint=endpoint)
+    cache: dict[str, Any] = {"at": -1e9, "by_id": {}}
+
+    def describe(device_id: str) -> Description | None:
+        now = time.monotonic()
+        if now - cache["at"] > REGISTRY_REFRESH_S:
+            cache["by_id"] = {r["id"]: Description(r["use_case"], r["ram_bytes"], source="registry record")
+                              for r in fleet_devices(store, fleet)}
+            cache["at"] = now
+        return cache["by_id"].get(device_id)
+
+    return describe
+
+
+REGISTRY_REFRESH_S = 5.0
+
+
 def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bool, verbose: bool,
-             go: Any, credentials: Any = None, secure: bool = True) -> None:
+             go: Any, credentials: Any = None, secure: bool = True, *, broker_dir: Path | None = None,
+             describe: Any = None) -> None:
     from federation.session import fleet_grid
 
     quiet_logs(verbose)
@@ -167,17 +227,19 @@ def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bo
                        description=f"{config.strategy} on {config.task} loss {_fmt(record.get('loss'))}")
 
         with stdout_to_stderr(), fleet_grid(config, run_dir, models_dir=models, credentials=credentials,
-                                                    secure=secure) as grid:
+                                            secure=secure, broker_dir=broker_dir, describe=describe) as grid:
             result = go(Coordinator(config, grid, run_dir, on_round=on_round))
     summary = {"run_id": result["run_id"], "run_dir": result["run_dir"], "task": config.task,
                "strategy": config.strategy, "rounds": result["rounds"], "final_sha256": result["final_sha256"]}
     if json_out:
         print_json(summary)
         return
-    rows = [[r["round"], _fmt(r.get("loss")), r.get("replies"), r.get("failures"), r.get("missing"),
-             r.get("bytes_up"), r.get("bytes_down"), r.get("seconds")] for r in result["rounds"]]
+    rows = [[r["round"], _fmt(r.get("loss")), r.get("replies"), r.get("failures"), r.get("eval_replies"),
+             r.get("eval_failures"), r.get("missing"), r.get("bytes_up"), r.get("bytes_down"), r.get("seconds")]
+            for r in result["rounds"]]
     table(f"{config.strategy} on {config.task} ({result['run_dir']})",
-          ["round", "loss", "replies", "failures", "missing", "bytes up", "bytes down", "s"], rows)
+          ["round", "loss", "replies", "failures", "eval replies", "eval failures", "missing", "bytes up",
+           "bytes down", "s"], rows)
     err.print(f"final parameters sha256 {result['final_sha256']}")
 
 
