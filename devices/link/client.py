@@ -108,6 +108,7 @@ class MqttClient:
         self.keepalive = keepalive
         self.connected = threading.Event()
         self.disconnected_at: float | None = None
+        self.max_packet_size: int | None = None  # the broker's Maximum Packet Size (CONNACK), if it states one
         self._ready = threading.Event()
         self._refused: str | None = None
         self._pending_subscribe: int | None = None
@@ -170,6 +171,7 @@ class MqttClient:
             self._ready.set()
             return
         set_nodelay(client)
+        self.max_packet_size = getattr(props, "MaximumPacketSize", None) if props is not None else None
         if self.subscriptions:
             rc, mid = client.subscribe([(s, 1) for s in self.subscriptions])
             self._pending_subscribe = mid if rc == mqtt.MQTT_ERR_SUCCESS else None

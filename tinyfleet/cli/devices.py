@@ -20,7 +20,7 @@ from devices.wire.topics import DEFAULT_FLEET, check_name
 from firmware_models.exceptions import TinyFleetError
 from tinyfleet import config
 from tinyfleet.cli.broker import default_dir
-from tinyfleet.cli.output import JSON_HELP, err, print_json, run_until, table
+from tinyfleet.cli.output import JSON_HELP, err, out, print_json, run_until, table
 
 app = typer.Typer(
     help="Device agents: run one, simulate a fleet, list the devices on a broker.\n\n"
@@ -338,6 +338,62 @@ def show(
             ("flash B", b.get("tinyfleet:flashBytes")), ("sensors", ", ".join(td.get("tinyfleet:sensors", []))),
             ("actions", ", ".join(td.get("actions", {})))]
     table(f"device {device_id}", ["key", "value"], rows)
+
+
+CONFORMANCE_ACCOUNT = "fleet-conformance"
+"""Server account `devices conformance` enrols on a secured managed broker (one per purpose)."""
+
+
+@app.command()
+def conformance(
+    device: Annotated[str, typer.Option("--device", help="Id of the device to test (it must be online).")],
+    broker: BrokerOption = None,
+    fleet: FleetOption = DEFAULT_FLEET,
+    credentials: CredentialsOption = None,
+    device_credentials: Annotated[Path | None, typer.Option(
+        "--device-credentials", dir_okay=False, help="The device's own credentials (the JSON of `devices enroll "
+        "--json`): lets the Last Will check drop the device's connection on a secured broker.")] = None,
+    models: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="Built models, for use cases "
+                                                "with a backbone (the head sent in the tasks).")] = None,
+    task: Annotated[str | None, typer.Option(help="Use case whose head to send (default: the TD's).")] = None,
+    timeout: Annotated[float, typer.Option(min=0.5, max=600, help="Seconds to wait for each answer.")] = 10.0,
+    user: UserOption = None, password: PasswordOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Test a live device against the protocol: TD, presence, Will, train/evaluate/adapt, errors, duplicates.
+
+    One line per check; exit 0 when every required check passes, 1 otherwise (docs/protocol.md, "Conformance").
+    Example: tinyfleet devices conformance --device dev-001 --fleet lab --broker mqtt://127.0.0.1:1883
+    """
+    from broker.accounts import load_credentials
+    from federation.conformance import check_device
+    from federation.exceptions import ConformanceError
+
+    check_name(device)
+    check_name(fleet, what="fleet name")
+    known = _known_broker(broker)
+    if known is None:
+        raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
+    address, managed = known
+    creds = load_credentials(credentials) if credentials is not None else _credentials(user, password, None, None,
+                                                                                         None)
+    if creds is None:
+        creds = _managed_server_credentials(managed, CONFORMANCE_ACCOUNT)
+    dev_creds = load_credentials(device_credentials) if device_credentials is not None else None
+    report = check_device(address, fleet=fleet, device=device, credentials=creds, device_credentials=dev_creds,
+                          models_dir=models, task=task, timeout=timeout)
+    if json_out:
+        print_json(report.to_json())
+    else:
+        for c in report.checks:
+            mark = {"pass": "[green]PASS[/]", "fail": "[red]FAIL[/]", "skip": "[yellow]SKIP[/]"}[c.status]
+            kind = "" if c.required else " (recommended)"
+            out.print(f"{mark} {c.name}{kind}" + (f": {c.detail}" if c.detail else ""), highlight=False,
+                      soft_wrap=True, markup=True)
+    if not report.ok:
+        bad = report.failed_required
+        raise ConformanceError(f"{device}: {len(bad)} required check(s) failed: "
+                               + "; ".join(f"{c.name} ({c.detail})" for c in bad[:3])[:600])
 
 
 DEPLOY_ACCOUNT = "fleet-deploy"
