@@ -110,7 +110,8 @@ def test_a_device_that_omits_run_and_round_fails_and_the_message_names_them(mosq
             == 1, lines
         assert "'run' is a required property" in lines[f"FAIL {name}"]
     assert "'run' is a required property" in lines["FAIL unknown-type"]  # error results carry them too
-    assert {"PASS presence", "PASS thing-description", "PASS td-terms", "PASS large-frame", "PASS last-will"} <= set(lines)
+    assert {"PASS presence", "PASS thing-description", "PASS td-terms", "PASS large-frame",
+            "PASS last-will"} <= set(lines)
     error = r.stderr.strip().splitlines()[-1]
     assert error.startswith("error: forgetful-1: ") and "required check(s) failed: train (" in error
     assert "'run' and 'round'" in error

@@ -36,7 +36,8 @@ FLEET = "example"
 def test_the_document_includes_the_example_verbatim() -> None:
     """docs/protocol.md quotes examples/minimal_device.py between markers; the two cannot drift."""
     text = DOC.read_text(encoding="utf-8")
-    begin, end = "<!-- BEGIN examples/minimal_device.py -->\n```python\n", "```\n<!-- END examples/minimal_device.py -->"
+    begin = "<!-- BEGIN examples/minimal_device.py -->\n```python\n"
+    end = "```\n<!-- END examples/minimal_device.py -->"
     assert text.count(begin) == 1 and text.count(end) == 1, "the markers around the included example are missing"
     quoted = text[text.index(begin) + len(begin):text.index(end)]
     assert quoted == EXAMPLE.read_text(encoding="utf-8")
