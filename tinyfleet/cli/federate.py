@@ -193,7 +193,7 @@ def _registry_describe(path: str | None, endpoint: str | None, fleet: str) -> An
     if path is None and endpoint is None:
         return None
     from federation.selection import Description
-    from registry.questions import fleet_devices
+    from registry.questions import sampling_records
     from registry.store import open_store
 
     store = open_store(path, endpoint=endpoint)
@@ -203,7 +203,7 @@ def _registry_describe(path: str | None, endpoint: str | None, fleet: str) -> An
         now = time.monotonic()
         if now - cache["at"] > REGISTRY_REFRESH_S:
             cache["by_id"] = {r["id"]: Description(r["use_case"], r["ram_bytes"], source="registry record")
-                              for r in fleet_devices(store, fleet)}
+                              for r in sampling_records(store, fleet)}
             cache["at"] = now
         return cache["by_id"].get(device_id)
 
