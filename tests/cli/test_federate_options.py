@@ -74,3 +74,29 @@ def test_simulate_on_a_secured_broker_without_broker_dir_says_what_to_pass(secur
                                   "--local-steps", "5", "--json"])
     assert ok.exit_code == 0, ok.stderr[-2000:]
     assert json.loads(ok.stdout)["rounds"][0]["replies"] == 2
+
+
+def test_sampling_through_the_registry_uses_its_records(tmp_path: Path) -> None:
+    """`--registry DIR`: the registry's device records, not the retained TDs, decide who is sampled."""
+    from devices.boards import get_board
+    from devices.wire.thing_description import thing_description
+    from registry.ingest_device import add_device
+    from registry.store import open_store
+
+    store = open_store(tmp_path / "reg")
+    try:
+        for device_id, use_case in (("sim-0000", "sine"), ("sim-0001", "keywords")):
+            add_device(store, thing_description(device_id=device_id, fleet=DEFAULT_FLEET, board=get_board("nano33ble"),
+                                                use_case=use_case, host="127.0.0.1", port=1883))
+    finally:
+        store.close()
+    base = ["federate", "run", "--task", "sine", "--rounds", "2", "--simulate", "2", "--registry",
+            str(tmp_path / "reg"), "--out", str(tmp_path / "runs"), "--local-steps", "5", "--quorum-timeout", "5",
+            "--json"]
+    r = CliRunner().invoke(app, [*base, "--run-id", "both"])
+    assert r.exit_code == 1
+    assert "only 1 of the 2 required devices" in r.stderr
+    assert "sim-0001: its registry record declares use case 'keywords', the run learns 'sine'" in r.stderr
+    ok = CliRunner().invoke(app, [*base, "--run-id", "one", "--quorum", "1"])
+    assert ok.exit_code == 0, ok.stderr[-2000:]
+    assert [(r["sampled"], r["replies"]) for r in json.loads(ok.stdout)["rounds"]] == [(1, 1), (1, 1)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -126,7 +127,7 @@ def run(
                    if strategy is not StrategyName.fedavg else params, num_rounds=rounds)
     initial = initial_parameters(task, models_dir=models, seed=seed)
     _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial), creds, not insecure,
-             broker_dir=broker_dir, describe=_registry_describe(registry, registry_endpoint, fleet))
+             broker_dir=broker_dir, registry=(registry, registry_endpoint))
 
 
 @app.command()
@@ -149,7 +150,7 @@ def resume(
     config = RunConfig.load(run_dir)
     _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume(), _load_credentials(credentials),
              not insecure, broker_dir=broker_dir,
-             describe=_registry_describe(registry, registry_endpoint, config.fleet))
+             registry=(registry, registry_endpoint))
 
 
 @app.command()
@@ -181,22 +182,15 @@ def _load_credentials(path: Path | None) -> Any:
     return load_credentials(path)
 
 
-def _registry_describe(path: str | None, endpoint: str | None, fleet: str) -> Any:
-    """With a configured registry: a `federation.selection.Describe` over its records of `fleet`, else None.
+def _registry_describe(store: Any, fleet: str) -> Any:
+    """A `federation.selection.Describe` over the registry's records of `fleet`.
 
     The registry is asked at most every `REGISTRY_REFRESH_S` seconds (the coordinator checks
     eligibility on every poll for devices, and a remote store answers in tens of milliseconds).
     """
-    from tinyfleet import config as settings
-
-    path, endpoint = settings.setting("registry", path), settings.setting("endpoint", endpoint)
-    if path is None and endpoint is None:
-        return None
     from federation.selection import Description
     from registry.questions import sampling_records
-    from registry.store import open_store
 
-    store = open_store(path, endpoint=endpoint)
     cache: dict[str, Any] = {"at": -1e9, "by_id": {}}
 
     def describe(device_id: str) -> Description | None:
@@ -215,11 +209,21 @@ REGISTRY_REFRESH_S = 5.0
 
 def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bool, verbose: bool,
              go: Any, credentials: Any = None, secure: bool = True, *, broker_dir: Path | None = None,
-             describe: Any = None) -> None:
+             registry: tuple[str | None, str | None] = (None, None)) -> None:
+    """Run `go` on a Coordinator over the run's grid; with a configured registry, sample by its records."""
     from federation.session import fleet_grid
+    from tinyfleet import config as settings
 
     quiet_logs(verbose)
-    with progress(enabled=not json_out) as bar:
+    path, endpoint = settings.setting("registry", registry[0]), settings.setting("endpoint", registry[1])
+    with contextlib.ExitStack() as stack, progress(enabled=not json_out) as bar:
+        describe = None
+        if path is not None or endpoint is not None:
+            from registry.store import open_store
+
+            store = open_store(path, endpoint=endpoint)
+            stack.callback(store.close)
+            describe = _registry_describe(store, config.fleet)
         task_id = bar.add_task(f"{config.strategy} on {config.task}", total=config.rounds)
 
         def on_round(record: dict[str, Any]) -> None:
