@@ -24,8 +24,8 @@ from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 
 from devices.wire.protocol import ConfigKey
-from federation import flower_compat
-from federation.flower_compat import Run
+from federation.exceptions import QuorumError
+from federation.flower_compat import Run, empty_run, set_message_id
 from federation.ledger import RoundLedger
 from federation.replies import DENSE, TOP_P, RejectedReply, check_metrics, check_train_arrays, outlier_indices
 from federation.transport import Codec, CodecError, TaskSpec, Transport, WireReply
@@ -104,7 +104,7 @@ class FleetGrid(Grid):
         self._replies: dict[str, Message] = {}
         self._devices_by_node: dict[int, str] = {}
         self._current_round = 0
-        self._run: Run = flower_compat.empty_run(_hash63(run_id))
+        self._run: Run = empty_run(_hash63(run_id))
         self.transport.on_device_online(self._resend_inflight)
         self.transport.start(self._on_payload)
 
@@ -134,6 +134,36 @@ class FleetGrid(Grid):
             ids.append(nid)
         return sorted(ids)
 
+    def wait_for_nodes(self, n: int, *, timeout: float = 30.0, poll: float = 0.05) -> list[int]:
+        """Block until at least `n` allowed devices are online; return their node ids.
+
+        Call it before `Strategy.start`: Flower's sampler computes the sample size from the nodes
+        present *before* it waits (a fleet still connecting gets a smaller sample), and its own
+        wait for `min_available_nodes` has no deadline. Raises `QuorumError` after `timeout` seconds,
+        naming how many came.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = self.get_node_ids()
+            if len(nodes) >= n:
+                return nodes
+            if time.monotonic() >= deadline:
+                present = len(self.transport.present_devices())
+                extra = f" ({present} fleet devices online in all)" if present != len(nodes) else ""
+                raise QuorumError(f"only {len(nodes)} of the {n} required devices came online within "
+                                  f"{timeout:g} s{extra}")
+            time.sleep(poll)
+
+    def close(self) -> None:
+        """Release the transport (the broker connection); the Grid cannot be used afterwards."""
+        self.transport.close()
+
+    def __enter__(self) -> FleetGrid:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def device_id(self, node_id: int) -> str:
         """The device behind `node_id` (as seen by `get_node_ids`)."""
         return self._devices_by_node[node_id]
@@ -143,7 +173,7 @@ class FleetGrid(Grid):
         ids: list[str] = []
         for msg in messages:
             mid = uuid.uuid4().hex
-            flower_compat.set_message_id(msg, mid)
+            set_message_id(msg, mid)
             ids.append(mid)
             self._send(mid, msg)
         return ids

@@ -29,6 +29,9 @@ from devices.link.address import BrokerAddress, Credentials
 
 log = logging.getLogger("tinyfleet.devices")
 
+SESSION_TAKEN_OVER = 0x8E
+"""MQTT v5 DISCONNECT reason code: another client connected with this client id."""
+
 MessageHandler = Callable[[str, bytes], None]
 """Called on the network thread with (topic, payload) for every message received."""
 
@@ -96,6 +99,9 @@ class MqttClient:
         Set while connected (and subscribed); cleared on a lost connection until paho reconnects.
     disconnected_at : float or None
         `time.monotonic()` of the last lost connection, None while connected.
+    taken_over : bool
+        True once the broker ended the connection because another client connected with the same
+        client id ("Session taken over"); the client then stays disconnected.
     """
 
     def __init__(self, address: BrokerAddress, credentials: Credentials | None = None, *, client_id: str,
@@ -108,6 +114,7 @@ class MqttClient:
         self.keepalive = keepalive
         self.connected = threading.Event()
         self.disconnected_at: float | None = None
+        self.taken_over = False
         self._ready = threading.Event()
         self._refused: str | None = None
         self._pending_subscribe: int | None = None
@@ -186,6 +193,17 @@ class MqttClient:
         self._ready.set()
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if getattr(reason, "value", None) == SESSION_TAKEN_OVER and not self._closing:
+            # Reconnecting would take the session back and throw the other client out, which
+            # reconnects in turn: two processes sharing an account disconnect each other forever.
+            # Stay out instead and let the owner report it (`taken_over`).
+            self.taken_over = True
+            self.disconnected_at = time.monotonic()
+            self.connected.clear()
+            log.error("%s: another client connected to %s with the same client id; this one stays disconnected",
+                      self.client_id, self.address.url)
+            client.disconnect()  # ends paho's reconnect loop
+            return
         if self.connected.is_set() and not self._closing:
             self.disconnected_at = time.monotonic()
             log.warning("%s: lost the connection to %s (%s); reconnecting", self.client_id, self.address.url, reason)
