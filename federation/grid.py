@@ -23,7 +23,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from devices.wire.protocol import ConfigKey
+from devices.wire.protocol import ConfigKey, weight_names
 from federation.exceptions import QuorumError
 from federation.flower_compat import Run, empty_run, set_message_id
 from federation.ledger import RoundLedger
@@ -57,6 +57,7 @@ class _Inflight:
     phase: str
     sent_arrays: dict[str, np.ndarray]
     encoding: str
+    sent_keys: list[str]
     payload: bytes = b""
     answered: bool = False
 
@@ -230,7 +231,8 @@ class FleetGrid(Grid):
         cfg_rec = _first(msg.content.config_records)
         config = dict(cfg_rec) if cfg_rec is not None else {}
         encoding = TOP_P if ConfigKey.TOP_P in config else DENSE
-        inflight = _Inflight(msg, device_id or "?", rnd, phase, _expected_reply(arrays, config), encoding)
+        inflight = _Inflight(msg, device_id or "?", rnd, phase, _expected_reply(arrays, config), encoding,
+                             list(arrays))
         if device_id is None:  # a node id we never announced: answer with an error, do not crash
             with self._cv:
                 self._inflight[mid] = inflight
@@ -317,7 +319,8 @@ class FleetGrid(Grid):
         metrics = check_metrics(reply.metrics, phase=inflight.phase)
         content = RecordDict()
         if inflight.phase == "train":
-            arrays, norm = check_train_arrays(reply.arrays, inflight.sent_arrays, inflight.encoding)
+            arrays, norm = check_train_arrays(_as_sent(reply.arrays, inflight.sent_keys), inflight.sent_arrays,
+                                              inflight.encoding)
             content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
             metrics["update-norm"] = norm
         content["metrics"] = MetricRecord(metrics)
@@ -389,6 +392,25 @@ def _expected_reply(sent: dict[str, np.ndarray], config: dict[str, object]) -> d
     local = config.get(ConfigKey.LOCAL_LAYERS) or []
     keep = {f"{p}{i}" for i in local if isinstance(i, int) for p in ("w", "b")}  # type: ignore[union-attr]
     return {k: v for k, v in sent.items() if k not in keep}
+
+
+def _as_sent(arrays: dict[str, np.ndarray], sent_keys: list[str]) -> dict[str, np.ndarray]:
+    """Give a device's result tensors back the keys the strategy used.
+
+    Devices name result tensors by position (``w0, b0, w1, ...``, and ``w0.idx``/``w0.val`` for a
+    sparse update), whatever the task's tensors were called; a Flower user's
+    ``ArrayRecord([w, b])`` has keys ``"0", "1"``. Without this, every reply to such a strategy
+    would be rejected as ``wrong-keys``.
+    """
+    canonical = weight_names(len(sent_keys))
+    if sent_keys == canonical:
+        return arrays
+    back = dict(zip(canonical, sent_keys, strict=True))
+    out: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        base, dot, suffix = name.partition(".")
+        out[back.get(base, base) + dot + suffix] = value
+    return out
 
 
 def _first(records: dict) -> object | None:  # type: ignore[type-arg]
