@@ -49,9 +49,9 @@ def save_checkpoint(path: str | Path, *, arrays: Mapping[str, np.ndarray], state
     meta = json.dumps({"format": CHECKPOINT_FORMAT, "keys": list(arrays), "extra_keys": list(extra), **state},
                       sort_keys=True)
     buf = io.BytesIO()
-    np.savez(buf, **{_META: np.frombuffer(meta.encode(), dtype=np.uint8)},
-             **{k: np.asarray(v) for k, v in arrays.items()},
-             **{f"{_EXTRA}{i}": np.asarray(v) for i, v in enumerate(extra.values())})
+    members = {_META: np.frombuffer(meta.encode(), dtype=np.uint8), **{k: np.asarray(v) for k, v in arrays.items()},
+               **{f"{_EXTRA}{i}": np.asarray(v) for i, v in enumerate(extra.values())}}
+    np.savez(buf, **members)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:

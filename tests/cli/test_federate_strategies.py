@@ -105,7 +105,8 @@ def test_a_users_own_strategy_class_runs_from_the_cli(tmp_path: Path, monkeypatc
      "package.module:Class"),
     (["--strategy", "flwr:FedNope"], "error: strategy 'flwr:FedNope': flwr.serverapp.strategy has no class 'FedNope'; "
                                      "Flower's: Bulyan, DifferentialPrivacyClientSideAdaptiveClipping"),
-    (["--strategy", "no_such_module:Strategy"], "error: strategy 'no_such_module:Strategy': cannot import no_such_module"),
+    (["--strategy", "no_such_module:Strategy"],
+     "error: strategy 'no_such_module:Strategy': cannot import no_such_module"),
     (["--strategy", "json:JSONDecoder"], "error: strategy 'json:JSONDecoder': json.JSONDecoder is not a concrete "
                                          "subclass of flwr.serverapp.strategy.Strategy"),
     (["--strategy", "flwr:DifferentialPrivacyServerSideFixedClipping", "--strategy-arg", "strategy=flwr:FedAvg"],
