@@ -69,9 +69,11 @@ class MqttGrid(FleetGrid):
 
     Examples
     --------
-    >>> with MqttGrid("mqtt://127.0.0.1:1883", fleet="lab", credentials="fleet-server.json") as grid:
-    ...     grid.wait_for_nodes(4, timeout=60)
-    ...     result = FedMedian().start(grid=grid, initial_arrays=arrays, num_rounds=3, timeout=30)
+    A complete server is in docs/flower.md (executed by tests/federation/test_flower_doc.py)::
+
+        with MqttGrid("mqtt://127.0.0.1:1883", fleet="lab", credentials="fleet-server.json") as grid:
+            grid.wait_for_nodes(4, timeout=60)
+            result = FedMedian().start(grid=grid, initial_arrays=arrays, num_rounds=3, timeout=30)
     """
 
     def __init__(self, broker: str | BrokerAddress, *, fleet: str = "default",
