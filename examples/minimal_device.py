@@ -29,6 +29,12 @@ import paho.mqtt.client as mqtt
 
 RAM_BYTES, FLASH_BYTES = 262144, 1048576  # declared in the TD: the coordinator samples devices by them
 TASKS = ("task.train", "task.evaluate", "task.adapt", "task.deploy")
+IMPLEMENTED = {  # the config keys this device acts on; a task that `required` another one is refused
+    "task.train": {"server-round", "local-steps", "lr", "seed", "top-p", "local-layers", "reconstruct-steps",
+                   "required"},
+    "task.evaluate": {"server-round", "seed", "local-layers", "required"},
+    "task.adapt": {"server-round", "shots", "steps", "lr", "required"},
+}
 CLIP = 10.0  # per-layer gradient-norm clip: batch-1 SGD on a sine wave can diverge without one
 
 
@@ -169,6 +175,9 @@ class Device:
                 raise Refused("bad-version", f"protocol version {header.get('v')!r}; this device speaks 1")
             if header.get("type") not in handlers:
                 raise Refused("unknown-type", f"this device does not implement {header.get('type')!r}")
+            missing = sorted(set((header.get("config") or {}).get("required", [])) - IMPLEMENTED[header["type"]])
+            if missing:  # e.g. FedProx's proximal-mu: refuse rather than silently train something else
+                raise Refused("unsupported-config", f"this device does not implement {', '.join(missing)}")
             metrics, out, extra = handlers[header["type"]](header.get("config") or {}, tensors)
             reply = self.result(header, metrics=metrics, tensors=out, **extra)
             self.tasks_done += 1

@@ -12,10 +12,12 @@ Checks (required unless marked), in the order they run: retained presence, the T
 (W3C TD 1.1 schema) and the tinyfleet terms the tools read, train (dense), train with ``top-p``
 (sparse), train with ``local-layers``, evaluate, evaluate has no side effects (recommended), adapt,
 a repeated task id answered from the cache, an unknown task type answered with ``unknown-type``, a
-wrong version answered with ``bad-version`` (recommended), a large frame answered, telemetry
-(recommended), the Last Will on an unclean drop and the reconnect after it (recommended). The
-Last Will check takes the device's MQTT session over (the broker then drops the device, as it
-does when power fails), so it needs the device's own credentials on a secured broker.
+``required`` key the device does not implement answered with ``unsupported-config``, a wrong
+version answered with ``bad-version`` (recommended), a large frame answered, the Last Will on an
+unclean drop and the reconnect after it (recommended), telemetry when the TD offers it
+(recommended). The Last Will check takes the device's MQTT session over (the broker then drops
+the device, as it does when power fails), so it needs the device's own credentials on a secured
+broker. docs/protocol.md §13 lists them with what each one requires.
 """
 
 from __future__ import annotations
@@ -396,6 +398,9 @@ def _error_checks(suite: _Suite, head: dict[str, np.ndarray]) -> None:
     base = {"run": suite.run_id, "round": 1, "config": {}}
     suite.error_reply("unknown-type", True, {"v": 1, "type": "task.conformance-unknown", "id": p.new_id(), **base},
                       p.ErrorCode.UNKNOWN_TYPE)
+    suite.error_reply("required-key", True, {"v": 1, "type": p.MessageType.EVALUATE, "id": p.new_id(), **base,
+                                             "config": {p.ConfigKey.REQUIRED: ["conformance-unknown-key"]}},
+                      p.ErrorCode.UNSUPPORTED_CONFIG)
     suite.error_reply("bad-version", False, {"v": 2, "type": p.MessageType.EVALUATE, "id": p.new_id(), **base},
                       p.ErrorCode.BAD_VERSION)
     limit = suite.watch.client.max_packet_size

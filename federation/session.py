@@ -86,7 +86,7 @@ def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = No
         A further restriction (e.g. registry matchmaking in the demo); both must admit a device.
     credentials : Credentials, optional
         The coordinator's server account on ``config.broker`` (``--credentials FILE``); with
-        `broker_dir` and none given, that broker's server account.
+        `broker_dir` and none given, a server account of this process's own there.
     broker_dir : Path, optional
         Directory of the tinyfleet-managed broker (``tinyfleet broker start --dir``): its URL when
         ``config.broker`` is None, and where simulated devices are enrolled when it is secured.
@@ -116,15 +116,15 @@ def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = No
             url = broker.start().url
             stack.callback(broker.stop)
         elif credentials is None and broker_dir is not None:
-            from broker.accounts import ensure_server_account
+            from broker.accounts import process_server_account
             from broker.secure import is_secured
 
-            if is_secured(broker_dir):
-                credentials = ensure_server_account(broker_dir)
+            if is_secured(broker_dir):  # an account of this process's own (concurrent runs must not share one)
+                credentials = process_server_account(broker_dir)
         address = parse_broker_url(url)
         if config.simulate:
             _simulate(config, run_dir, stack, address=address, broker_dir=broker_dir, models_dir=models_dir)
-        transport = MqttTransport(address, fleet=config.fleet, credentials=credentials)
+        transport = MqttTransport(address, fleet=config.fleet, credentials=credentials, descriptions=describe is None)
         selection = DeviceSelection(requirement_for(config, models_dir=models_dir),
                                     describe or transport.description,
                                     allow_undescribed=config.allow_undescribed)

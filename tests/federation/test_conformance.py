@@ -27,7 +27,7 @@ from tinyfleet.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = ["presence", "thing-description", "td-terms", "train", "train-top-p", "train-local-layers", "evaluate",
-            "adapt", "duplicate-task", "unknown-type", "large-frame", "last-will"]
+            "adapt", "duplicate-task", "unknown-type", "required-key", "large-frame", "last-will"]
 
 
 def _example() -> ModuleType:

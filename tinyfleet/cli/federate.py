@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,16 +16,12 @@ from firmware_models.quiet import stdout_to_stderr
 from tinyfleet.cli.output import JSON_HELP, err, print_json, progress, quiet_logs, table
 
 app = typer.Typer(
-    help="Federated meta-learning over MQTT (Reptile, TinyMetaFed, FedAvg).\n\n"
-    "Example: tinyfleet federate run --task sine --strategy reptile --rounds 20 --simulate 8 --json",
+    help="Federated (meta-)learning over MQTT with Flower strategies (Reptile, TinyMetaFed, FedAvg, or any "
+    "flwr:<Class> such as flwr:FedMedian).\n\n"
+    "Example: tinyfleet federate run --task sine --strategy flwr:FedProx --strategy-arg proximal_mu=0.5 "
+    "--rounds 5 --simulate 6 --json",
     no_args_is_help=True,
 )
-
-
-class StrategyName(StrEnum):
-    reptile = "reptile"
-    tinymetafed = "tinymetafed"
-    fedavg = "fedavg"
 
 
 RunDir = Annotated[Path, typer.Argument(help="Run directory (printed by `federate run`, e.g. runs/sine-reptile-...).",
@@ -37,11 +32,11 @@ CredentialsOpt = Annotated[Path | None, typer.Option(
     "e.g. DIR/security/credentials/fleet-server.json of `tinyfleet broker start --dir DIR`.")]
 InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Without --broker: leave the private broker open "
                                            "(debugging only; by default it is secured).")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log Flower's and the Grid's messages on stderr.")]
 BrokerDirOpt = Annotated[Path | None, typer.Option(
-    "--broker-dir", file_okay=False, help="Directory of a broker started by `tinyfleet broker start --dir DIR`: its "
-    "URL (when --broker is not given), its server account (when --credentials is not given), and with --simulate "
-    "the simulated devices are enrolled there.")]
+    "--broker-dir", file_okay=False, help="Directory of a broker started by `tinyfleet broker start --dir`: its URL "
+    "is used (unless --broker), this process gets a server account of its own there (fleet-server-<pid>, so that "
+    "concurrent runs do not disconnect each other) and --simulate devices are enrolled there.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log Flower's and the Grid's messages on stderr.")]
 AllowUndescribedOpt = Annotated[bool, typer.Option(
     "--allow-undescribed", help="Also sample devices that publish no Thing Description (devices that have one must "
     "still declare the run's use case and enough RAM to train the model).")]
@@ -55,7 +50,12 @@ RegistryEndpointOpt = Annotated[str | None, typer.Option(
 @app.command()
 def run(
     task: Annotated[str, typer.Option(help="Use case: sine, characters, keywords, presence.")],
-    strategy: Annotated[StrategyName, typer.Option(help="Server strategy.")] = StrategyName.reptile,
+    strategy: Annotated[str, typer.Option(help="Server strategy: reptile, tinymetafed, fedavg, any Flower strategy as "
+                                               "flwr:<Class> (e.g. flwr:FedMedian, flwr:FedProx) or your own as "
+                                               "package.module:Class.")] = "reptile",
+    strategy_arg: Annotated[list[str] | None, typer.Option(
+        "--strategy-arg", help="Constructor argument of the strategy, key=value (repeatable; typed as the "
+        "parameter's default: int, float, true/false or text), e.g. --strategy-arg proximal_mu=0.5.")] = None,
     rounds: Annotated[int, typer.Option(help="Federated rounds.", min=1, max=100000)] = 10,
     simulate: Annotated[int, typer.Option(help="Start N simulated devices (and, without --broker, a private "
                                                "Mosquitto) for a self-contained run.", min=0)] = 0,
@@ -105,14 +105,15 @@ def run(
 
     if broker is not None:
         parse_broker_url(broker)  # fail on a bad URL before anything starts
+    from federation.strategies.registry import build_strategy
+
+    broker = broker or _managed_url(broker_dir)
     creds = _load_credentials(credentials)
-    rid = run_id or f"{task}-{strategy.value}-{time.strftime('%Y%m%d-%H%M%S')}"
-    params: dict[str, Any] = {"fraction_train": fraction}
-    if strategy is not StrategyName.fedavg:
-        params.update(epsilon=epsilon, epsilon_floor=epsilon_floor, serial=serial)
-    if strategy is StrategyName.tinymetafed:
-        params.update(top_p=top_p, reconstruct_steps=reconstruct_steps)
-    config = RunConfig(run_id=rid, task=task, strategy=strategy.value, rounds=rounds, seed=seed,
+    params = _strategy_params(strategy, strategy_arg or [], fraction=fraction, epsilon=epsilon,
+                              epsilon_floor=epsilon_floor, serial=serial, top_p=top_p,
+                              reconstruct_steps=reconstruct_steps)
+    rid = run_id or f"{task}-{_slug(strategy)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = RunConfig(run_id=rid, task=task, strategy=strategy, rounds=rounds, seed=seed,
                        local_steps=local_steps, lr=lr, strategy_params=params, round_timeout=round_timeout,
                        min_replies=min_replies, quorum=quorum or max(simulate, 1), quorum_timeout=quorum_timeout,
                        fleet=fleet, broker=broker, simulate=simulate, samples_per_device=samples_per_device,
@@ -121,10 +122,10 @@ def run(
     if (run_dir / "run.json").exists():
         raise CheckpointError(f"{run_dir} already holds a run; use `tinyfleet federate resume {run_dir}` "
                               "or another --run-id")
-    from federation.strategies.registry import build_strategy  # validate parameters before starting anything
+    from federation.coordinator import strategy_defaults
 
-    build_strategy(config.strategy, {**params, "local_steps": local_steps, "local_lr": lr}
-                   if strategy is not StrategyName.fedavg else params, num_rounds=rounds)
+    build_strategy(config.strategy, params, num_rounds=rounds,  # validate parameters before starting anything
+                   defaults=strategy_defaults(config))
     initial = initial_parameters(task, models_dir=models, seed=seed)
     _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial), creds, not insecure,
              broker_dir=broker_dir, registry=(registry, registry_endpoint))
@@ -143,11 +144,13 @@ def resume(
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Continue an interrupted run from its last checkpoint (same settings, same seed).
+    """Continue an interrupted run from its last checkpoint (same settings, same strategy, same seed).
 
     Example: tinyfleet federate resume runs/sine-reptile-20260101-120000 --json
     """
     config = RunConfig.load(run_dir)
+    if broker_dir is not None:  # the managed broker may have restarted on another port
+        config.broker = _managed_url(broker_dir)
     _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume(), _load_credentials(credentials),
              not insecure, broker_dir=broker_dir,
              registry=(registry, registry_endpoint))
@@ -171,6 +174,27 @@ def status(run_dir: RunDir, json_out: JsonOpt = False) -> None:
     if "final_sha256" in info:
         rows.append(["final sha256", info["final_sha256"]])
     table(f"federated run {info['run_dir']}", ["field", "value"], rows)
+
+
+def _strategy_params(spec: str, args: list[str], *, fraction: float, **builtin: Any) -> dict[str, Any]:
+    """The constructor arguments run.json records: --strategy-arg values over the options the class takes.
+
+    The Reptile/TinyMetaFed options (--epsilon, --top-p, ...) apply to the strategies that take them;
+    --fraction is `fraction_train` of every strategy that has one.
+    """
+    from federation.strategies.registry import parse_strategy_args, resolve_strategy, strategy_parameters
+
+    takes = strategy_parameters(resolve_strategy(spec))
+    params: dict[str, Any] = {"fraction_train": fraction} if "fraction_train" in takes else {}
+    if spec in ("reptile", "tinymetafed"):
+        params.update({k: v for k, v in builtin.items() if k in takes})
+    params.update(parse_strategy_args(spec, args))
+    return params
+
+
+def _slug(spec: str) -> str:
+    """A run-directory-friendly form of a strategy spec (``flwr:FedMedian`` -> ``flwr-FedMedian``)."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in spec)
 
 
 def _load_credentials(path: Path | None) -> Any:
@@ -207,6 +231,20 @@ def _registry_describe(store: Any, fleet: str) -> Any:
 REGISTRY_REFRESH_S = 5.0
 
 
+def _managed_url(broker_dir: Path | None) -> str | None:
+    """The URL of the broker running from `broker_dir` (None without one); a one-line error if none runs."""
+    if broker_dir is None:
+        return None
+    from broker.process import read_state
+    from devices.exceptions import DeviceLinkError
+
+    state = read_state(broker_dir)
+    if state is None:
+        raise DeviceLinkError(f"no broker runs from {broker_dir} (start it with `tinyfleet broker start --dir "
+                              f"{broker_dir}`)")
+    return state.url
+
+
 def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bool, verbose: bool,
              go: Any, credentials: Any = None, secure: bool = True, *, broker_dir: Path | None = None,
              registry: tuple[str | None, str | None] = (None, None)) -> None:
@@ -214,6 +252,12 @@ def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bo
     from federation.session import fleet_grid
     from tinyfleet import config as settings
 
+    if broker_dir is not None:
+        from broker.accounts import process_server_account
+        from broker.files import is_secured
+
+        if credentials is None and is_secured(broker_dir):
+            credentials = process_server_account(broker_dir)
     quiet_logs(verbose)
     path, endpoint = settings.setting("registry", registry[0]), settings.setting("endpoint", registry[1])
     with contextlib.ExitStack() as stack, progress(enabled=not json_out) as bar:
