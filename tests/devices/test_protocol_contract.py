@@ -9,15 +9,21 @@ engineer can check mechanically.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import jsonschema
 import numpy as np
 import pytest
 
+from broker.accounts import enroll_device
+from broker.secure import SecureBrokerConfig
+from devices.exceptions import DeviceIdError
 from devices.learning.head import MLPHead
 from devices.learning.learner import OnlineLearner
 from devices.wire import protocol as p
 from devices.wire.frames import _CONFIG_RULES
+from devices.wire.topics import check_name
 from federation.replies import RejectedReply, check_metrics
 
 
@@ -93,3 +99,16 @@ def test_every_metric_a_device_sends_is_in_the_vocabulary() -> None:
     y = np.sin(x)
     names = set(learner.train(x, y, 5)) | set(learner.adapt(x[:3], y[:3], 2)) | set(learner.evaluate(x, y))
     assert names <= set(p.METRIC_KEYS), names - set(p.METRIC_KEYS)
+
+
+def test_one_device_id_rule_for_topics_accounts_and_the_document(tmp_path: Path) -> None:
+    """Issue #14 item 4: the document allowed ':' but enrolment refused it; now one rule says no everywhere."""
+    SecureBrokerConfig(tmp_path).initialize()
+    rule = "use 1-64 characters from A-Z a-z 0-9 . _ - (no '/', '+', '#', ':', spaces)"
+    with pytest.raises(DeviceIdError, match=re.escape(rule)):
+        check_name("fd:colon")
+    with pytest.raises(DeviceIdError, match=re.escape(rule)):
+        enroll_device(tmp_path, "fd:colon")
+    doc = (p.SCHEMA_DIR.parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    assert "**1–64 characters from `A-Z a-z 0-9 . _ -`, starting with a letter\n  or digit**" in doc
+    assert enroll_device(tmp_path, "fd.dot_under-dash").name == "fd.dot_under-dash"
