@@ -150,8 +150,8 @@ def build_cortex_m4(name: str, main: Path, *, config: str, extra_headers: dict[s
     Semihosting builds link newlib's rdimon (printf and the exit code reach QEMU's host); size builds
     link nosys and no stdio, so the ELF holds the learner, not a C library.
     """
-    flags = [*M4_FLAGS, f"-T{C_DIR / 'mcu' / 'mps2.ld'}", "-nostartfiles"]
-    flags += ["-DTF_SEMIHOSTING", "--specs=rdimon.specs"] if semihosting else ["--specs=nosys.specs"]
+    flags = [*M4_FLAGS, f"-T{C_DIR / 'mcu' / 'mps2.ld'}"]
+    flags += ["-DTF_SEMIHOSTING", "--specs=rdimon.specs"] if semihosting else ["--specs=nosys.specs", "-nostartfiles"]
     return compile_program(name, [*src(*sources, "mcu/startup.c"), main], config=config, out_dir=out_dir,
                            compiler="arm-gcc", flags=flags, libs=("-lm",), extra_headers=extra_headers)
 

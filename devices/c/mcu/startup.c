@@ -24,6 +24,16 @@ void Reset_Handler(void) {
     }
 }
 
+#ifndef TF_SEMIHOSTING
+/* errno of a single-threaded firmware: newlib's own __errno would link its 1 KB reentrancy
+ * structure (impure_data) just so that expf/log can set errno; a firmware's C library (the
+ * Arduino core) already has one, so the learner is measured without it. */
+int *__errno(void) {
+    static int errno_value;
+    return &errno_value;
+}
+#endif
+
 static void Default_Handler(void) {
     for (;;) {
     }

@@ -140,12 +140,13 @@ double tf_head_sgd_step(tf_head *h, const float *x, const float *y, int32_t labe
                 if (norm > clip) scale = (double)lr * clip / norm;
             }
             const float s = (float)scale;
+            for (uint32_t j = 0; j < n_out; j++) d[j] *= s; /* sd = d * s, in place: d_l is not needed again */
             for (uint32_t i = 0; i < n_in; i++) {
                 const float ai = a[i];
                 float *row = w + i * n_out;
-                for (uint32_t j = 0; j < n_out; j++) row[j] -= ai * (d[j] * s);
+                for (uint32_t j = 0; j < n_out; j++) row[j] -= ai * d[j];
             }
-            for (uint32_t j = 0; j < n_out; j++) b[j] -= d[j] * s;
+            for (uint32_t j = 0; j < n_out; j++) b[j] -= d[j];
         }
     }
     return loss;
