@@ -77,6 +77,11 @@ def mint_run(run_id: str) -> URIRef:
     return ID[f"run/{quote(check_local_id(run_id, what='run id'), safe=':')}"]
 
 
+def mint_firmware(project_id: str) -> URIRef:
+    """The IRI of a generated firmware project (a prov:Entity)."""
+    return ID[f"firmware/{quote(check_local_id(project_id, what='firmware project id'), safe=':')}"]
+
+
 def part(owner: URIRef, *path: str | int) -> URIRef:
     """The IRI of a node owned by `owner` (a layer, a sensor, a memory figure).
 

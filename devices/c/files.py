@@ -155,22 +155,45 @@ def golden_learner(head: MLPHead, x: np.ndarray, y: np.ndarray, *, steps: int, l
     The C learner starts from the same weights, visits the same samples in the same order and must
     end within `tol` of numpy's weights. With `ridge_lambda`, numpy's closed-form ridge readout of
     the *initial* head (last hidden activations + a bias column, ``(H'H + lambda I)^-1 H'Y``) too.
+
+    Why the reference is checked first: at a high learning rate batch-1 SGD is chaotic in float32
+    (measured on sine at lr 0.02: numpy started 1e-7 away from itself ends 0.2 apart after 1,000
+    steps), so no second implementation can agree to `tol` there. `reference_spread` (numpy against
+    itself started one float32 rounding away) is stored, and a chaotic setting raises instead of
+    exporting vectors nobody could reproduce.
     """
     start = head.get_weights()
     ref = head.copy()
     feats = np.asarray(x, np.float32).reshape(len(x), -1)
     order = np.random.default_rng(seed).integers(0, len(feats), size=steps)
     losses = ref.sgd_steps(feats, np.asarray(y), order, lr, clip_norm=clip)
+    spread = reference_spread(head, feats, np.asarray(y), order, lr=lr, clip=clip)
+    if spread > tol / 2:
+        raise HeadWeightsError(f"batch-1 SGD at lr {lr} is chaotic on these samples (numpy against itself: "
+                               f"{spread:.2g} after {steps} steps > {tol / 2:g}); export golden vectors at a lower lr")
     tensors = head_tensors(start) + data_tensors(feats, y, head.kind)
     tensors += [("order", order.astype(np.int32)), ("expect_losses", losses.astype(np.float64))]
     tensors += [(f"expect_{n}", w) for n, w in head_tensors(ref.get_weights())]
     config: dict[str, Any] = {"lr": float(lr), "clip": float(clip or 0.0), "kind": head.kind, "activation": "relu",
-                              "tol": float(tol)}
+                              "tol": float(tol), "reference_spread": float(spread)}
     if ridge_lambda is not None:
         w, b = ridge_readout(head, feats, np.asarray(y), ridge_lambda)
         tensors += [("ridge_w", w), ("ridge_b", b)]
         config.update(ridge_lambda=float(ridge_lambda), ridge_tol=1e-4)
     return frame_file_bytes(tensors, config=config, what="golden-learner")
+
+
+def reference_spread(head: MLPHead, feats: np.ndarray, y: np.ndarray, order: np.ndarray, *, lr: float,
+                     clip: float | None) -> float:
+    """Max |weight difference| of numpy against itself after `order`, started one float32 ulp apart.
+
+    The floor any float32 implementation can reach: rounding differences of that size are all that
+    separate the C learner (or another BLAS) from numpy.
+    """
+    a, b = head.copy(), MLPHead([np.nextafter(w, np.float32(np.inf)) for w in head.get_weights()], kind=head.kind)
+    a.sgd_steps(feats, y, order, lr, clip_norm=clip)
+    b.sgd_steps(feats, y, order, lr, clip_norm=clip)
+    return float(max(np.abs(p - q).max() for p, q in zip(a.get_weights(), b.get_weights(), strict=True)))
 
 
 def ridge_readout(head: MLPHead, feats: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:

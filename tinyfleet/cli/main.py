@@ -26,6 +26,7 @@ from tinyfleet.cli import (
     devices,  # noqa: E402
     doctor,  # noqa: E402
     federate,  # noqa: E402
+    firmware,  # noqa: E402
     models,  # noqa: E402
     registry,  # noqa: E402
 )
@@ -56,6 +57,7 @@ app.command(name="demo")(demo.demo)
 app.add_typer(registry.app, name="registry")
 app.add_typer(federate.app, name="federate")
 app.add_typer(devices.app, name="devices")
+app.add_typer(firmware.app, name="firmware")
 app.command(name="doctor")(doctor.doctor)
 
 

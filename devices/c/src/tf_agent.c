@@ -76,8 +76,7 @@ int tf_agent_init(tf_agent *a, const tf_agent_config *cfg, const uint16_t *sizes
     a->has_last_loss = 0;
     a->rng = cfg->seed;
     a->personal_mask = 0;
-    a->cache_next = 0;
-    for (uint32_t i = 0; i < TF_AGENT_CACHE_ENTRIES; i++) a->cache[i].len = 0;
+    a->cache_head = a->cache_count = 0;
     a->started = tf_platform_monotonic();
     return 0;
 }
@@ -152,20 +151,45 @@ static size_t build_reply(tf_agent *a, const tf_frame *req, const tf_json *rid, 
     return tf_frame_finish(&w, res != NULL ? res->tensors : NULL, res != NULL ? (size_t)res->n_tensors : 0);
 }
 
-static void remember(tf_agent *a, const char *key, size_t len) {
-    if (len > sizeof a->cache[0].reply || strlen(key) >= sizeof a->cache[0].key) return;
-    for (uint32_t i = 0; i < TF_AGENT_CACHE_ENTRIES; i++) /* a re-answered id replaces its entry */
-        if (a->cache[i].len && strcmp(a->cache[i].key, key) == 0) a->cache[i].len = 0;
-    tf_agent_cache_slot *s = &a->cache[a->cache_next];
-    a->cache_next = (a->cache_next + 1) % TF_AGENT_CACHE_ENTRIES;
-    strcpy(s->key, key);
-    memcpy(s->reply, a->out, len);
-    s->len = (uint32_t)len;
+static tf_agent_cache_slot *slot_at(tf_agent *a, uint32_t age) { /* age 0 = oldest */
+    return &a->cache[(a->cache_head + age) % TF_AGENT_CACHE_ENTRIES];
 }
 
-static const tf_agent_cache_slot *cached(const tf_agent *a, const char *key) {
-    for (uint32_t i = 0; i < TF_AGENT_CACHE_ENTRIES; i++)
-        if (a->cache[i].len && strcmp(a->cache[i].key, key) == 0) return &a->cache[i];
+static void evict_oldest(tf_agent *a) {
+    a->cache_head = (a->cache_head + 1) % TF_AGENT_CACHE_ENTRIES;
+    a->cache_count--;
+}
+
+static int overlaps_any(tf_agent *a, uint32_t pos, uint32_t len) {
+    for (uint32_t k = 0; k < a->cache_count; k++) {
+        const tf_agent_cache_slot *s = slot_at(a, k);
+        if (pos < s->off + s->len && s->off < pos + len) return 1;
+    }
+    return 0;
+}
+
+/* Keep the reply in a->out under `key` (the last TF_AGENT_CACHE_ENTRIES replies that fit the arena). */
+static void remember(tf_agent *a, const char *key, size_t len) {
+    if (len == 0 || len > sizeof a->cache_bytes || strlen(key) >= sizeof a->cache[0].key) return;
+    if (a->cache_count == TF_AGENT_CACHE_ENTRIES) evict_oldest(a);
+    uint32_t pos = 0;
+    if (a->cache_count > 0) {
+        const tf_agent_cache_slot *newest = slot_at(a, a->cache_count - 1);
+        pos = newest->off + newest->len;
+        if (pos + len > sizeof a->cache_bytes) pos = 0;
+    }
+    while (a->cache_count > 0 && overlaps_any(a, pos, (uint32_t)len)) evict_oldest(a);
+    tf_agent_cache_slot *s = slot_at(a, a->cache_count);
+    a->cache_count++;
+    strcpy(s->key, key);
+    s->off = pos;
+    s->len = (uint32_t)len;
+    memcpy(a->cache_bytes + pos, a->out, len);
+}
+
+static const tf_agent_cache_slot *cached(tf_agent *a, const char *key) {
+    for (uint32_t k = 0; k < a->cache_count; k++)
+        if (strcmp(slot_at(a, k)->key, key) == 0) return slot_at(a, k);
     return NULL;
 }
 
@@ -558,7 +582,7 @@ size_t tf_agent_handle(tf_agent *a, const uint8_t *payload, size_t n, size_t max
     const tf_agent_cache_slot *hit = cached(a, key);
     if (hit != NULL) {
         tf_platform_log("info", "duplicate task: re-sending the cached reply");
-        *reply = hit->reply;
+        *reply = a->cache_bytes + hit->off;
         return hit->len;
     }
     if (f.type == TF_MSG_RESULT)

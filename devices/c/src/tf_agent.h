@@ -44,6 +44,10 @@ extern "C" {
 #ifndef TF_AGENT_MAX_REPLY_BYTES
 #define TF_AGENT_MAX_REPLY_BYTES (TF_AGENT_MAX_TASK_HEADER + 4096u + 8u * TF_MAX_PARAMS + 16u * TF_MAX_LAYERS)
 #endif
+/* The reply cache keeps replies back to back in one arena (oldest evicted first). */
+#ifndef TF_AGENT_CACHE_BYTES
+#define TF_AGENT_CACHE_BYTES (TF_AGENT_CACHE_ENTRIES * (1024u + 4u * TF_MAX_PARAMS))
+#endif
 #ifndef TF_AGENT_SPARSE_CHECK_ENTRIES
 #define TF_AGENT_SPARSE_CHECK_ENTRIES (8u * TF_MAX_PARAMS)
 #endif
@@ -71,8 +75,7 @@ typedef struct {
 
 typedef struct {
     char key[516];             /* the request id, unescaped */
-    uint32_t len;              /* reply bytes; 0 = empty slot */
-    uint8_t reply[TF_AGENT_MAX_REPLY_BYTES];
+    uint32_t off, len;         /* the reply's place in the cache arena */
 } tf_agent_cache_slot;
 
 typedef struct {
@@ -97,8 +100,9 @@ typedef struct {
     uint32_t perm[TF_AGENT_MAX_SAMPLES];
     tf_tensor tensors[TF_AGENT_MAX_TENSORS];
     uint8_t sparse_bits[(TF_AGENT_SPARSE_CHECK_ENTRIES + 7) / 8];
-    tf_agent_cache_slot cache[TF_AGENT_CACHE_ENTRIES];
-    uint32_t cache_next;
+    tf_agent_cache_slot cache[TF_AGENT_CACHE_ENTRIES]; /* a ring, oldest at cache_head */
+    uint32_t cache_head, cache_count;
+    uint8_t cache_bytes[TF_AGENT_CACHE_BYTES];
     uint8_t out[TF_AGENT_MAX_REPLY_BYTES];
     double started;
 } tf_agent;

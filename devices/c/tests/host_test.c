@@ -72,6 +72,7 @@ static int cfg_is(const char *key, const char *value) {
 static double RIDGE_TOL = 1e-3;
 
 static int check_learner(const char *dir, double *max_abs, double *loss_rel, double *ridge_abs, long *steps_out) {
+    (void)ridge_abs; /* set only when tf_config.h sizes the ridge readout */
     char path[1024];
     size_t n;
     tf_error err;
@@ -137,12 +138,14 @@ static int check_learner(const char *dir, double *max_abs, double *loss_rel, dou
     }
 #endif
     const long steps = (long)to->size;
+    const int trace = getenv("TF_HOST_TEST_TRACE") != NULL;
     double worst_loss = 0.0;
     for (long s = 0; s < steps; s++) {
         uint32_t i = (uint32_t)order[s];
         double loss = tf_head_sgd_step(&HEAD, x + (size_t)i * n_in, kind == TF_REGRESSION ? y + (size_t)i * n_out : NULL,
                                        kind == TF_CLASSIFICATION ? (int32_t)y[i] : 0, lr, 0xFFFFFFFFu, clip);
         double rel = fabs(loss - losses[s]) / fmax(1e-3, fabs((double)losses[s]));
+        if (trace) fprintf(stderr, "step %ld sample %u loss %.9g numpy %.9g\n", s, i, loss, (double)losses[s]);
         worst_loss = fmax(worst_loss, rel);
     }
     double worst = 0.0;
