@@ -126,13 +126,14 @@ def board_family(profile: dict[str, Any]) -> tuple[Family, Board | None]:
         board = next((b for b in BOARDS.values() if b.mcu in names), None)
     if board is not None and board.name in FAMILIES:
         return FAMILIES[board.name], board
-    cpu = (board.cpu if board else str(profile.get("mcu") or "")).lower()
+    core = board.cpu if board else str(profile.get("mcu") or "")
+    cpu = core.lower()
     if "cortex-m" in cpu:
         return Family("cortex-m", "cortex-m", "CHANGE-ME", "CHANGE-ME"), board
     if "cortex-a" in cpu or "x86" in cpu:
         return FAMILIES["rpi4"], board
     what = profile.get("board") or profile.get("mcu") or profile.get("iri")
-    raise FirmwareError(f"no firmware template for board {what} ({cpu or 'unknown core'}): tinyfleet generates "
+    raise FirmwareError(f"no firmware template for board {what} ({core or 'unknown core'}): tinyfleet generates "
                         "Arm Cortex-M (Arduino/PlatformIO) and Linux (libmosquitto) projects")
 
 

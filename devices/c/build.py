@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devices.c import C_DIR
-from devices.c.files import HeadLayout, agent_capacities, config_header
+from devices.c.files import HeadLayout, agent_capacities, capacity_header, config_header
 from devices.exceptions import CBuildError
 
 SRC = C_DIR / "src"
@@ -105,12 +105,16 @@ def src(*names: str) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------ host programs
-def build_host_test(layout: HeadLayout, *, out_dir: Path | None = None, sanitize: bool = False) -> Path:
-    """The golden-vector checker (tests/host_test.c) for `layout`, optionally under ASan + UBSan."""
+def build_host_test(layout: HeadLayout | None = None, *, out_dir: Path | None = None, sanitize: bool = False) -> Path:
+    """The golden-vector checker (tests/host_test.c), optionally under ASan + UBSan.
+
+    With `layout`, every buffer is sized exactly for that head (as in a firmware project); without,
+    generic capacities let one build check any head up to 8 layers and 65,536 parameters.
+    """
     flags = (*HOST_FLAGS, *SANITIZE) if sanitize else HOST_FLAGS
+    config = config_header(layout) if layout is not None else capacity_header()
     return compile_program("host_test" + ("-asan" if sanitize else ""),
-                           src(*LEARNER, *CODEC, "tests/host_test.c"), config=config_header(layout),
-                           out_dir=out_dir, flags=flags)
+                           src(*LEARNER, *CODEC, "tests/host_test.c"), config=config, out_dir=out_dir, flags=flags)
 
 
 def build_agent(layout: HeadLayout, samples: int, *, out_dir: Path | None = None) -> Path:
