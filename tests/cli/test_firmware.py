@@ -9,6 +9,7 @@ libmosquitto for the Linux agent. Refusals are one `error:` line with exit code 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -18,8 +19,11 @@ import pytest
 
 from devices.boards import get_board
 from devices.wire.thing_description import thing_description
+from firmware_models.exceptions import TinyFleetError
+from registry import add_device, lineage, open_store
 from tests.conftest import require_c_tools
 from tests.support.models import SineBuild, run_cli
+from tinyfleet.firmware import generate
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = {"fw-nano": "nano33ble", "fw-pi": "rpi4", "fw-uno": "uno", "fw-esp": "esp32"}
@@ -32,13 +36,11 @@ def store(sine_build: SineBuild, tmp_path_factory: pytest.TempPathFactory) -> Pa
     proc = run_cli("registry", "add-model", str(sine_build.directory / "model.tflite"), "--card",
                    str(sine_build.directory / "card.json"), "--store", str(st), "--json")
     assert proc.returncode == 0, proc.stderr
-    for device_id, board in DEVICES.items():
-        td = thing_description(device_id=device_id, fleet="lab", board=get_board(board), use_case="sine",
-                               host="127.0.0.1", port=1883, sensors=("scalar-signal",))
-        path = root / f"{device_id}.json"
-        path.write_text(json.dumps(td))
-        proc = run_cli("registry", "add-device", str(path), "--store", str(st))
-        assert proc.returncode == 0, proc.stderr
+    with open_store(st) as opened:  # devices in-process: `registry add-device` has its own CLI tests
+        for device_id, board in DEVICES.items():
+            add_device(opened, thing_description(device_id=device_id, fleet="lab", board=get_board(board),
+                                                 use_case="sine", host="127.0.0.1", port=1883,
+                                                 sensors=("scalar-signal",)))
     return st
 
 
@@ -82,10 +84,9 @@ def test_cortex_m_project_passes_host_test_and_size(store: Path, sine_build: Sin
     assert "credentials.json" in (out / ".gitignore").read_text().splitlines()
     tracked = [p for p in out.rglob("*") if p.is_file() and p.name != "credentials.json" and "build" not in p.parts]
     assert not [p for p in tracked if b"s3cret-Q7" in p.read_bytes()]
-    # lineage: model version -> firmware project -> board
-    lin = run_cli("registry", "lineage", "sine", "--store", str(store), "--json")
-    assert lin.returncode == 0, lin.stderr
-    projects = json.loads(lin.stdout)["firmware"]
+    # lineage: model version -> firmware project -> board (`registry lineage --json` prints the same dict)
+    with open_store(store) as opened:
+        projects = lineage(opened, "sine")["firmware"]
     assert any(p["id"] == doc["project_id"] and p["device_id"] == "fw-nano" and p["family"] == "arduino-nrf52840"
                and p["arena_bytes"] == doc["arena_bytes"] for p in projects), projects
 
@@ -106,24 +107,29 @@ def test_linux_project_builds_the_agent(store: Path, sine_build: SineBuild, tmp_
 
 
 def test_refusals_are_one_line_errors(store: Path, sine_build: SineBuild, tmp_path: Path) -> None:
-    small = _generate(store, sine_build.directory, tmp_path / "uno", "fw-uno")
-    assert small.returncode == 1 and small.stderr.startswith("error: board fw-uno cannot run model sine")
-    assert "--explain" in small.stderr and not (tmp_path / "uno").exists()
-    why = _generate(store, sine_build.directory, tmp_path / "uno", "fw-uno", "--explain")
-    assert why.returncode == 1 and "too little RAM: 2048 B < 2576 B needed" in why.stderr
-    esp = _generate(store, sine_build.directory, tmp_path / "esp", "fw-esp")
-    assert esp.returncode == 1 and "no firmware template" in esp.stderr and "Xtensa" in esp.stderr
-    wrong = _generate(store, tmp_path, tmp_path / "x", "fw-nano")
-    assert wrong.returncode == 1 and "sha256" in wrong.stderr
-    unknown = _generate(store, sine_build.directory, tmp_path / "y", "no-such-board")
-    assert unknown.returncode == 1 and "no device named 'no-such-board'" in unknown.stderr
-    for proc in (small, why, esp, wrong, unknown):
-        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    why = _generate(store, sine_build.directory, tmp_path / "uno", "fw-uno", "--explain")  # through the CLI
+    assert why.returncode == 1 and why.stderr.startswith("error: board fw-uno cannot run model sine: ")
+    assert "too little RAM: 2048 B < 2576 B needed" in why.stderr
+    assert len(why.stderr.strip().splitlines()) == 1 and not (tmp_path / "uno").exists()
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
-    busy = _generate(store, sine_build.directory, taken, "fw-nano")
-    assert busy.returncode == 1 and "--force" in busy.stderr and (taken / "keep.txt").read_text() == "mine"
+    cases = {  # the same function in-process (each CLI start costs seconds)
+        "add --explain for the reasons": dict(board="fw-uno", out=tmp_path / "uno"),
+        "no firmware template for board Espressif ESP32": dict(board="fw-esp", out=tmp_path / "esp"),
+        "Xtensa LX6": dict(board="fw-esp", out=tmp_path / "esp"),
+        "sha256": dict(board="fw-nano", out=tmp_path / "x", models_dir=tmp_path),
+        "no device named 'no-such-board'": dict(board="no-such-board", out=tmp_path / "y"),
+        "exists and is not empty (pass --force": dict(board="fw-nano", out=taken),
+    }
+    with open_store(store) as opened:
+        for expected, kw in cases.items():
+            args = {"models_dir": sine_build.directory, **kw}
+            with pytest.raises(TinyFleetError, match=re.escape(expected)) as info:
+                generate(opened, model="sine", **args)  # type: ignore[arg-type]
+            assert "\n" not in str(info.value) and info.value.exit_code == 1
+    assert (taken / "keep.txt").read_text() == "mine" and sorted(p.name for p in taken.iterdir()) == ["keep.txt"]
+    assert not (tmp_path / "uno").exists() and not (tmp_path / "esp").exists()
 
 
 def test_package_data_ships_every_c_file() -> None:

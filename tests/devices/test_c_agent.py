@@ -139,7 +139,7 @@ def test_adapt_and_a_duplicate_id_answered_from_the_cache(pair: FleetClient) -> 
 
 
 @pytest.mark.parametrize("case", ["bad-version", "garbage", "bad-shape", "not-finite", "result-type", "bad-config",
-                                  "no-weights", "header-json", "sparse-dup"])
+                                  "no-weights", "header-json", "sparse-dup", "local-layers-int"])
 def test_malformed_tasks_get_the_same_error(pair: FleetClient, case: str) -> None:
     w = _weights(5)
     tid: str | None = f"bad-{case}"
@@ -159,6 +159,8 @@ def test_malformed_tasks_get_the_same_error(pair: FleetClient, case: str) -> Non
         frame = _raw({"v": 1, "type": "task.train", "id": tid, "config": {"lr": 0.1, "local-steps": 0}})
     elif case == "no-weights":
         _, frame = p.encode_task("task.train", config={"local-steps": 3, "lr": 0.1}, task_id=tid)
+    elif case == "local-layers-int":  # Python iterates it and fails: both answer 'internal'
+        frame = _raw({"v": 1, "type": "task.evaluate", "id": tid, "config": {"local-layers": 5}})
     elif case == "header-json":
         frame, tid = struct.pack("<I", 5) + b"{nope", None
     else:

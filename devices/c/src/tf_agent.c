@@ -500,6 +500,12 @@ static tf_err_code do_evaluate(tf_agent *a, const tf_frame *f, result *r, tf_err
     tf_head *h = &a->head;
     int got = weights_from(a, f, a->theta, err);
     if (got < 0) return err->code;
+    tf_json ll;
+    if (f->has_config && tf_json_get(&f->config, "local-layers", &ll) && ll.type != TF_JSON_ARRAY &&
+        ll.type != TF_JSON_OBJECT && ll.type != TF_JSON_STRING) { /* Python iterates it: TypeError */
+        tf_error_set(err, TF_E_INTERNAL, &f->id, "internal error: TypeError: local-layers is not iterable");
+        return TF_E_INTERNAL;
+    }
     int bad;
     uint32_t local = got ? local_layers(f, h->n_layers, &bad) : 0;
     memcpy(a->backup, h->params, sizeof(float) * h->n_params);
@@ -558,6 +564,11 @@ static tf_err_code do_adapt(tf_agent *a, const tf_frame *f, result *r, tf_error 
 static size_t refuse(tf_agent *a, const tf_frame *req, const tf_json *rid, int task, tf_err_code code,
                      const char *reason, const char *cache_key) {
     size_t n = build_reply(a, req, rid, task, NULL, code, reason);
+    if (n == 0 && req != NULL) { /* an echoed run id too long for this device's buffer: answer without it */
+        tf_frame bare = *req;
+        bare.has_run = bare.has_round = 0;
+        n = build_reply(a, &bare, rid, task, NULL, code, reason);
+    }
     a->errors_sent++;
     tf_platform_log("warning", reason);
     if (cache_key != NULL) remember(a, cache_key, n);
