@@ -192,6 +192,17 @@ def firmware_projects(store: RegistryStore, model: str | URIRef) -> list[dict[st
             for r in store.select_values(load_query("firmware_projects"), {"model": m})]
 
 
+def model_profile(store: RegistryStore, model: str | URIRef) -> dict[str, Any]:
+    """One model version's name, task, sha256 and RAM/flash need."""
+    m = model if isinstance(model, URIRef) else resolve(store, model, kind="model")
+    rows = store.select_values(load_query("model_profile"), {"model": m})
+    if not rows:
+        raise UnknownEntityError(f"no model <{m}> in the registry")
+    r = rows[0]
+    return {"iri": str(m), "name": r.get("name"), "task": r.get("task"), "sha256": r.get("sha256"),
+            "ram_needed_bytes": r.get("ram_need"), "flash_needed_bytes": r.get("flash_need")}
+
+
 def device_profile(store: RegistryStore, device: str | URIRef) -> dict[str, Any]:
     """One device's ids, fleet, board title, MCU and memory (what a firmware project is generated for)."""
     d = device if isinstance(device, URIRef) else resolve(store, device, kind="device")

@@ -54,7 +54,7 @@ from firmware_models.tflite_inspect import inspect_bytes
 from firmware_models.usecases import get_use_case
 from firmware_models.usecases.base import ARTIFACT_BACKBONE, ARTIFACT_CARD, ARTIFACT_HEAD, ARTIFACT_MODEL
 from registry.lineage import record_firmware
-from registry.questions import device_profile, devices_for_model, explain_model, resolve
+from registry.questions import device_profile, devices_for_model, explain_model, model_profile, resolve
 from registry.store import RegistryStore
 
 TFLM_LIBRARY = "https://github.com/tensorflow/tflite-micro-arduino-examples"
@@ -208,9 +208,9 @@ def generate(store: RegistryStore, *, model: str, board: str, models_dir: Path, 
     match = _match(store, model_iri, device_iri, model, board, explain)
     profile = device_profile(store, device_iri)
     family, board_profile = board_family(profile)
-    sha = str(model_iri).rsplit("/", 1)[-1]
-    rows = store.select_values("SELECT ?name WHERE { ?m schema:name ?name }", {"m": model_iri})
-    name = str(rows[0]["name"]) if rows else None
+    model_info = model_profile(store, model_iri)
+    sha = str(model_info["sha256"] or str(model_iri).rsplit("/", 1)[-1])
+    name = str(model_info["name"]) if model_info["name"] else None
     folder, _ = _model_folder(Path(models_dir), name, sha)
     card = json.loads((folder / ARTIFACT_CARD).read_text()) if (folder / ARTIFACT_CARD).is_file() else {}
     uc = get_use_case(str(card.get("task") or card.get("name") or name))

@@ -12,7 +12,7 @@ import pytest
 from registry import add_device, add_model_report
 from registry.exceptions import RegistryInputError, UnknownEntityError
 from registry.lineage import record_firmware
-from registry.questions import device_profile, firmware_projects, lineage
+from registry.questions import device_profile, firmware_projects, lineage, model_profile
 from registry.store import RegistryStore, open_store
 from tests.support.registry import SHA_SMALL, report, td
 
@@ -46,9 +46,11 @@ def test_project_is_derived_from_the_model_and_targets_the_board(store: Registry
     assert len(again) == 1 and again[0]["arena_bytes"] == 4_000
 
 
-def test_device_profile(store: RegistryStore) -> None:
+def test_device_and_model_profiles(store: RegistryStore) -> None:
     prof = device_profile(store, "dev-ok")
     assert prof["id"] == "dev-ok" and prof["ram_bytes"] == 262_144 and prof["flash_bytes"] == 1_048_576
+    model = model_profile(store, "sine")
+    assert (model["name"], model["sha256"], model["ram_needed_bytes"]) == ("sine", SHA_SMALL, 2_000)
 
 
 def test_bad_input_is_refused_and_nothing_is_written(store: RegistryStore) -> None:
