@@ -30,7 +30,7 @@ from devices.learning.adapt import AdaptConfig, adapt
 from devices.learning.learner import OnlineLearner
 from devices.link.address import BrokerAddress
 from devices.link.hub import Link
-from devices.train_task import FederatedState, receive_weights, train_round
+from devices.train_task import FederatedState, clip_update, receive_weights, train_round  # noqa: F401 (re-export)
 from devices.wire.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     ConfigKey,
@@ -38,17 +38,20 @@ from devices.wire.protocol import (
     Frame,
     MessageType,
     MetricKey,
+    ReplyEncoding,
     check_finite,
     decode_frame,
     encode_result,
     frame_header,
+    implemented_config,
     presence_payload,
     sha256_hex,
     telemetry_payload,
+    unsupported_required,
     weight_names,
 )
 from devices.wire.thing_description import td_payload, thing_description
-from devices.wire.topics import check_name, device_topic
+from devices.wire.topics import DEFAULT_FLEET, check_name, device_topic
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.usecases.base import DeviceData
 
@@ -82,13 +85,17 @@ class AgentConfig:
     drop_prob, latency_s, slow_factor, crash_prob_per_s, crash_down_s :
         Fault knobs of the simulator: ignore a task, delay each reply, multiply compute time,
         drop the connection uncleanly (the Will fires) and come back after `crash_down_s`.
+    lacks_config : tuple of str, default=()
+        Config keys this device behaves as if it did not implement (simulates older or smaller
+        firmware, e.g. without FedProx's ``proximal-mu``): a task that lists one of them under
+        ``required`` is answered with ``unsupported-config``.
     seed : int, default=0
     """
 
     device_id: str
     board: Board
     state_dir: Path
-    fleet: str = "default"
+    fleet: str = DEFAULT_FLEET
     use_case: str = "sine"
     sensors: tuple[str, ...] = ()
     telemetry_s: float = 10.0
@@ -100,6 +107,7 @@ class AgentConfig:
     slow_factor: float = 1.0
     crash_prob_per_s: float = 0.0
     crash_down_s: float = 2.0
+    lacks_config: tuple[str, ...] = ()
     seed: int = 0
 
 
@@ -267,6 +275,7 @@ class DeviceAgent:
             if frame.type == MessageType.RESULT:
                 raise ProtocolError("a device does not accept results on its task topic",
                                     code=ErrorCode.UNKNOWN_TYPE, request_id=frame.id)
+            self._check_required(frame)
             if self.config.drop_prob > 0 and self.rng.random() < self.config.drop_prob:
                 self.dropped += 1
                 log.info("%s: dropping task %s (simulated fault)", self.client_id, frame.id)
@@ -308,6 +317,14 @@ class DeviceAgent:
             return reply
 
     # ------------------------------------------------------------------------------ task kinds
+    def _check_required(self, frame: Frame) -> None:
+        """Refuse a task that needs a config key this device does not implement (never train something else)."""
+        implemented = implemented_config(frame.type) - set(self.config.lacks_config)
+        missing = unsupported_required(frame.type, frame.config, implemented=implemented)
+        if missing:
+            raise ProtocolError(f"{frame.type}: this device does not implement the required config key(s) "
+                                f"{', '.join(missing)}", code=ErrorCode.UNSUPPORTED_CONFIG, request_id=frame.id)
+
     def _weights_from(self, frame: Frame) -> list[np.ndarray] | None:
         arrays = frame.arrays()
         if not arrays:
@@ -346,7 +363,7 @@ class DeviceAgent:
             out = self.learner.evaluate(self.x_eval, self.y_eval)
         finally:
             head.set_weights(saved)
-        return {k: float(v) for k, v in out.items()}, [], {}
+        return dict(out), [], {}
 
     def _adapt(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any]]:
         cfg = frame.config
@@ -357,19 +374,15 @@ class DeviceAgent:
         weights = self._weights_from(frame)
         if weights is not None:
             self.learner.head.set_weights(weights)
-        procedure = AdaptConfig.from_task_config(cfg, default_lr=self.learner.lr)
-        metrics: dict[str, float] = {}
-        held_before = self.learner.evaluate(self.x_eval, self.y_eval)
-        if procedure.steps > 0 or procedure.readout_lambda is not None:
-            out = adapt(self.learner, self.x_train[:shots], self.y_train[:shots], procedure)
-            metrics.update({MetricKey.LOSS_BEFORE: out.loss_before, MetricKey.LOSS_AFTER: out.loss_after,
-                            "steps-taken": float(out.steps_taken)})
-        held = self.learner.evaluate(self.x_eval, self.y_eval)
-        metrics.update({"heldout-" + k: float(v) for k, v in held.items()})
-        metrics.update({"heldout-before-" + k: float(v) for k, v in held_before.items() if k != "num-examples"})
-        metrics["shots"] = float(shots)
+        procedure = AdaptConfig.from_task_config(cfg, default_lr=self.learner.lr)  # devices.learning.adapt
+        out = adapt(self.learner, self.x_train[:shots], self.y_train[:shots], procedure)
+        metrics: dict[str, float] = {MetricKey.NUM_EXAMPLES: shots, MetricKey.SHOTS: shots,
+                                     MetricKey.LOSS_BEFORE: out.loss_before, MetricKey.LOSS_AFTER: out.loss_after}
+        held = self.learner.evaluate(self.x_eval, self.y_eval)  # the adapted head on held-out samples
+        metrics.update({k: v for k, v in held.items() if k != MetricKey.NUM_EXAMPLES})
         phi = self.learner.head.get_weights()
-        return metrics, list(zip(weight_names(len(phi)), phi, strict=True)), {"encoding": "weights"}
+        return (dict(metrics), list(zip(weight_names(len(phi)), phi, strict=True)),
+                {"encoding": ReplyEncoding.WEIGHTS})
 
     def _deploy(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any],
                                               tuple[str, str] | None] | None:
@@ -404,7 +417,7 @@ class DeviceAgent:
             self.model_sha256 = outcome.sha256
             self.memory_bytes = self.learner.memory_report()["total"]
         log.info("%s: deployed %s (%s)", self.client_id, artifact, outcome.sha256[:12])
-        return {"bytes": float(len(data))}, [], {"deploy": outcome.report()}, None
+        return {MetricKey.BYTES: len(data)}, [], {"deploy": outcome.report()}, None
 
 
 def _peek_id(payload: bytes) -> str | None:
@@ -415,3 +428,5 @@ def _peek_id(payload: bytes) -> str | None:
         return rid[:128] if isinstance(rid, str) else None
     except Exception:  # noqa: BLE001 - any garbage means "no id"
         return None
+
+

@@ -13,7 +13,8 @@ procedure for every strategy:
   on all local training samples; the local layer must then be the last one), else by
   ``reconstruct-steps`` batch-1 SGD steps.
 * **train**: ``local-steps`` batch-1 SGD steps at ``lr`` on the local data, the shared layers only
-  when some are local (`OnlineLearner.train`, the one SGD loop).
+  when some are local (`OnlineLearner.train`, the one SGD loop; with ``proximal-mu``, FedProx's
+  proximal term), then, with ``clipping_norm``, the update φ − θ is clipped (`clip_update`).
 * **answer**: the new weights (dense), or the Top-P update φ − θ of each shared tensor
   (``top-p``), with error feedback when ``error-feedback`` is true: the values travel as float16
   and the unsent part (with the rounding error) stays in `FederatedState.residual` and joins the
@@ -22,6 +23,7 @@ procedure for every strategy:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +33,16 @@ from devices.exceptions import ProtocolError
 from devices.learning.learner import OnlineLearner
 from devices.learning.readout import fit_readout
 from devices.wire.delta import arrays_crc32, q8_apply
-from devices.wire.protocol import ConfigKey, Downlink, ErrorCode, Frame, MetricKey, SparseTensor, weight_names
+from devices.wire.protocol import (
+    ConfigKey,
+    Downlink,
+    ErrorCode,
+    Frame,
+    MetricKey,
+    ReplyEncoding,
+    SparseTensor,
+    weight_names,
+)
 from devices.wire.sparse import top_p_encode, top_p_encode_ef
 
 
@@ -143,18 +154,20 @@ def train_round(learner: OnlineLearner, x: np.ndarray, y: np.ndarray, theta: lis
         fit_readout(head, learner.features(x), y, float(lam))
     elif local and int(config.get(ConfigKey.RECONSTRUCT_STEPS, 0)) > 0:
         rec = learner.train(x, y, int(config[ConfigKey.RECONSTRUCT_STEPS]), lr=lr, layers=set(local))
-        metrics["reconstruct-loss"] = rec["loss"]
-    out = learner.train(x, y, int(config[ConfigKey.LOCAL_STEPS]), lr=lr, layers=shared if local else None)
+        metrics[MetricKey.RECONSTRUCT_LOSS] = rec[MetricKey.TRAIN_LOSS]
+    out = learner.train(x, y, int(config[ConfigKey.LOCAL_STEPS]), lr=lr, layers=shared if local else None,
+                        proximal_mu=float(config.get(ConfigKey.PROXIMAL_MU, 0.0)))
     phi = head.get_weights()
     for layer in local:
         state.personal[layer] = (phi[2 * layer].copy(), phi[2 * layer + 1].copy())
-    metrics.update({MetricKey.NUM_EXAMPLES: float(out["num-examples"]), MetricKey.TRAIN_LOSS: out["loss"],
-                    "train-loss-last": out["loss-last"], MetricKey.TRAIN_SECONDS: out["duration-s"]})
+    metrics.update(out)  # the learner speaks the wire's metric vocabulary (MetricKey)
     names = weight_names(len(phi))
     send = [i for i in range(len(phi)) if i // 2 in shared]
+    if ConfigKey.CLIPPING_NORM in config:
+        metrics[MetricKey.NORM_BIT] = float(clip_update(phi, theta, send, float(config[ConfigKey.CLIPPING_NORM])))
     top_p = config.get(ConfigKey.TOP_P)
     if top_p is None:
-        return metrics, [(names[i], phi[i]) for i in send], {"encoding": "weights", "local-layers": local}
+        return metrics, [(names[i], phi[i]) for i in send], {"encoding": ReplyEncoding.WEIGHTS, "local-layers": local}
     tensors: list[tuple[str, Any]] = []
     feedback = bool(config.get(ConfigKey.ERROR_FEEDBACK, False))
     for i in send:
@@ -164,8 +177,23 @@ def train_round(learner: OnlineLearner, x: np.ndarray, y: np.ndarray, theta: lis
         else:
             idx, vals = top_p_encode(delta, float(top_p))
         tensors.append((names[i], SparseTensor(idx, vals, phi[i].shape)))
-    metrics[ConfigKey.TOP_P] = float(top_p)
-    return metrics, tensors, {"encoding": "delta", "local-layers": local}
+    metrics[MetricKey.TOP_P] = float(top_p)
+    return metrics, tensors, {"encoding": ReplyEncoding.DELTA, "local-layers": local}
 
 
-__all__ = ["FederatedState", "receive_weights", "train_round"]
+def clip_update(phi: list[np.ndarray], theta: list[np.ndarray], arrays: list[int], clipping_norm: float) -> bool:
+    """Scale the update φ − θ of `arrays` (in place in `phi`) to L2 norm ≤ `clipping_norm`; True if it was clipped.
+
+    Flower's ``fixedclipping_mod``/``adaptiveclipping_mod`` rule (FlatClip, McMahan et al. 2018) over
+    the arrays the device sends back: the norm is taken over all of them together.
+    """
+    deltas = [phi[i].astype(np.float64) - theta[i].astype(np.float64) for i in arrays]
+    norm = math.sqrt(sum(float(np.sum(d * d)) for d in deltas))
+    scale = min(1.0, clipping_norm / norm) if norm > 0 else 1.0
+    if scale < 1.0:
+        for i, d in zip(arrays, deltas, strict=True):
+            phi[i] = (theta[i].astype(np.float64) + d * scale).astype(phi[i].dtype)
+    return scale < 1.0
+
+
+__all__ = ["FederatedState", "clip_update", "receive_weights", "train_round"]

@@ -10,8 +10,9 @@
 * **Delta-coded downlink** (``downlink="delta-q8"``). The server remembers, per device, the
   shared weights it last sent (the device's *base*; unknown devices are assumed to hold the
   run's initial head, which they were deployed with) and sends int8 deltas with one scale per
-  tensor (`devices.wire.delta`); a device whose base differs answers ``stale-base`` and gets
-  dense weights the next time it is sampled. The record is updated only when a device answers.
+  tensor (`devices.wire.delta`); a device whose base differs answers ``stale-base`` (one that does
+  not implement delta codes: ``unsupported-config``, the codec lists ``downlink`` as required) and
+  gets dense weights the next time it is sampled. The record is updated only when a device answers.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class TinyMetaFed(Reptile):
         Re-fit the local (last) layer in closed form, ridge lambda (`devices.learning.readout`);
         None falls back to `reconstruct_steps` SGD steps.
     reconstruct_steps : int, default=5
-        SGD steps of the local layers before training, when `readout_lambda` is None.
+        SGD steps of the local layers before training, when `readout_lambda` is None or a device
+        does not implement the closed form (both keys travel; a device uses the readout if it can).
     error_feedback : bool, default=True
         Devices keep the unsent part of their Top-P update for the next round (and send the values
         as float16: the rounding error joins the residual).
@@ -120,10 +122,9 @@ class TinyMetaFed(Reptile):
         config[ConfigKey.TOP_P] = float(self.top_p)
         config[ConfigKey.LOCAL_LAYERS] = local
         config[ConfigKey.ERROR_FEEDBACK] = self.error_feedback
-        if self.readout_lambda is not None:
+        if self.readout_lambda is not None:  # devices without the closed form fall back to the SGD steps
             config[ConfigKey.READOUT_LAMBDA] = float(self.readout_lambda)
-        else:
-            config[ConfigKey.RECONSTRUCT_STEPS] = self.reconstruct_steps
+        config[ConfigKey.RECONSTRUCT_STEPS] = self.reconstruct_steps
         messages = list(super().configure_train(server_round, arrays, config, grid))
         theta = {k: arrays[k].numpy().astype(np.float32) for k in shared}
         if self._initial_shared is None:
@@ -163,8 +164,9 @@ class TinyMetaFed(Reptile):
                 if node in self._pending:
                     self._bases[node] = self._pending[node]
                 self._dense_next.discard(node)
-            elif f": {ErrorCode.STALE_BASE}:" in (reply.error.reason or ""):
-                self._bases.pop(node, None)
+            elif any(f": {code}:" in (reply.error.reason or "")
+                     for code in (ErrorCode.STALE_BASE, ErrorCode.UNSUPPORTED_CONFIG)):
+                self._bases.pop(node, None)  # lost its base, or cannot apply delta codes: dense next time
                 self._dense_next.add(node)
         self._pending = {}
         return super().aggregate_train(server_round, replies)
