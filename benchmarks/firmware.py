@@ -146,10 +146,11 @@ def c_devices(folder: Path, name: str, work: Path, build_dir: Path) -> dict[str,
                                 str(mq), "--fleet", fleet, "--telemetry", "0", "--samples", str(samples), *models],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         t0 = time.monotonic()
-        run = _cli("federate", "run", "--task", name, "--strategy", "tinymetafed", "--rounds", "3", "--broker",
-                   info["url"], "--credentials", info["server_credentials"], "--fleet", fleet, "--quorum",
-                   str(n_c + n_py), "--quorum-timeout", "120", "--round-timeout", "120", "--local-steps", "20",
-                   "--out", str(work / "runs"), "--run-id", f"bench-{name}", "--json", *models)
+        run = _cli("federate", "run", "--task", name, "--strategy", "tinymetafed",
+                   "--downlink", "dense",  # the C agent does not implement delta-q8 (yet)
+                   "--rounds", "3", "--broker", info["url"], "--credentials", info["server_credentials"],
+                   "--fleet", fleet, "--quorum", str(n_c + n_py), "--quorum-timeout", "120", "--round-timeout", "120",
+                   "--local-steps", "20", "--out", str(work / "runs"), "--run-id", f"bench-{name}", "--json", *models)
         if run.returncode != 0:
             raise SystemExit(run.stderr[-3000:])
         rounds = [json.loads(ln) for ln in (work / "runs" / f"bench-{name}" / "metrics.jsonl").read_text().splitlines()]

@@ -101,8 +101,8 @@ def test_a_users_own_strategy_class_runs_from_the_cli(tmp_path: Path, monkeypatc
     (["--strategy", "flwr:FedProx", "--strategy-arg", "proximal_mu"],
      "error: --strategy-arg 'proximal_mu': expected key=value"),
     (["--strategy", "fedprox"],
-     "error: unknown strategy 'fedprox'; use fedavg, reptile, tinymetafed, flwr:<Class> (e.g. flwr:FedMedian) or "
-     "package.module:Class"),
+     "error: unknown strategy 'fedprox'; use fedavg, reptile, tinyreptile, tinymetafed, flwr:<Class> "
+     "(e.g. flwr:FedMedian) or package.module:Class"),
     (["--strategy", "flwr:FedNope"], "error: strategy 'flwr:FedNope': flwr.serverapp.strategy has no class 'FedNope'; "
                                      "Flower's: Bulyan, DifferentialPrivacyClientSideAdaptiveClipping"),
     (["--strategy", "no_such_module:Strategy"],

@@ -100,14 +100,17 @@ def test_the_example_device_joins_reptile_fedavg_and_tinymetafed_runs_alone_and_
                          credentials=ensure_server_account(d, "watch")) as fc:
             assert wait_until(lambda: "ex-1" in fc.online() and "ex-1" in fc.tds, timeout=20), device.proc.poll()
         for strategy in ("reptile", "fedavg", "tinymetafed"):
-            res = federate(d, tmp_path, "--strategy", strategy, "--rounds", "2", "--run-id", f"alone-{strategy}")
+            # the example implements neither delta-coded weights nor the closed-form readout (issue 13)
+            dense = ["--downlink", "dense"] if strategy == "tinymetafed" else []
+            res = federate(d, tmp_path, "--strategy", strategy, "--rounds", "2", "--run-id", f"alone-{strategy}",
+                           *dense)
             for r in res["rounds"]:
                 assert (r["sampled"], r["replies"], r["failures"], r["eval_replies"], r["eval_failures"]) == \
                     (1, 1, 0, 1, 0), (strategy, r)
                 assert np.isfinite(r["loss"]) and "skipped" not in r
         # mixed with two simulated devices, enrolled on the same broker through --broker-dir
         res = federate(d, tmp_path, "--strategy", "tinymetafed", "--rounds", "2", "--simulate", "2", "--quorum", "3",
-                       "--run-id", "mixed")
+                       "--run-id", "mixed", "--downlink", "dense")
         assert [(r["replies"], r["failures"], r["eval_replies"]) for r in res["rounds"]] == [(3, 0, 3)] * 2
         assert {"train_loss", "eval_loss"} <= set(res["rounds"][-1])  # no metric lost to spelling
     finally:
