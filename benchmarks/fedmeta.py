@@ -230,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="training processes (default 2: the 2 cores)")
     ap.add_argument("--mqtt-check", action=argparse.BooleanOptionalAction, default=None,
                     help="repeat a few rounds of each method over Mosquitto and compare bytes (default: with --all)")
+    ap.add_argument("--tinyreptile-epsilon", type=float, default=None,
+                    help="TinyReptile's ε0 for use cases without a sweep (default: sine's choice in the details file)")
+    ap.add_argument("--tmf-local-steps", type=int, default=None,
+                    help="TinyMetaFed's local steps for use cases without a sweep (default: sine's choice)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--rebuild", action="store_true", help="rebuild summary, plots and markdown from the details file")
     args = ap.parse_args(argv)
@@ -258,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     chosen: dict[str, Any] = {}
     for sw in details["tasks"].get("sine", {}).get("sweep", {}).values():  # an earlier `--task sine` run
         chosen[sw["parameter"]] = sw["chosen"]
+    if args.tinyreptile_epsilon is not None:
+        chosen["epsilon"] = args.tinyreptile_epsilon
+    if args.tmf_local_steps is not None:
+        chosen["tmf_local_steps"] = args.tmf_local_steps
     for p in tasks:
         if chosen:  # sine's validation sweeps decide these for the use cases after it
             p = replace(p, tinyreptile_epsilon=chosen.get("epsilon"), tmf_local_steps=chosen.get("tmf_local_steps"))
