@@ -130,7 +130,7 @@ def run_task(p: TaskProtocol, *, models: Path | None, workers: int, sweep: bool)
     with its own best adaptation procedure; the other seeds then use the chosen values (and
     `main` passes them on to the use cases that follow).
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     uc = get_use_case(p.task)
     res = TaskResult(protocol={**asdict(p), "kind": uc.kind, "budget": p.budget})
     mdir = str(models) if models is not None else None
@@ -154,7 +154,9 @@ def run_task(p: TaskProtocol, *, models: Path | None, workers: int, sweep: bool)
     _log(f"{p.task}: training {len(first)} seed-{s0} runs in {workers} process(es)")
     heads: dict[tuple[str, int], dict[str, np.ndarray]] = {}
     candidates: dict[str, dict[float, tuple[dict[str, np.ndarray], dict[str, Any]]]] = {}
+    cpu_training = 0.0
     for spec, out in zip(first, _run_all(first, workers), strict=True):
+        cpu_training += out["cpu_seconds"]
         head = out.pop("head")
         if sweep and spec.method in SWEEPS:
             candidates.setdefault(spec.method, {})[float(getattr(spec, SWEEPS[spec.method][0]))] = (head, out)
@@ -184,6 +186,7 @@ def run_task(p: TaskProtocol, *, models: Path | None, workers: int, sweep: bool)
     rest = [RunSpec(p, m, s, mdir, **overrides.get(m, {})) for s in p.seeds[1:] for m in METHODS if m != "scratch"]
     _log(f"{p.task}: training {len(rest)} runs of the other seeds")
     for spec, out in zip(rest, _run_all(rest, workers), strict=True):
+        cpu_training += out["cpu_seconds"]
         heads[(spec.method, spec.seed)] = out.pop("head")
         res.runs.setdefault(spec.method, []).append(out)
     res.seconds["train"] = round(time.perf_counter() - t0, 1)
@@ -218,6 +221,8 @@ def run_task(p: TaskProtocol, *, models: Path | None, workers: int, sweep: bool)
         _log(f"{p.task}: seed {s} tested on {len(test)} devices")
     res.seconds["test"] = round(time.perf_counter() - t2, 1)
     res.seconds["total"] = round(time.perf_counter() - t0, 1)
+    res.seconds["cpu_main"] = round(time.process_time() - c0, 1)  # this process (validation, test, data)
+    res.seconds["cpu_training"] = round(cpu_training, 1)  # the worker processes' training runs
     return res
 
 
