@@ -109,12 +109,19 @@ def train_rounds(strategy: FedAvg, grid: FleetGrid, initial: Mapping[str, np.nda
         if new is not None:
             arrays = new
         st = grid.ledger.phase(rnd, "train")
-        n_ex = sum(int(next(iter(r.content.metric_records.values()))[MetricKey.NUM_EXAMPLES])  # type: ignore[arg-type]
-                   for r in replies if not r.has_error())
+        n_ex = 0
+        for r in replies:
+            if not r.has_error():
+                n_ex += int(next(iter(r.content.metric_records.values()))[MetricKey.NUM_EXAMPLES])  # type: ignore[arg-type]
         if on_round is not None:
             on_round(RoundRecord(rnd, st.sent, st.replies, st.failures, st.bytes_down, st.bytes_up, n_ex,
-                                 dict(st.reasons)), lambda a=arrays: {k: v.numpy() for k, v in a.items()})
+                                 dict(st.reasons)), _numpy_of(arrays))
     return {k: v.numpy() for k, v in arrays.items()}
+
+
+def _numpy_of(arrays: ArrayRecord) -> Callable[[], dict[str, np.ndarray]]:
+    """A function returning `arrays` as numpy arrays (converted only if called)."""
+    return lambda: {k: v.numpy() for k, v in arrays.items()}
 
 
 def temporary_state_root() -> contextlib.AbstractContextManager[str]:

@@ -72,9 +72,11 @@ def top_p_decode(indices: np.ndarray, values: np.ndarray, shape: Sequence[int] |
     idx = np.asarray(indices)
     val = np.asarray(values)
     if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
-        raise SparseEncodingError(f"sparse indices must be a 1-D integer array; got shape {idx.shape} dtype {idx.dtype}")
+        raise SparseEncodingError(f"sparse indices must be a 1-D integer array; got shape {idx.shape} "
+                                  f"dtype {idx.dtype}")
     if val.ndim != 1 or (val.size and val.dtype.kind not in "fiu"):
-        raise SparseEncodingError(f"sparse values must be a 1-D numeric array; got shape {val.shape} dtype {val.dtype}")
+        raise SparseEncodingError(f"sparse values must be a 1-D numeric array; got shape {val.shape} "
+                                  f"dtype {val.dtype}")
     if idx.size != val.size:
         raise SparseEncodingError(f"sparse update has {idx.size} indices but {val.size} values")
     if idx.size > size:
@@ -131,7 +133,7 @@ def top_p_encode_ef(delta: np.ndarray, residual: np.ndarray | None, p: float, *,
     d = np.asarray(delta, np.float32)
     acc = d if residual is None else d + np.asarray(residual, np.float32).reshape(d.shape)
     idx, vals = top_p_encode(acc, p)
-    sent = vals.astype(value_dtype)
+    sent: np.ndarray = vals.astype(value_dtype)
     if not np.all(np.isfinite(sent)):
         raise SparseEncodingError(f"top-p values overflow {np.dtype(value_dtype).name}")
     rest = acc.astype(np.float32, copy=True).reshape(-1)

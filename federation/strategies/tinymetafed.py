@@ -144,10 +144,11 @@ class TinyMetaFed(Reptile):
                 tensors = {k: codes[k][0] for k in shared}
                 cfg[ConfigKey.DOWNLINK] = Downlink.DELTA_Q8
                 # 9 significant digits round-trip a float32 exactly (and keep the JSON header short)
-                cfg[ConfigKey.DOWNLINK_SCALES] = [float(f"{codes[k][1]:.9g}") for k in shared]
+                scales = [float(f"{codes[k][1]:.9g}") for k in shared]
+                cfg[ConfigKey.DOWNLINK_SCALES] = scales
                 cfg[ConfigKey.BASE_CRC] = arrays_crc32([base[k] for k in shared])
-                self._pending[node] = {k: q8_apply(base[k], codes[k][0], cfg[ConfigKey.DOWNLINK_SCALES][i])
-                                       for i, k in enumerate(shared)}
+                self._pending[node] = {k: q8_apply(base[k], codes[k][0], sc) for k, sc in zip(shared, scales,
+                                                                                            strict=True)}
             record = RecordDict({self.arrayrecord_key: ArrayRecord({k: Array(np.ascontiguousarray(v))
                                                                       for k, v in tensors.items()}),
                                  self.configrecord_key: cfg})
