@@ -454,28 +454,21 @@ class MLPHead:
         t = self._targets(np.asarray(targets), len(f))
         if len(f) == 0:
             raise LearnerInputError("a batch step needs at least one sample")
-        ws = self.weights_
+        ws, trained = self.weights_, set(idx)
         updates: list[tuple[int, np.ndarray, np.ndarray]] = []
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected below, once
             acts = self._forward(f)
             losses, d = self._loss_and_delta(acts[-1], t)
-            d = d * (1.0 / len(f))
-            lowest = idx[0] if idx else self.n_layers
-            trained = set(idx)
+            d, lowest = d * (1.0 / len(f)), (idx[0] if idx else self.n_layers)
             for l in range(self.n_layers - 1, lowest - 1, -1):
                 a = acts[l]
                 d_below = (d @ ws[2 * l].T) * (a > 0) if l > lowest else None
                 if l in trained:
                     gw, gb = a.T @ d, d.sum(axis=0)
-                    scale = float(lr)
-                    if clip_norm is not None:
-                        norm = math.sqrt(float(np.vdot(gw, gw)) + float(np.vdot(gb, gb)))
-                        if norm > clip_norm:
-                            scale *= clip_norm / norm
+                    norm = math.sqrt(float(np.vdot(gw, gw)) + float(np.vdot(gb, gb)))
+                    scale = lr * (clip_norm / norm if clip_norm is not None and norm > clip_norm else 1.0)
                     updates.append((l, ws[2 * l] - scale * gw, ws[2 * l + 1] - scale * gb))
-                if d_below is not None:
-                    d = d_below
-        with np.errstate(over="ignore", invalid="ignore"):
+                d = d_below if d_below is not None else d
             loss = float(losses.mean())
             check = sum(float(w.sum()) + float(b.sum()) for _, w, b in updates)
         if not (math.isfinite(loss) and math.isfinite(check)):
