@@ -40,6 +40,10 @@ def save_checkpoint(path: str | Path, *, arrays: Mapping[str, np.ndarray], state
     path = Path(path)
     if any(k.startswith("__") for k in arrays):
         raise ValueError("array names starting with '__' are reserved")
+    bad = sorted(k for k, v in arrays.items() if np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v)))
+    if bad:  # the last line of defence: a model with NaN/inf would make every honest device refuse its tasks
+        raise CheckpointError(f"{path}: refusing to write non-finite parameters ({', '.join(bad)}); "
+                              "the previous checkpoint, if any, is intact")
     meta = json.dumps({"format": CHECKPOINT_FORMAT, "keys": list(arrays), **state}, sort_keys=True)
     buf = io.BytesIO()
     np.savez(buf, **{_META: np.frombuffer(meta.encode(), dtype=np.uint8)},

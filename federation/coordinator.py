@@ -13,7 +13,12 @@ aggregate_evaluate) with these additions:
   run ends with the same parameters as an uninterrupted one;
 * robustness: a round with fewer than `min_replies` valid replies keeps the old parameters, and a
   strategy that rejects the replies (`InconsistentMessageReplies`) fails the round, not the run;
-* after every round: one JSONL metrics line and an atomic checkpoint.
+  an aggregate that is not finite never replaces the parameters (finite float32 updates can still
+  add up to inf in θ + ε·Δ);
+* after every round: one JSONL metrics line and an atomic checkpoint;
+* loud failure: a broker lost for longer than the transport's timeout ends the run with a
+  `BrokerLostError` that names the command to resume it, and a run in which no round aggregated
+  anything ends with `NoProgressError` (exit 1) and no ``final.npz``.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from flwr.serverapp.strategy import FedAvg
 from devices.wire.protocol import ConfigKey, MetricKey
 from federation import flower_compat
 from federation.checkpoint import load_checkpoint, save_checkpoint
-from federation.exceptions import CheckpointError, QuorumError
+from federation.exceptions import BrokerLostError, CheckpointError, NoProgressError, QuorumError
 from federation.grid import FleetGrid
 from federation.strategies.registry import build_strategy
 
@@ -65,6 +70,7 @@ class RunConfig:
     broker: str | None = None
     simulate: int = 0
     samples_per_device: int = 64
+    broker_timeout: float = 60.0
 
     def save(self, run_dir: Path) -> None:
         try:
@@ -108,6 +114,7 @@ def wait_for_quorum(grid: FleetGrid, n: int, timeout: float, *, poll: float = 0.
     """Block until `n` allowed devices are present; raise `QuorumError` naming how many came."""
     deadline = time.monotonic() + timeout
     while True:
+        grid.transport.check_connected()
         nodes = grid.get_node_ids()
         if len(nodes) >= n:
             return nodes
@@ -176,6 +183,15 @@ class Coordinator:
     # -- the round loop --------------------------------------------------------------------------
     def _loop(self, arrays_np: dict[str, np.ndarray], first: int, rng: np.random.Generator,
               history: list[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return self._rounds(arrays_np, first, rng, history)
+        except BrokerLostError as exc:
+            done = history[-1]["round"] if history else 0
+            raise BrokerLostError(f"{exc}; the run stopped after round {done} of {self.config.rounds}: continue it "
+                                  f"with `tinyfleet federate resume {self.run_dir}`") from None
+
+    def _rounds(self, arrays_np: dict[str, np.ndarray], first: int, rng: np.random.Generator,
+                history: list[dict[str, Any]]) -> dict[str, Any]:
         cfg = self.config
         wait_for_quorum(self.grid, cfg.quorum, cfg.quorum_timeout)
         arrays = to_record(arrays_np)
@@ -212,6 +228,10 @@ class Coordinator:
             log.info("round %d/%d: %s", rnd, cfg.rounds, record)
             if self.on_round is not None:
                 self.on_round(record)
+        if history and all("skipped" in r for r in history):
+            reasons = sorted({r["skipped"] for r in history})
+            raise NoProgressError(f"no round aggregated an update ({len(history)} of {cfg.rounds} rounds skipped: "
+                                  f"{'; '.join(reasons)[:300]}); {self.run_dir} has no final model")
         final = to_numpy(arrays)
         save_checkpoint(self.run_dir / FINAL_FILE, arrays=final, state={"run_id": cfg.run_id, "round": cfg.rounds})
         return {"run_id": cfg.run_id, "rounds": history, "final_sha256": arrays_sha256(final),
@@ -247,13 +267,20 @@ class Coordinator:
             arrays, metrics = self.strategy.aggregate_train(rnd, replies)
         except InconsistentMessageReplies as exc:
             return None, None, f"strategy rejected the replies: {exc}"
-        return arrays, metrics, None
+        if arrays is None:
+            return None, None, "the strategy aggregated nothing"
+        bad = [k for k, v in arrays.items() if not np.all(np.isfinite(v.numpy()))]
+        if bad:
+            log.warning("round %d: the aggregate of %d replies is not finite in %s; keeping the previous "
+                        "parameters", rnd, n_ok, ", ".join(bad))
+            return None, None, f"non-finite aggregate in {', '.join(bad)}: kept the previous parameters"
+        return arrays, _finite_metrics(metrics), None
 
     def _aggregate_evaluate(self, rnd: int, replies: list[Message]) -> MetricRecord | None:
         if self._valid_count(replies) == 0:
             return None
         try:
-            return self.strategy.aggregate_evaluate(rnd, replies)
+            return _finite_metrics(self.strategy.aggregate_evaluate(rnd, replies))
         except InconsistentMessageReplies:
             return None
 
@@ -271,6 +298,14 @@ class Coordinator:
                 "bytes_up": s["bytes_up"], "bytes_down": s["bytes_down"],
                 "bytes_up_train": tr.get("bytes_up", 0), "bytes_down_train": tr.get("bytes_down", 0),
                 "reasons": reasons}
+
+
+def _finite_metrics(metrics: MetricRecord | None) -> MetricRecord | None:
+    """Drop aggregated metrics that are not finite (JSON has no inf; metrics.jsonl must stay parseable)."""
+    if metrics is not None:
+        for key in [k for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)]:
+            del metrics[key]
+    return metrics
 
 
 def _metric_fields(prefix: str, metrics: MetricRecord | None) -> dict[str, Any]:
@@ -324,9 +359,11 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         _, meta = load_checkpoint(run_dir / CHECKPOINT_FILE)
         done = int(meta.get("round", 0))
     finished = (run_dir / FINAL_FILE).is_file()
+    state = "finished" if finished else ("failed" if done >= config.rounds else
+                                         "interrupted" if done else "not-started")
     out: dict[str, Any] = {"run_id": config.run_id, "run_dir": str(run_dir), "task": config.task,
                            "strategy": config.strategy, "rounds": config.rounds, "rounds_done": done,
-                           "state": "finished" if finished else ("interrupted" if done else "not-started"),
+                           "state": state,
                            "last": rounds[-1] if rounds else None}
     if finished:
         final, _ = load_checkpoint(run_dir / FINAL_FILE)

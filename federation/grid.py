@@ -7,6 +7,12 @@ condition variable woken by the transport thread). Everything a device sends pas
 `federation.replies` first; a malformed, stale or foreign reply becomes a Flower error reply (a
 failure in the strategy's count, with its reason in the round ledger), never an exception that
 ends the run. Replies that arrive after their phase returned are discarded and counted.
+
+The server trusts no number a device states about itself: the sender is the device of the
+authenticated topic (a header naming another device is ``wrong-device``), weights are granted by
+the server (`federation.replies.granted_examples`), a task is re-sent at most `MAX_RESENDS` times
+(once per reconnect of its device), and a broker lost for good ends the wait with an error
+instead of empty rounds.
 """
 
 from __future__ import annotations
@@ -27,7 +33,20 @@ from devices.wire.protocol import ConfigKey
 from federation import flower_compat
 from federation.flower_compat import Run
 from federation.ledger import RoundLedger
-from federation.replies import DENSE, TOP_P, RejectedReply, check_metrics, check_train_arrays, outlier_indices
+from federation.replies import (
+    DENSE,
+    TOP_P,
+    WEIGHT_KEY,
+    RejectedReply,
+    check_metrics,
+    check_train_arrays,
+    device_error_reason,
+    evaluation_weight_cap,
+    granted_examples,
+    metric_outlier_indices,
+    one_line,
+    outlier_indices,
+)
 from federation.transport import Codec, CodecError, TaskSpec, Transport, WireReply
 
 log = logging.getLogger(__name__)
@@ -36,6 +55,10 @@ DeviceFilter = Callable[[str], bool]
 
 # Error codes of the error replies the Grid makes up (Flower's Error.code is an int).
 ERR_DEVICE, ERR_REJECTED = 1, 2
+MAX_RESENDS = 3
+"""Re-sends of one task at most, each triggered by its device coming back online (a flood buys nothing)."""
+WAIT_SLICE = 0.25
+"""Seconds between checks of the transport's connection while a phase waits for replies."""
 
 
 def _hash63(text: str) -> int:
@@ -57,8 +80,10 @@ class _Inflight:
     phase: str
     sent_arrays: dict[str, np.ndarray]
     encoding: str
+    max_examples: int | None = None
     payload: bytes = b""
     answered: bool = False
+    resends: int = 0
 
 
 class FleetGrid(Grid):
@@ -83,16 +108,20 @@ class FleetGrid(Grid):
         are already fitted by the pretrained head (measured over 24 rooms, 50 steps at lr 0.02:
         median update 0.0018, honest updates up to 0.24, ‖θ‖ 8.5): 1–2 of 8 replies per round,
         always the devices with the most to teach.
+    metric_factor : float, default=100.0
+        A reply metric (loss, ...) whose magnitude exceeds `metric_factor` × max(|round median|, 1)
+        is rejected (``absurd-metric``); see `federation.replies.metric_outlier_indices`.
     """
 
     def __init__(self, transport: Transport, codec: Codec, *, run_id: str,
                  allow: Collection[str] | DeviceFilter | None = None, norm_factor: float = 10.0,
-                 norm_floor: float = 0.1) -> None:
+                 norm_floor: float = 0.1, metric_factor: float = 100.0) -> None:
         self.transport = transport
         self.codec = codec
         self.run_id = run_id
         self.norm_factor = float(norm_factor)
         self.norm_floor = float(norm_floor)
+        self.metric_factor = float(metric_factor)
         self.ledger = RoundLedger()
         if allow is None or callable(allow):
             self._allow: DeviceFilter | None = allow  # type: ignore[assignment]
@@ -106,6 +135,8 @@ class FleetGrid(Grid):
         self._current_round = 0
         self._run: Run = flower_compat.empty_run(_hash63(run_id))
         self.transport.on_device_online(self._resend_inflight)
+        self.transport.on_discard(lambda device, reason, nbytes: self.ledger.discard(self._current_round, reason,
+                                                                                     nbytes))
         self.transport.start(self._on_payload)
 
     # -- Flower Grid interface ----------------------------------------------------------------
@@ -169,7 +200,8 @@ class FleetGrid(Grid):
                 left = None if deadline is None else deadline - time.monotonic()
                 if not pending or (left is not None and left <= 0):
                     break
-                self._cv.wait(left)
+                self.transport.check_connected()  # a broker gone for good ends the run, not the round
+                self._cv.wait(WAIT_SLICE if left is None else min(left, WAIT_SLICE))
             missing = [self._inflight.pop(i) for i in pending if i in self._inflight]
             for i in ids:
                 self._inflight.pop(i, None)
@@ -177,7 +209,11 @@ class FleetGrid(Grid):
             self.ledger.add(m.server_round, m.phase, missing=1)
             log.info("round %d %s: no reply from %s within %.1f s", m.server_round, m.phase, m.device_id,
                      timeout or 0.0)
-        got = self._reject_outliers(got, dict(zip(ids, messages, strict=True)))
+        requests = dict(zip(ids, messages, strict=True))
+        got = self._reject_outliers(got, requests)
+        got = self._reject_metric_outliers(got, requests)
+        if messages and self._round_phase(messages[0])[1] == "evaluate":
+            got = _cap_evaluation_weights(got)
         got = _harmonize_metrics(got)
         if messages:
             rnd, phase = self._round_phase(messages[0])
@@ -200,7 +236,9 @@ class FleetGrid(Grid):
         cfg_rec = _first(msg.content.config_records)
         config = dict(cfg_rec) if cfg_rec is not None else {}
         encoding = TOP_P if ConfigKey.TOP_P in config else DENSE
-        inflight = _Inflight(msg, device_id or "?", rnd, phase, _expected_reply(arrays, config), encoding)
+        steps = config.get(ConfigKey.LOCAL_STEPS, getattr(self.codec, "task_defaults", {}).get(ConfigKey.LOCAL_STEPS))
+        cap = int(steps) if phase == "train" and isinstance(steps, int) and steps > 0 else None  # batch 1
+        inflight = _Inflight(msg, device_id or "?", rnd, phase, _expected_reply(arrays, config), encoding, cap)
         if device_id is None:  # a node id we never announced: answer with an error, do not crash
             with self._cv:
                 self._inflight[mid] = inflight
@@ -220,11 +258,16 @@ class FleetGrid(Grid):
         Why: a task published while the device or the broker was away is lost (clean MQTT sessions,
         no broker persistence), and the round would wait for it in vain. Re-sending is safe: the
         correlation id is unchanged, a device answers a task id it has seen from its reply cache
-        (trained once), and the Grid keeps one reply per request.
+        (trained once), and the Grid keeps one reply per request. Bounded: the transport calls this
+        only when a device *comes back* (not for repeated "online" messages), and each task is
+        re-sent at most `MAX_RESENDS` times, so a device that flaps on purpose buys a few copies of
+        its own task, nothing more.
         """
         with self._cv:
             todo = [(mid, f) for mid, f in self._inflight.items()
-                    if f.device_id == device_id and f.payload and not f.answered]
+                    if f.device_id == device_id and f.payload and not f.answered and f.resends < MAX_RESENDS]
+            for _, f in todo:
+                f.resends += 1
         for mid, f in todo:
             self.ledger.add(f.server_round, f.phase, resent=1, bytes_down=len(f.payload))
             log.info("round %d %s: %s is back online; re-sending task %s", f.server_round, f.phase, device_id,
@@ -250,6 +293,10 @@ class FleetGrid(Grid):
             self._reject(reply.correlation_id, inflight, "wrong-device",
                          f"reply from {device_id} to a request sent to {inflight.device_id}")
             return
+        if reply.device_id != device_id:  # the topic is authenticated by the broker, the header is not
+            self._reject(reply.correlation_id, inflight, "wrong-device",
+                         f"reply on {device_id}'s topic names device {one_line(reply.device_id, 64)!r}")
+            return
         if reply.run_id != self.run_id:
             self._reject(reply.correlation_id, inflight, "unknown-run", f"run {reply.run_id!r} is not {self.run_id!r}")
             return
@@ -259,10 +306,11 @@ class FleetGrid(Grid):
             return
         if reply.error is not None:
             code, reason = reply.error
+            label = device_error_reason(code)
             self._deliver(reply.correlation_id,
-                          Message(Error(ERR_DEVICE, f"{device_id}: {code}: {reason}"), reply_to=inflight.message),
-                          account=lambda: self.ledger.reject(inflight.server_round, inflight.phase,
-                                                             f"device-error:{code}"))
+                          Message(Error(ERR_DEVICE, f"{device_id}: {label}: {one_line(reason)}"),
+                                  reply_to=inflight.message),
+                          account=lambda: self.ledger.reject(inflight.server_round, inflight.phase, label))
             return
         try:
             message = self._build_reply(reply, inflight)
@@ -281,10 +329,11 @@ class FleetGrid(Grid):
             log.info("discarded an undecodable result from %s: %s", device_id, exc)
             return
         self.ledger.add(inflight.server_round, inflight.phase, bytes_up=len(payload))
-        self._reject(mid, inflight, "malformed", str(exc))  # type: ignore[arg-type]
+        self._reject(mid, inflight, exc.reason, one_line(str(exc)))  # type: ignore[arg-type]
 
     def _build_reply(self, reply: WireReply, inflight: _Inflight) -> Message:
         metrics = check_metrics(reply.metrics, phase=inflight.phase)
+        metrics[WEIGHT_KEY] = granted_examples(int(metrics[WEIGHT_KEY]), inflight.max_examples)
         content = RecordDict()
         if inflight.phase == "train":
             arrays, norm = check_train_arrays(reply.arrays, inflight.sent_arrays, inflight.encoding)
@@ -352,6 +401,43 @@ class FleetGrid(Grid):
                                                  f"{self.norm_factor:g} x median {med:.3g} and > "
                                                  f"{self.norm_floor:g} x |theta| ({floor:.3g})"), reply_to=request)
         return out
+
+
+    def _reject_metric_outliers(self, replies: list[Message], requests: dict[str, Message]) -> list[Message]:
+        """Turn replies with an absurd metric value (an evaluation loss of 1e30) into errors.
+
+        Why: Flower averages the metrics of the valid replies, so one device could otherwise set
+        the round's reported loss (and every decision taken on it) to whatever it likes.
+        """
+        ok = [(i, _first(r.content.metric_records)) for i, r in enumerate(replies) if not r.has_error()]
+        keys = set.intersection(*(set(m) for _, m in ok)) - {WEIGHT_KEY, "update-norm"} if ok else set()  # type: ignore[arg-type]
+        bad: dict[int, str] = {}
+        for key in sorted(keys):
+            values = [float(m[key]) for _, m in ok]  # type: ignore[index]
+            for j in metric_outlier_indices(values, factor=self.metric_factor):
+                bad.setdefault(ok[j][0], f"metric {key!r} = {values[j]:.3g} > {self.metric_factor:g} x "
+                                        f"max(|median| {abs(float(np.median(values))):.3g}, 1)")
+        out = list(replies)
+        for i, why in bad.items():
+            request = requests[replies[i].metadata.reply_to_message_id]
+            rnd, phase = self._round_phase(request)
+            device = self._devices_by_node.get(replies[i].metadata.src_node_id, "?")
+            self.ledger.add(rnd, phase, replies=-1)
+            self.ledger.reject(rnd, phase, "absurd-metric")
+            out[i] = Message(Error(ERR_REJECTED, f"{device}: absurd-metric: {why}"), reply_to=request)
+        return out
+
+
+def _cap_evaluation_weights(replies: list[Message]) -> list[Message]:
+    """Grant no evaluation reply more examples than the round's lower median claim (the server decides)."""
+    valid = [r for r in replies if not r.has_error()]
+    if len(valid) < 2:
+        return replies
+    recs = [_first(r.content.metric_records) for r in valid]
+    cap = evaluation_weight_cap([int(m[WEIGHT_KEY]) for m in recs])  # type: ignore[index]
+    for m in recs:
+        m[WEIGHT_KEY] = min(int(m[WEIGHT_KEY]), cap)  # type: ignore[index]
+    return replies
 
 
 def _expected_reply(sent: dict[str, np.ndarray], config: dict[str, object]) -> dict[str, np.ndarray]:

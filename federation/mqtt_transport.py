@@ -4,20 +4,30 @@ One paho client (MQTT v5, QoS 1, its own network thread) serves the coordinator.
 from the devices' retained presence documents (the Last Will flips them to offline), so a
 coordinator that starts after the fleet still sees who is online. The connection is the project's one
 `MqttClient` (TCP_NODELAY, credentials, TLS and refusals handled there).
+
+Nothing a device says about itself is trusted: the device id is the one in the topic the broker
+authenticated (a presence document naming another device is dropped as ``wrong-device``); each
+device has a message budget per topic kind (`devices.link.ratelimit`); and only a *change* to
+online (first sight, after an offline, or after the coordinator's own reconnect replays the retained
+documents) counts as the device coming back, so a flood of "online" messages triggers nothing.
+Losing the broker is tolerated for `broker_timeout` seconds (paho reconnects with backoff), then
+`check_connected` raises `BrokerLostError`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 
 from devices.exceptions import DeviceLinkError, ProtocolError
 from devices.link.address import BrokerAddress, Credentials
 from devices.link.client import MqttClient
+from devices.link.ratelimit import RateLimiter
 from devices.wire import protocol
 from devices.wire.topics import device_topic, fleet_filter, parse_topic
-from federation.exceptions import FederationError
+from federation.exceptions import BrokerLostError, FederationError
 from federation.transport import PayloadHandler, Transport
 
 log = logging.getLogger(__name__)
@@ -39,15 +49,27 @@ class MqttTransport(Transport):
         MQTT client id; defaults to a unique ``tinyfleet-server-...``.
     connect_timeout : float, default=10.0
         Seconds to wait for CONNACK and SUBACK.
+    broker_timeout : float, default=60.0
+        Seconds the broker may stay unreachable (paho keeps reconnecting with backoff) before
+        `check_connected` gives up.
+    presence_budget, result_budget : (rate per second, burst)
+        Each device's message budget on its presence and result topics. An honest device sends
+        one presence document per (re)connect and at most a few results per round; the result
+        budget is generous because rounds of tiny models can be a fraction of a second.
     """
 
     def __init__(self, address: BrokerAddress, *, fleet: str, credentials: Credentials | None = None,
-                 client_id: str | None = None, connect_timeout: float = 10.0) -> None:
+                 client_id: str | None = None, connect_timeout: float = 10.0, broker_timeout: float = 60.0,
+                 presence_budget: tuple[float, float] = (2.0, 10.0),
+                 result_budget: tuple[float, float] = (50.0, 100.0)) -> None:
         self.address = address
         self.fleet = fleet
         self.client_id = client_id or f"tinyfleet-server-{uuid.uuid4().hex[:8]}"
         self.connect_timeout = connect_timeout
+        self.broker_timeout = float(broker_timeout)
         self._online: dict[str, bool] = {}
+        self._epoch = 0  # MqttClient.connections when `_online` was last valid
+        self._limits = {"presence": RateLimiter(*presence_budget), "result": RateLimiter(*result_budget)}
         self._lock = threading.Lock()
         self._on_payload: PayloadHandler | None = None
         self._mqtt = MqttClient(address, credentials, client_id=self.client_id, keepalive=30,
@@ -81,11 +103,29 @@ class MqttTransport(Transport):
     def close(self) -> None:
         self._mqtt.close()
 
+    def check_connected(self) -> None:
+        """Raise `BrokerLostError` once the broker has been unreachable for more than `broker_timeout`."""
+        lost = self._mqtt.disconnected_at
+        if self._mqtt.connected.is_set() or lost is None:
+            return
+        down = time.monotonic() - lost
+        if down > self.broker_timeout:
+            raise BrokerLostError(f"lost the MQTT broker at {self.address.url}: unreachable for {down:.0f} s "
+                                  f"(--broker-timeout {self.broker_timeout:g} s)")
+
+    def _discard(self, device_id: str, reason: str, nbytes: int) -> None:
+        handler = getattr(self, "_discard_handler", None)
+        if handler is not None:
+            handler(device_id, reason, nbytes)
+
     # -- network thread ------------------------------------------------------------------------
     def _handle_message(self, topic_name: str, payload: bytes) -> None:
         try:
             topic = parse_topic(topic_name)
         except ValueError:
+            return
+        if topic.kind in self._limits and not self._limits[topic.kind].allow(topic.device_id):
+            self._discard(topic.device_id, "rate-limited", len(payload))
             return
         if topic.kind == "result":
             if self._on_payload is not None:
@@ -105,10 +145,22 @@ class MqttTransport(Transport):
                 doc = protocol.decode_json_document(payload, expected_type=protocol.MessageType.PRESENCE)
             except ProtocolError as exc:
                 log.info("ignored presence of %s: %s", device_id, exc)
+                self._discard(device_id, "malformed", len(payload))
                 return
-            online = doc.get("device") == device_id and doc.get("online") is True
+            if doc.get("device") != device_id:
+                log.info("ignored presence on %s's topic naming %r", device_id, doc.get("device"))
+                self._discard(device_id, "wrong-device", len(payload))
+                return
+            online = doc.get("online") is True
         with self._lock:
+            if self._mqtt.connections != self._epoch:  # our own reconnect: every "online" is news again
+                self._epoch = self._mqtt.connections
+                self._online = {d: False for d in self._online}
+            came_back = online and not self._online.get(device_id, False)
             self._online[device_id] = online
+        if online and not came_back:
+            self._discard(device_id, "duplicate-online", 0)
+            return
         handler = getattr(self, "_online_handler", None)
-        if online and handler is not None:
-            handler(device_id)  # it reconnected (or the coordinator did and got the retained document)
+        if came_back and handler is not None:
+            handler(device_id)  # it (re)connected, or the coordinator did and got the retained document

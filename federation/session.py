@@ -104,7 +104,8 @@ def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = No
             connected = sim.start(timeout=config.quorum_timeout)
             if connected < config.simulate:
                 raise FederationError(f"only {connected} of {config.simulate} simulated devices connected to {url}")
-        transport = MqttTransport(address, fleet=config.fleet, credentials=credentials)
+        transport = MqttTransport(address, fleet=config.fleet, credentials=credentials,
+                                  broker_timeout=config.broker_timeout)
         grid = FleetGrid(transport, ProtocolCodec({ConfigKey.LOCAL_STEPS: config.local_steps, ConfigKey.LR: config.lr}),
                          run_id=config.run_id, allow=allow)
         stack.callback(transport.close)

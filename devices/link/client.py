@@ -95,6 +95,9 @@ class MqttClient:
         Set while connected (and subscribed); cleared on a lost connection until paho reconnects.
     disconnected_at : float or None
         `time.monotonic()` of the last lost connection, None while connected.
+    connections : int
+        How many times the connection was (re-)established and subscribed. Listeners compare it
+        with the value they last saw to learn that retained messages are being replayed to them.
     """
 
     def __init__(self, address: BrokerAddress, credentials: Credentials | None = None, *, client_id: str,
@@ -107,6 +110,7 @@ class MqttClient:
         self.keepalive = keepalive
         self.connected = threading.Event()
         self.disconnected_at: float | None = None
+        self.connections = 0
         self._ready = threading.Event()
         self._refused: str | None = None
         self._pending_subscribe: int | None = None
@@ -180,6 +184,7 @@ class MqttClient:
             self._mark_ready()
 
     def _mark_ready(self) -> None:
+        self.connections += 1
         self.disconnected_at = None
         self.connected.set()
         self._ready.set()

@@ -4,6 +4,11 @@ Used by `tinyfleet devices list|show`, the tests and the fleet benchmark; the fe
 `federation/` speaks the same protocol through `devices.wire.protocol`. One `MqttClient` with its own
 network thread (a server is one client, so paho's `loop_start` is right here). Every reply is decoded
 and checked; a malformed reply is recorded as a `ProtocolError` for its device, never raised.
+
+The device a message is about is the one in its topic (the broker authenticated the sender for
+it): a TD, presence, telemetry or result that names another device is dropped and counted as
+``wrong-device`` in `rejected` (so `devices list|show` never shows one device's claims as
+another's).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +28,26 @@ from devices.wire.protocol import Frame, MessageType, decode_json_document, deco
 from devices.wire.topics import device_topic, fleet_filter, parse_topic
 
 log = logging.getLogger("tinyfleet.devices")
+
+_TD_URN = "urn:tinyfleet:device:"
+
+
+class WrongDevice(ProtocolError):
+    """A message on one device's topic that claims to be about another device."""
+
+
+def _td_device(td: Mapping[str, Any]) -> str | None:
+    """The device a TD says it describes: its ``urn:tinyfleet:device:<id>`` id, else its title."""
+    tid = td.get("id")
+    if isinstance(tid, str) and tid.startswith(_TD_URN):
+        return tid[len(_TD_URN):]
+    title = td.get("title")
+    return title if isinstance(title, str) else None
+
+
+def _same_device(topic_device: str, named: object, what: str) -> None:
+    if named != topic_device:
+        raise WrongDevice(f"{what} on {topic_device}'s topic names device {str(named)[:64]!r}")
 
 
 class FleetClient:
@@ -44,6 +70,7 @@ class FleetClient:
         self.telemetry: dict[str, dict[str, Any]] = {}
         self.results: dict[str, list[Frame]] = {}
         self.bad_messages: list[str] = []
+        self.rejected: Counter[str] = Counter()
         self._cond = threading.Condition()
         self.mqtt = MqttClient(address, credentials, client_id=client_id,
                                subscriptions=[fleet_filter(fleet, k) for k in ("presence", "td", "telemetry", "result")],
@@ -74,8 +101,7 @@ class FleetClient:
         try:
             if t.kind == "result":
                 frame = decode_result(payload)
-                if frame.header["device"] != t.device_id:
-                    raise ProtocolError(f"result on {topic} claims to come from {frame.header['device']!r}")
+                _same_device(t.device_id, frame.header["device"], "a result")
                 with self._cond:
                     self.results.setdefault(t.device_id, []).append(frame)
                     self._cond.notify_all()
@@ -85,27 +111,33 @@ class FleetClient:
                         self.presence.pop(t.device_id, None)
                     return
                 doc = decode_json_document(payload, expected_type=MessageType.PRESENCE)
+                _same_device(t.device_id, doc.get("device"), "a presence document")
                 with self._cond:
                     self.presence[t.device_id] = doc
                     self._cond.notify_all()
             elif t.kind == "telemetry":
                 doc = decode_json_document(payload, expected_type=MessageType.TELEMETRY)
+                _same_device(t.device_id, doc.get("device"), "telemetry")
                 with self._cond:
                     self.telemetry[t.device_id] = doc
             elif t.kind == "td" and payload:
                 td = json.loads(payload.decode("utf-8"))
                 if not isinstance(td, dict):
                     raise ProtocolError("TD is not a JSON object")
+                _same_device(t.device_id, _td_device(td), "a Thing Description")
                 with self._cond:
                     self.tds[t.device_id] = td
                     self._cond.notify_all()
+        except WrongDevice as exc:
+            self._bad(f"{topic}: {exc} (wrong-device)", reason="wrong-device")
         except (ProtocolError, ValueError, UnicodeDecodeError) as exc:
             self._bad(f"{topic}: {exc}")
 
-    def _bad(self, text: str) -> None:
+    def _bad(self, text: str, *, reason: str = "malformed") -> None:
         log.warning("ignoring bad message: %s", text)
         with self._cond:
             self.bad_messages.append(text)
+            self.rejected[reason] += 1
 
     # ------------------------------------------------------------------------------ queries
     def online(self) -> list[str]:

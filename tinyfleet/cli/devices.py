@@ -300,8 +300,10 @@ def list_devices(
                      "use_case": td.get("tinyfleet:useCase"), "ram_bytes": b.get("tinyfleet:ramBytes"),
                      "flash_bytes": b.get("tinyfleet:flashBytes"), "reason": pres.get("reason")})
     if json_out:
-        print_json({"fleet": fleet, "devices": rows})
+        print_json({"fleet": fleet, "devices": rows, "rejected": dict(fc.rejected)})
     else:
+        if fc.rejected:
+            err.print("ignored messages: " + ", ".join(f"{n} {why}" for why, n in sorted(fc.rejected.items())))
         table(f"fleet {fleet}: {sum(r['online'] for r in rows)} of {len(rows)} online",
               ["device", "online", "board", "use case", "RAM B", "flash B"],
               [(r["device"], r["online"], r["board"], r["use_case"], r["ram_bytes"], r["flash_bytes"]) for r in rows])

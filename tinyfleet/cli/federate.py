@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Annotated, Any
 import typer
 
 from federation.coordinator import Coordinator, RunConfig, read_status
-from federation.exceptions import CheckpointError
+from federation.exceptions import CheckpointError, StrategyParameterError
 from firmware_models.quiet import stdout_to_stderr
+from tinyfleet import config as settings
 from tinyfleet.cli.output import JSON_HELP, err, print_json, progress, quiet_logs, table
 
 app = typer.Typer(
@@ -27,6 +29,13 @@ class StrategyName(StrEnum):
     fedavg = "fedavg"
 
 
+class Aggregation(StrEnum):
+    mean = "mean"
+    median = "median"
+    trimmed_mean = "trimmed-mean"
+    krum = "krum"
+
+
 RunDir = Annotated[Path, typer.Argument(help="Run directory (printed by `federate run`, e.g. runs/sine-reptile-...).",
                                         file_okay=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
@@ -36,6 +45,9 @@ CredentialsOpt = Annotated[Path | None, typer.Option(
 InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Without --broker: leave the private broker open "
                                            "(debugging only; by default it is secured).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log Flower's and the Grid's messages on stderr.")]
+BrokerTimeoutOpt = Annotated[float | None, typer.Option(
+    "--broker-timeout", min=0.0, help="Seconds the coordinator keeps reconnecting to a lost broker before it stops "
+    "with exit 1 (the run stays resumable); default 60, or what the run was started with.")]
 
 
 @app.command()
@@ -45,13 +57,15 @@ def run(
     rounds: Annotated[int, typer.Option(help="Federated rounds.", min=1, max=100000)] = 10,
     simulate: Annotated[int, typer.Option(help="Start N simulated devices (and, without --broker, a private "
                                                "Mosquitto) for a self-contained run.", min=0)] = 0,
-    broker: Annotated[str | None, typer.Option(help="Broker URL mqtt://host:port; without --simulate the run "
-                                                    "uses the devices present there.")] = None,
+    broker: Annotated[str | None, typer.Option(help="Broker URL mqtt://host:port (default: config/env "
+                                                    "`broker`); without --simulate the run uses the devices "
+                                                    "present there.")] = None,
     out: Annotated[Path, typer.Option(help="Parent directory of run directories.", file_okay=False)] = Path("runs"),
     run_id: Annotated[str | None, typer.Option(help="Run id (default: <task>-<strategy>-<time>).")] = None,
-    fleet: Annotated[str, typer.Option(help="Fleet name (topic level).")] = "default",
-    models: Annotated[Path | None, typer.Option(help="Built model folder (head.npz, backbone.tflite).",
-                                                file_okay=False)] = None,
+    fleet: Annotated[str | None, typer.Option(help="Fleet name (topic level; default: config/env `fleet`, "
+                                                   "else 'default').")] = None,
+    models: Annotated[Path | None, typer.Option(help="Built model folder (head.npz, backbone.tflite; default: "
+                                                     "config/env `models`).", file_okay=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of sampling, devices' data and initial head.", min=0)] = 0,
     local_steps: Annotated[int, typer.Option(help="Online SGD steps per device and round (Reptile default).",
                                              min=1)] = 50,
@@ -59,8 +73,14 @@ def run(
     epsilon: Annotated[float, typer.Option(help="Reptile outer step size at round 1.")] = 1.0,
     epsilon_floor: Annotated[float, typer.Option(help="Reptile step size the schedule anneals toward.")] = 0.0,
     serial: Annotated[bool, typer.Option(help="One device per round (TinyReptile).")] = False,
-    fraction: Annotated[float, typer.Option(help="Fraction of present devices sampled per round.",
-                                            min=0.0, max=1.0)] = 1.0,
+    fraction: Annotated[float, typer.Option(help="Fraction of present devices sampled per round, in (0, 1].")] = 1.0,
+    aggregate: Annotated[Aggregation, typer.Option(
+        help="How the replies are combined: the strategy's mean, or robustly by Flower's coordinate-wise median, "
+        "trimmed mean or Krum (docs/reliability.md, threat model).")] = Aggregation.mean,
+    trim: Annotated[float, typer.Option(help="--aggregate trimmed-mean: fraction cut at each end, in [0, 0.5).")
+                    ] = 0.2,
+    malicious: Annotated[int, typer.Option(help="--aggregate krum: devices assumed malicious (Krum's f).",
+                                           min=0)] = 1,
     top_p: Annotated[float, typer.Option(help="TinyMetaFed: fraction of update entries uploaded.")] = 0.05,
     reconstruct_steps: Annotated[int, typer.Option(help="TinyMetaFed: local-layer re-fit steps.", min=0)] = 5,
     round_timeout: Annotated[float, typer.Option(help="Seconds to wait for replies per phase.", min=0.01)] = 30.0,
@@ -69,6 +89,7 @@ def run(
                                                     "else 1).", min=1)] = None,
     quorum_timeout: Annotated[float, typer.Option(help="Seconds to wait for the quorum.", min=0.0)] = 30.0,
     samples_per_device: Annotated[int, typer.Option(help="Simulated devices' local samples.", min=2)] = 64,
+    broker_timeout: BrokerTimeoutOpt = None,
     credentials: CredentialsOpt = None,
     insecure: InsecureOpt = False,
     json_out: JsonOpt = False,
@@ -81,11 +102,20 @@ def run(
     from devices.link.address import parse_broker_url
     from federation.session import initial_parameters
 
+    if not (math.isfinite(fraction) and 0.0 < fraction <= 1.0):
+        raise StrategyParameterError(f"--fraction must be a number in (0, 1]; got {fraction}")
+    broker = settings.setting("broker", broker)
+    fleet = str(settings.setting("fleet", fleet))
+    models = settings.path_setting("models", models)
     if broker is not None:
         parse_broker_url(broker)  # fail on a bad URL before anything starts
     creds = _load_credentials(credentials)
     rid = run_id or f"{task}-{strategy.value}-{time.strftime('%Y%m%d-%H%M%S')}"
-    params: dict[str, Any] = {"fraction_train": fraction}
+    params: dict[str, Any] = {"fraction_train": fraction, "aggregation": aggregate.value}
+    if aggregate is Aggregation.trimmed_mean:
+        params["trim"] = trim
+    if aggregate is Aggregation.krum:
+        params["num_malicious_nodes"] = malicious
     if strategy is not StrategyName.fedavg:
         params.update(epsilon=epsilon, epsilon_floor=epsilon_floor, serial=serial)
     if strategy is StrategyName.tinymetafed:
@@ -93,7 +123,8 @@ def run(
     config = RunConfig(run_id=rid, task=task, strategy=strategy.value, rounds=rounds, seed=seed,
                        local_steps=local_steps, lr=lr, strategy_params=params, round_timeout=round_timeout,
                        min_replies=min_replies, quorum=quorum or max(simulate, 1), quorum_timeout=quorum_timeout,
-                       fleet=fleet, broker=broker, simulate=simulate, samples_per_device=samples_per_device)
+                       fleet=fleet, broker=broker, simulate=simulate, samples_per_device=samples_per_device,
+                       broker_timeout=60.0 if broker_timeout is None else broker_timeout)
     run_dir = out / rid
     if (run_dir / "run.json").exists():
         raise CheckpointError(f"{run_dir} already holds a run; use `tinyfleet federate resume {run_dir}` "
@@ -109,8 +140,9 @@ def run(
 @app.command()
 def resume(
     run_dir: RunDir,
-    models: Annotated[Path | None, typer.Option(help="Built model folder, as given to `federate run`.",
-                                                file_okay=False)] = None,
+    models: Annotated[Path | None, typer.Option(help="Built model folder, as given to `federate run` (default: "
+                                                     "config/env `models`).", file_okay=False)] = None,
+    broker_timeout: BrokerTimeoutOpt = None,
     credentials: CredentialsOpt = None,
     insecure: InsecureOpt = False,
     json_out: JsonOpt = False,
@@ -121,6 +153,9 @@ def resume(
     Example: tinyfleet federate resume runs/sine-reptile-20260101-120000 --json
     """
     config = RunConfig.load(run_dir)
+    if broker_timeout is not None:
+        config.broker_timeout = broker_timeout
+    models = settings.path_setting("models", models)
     _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume(), _load_credentials(credentials),
              not insecure)
 
