@@ -96,7 +96,7 @@ def bad_version(hdr, tensors):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("sabotage", "reason"), [
-    (nan_tensors, "malformed"),
+    (nan_tensors, "non-finite"),
     (wrong_shape, "wrong-shape"),
     (missing_array, "wrong-keys"),
     (huge_update, "absurd-norm"),
@@ -105,7 +105,7 @@ def bad_version(hdr, tensors):  # type: ignore[no-untyped-def]
     (no_examples, "bad-metrics"),
     (device_error, "device-error:bad-shape"),
     (truncated, "malformed"),
-    (bad_version, "malformed"),
+    (bad_version, "bad-version"),
 ])
 def test_bad_reply_is_a_counted_failure_and_stays_out_of_the_aggregate(sabotage, reason: str) -> None:  # type: ignore[no-untyped-def]
     grid, devs = with_bad(sabotage)
