@@ -2,7 +2,7 @@
 
 Files under ``<broker dir>/security/``: ``passwd``, ``acl``, ``accounts.json`` (names, roles,
 fleets; no secrets), ``credentials/`` (server accounts' 0600 JSON), ``pki/`` (CA, server and client
-certificates). Every write is a temp file + fsync + rename, so a crash never leaves half a file,
+certificates, the CRL ``crl.pem`` Mosquitto reads and ``revoked.json``, the serials it lists). Every write is a temp file + fsync + rename, so a crash never leaves half a file,
 and enrolments of one directory are serialized by an advisory lock.
 """
 
@@ -79,6 +79,14 @@ class SecurityPaths:
     @property
     def server_key(self) -> Path:
         return self.pki / "server.key"
+
+    @property
+    def crl(self) -> Path:
+        return self.pki / "crl.pem"
+
+    @property
+    def revoked(self) -> Path:
+        return self.pki / "revoked.json"
 
     def client_cert(self, name: str) -> Path:
         return self.pki / "clients" / f"{name}.crt"

@@ -209,6 +209,8 @@ def add_device(store: RegistryStore, td: Path | str | Mapping[str, Any], *, sour
     source = source or "Thing Description"
     info = parse_td(td, source=source)
     iri = mint_device(str(info["device_id"]))
+    if store.ask(load_query("is_a"), {"e": iri, "cls": TF.RevokedDevice}):
+        raise RegistryInputError(f"{source}: device {info['device_id']!r} was revoked; its TDs are refused")
     if online is None or last_seen is None:
         rows = store.select(load_query("device_presence"), {"d": iri})
         if rows:
@@ -232,5 +234,23 @@ def set_presence(store: RegistryStore, device_id: str, *, online: bool, seen: da
     g = Graph()
     g.add((d, TF.online, Literal(bool(online))))
     g.add((d, TF.lastSeen, Literal(seen.astimezone(UTC).replace(microsecond=0), datatype=XSD.dateTime)))
+    store.write(g, replace_values=[(d, TF.online), (d, TF.lastSeen)])
+    return True
+
+
+def mark_device_revoked(store: RegistryStore, device_id: str, *, when: datetime | None = None) -> bool:
+    """Mark a registered device revoked (`tinyfleet devices revoke`): offline, never matched, TDs refused.
+
+    The record stays (lineage and history still point at it). Returns False when the device is not
+    registered.
+    """
+    d = mint_device(device_id)
+    if not store.ask(load_query("is_a"), {"e": d, "cls": S3N.SmartSensor}):
+        return False
+    g = Graph()
+    g.add((d, RDF.type, TF.RevokedDevice))
+    g.add((d, TF.online, Literal(False)))
+    g.add((d, TF.lastSeen, Literal((when or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0),
+                                   datatype=XSD.dateTime)))
     store.write(g, replace_values=[(d, TF.online), (d, TF.lastSeen)])
     return True

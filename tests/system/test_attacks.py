@@ -403,3 +403,102 @@ def test_bad_fractions_are_usage_errors(fraction: str, tmp_path: Path) -> None:
     assert r.exit_code == 2, (r.exit_code, r.stderr)
     assert "fraction" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 6
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------- 8
+def _refused(port: int, creds: Credentials, client_id: str, *, tls: bool) -> bool:
+    """True when the broker does not let `creds` in (TLS alert, CONNACK refusal or a dropped connection)."""
+    import ssl
+
+    from tests.support.broker import connect
+
+    try:
+        probe = connect(port, client_id=client_id, creds=creds, tls=tls, wait=0)
+    except (ssl.SSLError, OSError):
+        return True
+    try:
+        assert probe.wait_for(lambda p: p.connack is not None or p.disconnects, timeout=15), "no answer at all"
+        return probe.connack != 0
+    finally:
+        probe.client.loop_stop()
+
+
+def test_with_tls_the_certificate_is_the_account_and_rotation_revokes_the_old_one(tmp_path: Path) -> None:
+    """Attack 8: device A's certificate with B's user name and password logged in as B; a rotated certificate
+    kept working."""
+    import shutil
+
+    from broker.exceptions import SecurityError
+    from tests.support.broker import NOT_AUTHORIZED, connect
+
+    d = tmp_path / "tls"
+    broker = secured_broker(d, tls=True)
+    info = broker.start()
+    try:
+        a, b = enroll_device(d, "dev-a", fleet=FLEET), enroll_device(d, "dev-b", fleet=FLEET)
+        mixed = Credentials("dev-b", b.password, a.credentials.ca, a.credentials.cert, a.credentials.key)
+        probe = connect(info.port, client_id="dev-b", creds=mixed, tls=True)
+        try:
+            assert probe.connack == 0
+            assert probe.publish(f"tinyfleet/v1/{FLEET}/dev-b/telemetry") == NOT_AUTHORIZED  # not B
+            assert probe.publish(f"tinyfleet/v1/{FLEET}/dev-a/telemetry") in (0, 16)  # it is A
+        finally:
+            probe.close()
+        keep = tmp_path / "old-a"
+        keep.mkdir()
+        old = Credentials("dev-a", a.password, a.credentials.ca, Path(shutil.copy(a.credentials.cert, keep)),
+                          Path(shutil.copy(a.credentials.key, keep)))
+        rotated = enroll_device(d, "dev-a", fleet=FLEET, rotate=True)
+        # the CRL lists the old serial (Mosquitto rereads it on the SIGHUP the rotation sent)
+        assert wait_until(lambda: _refused(info.port, old, "dev-a", tls=True), timeout=30)
+        assert not _refused(info.port, rotated.credentials, "dev-a", tls=True)
+        with pytest.raises(SecurityError, match="not enrolled"):
+            from broker.accounts import revoke_account
+            revoke_account(d, "nobody")
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["password", "tls"])
+def test_devices_revoke_disconnects_locks_out_and_marks_the_registry(tmp_path: Path, tls: bool) -> None:
+    """Attack 8: there was no command to remove or revoke a device."""
+    from registry import add_device, open_store
+    from registry.exceptions import RegistryInputError
+    from tests.support.broker import connect
+    from tests.support.registry import td
+
+    d = tmp_path / "mq"
+    broker = secured_broker(d, tls=tls)
+    info = broker.start()
+    store_dir = tmp_path / "registry"
+    with open_store(store_dir) as st:
+        add_device(st, td("dev-b", 65536, 1 << 20, ["scalar-signal"]))
+    try:
+        b = enroll_device(d, "dev-b", fleet=FLEET)
+        device = connect(info.port, client_id="dev-b", creds=b.credentials, tls=tls)
+        assert device.connack == 0
+        r = CliRunner().invoke(app, ["devices", "revoke", "dev-b", "--dir", str(d), "--store", str(store_dir),
+                                     "--json"])
+        assert r.exit_code == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert (doc["name"], doc["role"], doc["reloaded"], doc["retained_cleared"], doc["registry"]) == \
+            ("dev-b", "device", True, True, "revoked")
+        assert device.wait_for(lambda p: p.disconnects, timeout=15)  # the broker dropped the live session
+        device.client.loop_stop()
+        assert wait_until(lambda: _refused(info.port, b.credentials, "dev-b", tls=tls), timeout=30)
+        p = SecurityPaths(d)
+        assert "dev-b" not in json.loads(p.accounts.read_text())["accounts"]
+        assert not any(line.startswith("dev-b:") for line in p.passwd.read_text().splitlines())
+        assert "user dev-b" not in p.acl.read_text()
+        if tls:
+            from cryptography import x509
+            crl = x509.load_pem_x509_crl(p.crl.read_bytes())
+            assert crl.get_revoked_certificate_by_serial_number(int(doc["certificate_serial"], 16)) is not None
+        else:
+            assert doc["certificate_serial"] is None
+        with open_store(store_dir) as st, pytest.raises(RegistryInputError, match="revoked"):
+            add_device(st, td("dev-b", 65536, 1 << 20, ["scalar-signal"]))
+        again = CliRunner().invoke(app, ["devices", "revoke", "dev-b", "--dir", str(d), "--store", str(store_dir)])
+        assert again.exit_code == 1 and "not enrolled" in again.stderr
+    finally:
+        broker.stop()

@@ -130,6 +130,9 @@ def run(
     user: UserOption = None, password: PasswordOption = None, ca: CaOption = None, cert: CertOption = None,
     key: KeyOption = None,
     broker_dir: BrokerDirOption = None, insecure: InsecureOption = False,
+    rotate: Annotated[bool, typer.Option("--rotate", help="With --broker-dir: if DEVICE is already enrolled, "
+                                         "replace its password (the device holding the old one is locked out); "
+                                         "without it an existing account is refused.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every task on stderr.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
@@ -155,8 +158,8 @@ def run(
             from broker.accounts import enroll_devices
             from broker.secure import is_secured
 
-            if is_secured(managed):  # its own password on the managed broker (a new one on every run)
-                creds = enroll_devices(managed, [device_id], fleet=fleet, rotate=True)[0].credentials
+            if is_secured(managed):  # its own password on the managed broker; an existing account only with --rotate
+                creds = enroll_devices(managed, [device_id], fleet=fleet, rotate=rotate)[0].credentials
         cfg = AgentConfig(device_id=device_id, board=prof, fleet=fleet, use_case=uc.name, sensors=tuple(uc.sensors),
                           state_dir=state_dir or Path(tempfile.gettempdir()) / "tinyfleet-devices" / device_id,
                           telemetry_s=telemetry, seed=seed)
@@ -439,3 +442,69 @@ def enroll(
     err.print("the password is shown once: only its hash is stored" if not server
               else f"server credentials also stored in {e.credentials_file} (mode 0600)")
     table(f"{e.role} {e.name}", ["key", "value"], [(k, v) for k, v in doc.items() if v is not None])
+
+
+@app.command()
+def revoke(
+    device_id: Annotated[str, typer.Argument(help="The account to remove (device id, or a server account name).")],
+    directory: Annotated[Path, typer.Option("--dir", file_okay=False,
+                                            help="Directory of a broker started by `tinyfleet broker start`.")
+                         ] = default_dir(),
+    store: Annotated[Path | None, typer.Option(
+        "--store", file_okay=False, help="Registry store in which to mark the device revoked (default: config/env "
+        "`registry`, else the default store if it exists).")] = None,
+    endpoint: Annotated[str | None, typer.Option(
+        "--endpoint", help="SPARQL endpoint of a remote registry instead (default: config/env `endpoint`).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Revoke an account for good: password and ACL entry removed, certificate added to the CRL, the connected
+    device disconnected, its retained TD/presence cleared and its registry record marked revoked.
+
+    Example: tinyfleet devices revoke dev-001 --dir ./mq --json
+    """
+    from broker.accounts import revoke_account
+
+    check_name(device_id)
+    done = revoke_account(directory, device_id)
+    doc: dict[str, Any] = {**done.to_json(), "retained_cleared": False, "registry": "not registered"}
+    running = read_state(directory)
+    if running is not None:
+        address = BrokerAddress(running.host, running.port, running.tls)
+        if running.tls:  # Mosquitto re-checks live TLS sessions against neither passwords nor the CRL
+            from broker.eviction import evict_tls_session
+
+            evict_tls_session(directory, device_id, address)
+        if done.role == "device" and done.fleet:
+            doc["retained_cleared"] = _clear_retained(address, directory, str(done.fleet), device_id)
+    doc["registry"] = _mark_revoked_in_registry(device_id, store, endpoint)
+    if json_out:
+        print_json(doc)
+        return
+    table(f"revoked {done.role} {device_id}", ["key", "value"], [(k, v) for k, v in doc.items() if v is not None])
+
+
+def _clear_retained(address: BrokerAddress, directory: Path, fleet: str, device_id: str) -> bool:
+    """Clear the revoked device's retained TD and presence, so listeners stop seeing a device that is gone."""
+    from devices.link.client import MqttClient
+    from devices.wire.topics import device_topic
+
+    creds = _managed_server_credentials(directory, CLI_ACCOUNT)
+    with MqttClient(address, creds, client_id=creds.username if creds and creds.username else CLI_ACCOUNT) as mq:
+        for kind in ("td", "presence"):
+            mq.publish(device_topic(fleet, device_id, kind), b"", qos=1, retain=True).wait_for_publish(10)  # type: ignore[arg-type]
+    return True
+
+
+def _mark_revoked_in_registry(device_id: str, store: Path | None, endpoint: str | None) -> str:
+    """"revoked" / "not registered" / "no registry": an absent default store is not created for this."""
+    from registry.ingest_device import mark_device_revoked
+    from registry.store import default_store_path, open_store
+
+    endpoint = config.setting("endpoint", endpoint)
+    path = config.path_setting("registry", store)
+    if endpoint is None and path is None:
+        path = default_store_path()
+        if not path.exists():
+            return "no registry"
+    with open_store(path, endpoint=endpoint, update_endpoint=config.setting("update_endpoint")) as st:
+        return "revoked" if mark_device_revoked(st, device_id) else "not registered"
