@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from broker.accounts import load_credentials
 from broker.process import _pid_alive, find_mosquitto
-from tests.support.broker import NOT_AUTHORIZED, connect
+from tests.support.broker import connect
 
 TINYFLEET = str(Path(sys.executable).with_name("tinyfleet"))
 
@@ -58,13 +59,17 @@ def test_secure_tls_start_enroll_login_and_restart_stays_secure(tmp_path: Path) 
         assert probe.connack == 0  # the running broker reloaded its password file
 
         _one_line_error(run("devices", "enroll", "bad/id", "--dir", d), 2, "invalid account name")
+        keep = tmp_path / "old-cert"  # with TLS the certificate is the credential: keep the one rotation replaces
+        keep.mkdir()
+        old = Credentials(doc["username"], doc["password"], Path(doc["ca"]), Path(shutil.copy(doc["cert"], keep)),
+                          Path(shutil.copy(doc["key"], keep)))
         rotated = run("devices", "enroll", "dev-c1", "--dir", d, "--fleet", "lab", "--rotate", "--json")
         assert rotated.returncode == 0 and json.loads(rotated.stdout)["password"] != doc["password"]
 
         listed = run("devices", "list", "--broker", info["url"], "--fleet", "lab", "--credentials", str(cred_file),
                      "--json")
         assert listed.returncode == 0, listed.stderr
-        assert json.loads(listed.stdout) == {"fleet": "lab", "devices": []}
+        assert json.loads(listed.stdout) == {"fleet": "lab", "devices": [], "rejected": {}}
     finally:
         assert run("broker", "stop", "--dir", d).returncode == 0
     assert not _pid_alive(info["pid"])
@@ -72,10 +77,10 @@ def test_secure_tls_start_enroll_login_and_restart_stays_secure(tmp_path: Path) 
     try:
         info2 = json.loads(again.stdout)
         assert info2["secure"] and info2["url"].startswith("mqtts://")
-        old = Credentials(doc["username"], doc["password"], Path(doc["ca"]), Path(doc["cert"]), Path(doc["key"]))
-        probe = connect(info2["port"], client_id="dev-c1", creds=old, tls=True)
+        probe = connect(info2["port"], client_id="dev-c1", creds=old, tls=True, wait=0)
+        assert probe.wait_for(lambda p: p.connack is not None or p.disconnects, timeout=15)
         probe.client.loop_stop()
-        assert probe.connack == NOT_AUTHORIZED  # rotated away
+        assert probe.connack != 0  # rotated away: the old certificate is in the CRL
     finally:
         run("broker", "stop", "--dir", d)
 

@@ -502,3 +502,45 @@ def test_devices_revoke_disconnects_locks_out_and_marks_the_registry(tmp_path: P
         assert again.exit_code == 1 and "not enrolled" in again.stderr
     finally:
         broker.stop()
+
+
+# ---------------------------------------------------------------------------------------------- 7
+KILLED_AFTER_ROUND_1 = """
+import os, signal, sys
+from pathlib import Path
+from federation.coordinator import Coordinator, RunConfig
+from federation.session import fleet_grid, initial_parameters
+run_dir = Path(sys.argv[1])
+cfg = RunConfig(run_id="crash", task="sine", strategy="reptile", rounds=3, quorum=2, simulate=2, round_timeout=30.0,
+                quorum_timeout=30.0, samples_per_device=16, local_steps=5, seed=2)
+def on_round(record):
+    os.kill(os.getpid(), signal.SIGKILL)
+with fleet_grid(cfg, run_dir) as grid:
+    Coordinator(cfg, grid, run_dir, on_round=on_round).start(initial_parameters("sine", seed=2))
+"""
+
+
+def test_resume_after_sigkill_stops_the_private_broker_left_behind(tmp_path: Path) -> None:
+    """Attack 7: a SIGKILLed `federate run --simulate` left its Mosquitto running and `resume` orphaned it."""
+    import subprocess
+    import sys
+
+    from broker.process import _pid_alive, read_state
+
+    run_dir = tmp_path / "crash"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_ROUND_1, str(run_dir)], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    left = read_state(run_dir / "broker")
+    assert left is not None and _pid_alive(left.pid)  # the private broker outlived its owner
+    try:
+        resumed = CliRunner().invoke(app, ["federate", "resume", str(run_dir), "--json"])
+        assert resumed.exit_code == 0, resumed.stderr
+        assert [r["round"] for r in json.loads(resumed.stdout)["rounds"]] == [1, 2, 3]
+        assert wait_until(lambda: not _pid_alive(left.pid), timeout=10)  # stopped by resume, not orphaned
+        assert read_state(run_dir / "broker") is None  # and resume's own broker is gone again too
+        assert (run_dir / "final.npz").is_file()
+    finally:
+        if _pid_alive(left.pid):
+            os.kill(left.pid, signal.SIGKILL)
