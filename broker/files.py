@@ -2,7 +2,8 @@
 
 Files under ``<broker dir>/security/``: ``passwd``, ``acl``, ``accounts.json`` (names, roles,
 fleets; no secrets), ``credentials/`` (server accounts' 0600 JSON), ``pki/`` (CA, server and client
-certificates, the CRL ``crl.pem`` Mosquitto reads and ``revoked.json``, the serials it lists). Every write is a temp file + fsync + rename, so a crash never leaves half a file,
+certificates, the CRL ``crl.pem`` Mosquitto reads and ``revoked.json``, the serials it lists). Every
+write is a temp file + fsync + rename, so a crash never leaves half a file,
 and enrolments of one directory are serialized by an advisory lock.
 """
 

@@ -409,11 +409,11 @@ class FleetGrid(Grid):
         Why: Flower averages the metrics of the valid replies, so one device could otherwise set
         the round's reported loss (and every decision taken on it) to whatever it likes.
         """
-        ok = [(i, _first(r.content.metric_records)) for i, r in enumerate(replies) if not r.has_error()]
-        keys = set.intersection(*(set(m) for _, m in ok)) - {WEIGHT_KEY, "update-norm"} if ok else set()  # type: ignore[arg-type]
+        ok = [(i, _metrics_of(r)) for i, r in enumerate(replies) if not r.has_error()]
+        keys: set[str] = set.intersection(*(set(m) for _, m in ok)) - {WEIGHT_KEY, "update-norm"} if ok else set()
         bad: dict[int, str] = {}
         for key in sorted(keys):
-            values = [float(m[key]) for _, m in ok]  # type: ignore[index]
+            values = [_scalar(m[key]) for _, m in ok]
             for j in metric_outlier_indices(values, factor=self.metric_factor):
                 bad.setdefault(ok[j][0], f"metric {key!r} = {values[j]:.3g} > {self.metric_factor:g} x "
                                         f"max(|median| {abs(float(np.median(values))):.3g}, 1)")
@@ -433,11 +433,21 @@ def _cap_evaluation_weights(replies: list[Message]) -> list[Message]:
     valid = [r for r in replies if not r.has_error()]
     if len(valid) < 2:
         return replies
-    recs = [_first(r.content.metric_records) for r in valid]
-    cap = evaluation_weight_cap([int(m[WEIGHT_KEY]) for m in recs])  # type: ignore[index]
+    recs = [_metrics_of(r) for r in valid]
+    cap = evaluation_weight_cap([int(_scalar(m[WEIGHT_KEY])) for m in recs])
     for m in recs:
-        m[WEIGHT_KEY] = min(int(m[WEIGHT_KEY]), cap)  # type: ignore[index]
+        m[WEIGHT_KEY] = min(int(_scalar(m[WEIGHT_KEY])), cap)
     return replies
+
+
+def _metrics_of(reply: Message) -> MetricRecord:
+    """The one MetricRecord of a valid reply (the Grid builds every reply with exactly one)."""
+    return next(iter(reply.content.metric_records.values()))
+
+
+def _scalar(value: object) -> float:
+    """A metric value as a float (the Grid only ever stores scalars, `check_metrics`)."""
+    return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
 def _expected_reply(sent: dict[str, np.ndarray], config: dict[str, object]) -> dict[str, np.ndarray]:

@@ -117,3 +117,4 @@ class Transport(ABC):
         Called by the Grid while it waits for replies and by the coordinator between rounds; an
         in-process transport is always connected.
         """
+        return None

@@ -151,7 +151,8 @@ def test_devices_list_and_show_take_the_id_from_the_topic(secured: Secured) -> N
                          credentials=ensure_server_account(secured.directory, "watch")) as fc:
             assert wait_until(lambda: len(fc.bad_messages) >= 2 and "victim" in fc.tds and fc.online() == ["victim"],
                               timeout=20), fc.bad_messages
-        assert set(fc.tds) == {"victim"} and fc.tds["victim"]["tinyfleet:board"]["tinyfleet:ramBytes"] == board.ram_bytes
+        assert set(fc.tds) == {"victim"}
+        assert fc.tds["victim"]["tinyfleet:board"]["tinyfleet:ramBytes"] == board.ram_bytes
         assert "mallory" not in fc.presence
         assert all("wrong-device" in b for b in fc.bad_messages), fc.bad_messages
         shown = CliRunner().invoke(app, ["devices", "list", "--broker", secured.url, "--fleet", FLEET,

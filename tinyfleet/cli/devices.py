@@ -31,8 +31,11 @@ app = typer.Typer(
 BrokerOption = Annotated[str | None, typer.Option(
     "--broker", help="mqtt://host:port or mqtts://host:port; default: config/env, else the broker of "
     "`tinyfleet broker start`, else (run/simulate) a private Mosquitto for this command.")]
-FleetOption = Annotated[str, typer.Option(help="Fleet name (topic level).")]
+FleetOption = Annotated[str | None, typer.Option(help="Fleet name (topic level; default: config/env `fleet`, else "
+                                                      "'default').")]
 UserOption = Annotated[str | None, typer.Option(help="MQTT user name (default: the client id).")]
+ServerUserOption = Annotated[str | None, typer.Option(
+    "--user", help="MQTT user name of a server account (default: config/env `username`).")]
 PasswordOption = Annotated[str | None, typer.Option(envvar="TINYFLEET_MQTT_PASSWORD", show_envvar=True,
                                                     help="MQTT password (prefer the environment variable).")]
 CaOption = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="CA certificate (mqtts).")]
@@ -120,7 +123,7 @@ def run(
     models: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
                                                 help="Folder of `tinyfleet models build` output.")] = None,
     board: Annotated[str, typer.Option(help="Board profile (RAM, flash, sensors).")] = DEFAULT_BOARD,
-    fleet: FleetOption = "default",
+    fleet: FleetOption = None,
     state_dir: Annotated[Path | None, typer.Option(file_okay=False,
                                                    help="Where deployed models are kept.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Local samples of this device.")] = 100,
@@ -147,7 +150,8 @@ def run(
 
     _log_to_stderr(verbose)
     check_name(device_id)
-    check_name(fleet, what="fleet name")
+    fleet = check_name(str(config.setting("fleet", fleet)), what="fleet name")
+    models = config.path_setting("models", models)
     prof = get_board(board)
     uc = get_use_case(task)
     data = uc.devices("train", seed + 1, samples_per_device=samples, seed=seed)[seed]
@@ -190,7 +194,8 @@ def simulate(
     boards: Annotated[str, typer.Option(help="Board mix, e.g. nano33ble:0.5,esp32:0.3,uno:0.2")] = DEFAULT_BOARD,
     broker: BrokerOption = None,
     duration: Annotated[float | None, typer.Option(min=0, help="Run S seconds (default: until Ctrl-C).")] = None,
-    fleet: FleetOption = "sim",
+    fleet: Annotated[str | None, typer.Option(help="Fleet name (topic level; default: config/env `fleet`, else "
+                                                   "'sim').")] = None,
     models: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
                                                 help="Folder of `tinyfleet models build` output.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Local samples per device.")] = 50,
@@ -221,6 +226,8 @@ def simulate(
     _log_to_stderr(verbose)
     faults = FaultKnobs(drop_prob=drop, latency_s=latency, slow_fraction=slow_fraction, slow_factor=slow_factor,
                         crash_prob_per_s=crash_rate, crash_down_s=crash_down)
+    fleet = check_name(str(config.setting("fleet", fleet, default="sim")), what="fleet name")
+    models = config.path_setting("models", models)
     creds = _credentials(user, password, None, None, None)
     with (_broker(broker, may_start=True, broker_dir=broker_dir, insecure=insecure) as (address, managed),
           tempfile.TemporaryDirectory(prefix="tinyfleet-sim-") as tmp):
@@ -264,6 +271,11 @@ def simulate(
         table(f"simulated fleet {fleet}", ["key", "value"], [(k, v) for k, v in summary.items()])
 
 
+def _server_credentials(user: str | None, password: str | None) -> Credentials | None:
+    """--user/--password of a server-side command; the user name defaults to the `username` setting."""
+    return _credentials(config.setting("username", user), password, None, None, None)
+
+
 def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | None,
               credentials_file: Path | None = None) -> Any:
     from broker.accounts import load_credentials
@@ -285,16 +297,17 @@ def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | 
 @app.command(name="list")
 def list_devices(
     broker: BrokerOption = None,
-    fleet: FleetOption = "default",
+    fleet: FleetOption = None,
     wait: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to collect retained messages.")] = 1.0,
-    user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
+    user: ServerUserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Devices of a fleet known to the broker (retained presence and Thing Descriptions).
 
     Example: tinyfleet devices list --broker mqtt://127.0.0.1:1883 --json
     """
-    fc = _snapshot(broker, fleet, wait, _credentials(user, password, None, None, None), credentials)
+    fleet = str(config.setting("fleet", fleet))
+    fc = _snapshot(broker, fleet, wait, _server_credentials(user, password), credentials)
     rows = []
     for dev in sorted(set(fc.presence) | set(fc.tds)):
         pres, td = fc.presence.get(dev, {}), fc.tds.get(dev, {})
@@ -316,9 +329,9 @@ def list_devices(
 def show(
     device_id: Annotated[str, typer.Argument(help="Device id.")],
     broker: BrokerOption = None,
-    fleet: FleetOption = "default",
+    fleet: FleetOption = None,
     wait: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to collect retained messages.")] = 1.0,
-    user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
+    user: ServerUserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """One device's Thing Description, presence and last telemetry.
@@ -326,7 +339,8 @@ def show(
     Example: tinyfleet devices show dev-001 --broker mqtt://127.0.0.1:1883
     """
     check_name(device_id)
-    fc = _snapshot(broker, fleet, wait, _credentials(user, password, None, None, None), credentials)
+    fleet = str(config.setting("fleet", fleet))
+    fc = _snapshot(broker, fleet, wait, _server_credentials(user, password), credentials)
     if device_id not in fc.presence and device_id not in fc.tds:
         raise TinyFleetError(f"device {device_id!r} is not known in fleet {fleet!r} on the broker "
                              f"(known: {', '.join(sorted(fc.tds)) or 'none'})")
@@ -358,9 +372,9 @@ def deploy(
     artifact: Annotated[str, typer.Option(
         help="What the file replaces on the device: model.tflite (whole model) or backbone.tflite.")] = "model.tflite",
     broker: BrokerOption = None,
-    fleet: FleetOption = "default",
+    fleet: FleetOption = None,
     timeout: Annotated[float, typer.Option(min=1.0, max=3600, help="Seconds to wait for every outcome.")] = 60.0,
-    user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
+    user: ServerUserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Roll a model out to devices: chunks, sha256 check, fit check, atomic swap, self-test, rollback.
@@ -373,14 +387,13 @@ def deploy(
     from federation.rollout import rollout
     from firmware_models.tflite_inspect import inspect_tflite
 
-    check_name(fleet, what="fleet name")
+    fleet = check_name(str(config.setting("fleet", fleet)), what="fleet name")
     targets = [check_name(d) for d in device or []]
     known = _known_broker(broker)
     if known is None:
         raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
     address, managed = known
-    creds = load_credentials(credentials) if credentials is not None else _credentials(user, password, None, None,
-                                                                                         None)
+    creds = load_credentials(credentials) if credentials is not None else _server_credentials(user, password)
     if creds is None:
         creds = _managed_server_credentials(managed, DEPLOY_ACCOUNT)
     report = inspect_tflite(model)
@@ -409,7 +422,7 @@ def enroll(
     device_id: Annotated[str, typer.Argument(help="Device id = MQTT user name and client id (no / + # :).")],
     directory: Annotated[Path, typer.Option("--dir", file_okay=False,
                                             help="Directory of a broker started by `tinyfleet broker start`.")] = default_dir(),
-    fleet: FleetOption = "default",
+    fleet: FleetOption = None,
     tls: Annotated[bool, typer.Option("--tls", help="Require the broker directory to use TLS (the device gets "
                                       "a client certificate signed by the broker's CA).")] = False,
     server: Annotated[bool, typer.Option("--server", help="Enrol a server account (reads/writes every fleet; "
@@ -433,7 +446,7 @@ def enroll(
         raise SecurityError(f"the broker of {directory} was secured without TLS; restart a new --dir with "
                             "`tinyfleet broker start --tls`")
     e = enroll_server(directory, device_id, rotate=rotate) if server else enroll_device(
-        directory, device_id, fleet=fleet, rotate=rotate)
+        directory, device_id, fleet=str(config.setting("fleet", fleet)), rotate=rotate)
     running = read_state(directory)
     doc = {**e.to_json(), "broker": running.url if running else None, "reloaded": running is not None}
     if json_out:
@@ -447,9 +460,9 @@ def enroll(
 @app.command()
 def revoke(
     device_id: Annotated[str, typer.Argument(help="The account to remove (device id, or a server account name).")],
-    directory: Annotated[Path, typer.Option("--dir", file_okay=False,
-                                            help="Directory of a broker started by `tinyfleet broker start`.")
-                         ] = default_dir(),
+    directory: Annotated[Path | None, typer.Option(
+        "--dir", file_okay=False, help="Directory of a broker started by `tinyfleet broker start` (default: its "
+        "default directory).")] = None,
     store: Annotated[Path | None, typer.Option(
         "--store", file_okay=False, help="Registry store in which to mark the device revoked (default: config/env "
         "`registry`, else the default store if it exists).")] = None,
@@ -465,6 +478,7 @@ def revoke(
     from broker.accounts import revoke_account
 
     check_name(device_id)
+    directory = directory if directory is not None else default_dir()
     done = revoke_account(directory, device_id)
     doc: dict[str, Any] = {**done.to_json(), "retained_cleared": False, "registry": "not registered"}
     running = read_state(directory)
