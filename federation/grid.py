@@ -29,9 +29,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from devices.wire.protocol import ConfigKey
-from federation import flower_compat
-from federation.flower_compat import Run
+from devices.wire.protocol import ConfigKey, weight_names
+from federation.exceptions import QuorumError
+from federation.flower_compat import Run, empty_run, set_message_id
 from federation.ledger import RoundLedger
 from federation.replies import (
     DENSE,
@@ -41,12 +41,10 @@ from federation.replies import (
     check_metrics,
     check_train_arrays,
     device_error_reason,
-    evaluation_weight_cap,
     granted_examples,
-    metric_outlier_indices,
     one_line,
-    outlier_indices,
 )
+from federation.screening import cap_evaluation_weights, harmonize_metrics, metric_outliers, norm_outliers
 from federation.transport import Codec, CodecError, TaskSpec, Transport, WireReply
 
 log = logging.getLogger(__name__)
@@ -80,6 +78,7 @@ class _Inflight:
     phase: str
     sent_arrays: dict[str, np.ndarray]
     encoding: str
+    sent_keys: list[str]
     max_examples: int | None = None
     payload: bytes = b""
     answered: bool = False
@@ -133,7 +132,7 @@ class FleetGrid(Grid):
         self._replies: dict[str, Message] = {}
         self._devices_by_node: dict[int, str] = {}
         self._current_round = 0
-        self._run: Run = flower_compat.empty_run(_hash63(run_id))
+        self._run: Run = empty_run(_hash63(run_id))
         self.transport.on_device_online(self._resend_inflight)
         self.transport.on_discard(lambda device, reason, nbytes: self.ledger.discard(self._current_round, reason,
                                                                                      nbytes))
@@ -165,6 +164,37 @@ class FleetGrid(Grid):
             ids.append(nid)
         return sorted(ids)
 
+    def wait_for_nodes(self, n: int, *, timeout: float = 30.0, poll: float = 0.05) -> list[int]:
+        """Block until at least `n` allowed devices are online; return their node ids.
+
+        Call it before `Strategy.start`: Flower's sampler computes the sample size from the nodes
+        present *before* it waits (a fleet still connecting gets a smaller sample), and its own
+        wait for `min_available_nodes` has no deadline. Raises `QuorumError` after `timeout` seconds,
+        naming how many came.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self.transport.check_connected()  # a broker gone for good is that error, not a missing quorum
+            nodes = self.get_node_ids()
+            if len(nodes) >= n:
+                return nodes
+            if time.monotonic() >= deadline:
+                present = len(self.transport.present_devices())
+                extra = f" ({present} fleet devices online in all)" if present != len(nodes) else ""
+                raise QuorumError(f"only {len(nodes)} of the {n} required devices came online within "
+                                  f"{timeout:g} s{extra}")
+            time.sleep(poll)
+
+    def close(self) -> None:
+        """Release the transport (the broker connection); the Grid cannot be used afterwards."""
+        self.transport.close()
+
+    def __enter__(self) -> FleetGrid:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def device_id(self, node_id: int) -> str:
         """The device behind `node_id` (as seen by `get_node_ids`)."""
         return self._devices_by_node[node_id]
@@ -174,7 +204,7 @@ class FleetGrid(Grid):
         ids: list[str] = []
         for msg in messages:
             mid = uuid.uuid4().hex
-            flower_compat.set_message_id(msg, mid)
+            set_message_id(msg, mid)
             ids.append(mid)
             self._send(mid, msg)
         return ids
@@ -209,12 +239,7 @@ class FleetGrid(Grid):
             self.ledger.add(m.server_round, m.phase, missing=1)
             log.info("round %d %s: no reply from %s within %.1f s", m.server_round, m.phase, m.device_id,
                      timeout or 0.0)
-        requests = dict(zip(ids, messages, strict=True))
-        got = self._reject_outliers(got, requests)
-        got = self._reject_metric_outliers(got, requests)
-        if messages and self._round_phase(messages[0])[1] == "evaluate":
-            got = _cap_evaluation_weights(got)
-        got = _harmonize_metrics(got)
+        got = self._screen(got, dict(zip(ids, messages, strict=True)))
         if messages:
             rnd, phase = self._round_phase(messages[0])
             self.ledger.add(rnd, phase, seconds=time.monotonic() - t0)
@@ -238,7 +263,8 @@ class FleetGrid(Grid):
         encoding = TOP_P if ConfigKey.TOP_P in config else DENSE
         steps = config.get(ConfigKey.LOCAL_STEPS, getattr(self.codec, "task_defaults", {}).get(ConfigKey.LOCAL_STEPS))
         cap = int(steps) if phase == "train" and isinstance(steps, int) and steps > 0 else None  # batch 1
-        inflight = _Inflight(msg, device_id or "?", rnd, phase, _expected_reply(arrays, config), encoding, cap)
+        inflight = _Inflight(msg, device_id or "?", rnd, phase, _expected_reply(arrays, config), encoding,
+                             list(arrays), cap)
         if device_id is None:  # a node id we never announced: answer with an error, do not crash
             with self._cv:
                 self._inflight[mid] = inflight
@@ -336,7 +362,8 @@ class FleetGrid(Grid):
         metrics[WEIGHT_KEY] = granted_examples(int(metrics[WEIGHT_KEY]), inflight.max_examples)
         content = RecordDict()
         if inflight.phase == "train":
-            arrays, norm = check_train_arrays(reply.arrays, inflight.sent_arrays, inflight.encoding)
+            arrays, norm = check_train_arrays(_as_sent(reply.arrays, inflight.sent_keys), inflight.sent_arrays,
+                                              inflight.encoding)
             content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
             metrics["update-norm"] = norm
         content["metrics"] = MetricRecord(metrics)
@@ -375,79 +402,30 @@ class FleetGrid(Grid):
             self._replies[mid] = message
             self._cv.notify_all()
 
-    def _reject_outliers(self, replies: list[Message], requests: dict[str, Message]) -> list[Message]:
-        """Turn train replies whose update norm is absurd relative to the round's median into errors."""
-        ok = [(i, r) for i, r in enumerate(replies)
-              if not r.has_error() and "update-norm" in (_first(r.content.metric_records) or {})]
-        norms = [float(_first(r.content.metric_records)["update-norm"]) for _, r in ok]  # type: ignore[index]
-        floor = 0.0
-        if ok:  # every train request of a round carries the same θ
-            sent = _first(requests[ok[0][1].metadata.reply_to_message_id].content.array_records)
-            theta_sq = sum(float(np.sum(np.square(v.numpy(), dtype=np.float64))) for v in sent.values()) if sent else 0.0
-            floor = self.norm_floor * float(np.sqrt(theta_sq))
-        bad = outlier_indices(norms, factor=self.norm_factor, floor=floor)
-        if not bad:
+    def _screen(self, replies: list[Message], requests: dict[str, Message]) -> list[Message]:
+        """Apply the round-level rules (`federation.screening`): refused replies become counted errors."""
+        if not replies:
             return replies
-        med = float(np.median(norms))
+        first = requests[replies[0].metadata.reply_to_message_id]
+        rnd, phase = self._round_phase(first)
+        sent = next(iter(first.content.array_records.values()), None)  # every request of a phase carries θ
+        theta = float(np.sqrt(sum(float(np.sum(np.square(v.numpy(), dtype=np.float64))) for v in sent.values())
+                              )) if sent is not None else 0.0
+        refusals = norm_outliers(replies, theta, factor=self.norm_factor, floor_ratio=self.norm_floor)
+        refused = {r.index for r in refusals}
+        refusals += [r for r in metric_outliers(replies, factor=self.metric_factor) if r.index not in refused]
         out = list(replies)
-        for j in bad:
-            i, r = ok[j]
-            request = requests[r.metadata.reply_to_message_id]
-            rnd, phase = self._round_phase(request)
-            device = self._devices_by_node.get(r.metadata.src_node_id, "?")
+        for r in refusals:
+            reply = replies[r.index]
+            device = self._devices_by_node.get(reply.metadata.src_node_id, "?")
             self.ledger.add(rnd, phase, replies=-1)
-            self.ledger.reject(rnd, phase, "absurd-norm")
-            out[i] = Message(Error(ERR_REJECTED, f"{device}: absurd-norm: update norm {norms[j]:.3g} > "
-                                                 f"{self.norm_factor:g} x median {med:.3g} and > "
-                                                 f"{self.norm_floor:g} x |theta| ({floor:.3g})"), reply_to=request)
+            self.ledger.reject(rnd, phase, r.reason)
+            out[r.index] = Message(Error(ERR_REJECTED, f"{device}: {r.reason}: {r.detail}"),
+                                   reply_to=requests[reply.metadata.reply_to_message_id])
+        if phase == "evaluate":
+            cap_evaluation_weights(out)
+        harmonize_metrics(out)
         return out
-
-
-    def _reject_metric_outliers(self, replies: list[Message], requests: dict[str, Message]) -> list[Message]:
-        """Turn replies with an absurd metric value (an evaluation loss of 1e30) into errors.
-
-        Why: Flower averages the metrics of the valid replies, so one device could otherwise set
-        the round's reported loss (and every decision taken on it) to whatever it likes.
-        """
-        ok = [(i, _metrics_of(r)) for i, r in enumerate(replies) if not r.has_error()]
-        keys: set[str] = set.intersection(*(set(m) for _, m in ok)) - {WEIGHT_KEY, "update-norm"} if ok else set()
-        bad: dict[int, str] = {}
-        for key in sorted(keys):
-            values = [_scalar(m[key]) for _, m in ok]
-            for j in metric_outlier_indices(values, factor=self.metric_factor):
-                bad.setdefault(ok[j][0], f"metric {key!r} = {values[j]:.3g} > {self.metric_factor:g} x "
-                                        f"max(|median| {abs(float(np.median(values))):.3g}, 1)")
-        out = list(replies)
-        for i, why in bad.items():
-            request = requests[replies[i].metadata.reply_to_message_id]
-            rnd, phase = self._round_phase(request)
-            device = self._devices_by_node.get(replies[i].metadata.src_node_id, "?")
-            self.ledger.add(rnd, phase, replies=-1)
-            self.ledger.reject(rnd, phase, "absurd-metric")
-            out[i] = Message(Error(ERR_REJECTED, f"{device}: absurd-metric: {why}"), reply_to=request)
-        return out
-
-
-def _cap_evaluation_weights(replies: list[Message]) -> list[Message]:
-    """Grant no evaluation reply more examples than the round's lower median claim (the server decides)."""
-    valid = [r for r in replies if not r.has_error()]
-    if len(valid) < 2:
-        return replies
-    recs = [_metrics_of(r) for r in valid]
-    cap = evaluation_weight_cap([int(_scalar(m[WEIGHT_KEY])) for m in recs])
-    for m in recs:
-        m[WEIGHT_KEY] = min(int(_scalar(m[WEIGHT_KEY])), cap)
-    return replies
-
-
-def _metrics_of(reply: Message) -> MetricRecord:
-    """The one MetricRecord of a valid reply (the Grid builds every reply with exactly one)."""
-    return next(iter(reply.content.metric_records.values()))
-
-
-def _scalar(value: object) -> float:
-    """A metric value as a float (the Grid only ever stores scalars, `check_metrics`)."""
-    return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
 def _expected_reply(sent: dict[str, np.ndarray], config: dict[str, object]) -> dict[str, np.ndarray]:
@@ -457,21 +435,27 @@ def _expected_reply(sent: dict[str, np.ndarray], config: dict[str, object]) -> d
     return {k: v for k, v in sent.items() if k not in keep}
 
 
+def _as_sent(arrays: dict[str, np.ndarray], sent_keys: list[str]) -> dict[str, np.ndarray]:
+    """Give a device's result tensors back the keys the strategy used.
+
+    Devices name result tensors by position (``w0, b0, w1, ...``, and ``w0.idx``/``w0.val`` for a
+    sparse update), whatever the task's tensors were called; a Flower user's
+    ``ArrayRecord([w, b])`` has keys ``"0", "1"``. Without this, every reply to such a strategy
+    would be rejected as ``wrong-keys``.
+    """
+    canonical = weight_names(len(sent_keys))
+    if sent_keys == canonical:
+        return arrays
+    back = dict(zip(canonical, sent_keys, strict=True))
+    out: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        base, dot, suffix = name.partition(".")
+        out[back.get(base, base) + dot + suffix] = value
+    return out
+
+
 def _first(records: dict) -> object | None:  # type: ignore[type-arg]
     return next(iter(records.values()), None) if records else None
-
-
-def _harmonize_metrics(replies: list[Message]) -> list[Message]:
-    """Keep only metric keys every valid reply has: Flower aborts the run on differing key sets."""
-    valid = [r for r in replies if not r.has_error()]
-    if len(valid) < 2:
-        return replies
-    common = set.intersection(*(set(_first(r.content.metric_records) or {}) for r in valid))  # type: ignore[arg-type]
-    for r in valid:
-        rec = _first(r.content.metric_records)
-        for key in [k for k in rec if k not in common]:  # type: ignore[union-attr]
-            del rec[key]  # type: ignore[union-attr]
-    return replies
 
 
 __all__ = ["FleetGrid", "node_id_for"]

@@ -16,6 +16,7 @@ Losing the broker is tolerated for `broker_timeout` seconds (paho reconnects wit
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -26,11 +27,15 @@ from devices.link.address import BrokerAddress, Credentials
 from devices.link.client import MqttClient
 from devices.link.ratelimit import RateLimiter
 from devices.wire import protocol
+from devices.wire.thing_description import described_device
 from devices.wire.topics import device_topic, fleet_filter, parse_topic
 from federation.exceptions import BrokerLostError, FederationError
 from federation.transport import PayloadHandler, Transport
 
 log = logging.getLogger(__name__)
+
+TD_USE_CASE = "tinyfleet:useCase"
+"""The Thing Description member naming the use case a device learns (devices.wire.thing_description)."""
 
 
 class MqttTransport(Transport):
@@ -49,31 +54,38 @@ class MqttTransport(Transport):
         MQTT client id; defaults to a unique ``tinyfleet-server-...``.
     connect_timeout : float, default=10.0
         Seconds to wait for CONNACK and SUBACK.
+    descriptions : bool, default=False
+        Also follow the devices' retained Thing Descriptions, so that `use_case` can tell which
+        use case each device says it learns (off by default: a large fleet's TDs are kilobytes each).
     broker_timeout : float, default=60.0
         Seconds the broker may stay unreachable (paho keeps reconnecting with backoff) before
         `check_connected` gives up.
     presence_budget, result_budget : (rate per second, burst)
-        Each device's message budget on its presence and result topics. An honest device sends
-        one presence document per (re)connect and at most a few results per round; the result
+        Each device's message budget on its presence (and TD) and result topics. An honest device
+        sends one presence document per (re)connect and at most a few results per round; the result
         budget is generous because rounds of tiny models can be a fraction of a second.
     """
 
     def __init__(self, address: BrokerAddress, *, fleet: str, credentials: Credentials | None = None,
-                 client_id: str | None = None, connect_timeout: float = 10.0, broker_timeout: float = 60.0,
-                 presence_budget: tuple[float, float] = (2.0, 10.0),
+                 client_id: str | None = None, connect_timeout: float = 10.0, descriptions: bool = False,
+                 broker_timeout: float = 60.0, presence_budget: tuple[float, float] = (2.0, 10.0),
                  result_budget: tuple[float, float] = (50.0, 100.0)) -> None:
         self.address = address
         self.fleet = fleet
         self.client_id = client_id or f"tinyfleet-server-{uuid.uuid4().hex[:8]}"
         self.connect_timeout = connect_timeout
+        self.username = credentials.username if credentials is not None else None
         self.broker_timeout = float(broker_timeout)
         self._online: dict[str, bool] = {}
+        self._use_cases: dict[str, str] = {}
         self._epoch = 0  # MqttClient.connections when `_online` was last valid
-        self._limits = {"presence": RateLimiter(*presence_budget), "result": RateLimiter(*result_budget)}
+        self._limits = {"presence": RateLimiter(*presence_budget), "td": RateLimiter(*presence_budget),
+                        "result": RateLimiter(*result_budget)}
         self._lock = threading.Lock()
         self._on_payload: PayloadHandler | None = None
+        kinds = ("presence", "result", "td") if descriptions else ("presence", "result")
         self._mqtt = MqttClient(address, credentials, client_id=self.client_id, keepalive=30,
-                                subscriptions=[fleet_filter(fleet, "presence"), fleet_filter(fleet, "result")],
+                                subscriptions=[fleet_filter(fleet, k) for k in kinds],  # type: ignore[arg-type]
                                 on_message=self._handle_message)
 
     @property
@@ -91,10 +103,17 @@ class MqttTransport(Transport):
             raise FederationError(f"the coordinator cannot use the MQTT broker: {exc}") from None
 
     def present_devices(self) -> list[str]:
+        self._check_not_taken_over()
         with self._lock:
             return sorted(d for d, up in self._online.items() if up)
 
+    def use_case(self, device_id: str) -> str | None:
+        """The use case `device_id`'s Thing Description names (None if unknown or not followed)."""
+        with self._lock:
+            return self._use_cases.get(device_id)
+
     def send(self, device_id: str, payload: bytes) -> None:
+        self._check_not_taken_over()
         try:
             self._mqtt.publish(device_topic(self.fleet, device_id, "task"), payload, qos=1)
         except DeviceLinkError as exc:
@@ -118,6 +137,14 @@ class MqttTransport(Transport):
         if handler is not None:
             handler(device_id, reason, nbytes)
 
+    def _check_not_taken_over(self) -> None:
+        if self._mqtt.taken_over:
+            who = f"account {self.username!r}" if self.username else f"client id {self.client_id!r}"
+            raise FederationError(
+                f"another process connected to {self.address.url} with {who} and took this connection over: "
+                "every server process that runs at the same time needs its own broker account (give each its "
+                "own credentials, or a managed broker directory so that one is enrolled per process)")
+
     # -- network thread ------------------------------------------------------------------------
     def _handle_message(self, topic_name: str, payload: bytes) -> None:
         try:
@@ -136,6 +163,25 @@ class MqttTransport(Transport):
             return
         if topic.kind == "presence":
             self._presence(topic.device_id, payload)
+        elif topic.kind == "td":
+            self._description(topic.device_id, payload)
+
+    def _description(self, device_id: str, payload: bytes) -> None:
+        """Remember the use case a device's TD names (a claim used for selection only, never trusted further)."""
+        try:
+            doc = json.loads(payload) if payload else {}
+        except ValueError:
+            log.info("ignored an unreadable Thing Description of %s", device_id)
+            return
+        if isinstance(doc, dict) and doc and described_device(doc) != device_id:
+            self._discard(device_id, "wrong-device", len(payload))  # a claim about another device: not used
+            return
+        use_case = doc.get(TD_USE_CASE) if isinstance(doc, dict) else None
+        with self._lock:
+            if isinstance(use_case, str):
+                self._use_cases[device_id] = use_case
+            else:
+                self._use_cases.pop(device_id, None)
 
     def _presence(self, device_id: str, payload: bytes) -> None:
         if not payload:  # a cleared retained message: the device is gone

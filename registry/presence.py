@@ -20,6 +20,7 @@ import logging
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,8 +59,12 @@ class PresenceListener:
     PRESENCE_BUDGET = (2.0, 10.0)
 
     def __init__(self, store: RegistryStore, address: BrokerAddress, credentials: Credentials | None = None, *,
-                 fleet: str = "+", client_id: str | None = None) -> None:
+                 fleet: str = "+", client_id: str | None = None,
+                 ingest: Callable[[Any, str], object] | None = None) -> None:
         self.store = store
+        # How a TD is stored: `add_device` by default; `tinyfleet serve` passes its directory's
+        # `ingest`, which validates the same way and also announces the change to SSE clients.
+        self._ingest = ingest or (lambda doc, source: add_device(self.store, doc, source=source))
         self.address = address
         self.fleet = fleet if fleet == "+" else check_name(fleet, what="fleet name")
         self._lock = threading.Condition()
@@ -105,7 +110,7 @@ class PresenceListener:
                     if named != topic.device_id:
                         return self._reject(topic_name, f"the TD describes device {named[:64]!r}, not the topic's "
                                                         f"{topic.device_id!r}", reason="wrong-device")
-                    add_device(self.store, doc, source=source)
+                    self._ingest(doc, source)
                     self.devices_added += 1
                 else:
                     if not isinstance(doc, dict) or not isinstance(doc.get("online"), bool):

@@ -25,24 +25,13 @@ from devices.exceptions import ProtocolError
 from devices.link.address import BrokerAddress, Credentials
 from devices.link.client import MqttClient
 from devices.wire.protocol import Frame, MessageType, decode_json_document, decode_result
+from devices.wire.thing_description import described_device
 from devices.wire.topics import device_topic, fleet_filter, parse_topic
 
 log = logging.getLogger("tinyfleet.devices")
 
-_TD_URN = "urn:tinyfleet:device:"
-
-
 class WrongDevice(ProtocolError):
     """A message on one device's topic that claims to be about another device."""
-
-
-def _td_device(td: Mapping[str, Any]) -> str | None:
-    """The device a TD says it describes: its ``urn:tinyfleet:device:<id>`` id, else its title."""
-    tid = td.get("id")
-    if isinstance(tid, str) and tid.startswith(_TD_URN):
-        return tid[len(_TD_URN):]
-    title = td.get("title")
-    return title if isinstance(title, str) else None
 
 
 def _same_device(topic_device: str, named: object, what: str) -> None:
@@ -124,7 +113,7 @@ class FleetClient:
                 td = json.loads(payload.decode("utf-8"))
                 if not isinstance(td, dict):
                     raise ProtocolError("TD is not a JSON object")
-                _same_device(t.device_id, _td_device(td), "a Thing Description")
+                _same_device(t.device_id, described_device(td), "a Thing Description")
                 with self._cond:
                     self.tds[t.device_id] = td
                     self._cond.notify_all()

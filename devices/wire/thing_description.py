@@ -12,7 +12,7 @@ vocabulary has none.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from devices.boards import Board
@@ -30,6 +30,20 @@ FRAME_CONTENT_TYPE = "application/octet-stream"
 def device_urn(device_id: str) -> str:
     """The TD ``id`` of a device."""
     return f"urn:tinyfleet:device:{device_id}"
+
+
+def described_device(td: Mapping[str, Any]) -> str | None:
+    """The device a TD says it describes: the id in ``urn:tinyfleet:device:<id>``, else its title.
+
+    Servers compare it with the device id of the topic the TD arrived on (which the broker
+    authenticated) and drop a TD that describes another device.
+    """
+    prefix = device_urn("")
+    tid = td.get("id")
+    if isinstance(tid, str) and tid.startswith(prefix):
+        return tid[len(prefix):]
+    title = td.get("title")
+    return title if isinstance(title, str) else None
 
 
 def thing_description(*, device_id: str, fleet: str, board: Board, use_case: str, host: str, port: int,
