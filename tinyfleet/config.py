@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "endpoint": None,        # SPARQL query endpoint of a remote registry
     "update_endpoint": None, # SPARQL update endpoint (default: same as endpoint)
     "models": None,          # directory of built models; None = user cache dir
-    "username": None,        # MQTT username (the password only from TINYFLEET_PASSWORD)
+    "username": None,        # MQTT username (the password only from the environment: `mqtt_password`)
     "credentials": None,     # server account JSON (username, password, ca, cert, key) for `broker`
 }
 
@@ -130,6 +130,15 @@ def effective() -> dict[str, Any]:
     return result
 
 
+PASSWORD_VARIABLES = ("TINYFLEET_MQTT_PASSWORD", "TINYFLEET_PASSWORD")
+"""Where the MQTT password of `username` comes from (never from a file or a flag that shows in `ps`)."""
+
+
+def mqtt_password() -> str | None:
+    """The MQTT password from the environment (`PASSWORD_VARIABLES`, first one set), else None."""
+    return next((os.environ[v] for v in PASSWORD_VARIABLES if os.environ.get(v)), None)
+
+
 def mqtt_grid(**options: Any) -> Any:
     """A `federation.MqttGrid` for the broker, fleet and account of the configuration (file < env < `options`).
 
@@ -147,5 +156,5 @@ def mqtt_grid(**options: Any) -> Any:
     fleet = setting("fleet", options.pop("fleet", None))
     credentials = options.pop("credentials", None) or setting("credentials")
     if credentials is None and setting("username"):
-        credentials = Credentials(setting("username"), os.environ.get("TINYFLEET_PASSWORD"))
+        credentials = Credentials(setting("username"), mqtt_password())
     return MqttGrid(broker, fleet=fleet, credentials=credentials, **options)

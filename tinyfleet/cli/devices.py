@@ -36,7 +36,7 @@ FleetOption = Annotated[str | None, typer.Option(help="Fleet name (topic level; 
 UserOption = Annotated[str | None, typer.Option(help="MQTT user name (default: the client id).")]
 ServerUserOption = Annotated[str | None, typer.Option(
     "--user", help="MQTT user name of a server account (default: config/env `username`).")]
-PasswordOption = Annotated[str | None, typer.Option(envvar="TINYFLEET_MQTT_PASSWORD", show_envvar=True,
+PasswordOption = Annotated[str | None, typer.Option(envvar=list(config.PASSWORD_VARIABLES), show_envvar=True,
                                                     help="MQTT password (prefer the environment variable).")]
 CaOption = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="CA certificate (mqtts).")]
 CertOption = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Client certificate (mqtts).")]
@@ -281,6 +281,7 @@ def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | 
     from broker.accounts import load_credentials
     from devices.link.fleet_client import snapshot
 
+    credentials_file = config.path_setting("credentials", credentials_file)
     if credentials_file is not None:
         creds = load_credentials(credentials_file)
 
@@ -393,6 +394,7 @@ def deploy(
     if known is None:
         raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
     address, managed = known
+    credentials = config.path_setting("credentials", credentials)
     creds = load_credentials(credentials) if credentials is not None else _server_credentials(user, password)
     if creds is None:
         creds = _managed_server_credentials(managed, DEPLOY_ACCOUNT)

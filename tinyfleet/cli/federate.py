@@ -122,7 +122,7 @@ def run(
     from federation.strategies.registry import build_strategy
 
     broker = broker or _managed_url(broker_dir)
-    creds = _load_credentials(credentials)
+    creds = _load_credentials(settings.path_setting("credentials", credentials))
     params = _strategy_params(strategy, strategy_arg or [], fraction=fraction, epsilon=epsilon,
                               epsilon_floor=epsilon_floor, serial=serial, top_p=top_p,
                               reconstruct_steps=reconstruct_steps)
@@ -167,7 +167,8 @@ def resume(
     if broker_timeout is not None:
         config.broker_timeout = broker_timeout
     models = settings.path_setting("models", models)
-    _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume(), _load_credentials(credentials),
+    _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume(),
+             _load_credentials(settings.path_setting("credentials", credentials)),
              not insecure, broker_dir)
 
 

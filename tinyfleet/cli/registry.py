@@ -297,7 +297,7 @@ def listen(broker: Annotated[str | None, typer.Option("--broker", help="mqtt://h
 
     Why a command of its own: the registry must follow the live fleet (devices that join, leave or
     drop and trigger their Last Will) without any device talking to it directly.
-    MQTT password from TINYFLEET_MQTT_PASSWORD.
+    MQTT password from TINYFLEET_MQTT_PASSWORD (or TINYFLEET_PASSWORD).
 
     Example: tinyfleet registry listen --broker mqtt://127.0.0.1:1883 --fleet lab --duration 60
     """
@@ -313,6 +313,7 @@ def listen(broker: Annotated[str | None, typer.Option("--broker", help="mqtt://h
                                  "tinyfleet.toml / TINYFLEET_BROKER)")
     fleet = str(config.setting("fleet", fleet, default="+"))
     mqtt_user = config.setting("username", mqtt_user)
+    credentials = config.path_setting("credentials", credentials)
     address = parse_broker_url(broker)
     if fleet != "+":
         check_name(fleet, what="fleet name")
@@ -321,7 +322,7 @@ def listen(broker: Annotated[str | None, typer.Option("--broker", help="mqtt://h
 
         creds = load_credentials(credentials)
     else:
-        creds = Credentials(mqtt_user, os.environ.get("TINYFLEET_MQTT_PASSWORD"), ca, cert, key)
+        creds = Credentials(mqtt_user, config.mqtt_password(), ca, cert, key)
     started = time.monotonic()
     with _open(store, endpoint, update_endpoint, user) as st:
         try:
