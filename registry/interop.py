@@ -241,6 +241,8 @@ def check_iris(g: Graph, source: str) -> None:
         for t in triple:
             if isinstance(t, URIRef):
                 check_iri(str(t), what=f"{source}: IRI")
+            elif isinstance(t, Literal) and t.datatype is not None:  # a datatype IRI reaches the store too
+                check_iri(str(t.datatype), what=f"{source}: datatype IRI")
 
 
 def prepare(path: Path) -> Graph:

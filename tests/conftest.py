@@ -1,5 +1,10 @@
 """Shared fixtures: a real Mosquitto, a real Oxigraph SPARQL server, one real sine build, a tiny CNN.
 
+Also the Hypothesis settings of the whole suite, the same on every machine: the "tinyfleet"
+profile is derandomized (each property runs the same examples every time, so a red run is a
+reproducible run), keeps no example database and has no deadline (a busy 2-core machine must not
+turn slowness into a failure). `make fuzz` selects the "fuzz" profile instead: random, ten times
+the examples, a local example database and deadlines, to look for new bugs (tests/support/fuzzing.py).
 Helpers that are not fixtures live in tests/support/.
 """
 
@@ -16,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,13 +31,18 @@ from broker.process import BrokerInfo, MosquittoBroker, find_mosquitto  # noqa: 
 from tests.support.models import SineBuild, run_cli  # noqa: E402
 from tests.support.registry import OxigraphServer, oxigraph_binary  # noqa: E402
 
+settings.register_profile("tinyfleet", derandomize=True, database=None, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("fuzz", derandomize=False, max_examples=1000, deadline=10_000, print_blob=True,
+                          database=DirectoryBasedExampleDatabase(".hypothesis/examples"),
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("tinyfleet")  # `pytest --hypothesis-profile=fuzz` (make fuzz) replaces it afterwards
+
 
 def _require_mosquitto() -> None:
-    """Skip without Mosquitto on a developer machine; fail in CI, where `make test` installs it."""
+    """Fail without Mosquitto, on every machine alike: `make test` installs it (`make system-deps`)."""
     if find_mosquitto() is None:
-        if os.environ.get("CI"):
-            pytest.fail("mosquitto is not installed, but CI must run the broker tests")
-        pytest.skip("mosquitto is not installed (make test installs it)")
+        pytest.fail("mosquitto is not installed: `make system-deps` (or apt-get install mosquitto) installs it")
 
 
 @pytest.fixture(scope="session")

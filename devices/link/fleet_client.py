@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from devices.exceptions import ProtocolError
@@ -109,6 +109,7 @@ class FleetClient:
                 _same_device(t.device_id, doc.get("device"), "telemetry")
                 with self._cond:
                     self.telemetry[t.device_id] = doc
+                    self._cond.notify_all()
             elif t.kind == "td" and payload:
                 td = json.loads(payload.decode("utf-8"))
                 if not isinstance(td, dict):
@@ -129,6 +130,11 @@ class FleetClient:
             self.rejected[reason] += 1
 
     # ------------------------------------------------------------------------------ queries
+    def wait(self, predicate: Callable[[FleetClient], object], *, timeout: float) -> bool:
+        """Block until `predicate(self)` holds (re-checked after every message) or `timeout` passes."""
+        with self._cond:
+            return self._cond.wait_for(lambda: bool(predicate(self)), timeout)
+
     def online(self) -> list[str]:
         """Devices whose retained presence says online."""
         with self._cond:
@@ -189,11 +195,21 @@ class FleetClient:
 
 
 def snapshot(address: BrokerAddress, *, fleet: str, seconds: float = 1.0,
-             credentials: Credentials | None = None, client_id: str | None = None) -> FleetClient:
-    """Collect the retained presence and TDs (and any telemetry) of a fleet for `seconds`."""
+             credentials: Credentials | None = None, client_id: str | None = None,
+             until: Callable[[FleetClient], object] | None = None) -> FleetClient:
+    """Collect the retained presence and TDs (and any telemetry) of a fleet for `seconds`.
+
+    With `until`, stop as soon as `until(client)` holds (e.g. one device's TD and presence have
+    arrived), waiting at most `seconds`: a condition, not a guess at how long delivery takes.
+    """
     fc = FleetClient(address, fleet=fleet, client_id=client_id or f"tinyfleet-cli-{int(time.time() * 1000) % 10**9}",
                      credentials=credentials)
     fc.connect()
-    time.sleep(seconds)
-    fc.close()
+    try:
+        if until is None:
+            time.sleep(seconds)
+        else:
+            fc.wait(until, timeout=seconds)
+    finally:
+        fc.close()
     return fc

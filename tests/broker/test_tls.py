@@ -7,7 +7,6 @@ the coordinator's MqttTransport, the registry's PresenceListener) read the whole
 from __future__ import annotations
 
 import dataclasses
-import os
 import ssl
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 from broker.accounts import Enrollment, enroll_device, enroll_server, server_credentials
 from broker.files import SecurityPaths
 from broker.pki import make_pki
-from broker.process import MosquittoBroker, find_mosquitto
+from broker.process import MosquittoBroker
 from broker.secure import SecureBrokerConfig
 from devices.agent import AgentConfig, DeviceAgent
 from devices.boards import get_board
@@ -33,9 +32,6 @@ from devices.wire.protocol import ConfigKey, MessageType
 from tests.support.broker import NOT_AUTHORIZED, connect
 from tests.support.devices import sine_data
 from tests.support.waiting import wait_until
-
-pytestmark = pytest.mark.skipif(find_mosquitto() is None and not os.environ.get("CI"),
-                                reason="mosquitto not installed")
 
 FLEET = "lab"
 

@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from broker.process import _pid_alive, find_mosquitto
+from broker.process import _pid_alive
 
 TINYFLEET = str(Path(sys.executable).with_name("tinyfleet"))
 
@@ -20,7 +18,6 @@ def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) 
                           env={**os.environ, **(env or {})})
 
 
-@pytest.mark.skipif(find_mosquitto() is None and not os.environ.get("CI"), reason="mosquitto not installed")
 def test_broker_start_status_stop(tmp_path: Path) -> None:
     d = tmp_path / "mq"
     started = run("broker", "start", "--dir", str(d), "--json")

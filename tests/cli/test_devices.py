@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,37 +23,42 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_simulate_then_list_and_show(mosquitto: BrokerInfo, tmp_path: Path) -> None:
+    """Every step waits for a condition: the fleet runs until the test stops it (SIGINT), `list` is retried
+    until all five are online, `show` returns once the device's TD and presence arrived (issue #12, 10b:
+    a fixed `--duration 4` ran out under load before `show` looked)."""
     url = f"mqtt://{mosquitto.host}:{mosquitto.port}"
     env = _env(tmp_path)
     sim = subprocess.Popen([*CLI, "devices", "simulate", "--n", "5", "--task", "sine", "--boards", "nano33ble:4,uno:1",
-                            "--broker", url, "--fleet", "clisim", "--duration", "4", "--json"],
+                            "--broker", url, "--fleet", "clisim", "--json"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
         listed: dict = {}
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            out = subprocess.run([*CLI, "devices", "list", "--broker", url, "--fleet", "clisim", "--wait", "0.5",
-                                  "--json"], capture_output=True, text=True, env=env, timeout=60)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sim.poll() is None:
+            out = subprocess.run([*CLI, "devices", "list", "--broker", url, "--fleet", "clisim", "--wait", "1",
+                                  "--json"], capture_output=True, text=True, env=env, timeout=120)
             assert out.returncode == 0, out.stderr
             listed = json.loads(out.stdout)
             if sum(d["online"] for d in listed["devices"]) == 5:
                 break
         assert sorted(d["device"] for d in listed["devices"]) == [f"sim-000{i}" for i in range(5)]
+        assert all(d["online"] for d in listed["devices"]), listed
         assert {d["board"] for d in listed["devices"]} == {"nano33ble", "uno"}
         shown = subprocess.run([*CLI, "devices", "show", "sim-0001", "--broker", url, "--fleet", "clisim", "--wait",
-                                "0.5", "--json"], capture_output=True, text=True, env=env, timeout=60)
+                                "30", "--json"], capture_output=True, text=True, env=env, timeout=120)
         assert shown.returncode == 0, shown.stderr
         doc = json.loads(shown.stdout)
         assert doc["td"]["id"] == "urn:tinyfleet:device:sim-0001" and doc["presence"]["online"] is True
-        out, errtext = sim.communicate(timeout=60)
+        sim.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop, then the summary
+        out, errtext = sim.communicate(timeout=120)
     finally:
         if sim.poll() is None:
             sim.kill()
     assert sim.returncode == 0, errtext
     summary = json.loads(out)
     assert summary["connected"] == 5 and summary["unfit_devices"] == 1
-    after = subprocess.run([*CLI, "devices", "list", "--broker", url, "--fleet", "clisim", "--wait", "0.5", "--json"],
-                           capture_output=True, text=True, env=env, timeout=60)
+    after = subprocess.run([*CLI, "devices", "list", "--broker", url, "--fleet", "clisim", "--wait", "1", "--json"],
+                           capture_output=True, text=True, env=env, timeout=120)
     assert not any(d["online"] for d in json.loads(after.stdout)["devices"])  # clean stop said offline
 
 

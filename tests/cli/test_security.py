@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from broker.accounts import load_credentials
-from broker.process import _pid_alive, find_mosquitto
+from broker.process import _pid_alive
 from tests.support.broker import connect
 
 TINYFLEET = str(Path(sys.executable).with_name("tinyfleet"))
 
-pytestmark = pytest.mark.skipif(find_mosquitto() is None and not os.environ.get("CI"),
-                                reason="mosquitto not installed")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

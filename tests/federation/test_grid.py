@@ -17,6 +17,7 @@ from federation.inprocess_transport import InProcessTransport
 from federation.strategies import Reptile
 from federation.wire import ProtocolCodec
 from tests.support.federation import QuadraticDevice, adapted, initial_head
+from tests.support.waiting import wait_until
 
 STEPS, LR = 2, 0.1
 GOOD = ["dev-0", "dev-1", "dev-2", "dev-3"]
@@ -164,10 +165,9 @@ def test_duplicate_reply_counts_once() -> None:
                                 "config": ConfigRecord({"server-round": 1})}), nid, MessageType.TRAIN)
             for nid in grid.get_node_ids()]
     ids = grid.push_messages(msgs)
-    deadline = time.monotonic() + 5
-    while len(copies) < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)
+    # wait until all five answers are booked (a condition, not a guess at how long that takes)
+    assert wait_until(lambda: grid.ledger.round_summary(1)["phases"].get("train", {}).get("replies", 0) == 5,
+                      timeout=30)
     grid.transport.inject("bad", copies[0])  # a QoS-1 redelivery
     replies = grid.pull_messages(ids)
     assert len(replies) == 5

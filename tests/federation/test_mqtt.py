@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,8 @@ from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAvg
 
 from broker.process import BrokerInfo
+from devices.link.address import parse_broker_url
+from devices.link.fleet_client import snapshot
 from devices.wire import protocol
 from devices.wire.topics import device_topic
 from federation.coordinator import Coordinator, RunConfig
@@ -154,7 +155,10 @@ def test_resume_after_sigkill_ends_with_the_same_parameters(mosquitto: BrokerInf
     status = json.loads(subprocess.run([TINYFLEET, "federate", "status", str(tmp_path / "kill"), "--json"],
                                        capture_output=True, text=True, env=env, timeout=60, check=True).stdout)
     assert (status["rounds_done"], status["state"]) == (2, "interrupted")
-    time.sleep(0.2)  # the broker publishes the killed devices' Last Will
+    # wait until the broker has published the killed devices' Last Will (all four retained presences offline)
+    gone = snapshot(parse_broker_url(mosquitto.url), fleet="fl-kill", seconds=30,
+                    until=lambda c: len(c.presence) == 4 and not c.online())
+    assert len(gone.presence) == 4 and not gone.online(), gone.presence
     resumed = subprocess.run([TINYFLEET, "federate", "resume", str(tmp_path / "kill"), "--json"],
                              capture_output=True, text=True, env=env, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

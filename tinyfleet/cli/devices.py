@@ -277,7 +277,7 @@ def _server_credentials(user: str | None, password: str | None) -> Credentials |
 
 
 def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | None,
-              credentials_file: Path | None = None) -> Any:
+              credentials_file: Path | None = None, until: Any = None) -> Any:
     from broker.accounts import load_credentials
     from devices.link.fleet_client import snapshot
 
@@ -292,7 +292,7 @@ def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | 
     address, managed = known
     if creds is None:  # the default managed broker: a CLI server account of its own (never the coordinator's)
         creds = _managed_server_credentials(managed, CLI_ACCOUNT)
-    return snapshot(address, fleet=fleet, seconds=wait, credentials=creds)
+    return snapshot(address, fleet=fleet, seconds=wait, credentials=creds, until=until)
 
 
 @app.command(name="list")
@@ -331,7 +331,9 @@ def show(
     device_id: Annotated[str, typer.Argument(help="Device id.")],
     broker: BrokerOption = None,
     fleet: FleetOption = None,
-    wait: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to collect retained messages.")] = 1.0,
+    wait: Annotated[float, typer.Option(min=0.1, max=60, help="Longest wait for the device's retained TD and "
+                                                               "presence, in seconds (it returns as soon as both "
+                                                               "arrived).")] = 5.0,
     user: ServerUserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
@@ -341,7 +343,8 @@ def show(
     """
     check_name(device_id)
     fleet = str(config.setting("fleet", fleet))
-    fc = _snapshot(broker, fleet, wait, _server_credentials(user, password), credentials)
+    fc = _snapshot(broker, fleet, wait, _server_credentials(user, password), credentials,
+                   until=lambda c: device_id in c.presence and device_id in c.tds)
     if device_id not in fc.presence and device_id not in fc.tds:
         raise TinyFleetError(f"device {device_id!r} is not known in fleet {fleet!r} on the broker "
                              f"(known: {', '.join(sorted(fc.tds)) or 'none'})")
