@@ -23,7 +23,7 @@ from rdflib.compare import to_canonical_graph
 from rdflib.namespace import RDF, RDFS
 from rdflib.term import Node
 
-from registry.exceptions import RegistryInputError, ValidationFailedError
+from registry.exceptions import RegistryInputError, StoreError, ValidationFailedError
 from registry.ingest_device import set_sensor_kinds_summary
 from registry.namespaces import ID, NNET, S3N, SCHEMA, SSN, SSNS, TD, TF, check_iri
 from registry.store import RegistryStore
@@ -261,4 +261,7 @@ def prepare(path: Path) -> Graph:
 def import_file(store: RegistryStore, path: Path | str) -> int:
     """Import one file atomically; returns the number of triples written."""
     g = prepare(Path(path))
-    return store.write(g)
+    try:
+        return store.write(g)
+    except StoreError as exc:  # whatever the checks above missed: still name the file (the store is unchanged)
+        raise StoreError(f"{path}: {exc}") from None
