@@ -2,11 +2,12 @@
 
 One paho client (MQTT v5, QoS 1, its own network thread) serves the coordinator. Presence comes
 from the devices' retained presence documents (the Last Will flips them to offline), so a
-coordinator that starts after the fleet still sees who is online. The connection is the project's one
+coordinator that starts after the fleet still sees who is online; the retained Thing Descriptions
+say what each device is (`federation.selection` samples by them). The connection is the project's one
 `MqttClient` (TCP_NODELAY, credentials, TLS and refusals handled there).
 
 Nothing a device says about itself is trusted: the device id is the one in the topic the broker
-authenticated (a presence document naming another device is dropped as ``wrong-device``); each
+authenticated (a presence document or TD naming another device is dropped as ``wrong-device``); each
 device has a message budget per topic kind (`devices.link.ratelimit`); and only a *change* to
 online (first sight, after an offline, or after the coordinator's own reconnect replays the retained
 documents) counts as the device coming back, so a flood of "online" messages triggers nothing.
@@ -30,12 +31,11 @@ from devices.wire import protocol
 from devices.wire.thing_description import described_device
 from devices.wire.topics import device_topic, fleet_filter, parse_topic
 from federation.exceptions import BrokerLostError, FederationError
+from federation.selection import Description, description_from_td
 from federation.transport import PayloadHandler, Transport
 
 log = logging.getLogger(__name__)
 
-TD_USE_CASE = "tinyfleet:useCase"
-"""The Thing Description member naming the use case a device learns (devices.wire.thing_description)."""
 
 
 class MqttTransport(Transport):
@@ -55,8 +55,9 @@ class MqttTransport(Transport):
     connect_timeout : float, default=10.0
         Seconds to wait for CONNACK and SUBACK.
     descriptions : bool, default=False
-        Also follow the devices' retained Thing Descriptions, so that `use_case` can tell which
-        use case each device says it learns (off by default: a large fleet's TDs are kilobytes each).
+        Also follow the devices' retained Thing Descriptions, so that `description`/`use_case` can
+        tell what each device says it is (`federation.selection`; off by default: a large fleet's TDs
+        are kilobytes each, and a run that samples by the registry does not need them).
     broker_timeout : float, default=60.0
         Seconds the broker may stay unreachable (paho keeps reconnecting with backoff) before
         `check_connected` gives up.
@@ -77,7 +78,7 @@ class MqttTransport(Transport):
         self.username = credentials.username if credentials is not None else None
         self.broker_timeout = float(broker_timeout)
         self._online: dict[str, bool] = {}
-        self._use_cases: dict[str, str] = {}
+        self._descriptions: dict[str, Description] = {}
         self._epoch = 0  # MqttClient.connections when `_online` was last valid
         self._limits = {"presence": RateLimiter(*presence_budget), "td": RateLimiter(*presence_budget),
                         "result": RateLimiter(*result_budget)}
@@ -107,10 +108,15 @@ class MqttTransport(Transport):
         with self._lock:
             return sorted(d for d, up in self._online.items() if up)
 
+    def description(self, device_id: str) -> Description | None:
+        """What the device's retained Thing Description says (use case, RAM); None without one."""
+        with self._lock:
+            return self._descriptions.get(device_id)
+
     def use_case(self, device_id: str) -> str | None:
         """The use case `device_id`'s Thing Description names (None if unknown or not followed)."""
-        with self._lock:
-            return self._use_cases.get(device_id)
+        desc = self.description(device_id)
+        return desc.use_case if desc is not None else None
 
     def send(self, device_id: str, payload: bytes) -> None:
         self._check_not_taken_over()
@@ -167,21 +173,22 @@ class MqttTransport(Transport):
             self._description(topic.device_id, payload)
 
     def _description(self, device_id: str, payload: bytes) -> None:
-        """Remember the use case a device's TD names (a claim used for selection only, never trusted further)."""
+        """Remember what a device's TD says (a claim used for selection only, never trusted further)."""
+        if not payload:  # a cleared retained TD: the device is no longer described
+            with self._lock:
+                self._descriptions.pop(device_id, None)
+            return
         try:
-            doc = json.loads(payload) if payload else {}
-        except ValueError:
-            log.info("ignored an unreadable Thing Description of %s", device_id)
+            td = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            log.info("ignored the Thing Description of %s: not UTF-8 JSON (%s)", device_id, exc)
+            td = None
+        if isinstance(td, dict) and described_device(td) != device_id:
+            log.info("ignored a Thing Description on %s's topic that describes %r", device_id, described_device(td))
+            self._discard(device_id, "wrong-device", len(payload))  # a claim about another device: never used
             return
-        if isinstance(doc, dict) and doc and described_device(doc) != device_id:
-            self._discard(device_id, "wrong-device", len(payload))  # a claim about another device: not used
-            return
-        use_case = doc.get(TD_USE_CASE) if isinstance(doc, dict) else None
         with self._lock:
-            if isinstance(use_case, str):
-                self._use_cases[device_id] = use_case
-            else:
-                self._use_cases.pop(device_id, None)
+            self._descriptions[device_id] = description_from_td(td)
 
     def _presence(self, device_id: str, payload: bytes) -> None:
         if not payload:  # a cleared retained message: the device is gone

@@ -238,7 +238,8 @@ _CONFIG_RULES: dict[str, dict[str, tuple[str, bool]]] = {
                         ConfigKey.LOCAL_LAYERS: ("int-list", False), ConfigKey.RECONSTRUCT_STEPS: ("int>=0", False),
                         ConfigKey.SEED: ("seed", False), ConfigKey.PROXIMAL_MU: ("num>=0", False),
                         ConfigKey.CLIPPING_NORM: ("num>0", False), ConfigKey.REQUIRED: ("key-list", False)},
-    MessageType.EVALUATE: {ConfigKey.SERVER_ROUND: ("int>=0", False), ConfigKey.REQUIRED: ("key-list", False)},
+    MessageType.EVALUATE: {ConfigKey.SERVER_ROUND: ("int>=0", False), ConfigKey.SEED: ("seed", False),
+                           ConfigKey.LOCAL_LAYERS: ("int-list", False), ConfigKey.REQUIRED: ("key-list", False)},
     MessageType.ADAPT: {ConfigKey.SHOTS: ("int>=1", True), ConfigKey.STEPS: ("int>=0", True),
                         ConfigKey.LR: ("num>0", False), ConfigKey.SERVER_ROUND: ("int>=0", False),
                         ConfigKey.REQUIRED: ("key-list", False)},
@@ -310,8 +311,17 @@ def is_int(x: Any, lo: int) -> bool:
 
 
 def is_number(x: Any) -> bool:
-    """A finite JSON number (booleans excluded)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A finite JSON number (booleans excluded) that a float can hold.
+
+    Why the `OverflowError`: JSON integers are unbounded, and a 400-digit one made `math.isfinite`
+    raise out of the decoder instead of a `ProtocolError` (issue #12).
+    """
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def _read_tensor(e: dict[str, Any], data: memoryview, rid: str | None) -> Tensor:

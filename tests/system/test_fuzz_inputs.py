@@ -262,3 +262,16 @@ def test_a_control_character_in_an_iri_is_refused_naming_the_file(store: Embedde
     with pytest.raises(RegistryError, match=r"control\.ttl: (datatype )?IRI '.*' is not an absolute IRI"):
         import_file(store, path)
     assert len(store) == before
+
+
+def test_a_metric_integer_too_large_for_a_float_is_a_protocol_error() -> None:
+    """A 400-digit JSON integer made `math.isfinite` raise OverflowError out of the decoder (issue #12)."""
+    import struct
+
+    hlen = struct.unpack_from("<I", VALID_RESULT, 0)[0]
+    header = json.loads(VALID_RESULT[4:4 + hlen])
+    header["metrics"]["train-loss"] = 10**400
+    raw = json.dumps(header).encode()
+    payload = struct.pack("<I", len(raw)) + raw + VALID_RESULT[4 + hlen:]
+    with pytest.raises(ProtocolError, match="finite numbers"):
+        protocol.decode_result(payload)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from enum import StrEnum
@@ -38,6 +39,14 @@ BrokerDirOpt = Annotated[Path | None, typer.Option(
     "is used (unless --broker), this process gets a server account of its own there (fleet-server-<pid>, so that "
     "concurrent runs do not disconnect each other) and --simulate devices are enrolled there.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log Flower's and the Grid's messages on stderr.")]
+AllowUndescribedOpt = Annotated[bool, typer.Option(
+    "--allow-undescribed", help="Also sample devices that publish no Thing Description (devices that have one must "
+    "still declare the run's use case and enough RAM to train the model).")]
+RegistryOpt = Annotated[str | None, typer.Option(
+    "--registry", help="Sample by the registry's device records (embedded store directory; fed by `tinyfleet "
+    "registry listen`) instead of the retained Thing Descriptions. Default: config key 'registry'.")]
+RegistryEndpointOpt = Annotated[str | None, typer.Option(
+    "--registry-endpoint", help="As --registry, from a remote SPARQL endpoint. Default: config key 'endpoint'.")]
 BrokerTimeoutOpt = Annotated[float | None, typer.Option(
     "--broker-timeout", min=0.0, help="Seconds the coordinator keeps reconnecting to a lost broker before it stops "
     "with exit 1 (the run stays resumable); default 60, or what the run was started with.")]
@@ -94,18 +103,25 @@ def run(
     reconstruct_steps: Annotated[int, typer.Option(help="TinyMetaFed: local-layer re-fit steps.", min=0)] = 5,
     round_timeout: Annotated[float, typer.Option(help="Seconds to wait for replies per phase.", min=0.01)] = 30.0,
     min_replies: Annotated[int, typer.Option(help="Fewer valid replies keep the old parameters.", min=1)] = 1,
-    quorum: Annotated[int | None, typer.Option(help="Devices required before round 1 (default: --simulate N, "
-                                                    "else 1).", min=1)] = None,
+    quorum: Annotated[int | None, typer.Option(help="Eligible devices required before round 1 (default: --simulate "
+                                                    "N, else 1: a run on --broker starts with the first eligible "
+                                                    "device; give the fleet's size to wait for all).", min=1)] = None,
     quorum_timeout: Annotated[float, typer.Option(help="Seconds to wait for the quorum.", min=0.0)] = 30.0,
     samples_per_device: Annotated[int, typer.Option(help="Simulated devices' local samples.", min=2)] = 64,
     broker_timeout: BrokerTimeoutOpt = None,
     credentials: CredentialsOpt = None,
     broker_dir: BrokerDirOpt = None,
+    allow_undescribed: AllowUndescribedOpt = False,
+    registry: RegistryOpt = None,
+    registry_endpoint: RegistryEndpointOpt = None,
     insecure: InsecureOpt = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a federated training; writes run.json, metrics.jsonl, checkpoint.npz and final.npz.
+
+    Devices are sampled only if their Thing Description declares --task as use case and enough RAM
+    to train the model on the device (see docs/protocol.md).
 
     Example: tinyfleet federate run --task sine --strategy tinymetafed --rounds 5 --simulate 6 --json
     """
@@ -132,6 +148,7 @@ def run(
                        local_steps=local_steps, lr=lr, strategy_params=params, round_timeout=round_timeout,
                        min_replies=min_replies, quorum=quorum or max(simulate, 1), quorum_timeout=quorum_timeout,
                        fleet=fleet, broker=broker, simulate=simulate, samples_per_device=samples_per_device,
+                       allow_undescribed=allow_undescribed,
                        broker_timeout=60.0 if broker_timeout is None else broker_timeout)
     run_dir = out / rid
     if (run_dir / "run.json").exists():
@@ -142,7 +159,8 @@ def run(
     build_strategy(config.strategy, params, num_rounds=rounds,  # validate parameters before starting anything
                    defaults=strategy_defaults(config))
     initial = initial_parameters(task, models_dir=models, seed=seed)
-    _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial), creds, not insecure, broker_dir)
+    _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial), creds, not insecure,
+             broker_dir=broker_dir, registry=(registry, registry_endpoint))
 
 
 @app.command()
@@ -153,6 +171,8 @@ def resume(
     broker_timeout: BrokerTimeoutOpt = None,
     credentials: CredentialsOpt = None,
     broker_dir: BrokerDirOpt = None,
+    registry: RegistryOpt = None,
+    registry_endpoint: RegistryEndpointOpt = None,
     insecure: InsecureOpt = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
@@ -168,8 +188,8 @@ def resume(
         config.broker_timeout = broker_timeout
     models = settings.path_setting("models", models)
     _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume(),
-             _load_credentials(settings.path_setting("credentials", credentials)),
-             not insecure, broker_dir)
+             _load_credentials(settings.path_setting("credentials", credentials)), not insecure, broker_dir=broker_dir,
+             registry=(registry, registry_endpoint))
 
 
 @app.command()
@@ -238,6 +258,31 @@ def _load_credentials(path: Path | None) -> Any:
     return load_credentials(path)
 
 
+def _registry_describe(store: Any, fleet: str) -> Any:
+    """A `federation.selection.Describe` over the registry's records of `fleet`.
+
+    The registry is asked at most every `REGISTRY_REFRESH_S` seconds (the coordinator checks
+    eligibility on every poll for devices, and a remote store answers in tens of milliseconds).
+    """
+    from federation.selection import Description
+    from registry.questions import sampling_records
+
+    cache: dict[str, Any] = {"at": -1e9, "by_id": {}}
+
+    def describe(device_id: str) -> Description | None:
+        now = time.monotonic()
+        if now - cache["at"] > REGISTRY_REFRESH_S:
+            cache["by_id"] = {r["id"]: Description(r["use_case"], r["ram_bytes"], source="registry record")
+                              for r in sampling_records(store, fleet)}
+            cache["at"] = now
+        return cache["by_id"].get(device_id)
+
+    return describe
+
+
+REGISTRY_REFRESH_S = 5.0
+
+
 def _managed_url(broker_dir: Path | None) -> str | None:
     """The URL of the broker running from `broker_dir` (None without one); a one-line error if none runs."""
     if broker_dir is None:
@@ -253,7 +298,9 @@ def _managed_url(broker_dir: Path | None) -> str | None:
 
 
 def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bool, verbose: bool,
-             go: Any, credentials: Any = None, secure: bool = True, broker_dir: Path | None = None) -> None:
+             go: Any, credentials: Any = None, secure: bool = True, *, broker_dir: Path | None = None,
+             registry: tuple[str | None, str | None] = (None, None)) -> None:
+    """Run `go` on a Coordinator over the run's grid; with a configured registry, sample by its records."""
     from federation.session import fleet_grid
 
     if broker_dir is not None:
@@ -263,7 +310,15 @@ def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bo
         if credentials is None and is_secured(broker_dir):
             credentials = process_server_account(broker_dir)
     quiet_logs(verbose)
-    with progress(enabled=not json_out) as bar:
+    path, endpoint = settings.setting("registry", registry[0]), settings.setting("endpoint", registry[1])
+    with contextlib.ExitStack() as stack, progress(enabled=not json_out) as bar:
+        describe = None
+        if path is not None or endpoint is not None:
+            from registry.store import open_store
+
+            store = open_store(path, endpoint=endpoint)
+            stack.callback(store.close)
+            describe = _registry_describe(store, config.fleet)
         task_id = bar.add_task(f"{config.strategy} on {config.task}", total=config.rounds)
 
         def on_round(record: dict[str, Any]) -> None:
@@ -271,17 +326,19 @@ def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bo
                        description=f"{config.strategy} on {config.task} loss {_fmt(record.get('loss'))}")
 
         with stdout_to_stderr(), fleet_grid(config, run_dir, models_dir=models, credentials=credentials,
-                                            broker_dir=broker_dir, secure=secure) as grid:
+                                            secure=secure, broker_dir=broker_dir, describe=describe) as grid:
             result = go(Coordinator(config, grid, run_dir, on_round=on_round))
     summary = {"run_id": result["run_id"], "run_dir": result["run_dir"], "task": config.task,
                "strategy": config.strategy, "rounds": result["rounds"], "final_sha256": result["final_sha256"]}
     if json_out:
         print_json(summary)
         return
-    rows = [[r["round"], _fmt(r.get("loss")), r.get("replies"), r.get("failures"), r.get("missing"),
-             r.get("bytes_up"), r.get("bytes_down"), r.get("seconds")] for r in result["rounds"]]
+    rows = [[r["round"], _fmt(r.get("loss")), r.get("replies"), r.get("failures"), r.get("eval_replies"),
+             r.get("eval_failures"), r.get("missing"), r.get("bytes_up"), r.get("bytes_down"), r.get("seconds")]
+            for r in result["rounds"]]
     table(f"{config.strategy} on {config.task} ({result['run_dir']})",
-          ["round", "loss", "replies", "failures", "missing", "bytes up", "bytes down", "s"], rows)
+          ["round", "loss", "replies", "failures", "eval replies", "eval failures", "missing", "bytes up",
+           "bytes down", "s"], rows)
     err.print(f"final parameters sha256 {result['final_sha256']}")
 
 
