@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from devices.boards import get_board
 from devices.link.address import BrokerAddress, Credentials
 from devices.link.client import MqttClient
 from devices.wire import protocol
+from devices.wire.thing_description import td_payload, thing_description
 from devices.wire.topics import device_topic
 
 Responder = Callable[["HostileDevice", protocol.Frame], "bytes | list[bytes] | None"]
@@ -57,7 +59,12 @@ class HostileDevice:
         """Publish QoS 1 on one of its own topics and wait until the broker acknowledged it."""
         self.mqtt.publish(self.topic(kind), payload, qos=1, retain=retain).wait_for_publish(10)
 
-    def announce(self, *, online: bool = True, retain: bool = True) -> None:
+    def announce(self, *, online: bool = True, retain: bool = True, use_case: str = "sine") -> None:
+        """Publish a true Thing Description (a sine learner on a nano33ble: it gets sampled), then presence."""
+        if online:
+            td = thing_description(device_id=self.device_id, fleet=self.fleet, board=get_board("nano33ble"),
+                                   use_case=use_case, host="127.0.0.1", port=1883, sensors=["scalar-signal"])
+            self.publish("td", td_payload(td), retain=True)
         self.publish("presence", protocol.presence_payload(self.device_id, online=online, fleet=self.fleet),
                      retain=retain)
 
