@@ -165,9 +165,12 @@ def test_duplicate_reply_counts_once() -> None:
                                 "config": ConfigRecord({"server-round": 1})}), nid, MessageType.TRAIN)
             for nid in grid.get_node_ids()]
     ids = grid.push_messages(msgs)
-    # wait until all five answers are booked (a condition, not a guess at how long that takes)
-    assert wait_until(lambda: grid.ledger.round_summary(1)["phases"].get("train", {}).get("replies", 0) == 5,
-                      timeout=30)
+    # wait until all five answers are booked, valid or not (a condition, not a guess at how long that takes)
+    def answered() -> int:
+        train = grid.ledger.round_summary(1)["phases"].get("train", {})
+        return int(train.get("replies", 0) + train.get("failures", 0))
+
+    assert wait_until(lambda: answered() == 5, timeout=30)
     grid.transport.inject("bad", copies[0])  # a QoS-1 redelivery
     replies = grid.pull_messages(ids)
     assert len(replies) == 5
