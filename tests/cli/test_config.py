@@ -125,7 +125,8 @@ def test_registry_key(tmp_path: Path, _no_env) -> None:  # type: ignore[no-untyp
     assert revoked.exit_code == 1 and "not initialized" in revoked.stderr  # (no broker there; nothing changed)
 
 
-def test_endpoint_and_update_endpoint_keys(tmp_path: Path, oxigraph_server, _no_env) -> None:  # type: ignore[no-untyped-def]
+def test_endpoint_and_update_endpoint_keys(  # type: ignore[no-untyped-def]
+        tmp_path: Path, oxigraph_server, _no_env) -> None:
     import json
 
     from tests.support.registry import td

@@ -125,8 +125,8 @@ def _clear_retained(address: BrokerAddress, directory: Path, fleet: str, device_
 
     creds = managed_server_credentials(directory, CLI_ACCOUNT)
     with MqttClient(address, creds, client_id=creds.username if creds and creds.username else CLI_ACCOUNT) as mq:
-        for kind in ("td", "presence"):
-            mq.publish(device_topic(fleet, device_id, kind), b"", qos=1, retain=True).wait_for_publish(10)  # type: ignore[arg-type]
+        for topic in (device_topic(fleet, device_id, "td"), device_topic(fleet, device_id, "presence")):
+            mq.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
     return True
 
 
