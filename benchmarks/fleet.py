@@ -35,6 +35,7 @@ and `--budget` bounds the whole run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -447,20 +448,18 @@ def run_cli_simulate(n: int, duration: float, timeout: float) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     model = ""
-    try:
-        model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "")
     mosq = find_mosquitto()
     version = ""
     if mosq:
         text = subprocess.run([mosq, "-h"], capture_output=True, text=True, timeout=10).stdout
         version = text.splitlines()[0] if text else ""
     mem = None
-    try:
-        mem = next(int(ln.split()[1]) * 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        mem = next(int(ln.split()[1]) * 1024 for ln in meminfo if ln.startswith("MemTotal"))
     return {"cpus": os.cpu_count(), "cpu_model": model, "memory_bytes": mem, "kernel": platform.release(),
             "python": platform.python_version(), "paho_mqtt": mqtt.__version__ if hasattr(mqtt, "__version__")
             else _dist_version("paho-mqtt"), "numpy": np.__version__, "mosquitto": version,

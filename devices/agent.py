@@ -202,7 +202,8 @@ class DeviceAgent:
                                "tasks-done": self.tasks_done, "memory-bytes": self.memory_bytes,
                                "ram-bytes": self.config.board.ram_bytes, "flash-bytes": self.config.board.flash_bytes,
                                "model-sha256": self.model_sha256,
-                               "head-sha256": sha256_hex(b"".join(w.tobytes() for w in self.learner.head.get_weights())),
+                               "head-sha256": sha256_hex(b"".join(w.tobytes()
+                                                                  for w in self.learner.head.get_weights())),
                                "uptime-s": round(time.monotonic() - self._started, 3)}
         if self.config.sensors and len(self.x_train):
             sample = np.asarray(self.x_train[int(self.learner.samples_seen_) % len(self.x_train)], np.float64)

@@ -334,7 +334,8 @@ class FleetGrid(Grid):
         floor = 0.0
         if ok:  # every train request of a round carries the same θ
             sent = _first(requests[ok[0][1].metadata.reply_to_message_id].content.array_records)
-            theta_sq = sum(float(np.sum(np.square(v.numpy(), dtype=np.float64))) for v in sent.values()) if sent else 0.0
+            theta_sq = (sum(float(np.sum(np.square(v.numpy(), dtype=np.float64))) for v in sent.values())
+                        if sent else 0.0)
             floor = self.norm_floor * float(np.sqrt(theta_sq))
         bad = outlier_indices(norms, factor=self.norm_factor, floor=floor)
         if not bad:

@@ -207,7 +207,8 @@ def model_graph(report: Mapping[str, Any], card: Mapping[str, Any] | None = None
             g.add((node, TF.precision, Literal(precision)))
     for link_key in ("url", "citation", "code_repository"):
         if card.get(link_key):
-            g.add((m, SCHEMA.url if link_key == "url" else SCHEMA.citation, check_iri(str(card[link_key]), what=link_key)))
+            g.add((m, SCHEMA.url if link_key == "url" else SCHEMA.citation,
+                   check_iri(str(card[link_key]), what=link_key)))
     return m, g
 
 

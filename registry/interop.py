@@ -210,7 +210,8 @@ def parse_file(path: Path) -> Graph:
         raise
     except Exception as exc:  # noqa: BLE001 - parsers raise many types; all mean "bad file"
         detail = str(exc).strip().splitlines()
-        raise RegistryInputError(f"{path}: invalid {fmt} ({detail[0][:200] if detail else type(exc).__name__})") from None
+        reason = detail[0][:200] if detail else type(exc).__name__
+        raise RegistryInputError(f"{path}: invalid {fmt} ({reason})") from None
     return g
 
 

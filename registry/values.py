@@ -51,7 +51,7 @@ def oxigraph_value(term: Any) -> Any:
         return term.value
     lexical = term.value
     dt = datatype.value
-    if dt == _STRING or dt == _LANG_STRING:
+    if dt in (_STRING, _LANG_STRING):
         return lexical
     try:
         if dt == _INTEGER:

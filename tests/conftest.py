@@ -117,7 +117,8 @@ def oxigraph_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oxigra
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"oxigraph serve did not start: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
+                said = proc.stderr.read().decode()[-500:] if proc.stderr else ""
+                pytest.fail(f"oxigraph serve did not start: {said}")
             time.sleep(0.05)
     try:
         yield OxigraphServer(url, proc.pid)

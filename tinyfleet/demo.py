@@ -187,7 +187,8 @@ def run_demo(opts: DemoOptions, *, say: Say, on_round: OnRound | None = None) ->
         for strategy in ("reptile", "fedavg"):
             say(f"5. {strategy}: {opts.rounds} rounds over MQTT on {len(eligible)} devices")
             runs[strategy] = _federate(opts, strategy, url, out / "runs", models_dir, initial, eligible,
-                                       credentials=accounts["server"], on_round=(lambda rec, s=strategy: on_round(s, rec)) if on_round else None)
+                                       credentials=accounts["server"],
+                                       on_round=(lambda rec, s=strategy: on_round(s, rec)) if on_round else None)
         report["runs"] = {k: {kk: vv for kk, vv in v.items() if kk != "final"} for k, v in runs.items()}
 
         # 6. deploy + lineage ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ reconnect with exponential backoff and jitter, the broker's Maximum Packet Size,
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -198,10 +199,8 @@ class MqttHub:
         self._wake()
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
         def run() -> None:
@@ -209,10 +208,8 @@ class MqttHub:
                 fn(*args)
             except Exception:  # noqa: BLE001 - a bug in one task must not kill the pool
                 log.exception("worker task %s failed", getattr(fn, "__name__", fn))
-        try:
+        with contextlib.suppress(RuntimeError):  # pool shut down while stopping
             self._pool.submit(run)
-        except RuntimeError:  # pool shut down while stopping
-            pass
 
     # ------------------------------------------------------------------------------ network thread
     def _run(self) -> None:
@@ -324,10 +321,8 @@ class MqttHub:
         if sock is None:
             return
         link.reconnect_override = down_for
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)  # paho sees EOF on the next read and reports a lost connection
-        except OSError:
-            pass
 
     def _begin_goodbye(self, done: threading.Event, deadline: float) -> None:
         infos: list[mqtt.MQTTMessageInfo] = []
@@ -357,22 +352,16 @@ class MqttHub:
             self._sel.modify(sock, selectors.EVENT_READ, link)
 
     def _on_socket_close(self, client: mqtt.Client, link: Link, sock: Any) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(sock)
-        except (KeyError, ValueError):
-            pass
 
     def _on_register_write(self, client: mqtt.Client, link: Link, sock: Any) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, link)
-        except (KeyError, ValueError):
-            pass
 
     def _on_unregister_write(self, client: mqtt.Client, link: Link, sock: Any) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._sel.modify(sock, selectors.EVENT_READ, link)
-        except (KeyError, ValueError):
-            pass
 
     def _on_connect(self, client: mqtt.Client, link: Link, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:

@@ -64,7 +64,8 @@ from devices.wire.keys import (
 from firmware_models.head_format import weight_names
 
 __all__ = [
-    "ALIGN", "ARTIFACTS", "SPARSE_INDEX_SUFFIX", "SPARSE_VALUE_SUFFIX", "Encoding", "DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_FRAME_BYTES", "DTYPES", "ERROR_CODES", "FRAME_TYPES",
+    "ALIGN", "ARTIFACTS", "SPARSE_INDEX_SUFFIX", "SPARSE_VALUE_SUFFIX", "Encoding", "DEFAULT_CHUNK_BYTES",
+    "DEFAULT_MAX_FRAME_BYTES", "DTYPES", "ERROR_CODES", "FRAME_TYPES",
     "INDEX_DTYPES", "MAX_HEADER_BYTES", "MAX_STEPS", "PROTOCOL_VERSION", "SCHEMA_DIR", "TASK_TYPES",
     "UINT16_MAX_ENTRIES", "ConfigKey", "ErrorCode", "Frame", "MessageType", "MetricKey", "SparseTensor", "Tensor",
     "check_config", "check_finite", "check_header", "decode_frame", "decode_json_document", "decode_result",

@@ -57,7 +57,8 @@ class Reptile(FedAvg):
     """
 
     def __init__(self, *, epsilon: float = 1.0, epsilon_floor: float = 0.0, num_rounds: int = 1,
-                 local_steps: int = 50, local_lr: float = 0.02, serial: bool = False, aggregation: str = "mean", trim: float = 0.2,
+                 local_steps: int = 50, local_lr: float = 0.02, serial: bool = False, aggregation: str = "mean",
+                 trim: float = 0.2,
                  **kwargs: object) -> None:
         if serial:
             kwargs.update(fraction_train=SERIAL_FRACTION, min_train_nodes=1)

@@ -38,7 +38,8 @@ from tests.support.broker import BAD_USER_OR_PASSWORD, NOT_AUTHORIZED, connect
 from tests.support.waiting import wait_until
 
 TINYFLEET = str(Path(sys.executable).with_name("tinyfleet"))
-ENV = {**os.environ, "TINYFLEET_BROKER": "", "COLUMNS": "300", "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+ENV = {**os.environ, "TINYFLEET_BROKER": "", "COLUMNS": "300", "TF_ENABLE_ONEDNN_OPTS": "0",
+       "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 pytestmark = pytest.mark.skipif(find_mosquitto() is None and not os.environ.get("CI"),
                                 reason="mosquitto not installed")
@@ -140,7 +141,8 @@ def test_ensure_server_account_reuses_and_separates_accounts(secured: tuple[Path
 
 
 # ------------------------------------------------------------------------------------ simulator
-def test_simulator_enrols_its_devices_on_a_secured_broker(secured: tuple[Path, MosquittoBroker], tmp_path: Path) -> None:
+def test_simulator_enrols_its_devices_on_a_secured_broker(secured: tuple[Path, MosquittoBroker],
+                                                          tmp_path: Path) -> None:
     from devices.link.fleet_client import snapshot
     from devices.simulator import FleetSimulator, simulated_ids
 
@@ -268,7 +270,8 @@ def test_server_clients_take_credentials_files(secured: tuple[Path, MosquittoBro
         anon = run("registry", "listen", "--broker", url, "--fleet", "lab", "--store", str(tmp_path / "r0"),
                    "--duration", "0.5", "--json")
         assert anon.returncode == 1 and anon.stdout == "" and "Traceback" not in anon.stderr
-        assert anon.stderr.strip().splitlines()[-1].startswith("error: registry listener: broker mqtt://127.0.0.1:") and \
+        last = anon.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: registry listener: broker mqtt://127.0.0.1:") and \
             "refused the connection" in anon.stderr and "--credentials" in anon.stderr
         listened = run("registry", "listen", "--broker", url, "--fleet", "lab", "--store", str(tmp_path / "reg"),
                        "--credentials", str(listener_file), "--duration", "2", "--json")

@@ -172,7 +172,8 @@ def test_simulated_fleet_streams_the_real_days(mosquitto: BrokerInfo, uci_dir: P
         np.testing.assert_array_equal(np.concatenate([agent.x_train, agent.x_eval])[:40], day.x)
     bad = run_cli("devices", "simulate", "--n", "2", "--task", "presence", "--data", str(tmp_path / "nope"),
                   "--models", str(out), "--broker", url, "--duration", "0")
-    assert bad.returncode == 1 and bad.stderr.strip() == f"error: {tmp_path / 'nope'}: UCI occupancy CSV or folder not found"
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == f"error: {tmp_path / 'nope'}: UCI occupancy CSV or folder not found"
 
 
 def test_single_csv_is_split_chronologically(tmp_path: Path) -> None:

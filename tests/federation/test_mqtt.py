@@ -101,7 +101,8 @@ class RogueDevice:
         client.publish(device_topic(self.fleet, self.device_id, "result"), reply, qos=1)
 
     def close(self) -> None:
-        self.client.publish(device_topic(self.fleet, self.device_id, "presence"), b"", qos=1, retain=True).wait_for_publish(2)
+        presence = device_topic(self.fleet, self.device_id, "presence")
+        self.client.publish(presence, b"", qos=1, retain=True).wait_for_publish(2)
         self.client.disconnect()
         self.client.loop_stop()
 

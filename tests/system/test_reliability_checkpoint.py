@@ -66,9 +66,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _lock(directory: Path) -> str:
     """Make `directory` refuse new entries for real; return how."""
-    if os.geteuid() == 0 and shutil.which("chattr"):
-        if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0:
-            return "chattr"
+    root_with_chattr = os.geteuid() == 0 and shutil.which("chattr")
+    if root_with_chattr and subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0:
+        return "chattr"
     directory.chmod(0o555)
     return "chmod"
 

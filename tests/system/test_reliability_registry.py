@@ -1,4 +1,5 @@
-"""Registry under hostile input and kills: SPARQL injection through every `tinyfleet registry` input; SIGKILL mid-import.
+"""Registry under hostile input and kills: SPARQL injection through every `tinyfleet registry` input;
+SIGKILL mid-import.
 
 Injection: every text a user can hand the registry CLI (model and device names, search text,
 lineage model, TD fields, imported literals, query files) carries SPARQL-breaking strings. Each

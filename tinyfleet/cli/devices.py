@@ -296,7 +296,8 @@ def list_devices(
     for dev in sorted(set(fc.presence) | set(fc.tds)):
         pres, td = fc.presence.get(dev, {}), fc.tds.get(dev, {})
         b = td.get("tinyfleet:board", {})
-        rows.append({"device": dev, "online": bool(pres.get("online")), "board": pres.get("board") or b.get("tinyfleet:name"),
+        rows.append({"device": dev, "online": bool(pres.get("online")),
+                     "board": pres.get("board") or b.get("tinyfleet:name"),
                      "use_case": td.get("tinyfleet:useCase"), "ram_bytes": b.get("tinyfleet:ramBytes"),
                      "flash_bytes": b.get("tinyfleet:flashBytes"), "reason": pres.get("reason")})
     if json_out:
@@ -402,8 +403,9 @@ def deploy(
 @app.command()
 def enroll(
     device_id: Annotated[str, typer.Argument(help="Device id = MQTT user name and client id (no / + # :).")],
-    directory: Annotated[Path, typer.Option("--dir", file_okay=False,
-                                            help="Directory of a broker started by `tinyfleet broker start`.")] = default_dir(),
+    directory: Annotated[Path, typer.Option("--dir", file_okay=False, default_factory=default_dir,
+                                            show_default=str(default_dir()),
+                                            help="Directory of a broker started by `tinyfleet broker start`.")],
     fleet: FleetOption = "default",
     tls: Annotated[bool, typer.Option("--tls", help="Require the broker directory to use TLS (the device gets "
                                       "a client certificate signed by the broker's CA).")] = False,

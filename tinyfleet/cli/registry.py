@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,7 +32,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 FileArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     turtle = "turtle"
     json_ld = "json-ld"
     nt = "nt"
@@ -49,8 +49,9 @@ def _open(store: Path | None, endpoint: str | None, update_endpoint: str | None,
 
 @app.command("add-model")
 def add_model(file: FileArg,
-              card: Annotated[Path | None, typer.Option("--card", exists=True, dir_okay=False,
-                                                           help="Model card JSON (name, task, metrics, sensors...).")] = None,
+              card: Annotated[Path | None, typer.Option(
+                  "--card", exists=True, dir_okay=False,
+                  help="Model card JSON (name, task, metrics, sensors...).")] = None,
               store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
               user: UserOpt = None, json_out: JsonOpt = False) -> None:
     """Inspect a .tflite (TFLite Micro arena measured) and add or replace its description.
@@ -269,8 +270,8 @@ def lineage(model: str, store: StoreOpt = None, endpoint: EndpointOpt = None, up
 @app.command("listen")
 def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:port of the fleet's broker.")],
            fleet: Annotated[str, typer.Option("--fleet", help="Fleet to follow; '+' = every fleet.")] = "+",
-           duration: Annotated[float | None, typer.Option("--duration", min=0.0,
-                                                             help="Stop after S seconds (default: until Ctrl-C).")] = None,
+           duration: Annotated[float | None, typer.Option(
+               "--duration", min=0.0, help="Stop after S seconds (default: until Ctrl-C).")] = None,
            mqtt_user: Annotated[str | None, typer.Option("--mqtt-user", help="MQTT user name.")] = None,
            ca: Annotated[Path | None, typer.Option("--ca", exists=True, dir_okay=False,
                                                       help="CA certificate (mqtts).")] = None,
