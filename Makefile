@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh Debian/Ubuntu machine with Python 3.11+:
 #   make demo   -- builds the venv, installs tinyfleet and Mosquitto, runs the end-to-end demo
-#   make test   -- the same set-up, then the test suite
+#   make test   -- the same set-up, then the lint/type gate (ruff, mypy), then the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,7 +8,7 @@ DEMO_OUT ?= demo-out
 export TF_ENABLE_ONEDNN_OPTS := 0
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup system-deps demo test bench clean
+.PHONY: setup system-deps demo lint test bench clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -36,11 +36,16 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/tinyfleet demo --out $(DEMO_OUT)
 
-test: setup
+# The gate CI runs before the tests: any ruff finding or mypy error fails `make test`.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: setup lint
 	$(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python -m benchmarks.models
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -48,7 +48,7 @@ from devices.wire.protocol import (
 )
 from devices.wire.sparse import top_p_encode
 from devices.wire.thing_description import td_payload, thing_description
-from devices.wire.topics import check_name, device_topic
+from devices.wire.topics import Kind, check_name, device_topic
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.usecases.base import DeviceData
 
@@ -151,8 +151,8 @@ class DeviceAgent:
             log.warning("%s: %s; it will refuse train/evaluate/adapt tasks", self.client_id, exc)
 
     # ------------------------------------------------------------------------------ topics
-    def topic(self, kind: str) -> str:
-        return device_topic(self.config.fleet, self.client_id, kind)  # type: ignore[arg-type]
+    def topic(self, kind: Kind) -> str:
+        return device_topic(self.config.fleet, self.client_id, kind)
 
     def will(self) -> tuple[str, bytes]:
         return self.topic("presence"), presence_payload(self.client_id, online=False, fleet=self.config.fleet,

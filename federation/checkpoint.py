@@ -42,7 +42,7 @@ def save_checkpoint(path: str | Path, *, arrays: Mapping[str, np.ndarray], state
         raise ValueError("array names starting with '__' are reserved")
     meta = json.dumps({"format": CHECKPOINT_FORMAT, "keys": list(arrays), **state}, sort_keys=True)
     buf = io.BytesIO()
-    np.savez(buf, **{_META: np.frombuffer(meta.encode(), dtype=np.uint8)},
+    np.savez(buf, allow_pickle=False, **{_META: np.frombuffer(meta.encode(), dtype=np.uint8)},
              **{k: np.asarray(v) for k, v in arrays.items()})
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -16,11 +16,13 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 from flwr.serverapp import Grid
 
 from devices.wire.protocol import ConfigKey
@@ -95,7 +97,7 @@ class FleetGrid(Grid):
         self.norm_floor = float(norm_floor)
         self.ledger = RoundLedger()
         if allow is None or callable(allow):
-            self._allow: DeviceFilter | None = allow  # type: ignore[assignment]
+            self._allow: DeviceFilter | None = allow
         else:
             allowed = frozenset(allow)
             self._allow = allowed.__contains__
@@ -187,7 +189,8 @@ class FleetGrid(Grid):
     # -- sending --------------------------------------------------------------------------------
     def _round_phase(self, msg: Message) -> tuple[int, str]:
         cfg = _first(msg.content.config_records)
-        rnd = int(cfg.get(ConfigKey.SERVER_ROUND, self._current_round)) if cfg is not None else self._current_round
+        raw = cfg.get(ConfigKey.SERVER_ROUND) if cfg is not None else None
+        rnd = int(raw) if isinstance(raw, int | float | str) else self._current_round
         phase = "train" if msg.metadata.message_type.startswith(MessageType.TRAIN) else "evaluate"
         return rnd, phase
 
@@ -276,15 +279,15 @@ class FleetGrid(Grid):
         mid = exc.correlation_id
         with self._cv:
             inflight = self._inflight.get(mid) if mid else None
-        if inflight is None:
+        if mid is None or inflight is None:
             self.ledger.discard(self._current_round, "undecodable", len(payload))
             log.info("discarded an undecodable result from %s: %s", device_id, exc)
             return
         self.ledger.add(inflight.server_round, inflight.phase, bytes_up=len(payload))
-        self._reject(mid, inflight, "malformed", str(exc))  # type: ignore[arg-type]
+        self._reject(mid, inflight, "malformed", str(exc))
 
     def _build_reply(self, reply: WireReply, inflight: _Inflight) -> Message:
-        metrics = check_metrics(reply.metrics, phase=inflight.phase)
+        metrics: dict[str, MetricRecordValues] = {**check_metrics(reply.metrics, phase=inflight.phase)}
         content = RecordDict()
         if inflight.phase == "train":
             arrays, norm = check_train_arrays(reply.arrays, inflight.sent_arrays, inflight.encoding)
@@ -328,9 +331,9 @@ class FleetGrid(Grid):
 
     def _reject_outliers(self, replies: list[Message], requests: dict[str, Message]) -> list[Message]:
         """Turn train replies whose update norm is absurd relative to the round's median into errors."""
-        ok = [(i, r) for i, r in enumerate(replies)
-              if not r.has_error() and "update-norm" in (_first(r.content.metric_records) or {})]
-        norms = [float(_first(r.content.metric_records)["update-norm"]) for _, r in ok]  # type: ignore[index]
+        scored = [(i, r, n) for i, r in enumerate(replies) if (n := _update_norm(r)) is not None]
+        ok = [(i, r) for i, r, _ in scored]
+        norms = [n for _, _, n in scored]
         floor = 0.0
         if ok:  # every train request of a round carries the same θ
             sent = _first(requests[ok[0][1].metadata.reply_to_message_id].content.array_records)
@@ -355,15 +358,27 @@ class FleetGrid(Grid):
         return out
 
 
-def _expected_reply(sent: dict[str, np.ndarray], config: dict[str, object]) -> dict[str, np.ndarray]:
+def _expected_reply(sent: dict[str, np.ndarray], config: Mapping[str, object]) -> dict[str, np.ndarray]:
     """The arrays a train reply must answer: all that were sent except the device's local layers."""
-    local = config.get(ConfigKey.LOCAL_LAYERS) or []
-    keep = {f"{p}{i}" for i in local if isinstance(i, int) for p in ("w", "b")}  # type: ignore[union-attr]
+    local = config.get(ConfigKey.LOCAL_LAYERS)
+    keep = {f"{p}{i}" for i in (local if isinstance(local, list | tuple) else ()) if isinstance(i, int)
+            for p in ("w", "b")}
     return {k: v for k, v in sent.items() if k not in keep}
 
 
-def _first(records: dict) -> object | None:  # type: ignore[type-arg]
+_R = TypeVar("_R")
+
+
+def _first(records: Mapping[str, _R]) -> _R | None:
+    """The first record of a Flower RecordDict section (our messages carry one of each kind)."""
     return next(iter(records.values()), None) if records else None
+
+
+def _update_norm(reply: Message) -> float | None:
+    """The update norm `_build_reply` stored in a train reply (None: an error or an evaluate reply)."""
+    rec = None if reply.has_error() else _first(reply.content.metric_records)
+    value = rec.get("update-norm") if rec is not None else None
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _harmonize_metrics(replies: list[Message]) -> list[Message]:
@@ -371,11 +386,13 @@ def _harmonize_metrics(replies: list[Message]) -> list[Message]:
     valid = [r for r in replies if not r.has_error()]
     if len(valid) < 2:
         return replies
-    common = set.intersection(*(set(_first(r.content.metric_records) or {}) for r in valid))  # type: ignore[arg-type]
+    common = set.intersection(*(set(_first(r.content.metric_records) or {}) for r in valid))
     for r in valid:
         rec = _first(r.content.metric_records)
-        for key in [k for k in rec if k not in common]:  # type: ignore[union-attr]
-            del rec[key]  # type: ignore[union-attr]
+        if rec is None:
+            continue
+        for key in [k for k in rec if k not in common]:
+            del rec[key]
     return replies
 
 

@@ -202,7 +202,7 @@ def raw_query(store: RegistryStore, text: str) -> dict[str, Any]:
         raise ReadOnlyQueryError("the registry accepts read-only SPARQL here (SELECT, ASK, CONSTRUCT, DESCRIBE); "
                                  "updates are refused") from None
     form = parsed[1].name  # SelectQuery / AskQuery / ConstructQuery / DescribeQuery
-    result = store.raw(text)  # type: ignore[attr-defined]
+    result = store.raw(text)
     if form == "AskQuery":
         return {"type": "ask", "boolean": bool(result.askAnswer)}
     if form in ("ConstructQuery", "DescribeQuery"):

@@ -39,7 +39,7 @@ KINDS: tuple[Kind, ...] = ("regression", "classification")
 def _check_kind(kind: str) -> Kind:
     if kind not in KINDS:
         raise HeadWeightsError(f"head kind must be one of {', '.join(KINDS)}; got {kind!r}")
-    return kind  # type: ignore[return-value]
+    return kind
 
 
 def _validate_layout(weights: Sequence[np.ndarray], *, where: str) -> None:

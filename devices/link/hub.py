@@ -318,7 +318,7 @@ class MqttHub:
 
     def _crash_now(self, link: Link, down_for: float) -> None:
         sock = link.client.socket() if link.client is not None else None
-        if sock is None:
+        if not isinstance(sock, socket.socket):  # not connected (TLS sockets are socket.socket too)
             return
         link.reconnect_override = down_for
         with contextlib.suppress(OSError):

@@ -16,7 +16,7 @@ import math
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -277,7 +277,7 @@ def check_config(mtype: str, config: Mapping[str, Any], *, request_id: str | Non
                             f"{config[ConfigKey.CHUNK_COUNT]}", code=ErrorCode.BAD_CONFIG, request_id=request_id)
 
 
-def is_int(x: Any, lo: int) -> bool:
+def is_int(x: object, lo: int) -> TypeGuard[int]:
     """A JSON integer >= `lo` (booleans are not integers on the wire)."""
     return isinstance(x, int) and not isinstance(x, bool) and x >= lo
 
@@ -292,7 +292,8 @@ def _read_tensor(e: dict[str, Any], data: memoryview, rid: str | None) -> Tensor
     where = f"tensor {name!r}"
     if not isinstance(name, str):
         raise ProtocolError("a tensor entry has no string 'name'", request_id=rid)
-    dt = DTYPES.get(e.get("dtype"))  # type: ignore[arg-type]
+    dtype = e.get("dtype")
+    dt = DTYPES.get(dtype) if isinstance(dtype, str) else None
     if dt is None:
         raise ProtocolError(f"{where}: unsupported dtype {e.get('dtype')!r}", request_id=rid)
     shape = e.get("shape")

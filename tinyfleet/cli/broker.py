@@ -130,8 +130,9 @@ def status(
     elif info is None:
         print(f"not running (dir {directory}; {'secured' if data['secure'] else 'open'})")
     else:
-        rows = [["running", True], ["url", info.url], ["pid", info.pid], ["dir", directory],
-                ["secured", "yes: anonymous access refused" if data["secure"] else "NO (started with --insecure)"]]
+        rows: list[list[object]] = [
+            ["running", True], ["url", info.url], ["pid", info.pid], ["dir", directory],
+            ["secured", "yes: anonymous access refused" if data["secure"] else "NO (started with --insecure)"]]
         if data["secure"]:
             rows += [["server credentials", data["server_credentials"]]] + ([["CA", data["ca"]]] if data["tls"] else [])
         table("broker", ["key", "value"], rows)

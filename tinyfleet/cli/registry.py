@@ -172,8 +172,9 @@ def match(model: Annotated[str | None, typer.Option("--model", help="Model IRI, 
             rows = q.devices_for_model(st, model)
             why = q.explain_model(st, model)["excluded"] if explain else None
         else:
-            rows = q.models_for_device(st, device)  # type: ignore[arg-type]
-            why = q.explain_device(st, device)["excluded"] if explain else None  # type: ignore[arg-type]
+            assert device is not None  # exactly one of the two, checked above
+            rows = q.models_for_device(st, device)
+            why = q.explain_device(st, device)["excluded"] if explain else None
     if json_out:
         print_json({"matches": rows, "excluded": why} if explain else rows)
         return
