@@ -11,16 +11,18 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import Result
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from broker.process import BrokerInfo, MosquittoBroker, find_mosquitto  # noqa: E402
+from tests.support.cli import CONFIG_VARIABLES, invoke  # noqa: E402
 from tests.support.models import SineBuild, run_cli  # noqa: E402
 from tests.support.registry import OxigraphServer, oxigraph_binary  # noqa: E402
 
@@ -31,6 +33,17 @@ def _require_mosquitto() -> None:
         if os.environ.get("CI"):
             pytest.fail("mosquitto is not installed, but CI must run the broker tests")
         pytest.skip("mosquitto is not installed (make test installs it)")
+
+
+@pytest.fixture()
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Result]:
+    """`tests.support.cli.invoke` in a clean configuration: no TINYFLEET_* settings from the shell, and an empty
+    working directory of its own (no tinyfleet.toml is found there, and nothing is written into the test's tmp_path
+    by accident)."""
+    for name in CONFIG_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    return invoke
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +74,8 @@ def fresh_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 def sine_build(tmp_path_factory: pytest.TempPathFactory) -> SineBuild:
     """`tinyfleet models build sine --out DIR --quick --json`, once per session."""
     out = tmp_path_factory.mktemp("models")
+    # the console script in its own process: TensorFlow's converter writes to file descriptor 1 from C++, and only
+    # a real process shows that `--json` stdout stays one JSON document anyway
     proc = run_cli("models", "build", "sine", "--out", str(out), "--quick", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     card = json.loads(proc.stdout)
