@@ -14,6 +14,8 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import os
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -142,6 +144,58 @@ def ensure_server_account(directory: str | Path, name: str = SERVER_USER) -> Cre
     return enroll_server(directory, name, rotate=name in list_accounts(directory)).credentials
 
 
+def process_server_account(directory: str | Path, base: str = SERVER_USER) -> Credentials:
+    """This process's own server account, ``<base>-<pid>``, enrolled on first use.
+
+    Why per process: the broker forces client id = user name, so two server processes that share
+    an account take each other's session over, and each one's reconnect throws the other out
+    again. With one account per process any number of coordinators or Flower Grids can run side by
+    side on one managed broker. Accounts ``<base>-<pid>`` of processes that no longer run on this
+    host are removed at the same time, so the password file does not grow with every run.
+    """
+    name = f"{base}-{os.getpid()}"
+    check_account_name(name)
+    if _retire_dead_process_accounts(Path(directory), base, keep=name):
+        reload_broker(directory)
+    return ensure_server_account(directory, name)
+
+
+def _retire_dead_process_accounts(directory: Path, base: str, *, keep: str) -> list[str]:
+    """Remove server accounts ``<base>-<pid>`` whose process is gone (password, ACL, credentials, certificate)."""
+    pattern = re.compile(rf"{re.escape(base)}-(\d+)")
+    p = SecurityPaths(directory)
+    if not p.accounts.is_file():
+        return []  # not initialized: `ensure_server_account` says so in one line
+    with locked(p):
+        accounts = read_accounts(p)
+        if accounts is None:
+            return []
+        dead = sorted(n for n, acc in accounts["accounts"].items()
+                      if acc["role"] == "server" and n != keep and (m := pattern.fullmatch(n)) is not None
+                      and not _process_alive(int(m.group(1))))
+        if not dead:
+            return []
+        for name in dead:
+            del accounts["accounts"][name]
+        _set_passwords(p.passwd, {}, remove=dead)
+        write_accounts(p, accounts)
+        write_acl(directory)
+        for name in dead:
+            for f in (p.credentials_dir / f"{name}.json", p.client_cert(name), p.client_key(name)):
+                f.unlink(missing_ok=True)
+    return dead
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def enroll_server(directory: str | Path, name: str = SERVER_USER, *, rotate: bool = False) -> Enrollment:
     """Create a server account (read/write on every fleet) and its 0600 credentials file.
 
@@ -238,8 +292,8 @@ def hash_password(password: str, *, salt: bytes | None = None, iterations: int =
     return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
-def _set_passwords(passwd: Path, passwords: dict[str, str]) -> None:
-    """Add or replace accounts in the password file in one atomic write (order kept, 0600)."""
+def _set_passwords(passwd: Path, passwords: dict[str, str], *, remove: Iterable[str] = ()) -> None:
+    """Add, replace (or `remove`) accounts in the password file in one atomic write (order kept, 0600)."""
     entries: dict[str, str] = {}
     try:
         text = passwd.read_text()
@@ -254,6 +308,8 @@ def _set_passwords(passwd: Path, passwords: dict[str, str]) -> None:
         if not sep or not digest:
             raise SecurityError(f"{passwd}:{lineno}: not a 'user:hash' line")
         entries[user] = digest
+    for name in remove:
+        entries.pop(name, None)
     for name, password in passwords.items():
         entries[name] = hash_password(password)
     write_private(passwd, "".join(f"{u}:{h}\n" for u, h in entries.items()))

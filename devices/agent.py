@@ -12,6 +12,7 @@ costs one log line and an error result, and the agent keeps running.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -41,9 +42,11 @@ from devices.wire.protocol import (
     decode_frame,
     encode_result,
     frame_header,
+    implemented_config,
     presence_payload,
     sha256_hex,
     telemetry_payload,
+    unsupported_required,
     weight_names,
 )
 from devices.wire.sparse import top_p_encode
@@ -82,6 +85,10 @@ class AgentConfig:
     drop_prob, latency_s, slow_factor, crash_prob_per_s, crash_down_s :
         Fault knobs of the simulator: ignore a task, delay each reply, multiply compute time,
         drop the connection uncleanly (the Will fires) and come back after `crash_down_s`.
+    lacks_config : tuple of str, default=()
+        Config keys this device behaves as if it did not implement (simulates older or smaller
+        firmware, e.g. without FedProx's ``proximal-mu``): a task that lists one of them under
+        ``required`` is answered with ``unsupported-config``.
     seed : int, default=0
     """
 
@@ -100,6 +107,7 @@ class AgentConfig:
     slow_factor: float = 1.0
     crash_prob_per_s: float = 0.0
     crash_down_s: float = 2.0
+    lacks_config: tuple[str, ...] = ()
     seed: int = 0
 
 
@@ -259,6 +267,7 @@ class DeviceAgent:
             if frame.type == MessageType.RESULT:
                 raise ProtocolError("a device does not accept results on its task topic",
                                     code=ErrorCode.UNKNOWN_TYPE, request_id=frame.id)
+            self._check_required(frame)
             if self.config.drop_prob > 0 and self.rng.random() < self.config.drop_prob:
                 self.dropped += 1
                 log.info("%s: dropping task %s (simulated fault)", self.client_id, frame.id)
@@ -300,6 +309,14 @@ class DeviceAgent:
             return reply
 
     # ------------------------------------------------------------------------------ task kinds
+    def _check_required(self, frame: Frame) -> None:
+        """Refuse a task that needs a config key this device does not implement (never train something else)."""
+        implemented = implemented_config(frame.type) - set(self.config.lacks_config)
+        missing = unsupported_required(frame.type, frame.config, implemented=implemented)
+        if missing:
+            raise ProtocolError(f"{frame.type}: this device does not implement the required config key(s) "
+                                f"{', '.join(missing)}", code=ErrorCode.UNSUPPORTED_CONFIG, request_id=frame.id)
+
     def _weights_from(self, frame: Frame) -> list[np.ndarray] | None:
         arrays = frame.arrays()
         if not arrays:
@@ -340,7 +357,8 @@ class DeviceAgent:
                                      layers=set(local))
             metrics["reconstruct-loss"] = rec["loss"]
         out = self.learner.train(self.x_train, self.y_train, int(cfg[ConfigKey.LOCAL_STEPS]), lr=lr,
-                                 layers=global_layers if local else None)
+                                 layers=global_layers if local else None,
+                                 proximal_mu=float(cfg.get(ConfigKey.PROXIMAL_MU, 0.0)))
         phi = head.get_weights()
         for layer in local:
             self._personal[layer] = (phi[2 * layer].copy(), phi[2 * layer + 1].copy())
@@ -348,6 +366,8 @@ class DeviceAgent:
                         "train-loss-last": out["loss-last"], MetricKey.TRAIN_SECONDS: out["duration-s"]})
         names = weight_names(len(phi))
         send = [i for i in range(len(phi)) if i // 2 in global_layers]
+        if ConfigKey.CLIPPING_NORM in cfg:
+            metrics[MetricKey.NORM_BIT] = float(clip_update(phi, theta, send, float(cfg[ConfigKey.CLIPPING_NORM])))
         top_p = cfg.get(ConfigKey.TOP_P)
         if top_p is None:
             tensors: list[tuple[str, Any]] = [(names[i], phi[i]) for i in send]
@@ -442,3 +462,18 @@ def _peek_id(payload: bytes) -> str | None:
         return rid[:128] if isinstance(rid, str) else None
     except Exception:  # noqa: BLE001 - any garbage means "no id"
         return None
+
+
+def clip_update(phi: list[np.ndarray], theta: list[np.ndarray], arrays: list[int], clipping_norm: float) -> bool:
+    """Scale the update φ − θ of `arrays` (in place in `phi`) to L2 norm ≤ `clipping_norm`; True if it was clipped.
+
+    Flower's ``fixedclipping_mod``/``adaptiveclipping_mod`` rule (FlatClip, McMahan et al. 2018) over
+    the arrays the device sends back: the norm is taken over all of them together.
+    """
+    deltas = [phi[i].astype(np.float64) - theta[i].astype(np.float64) for i in arrays]
+    norm = math.sqrt(sum(float(np.sum(d * d)) for d in deltas))
+    scale = min(1.0, clipping_norm / norm) if norm > 0 else 1.0
+    if scale < 1.0:
+        for i, d in zip(arrays, deltas, strict=True):
+            phi[i] = (theta[i].astype(np.float64) + d * scale).astype(phi[i].dtype)
+    return scale < 1.0

@@ -25,9 +25,9 @@ from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricReco
 from flwr.app.typing import MetricRecordValues
 from flwr.serverapp import Grid
 
-from devices.wire.protocol import ConfigKey
-from federation import flower_compat
-from federation.flower_compat import Run
+from devices.wire.protocol import ConfigKey, weight_names
+from federation.exceptions import QuorumError
+from federation.flower_compat import Run, empty_run, set_message_id
 from federation.ledger import RoundLedger
 from federation.replies import DENSE, TOP_P, RejectedReply, check_metrics, check_train_arrays, outlier_indices
 from federation.transport import Codec, CodecError, TaskSpec, Transport, WireReply
@@ -59,6 +59,7 @@ class _Inflight:
     phase: str
     sent_arrays: dict[str, np.ndarray]
     encoding: str
+    sent_keys: list[str]
     payload: bytes = b""
     answered: bool = False
 
@@ -106,7 +107,7 @@ class FleetGrid(Grid):
         self._replies: dict[str, Message] = {}
         self._devices_by_node: dict[int, str] = {}
         self._current_round = 0
-        self._run: Run = flower_compat.empty_run(_hash63(run_id))
+        self._run: Run = empty_run(_hash63(run_id))
         self.transport.on_device_online(self._resend_inflight)
         self.transport.start(self._on_payload)
 
@@ -136,6 +137,36 @@ class FleetGrid(Grid):
             ids.append(nid)
         return sorted(ids)
 
+    def wait_for_nodes(self, n: int, *, timeout: float = 30.0, poll: float = 0.05) -> list[int]:
+        """Block until at least `n` allowed devices are online; return their node ids.
+
+        Call it before `Strategy.start`: Flower's sampler computes the sample size from the nodes
+        present *before* it waits (a fleet still connecting gets a smaller sample), and its own
+        wait for `min_available_nodes` has no deadline. Raises `QuorumError` after `timeout` seconds,
+        naming how many came.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = self.get_node_ids()
+            if len(nodes) >= n:
+                return nodes
+            if time.monotonic() >= deadline:
+                present = len(self.transport.present_devices())
+                extra = f" ({present} fleet devices online in all)" if present != len(nodes) else ""
+                raise QuorumError(f"only {len(nodes)} of the {n} required devices came online within "
+                                  f"{timeout:g} s{extra}")
+            time.sleep(poll)
+
+    def close(self) -> None:
+        """Release the transport (the broker connection); the Grid cannot be used afterwards."""
+        self.transport.close()
+
+    def __enter__(self) -> FleetGrid:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def device_id(self, node_id: int) -> str:
         """The device behind `node_id` (as seen by `get_node_ids`)."""
         return self._devices_by_node[node_id]
@@ -145,7 +176,7 @@ class FleetGrid(Grid):
         ids: list[str] = []
         for msg in messages:
             mid = uuid.uuid4().hex
-            flower_compat.set_message_id(msg, mid)
+            set_message_id(msg, mid)
             ids.append(mid)
             self._send(mid, msg)
         return ids
@@ -203,7 +234,8 @@ class FleetGrid(Grid):
         cfg_rec = _first(msg.content.config_records)
         config = dict(cfg_rec) if cfg_rec is not None else {}
         encoding = TOP_P if ConfigKey.TOP_P in config else DENSE
-        inflight = _Inflight(msg, device_id or "?", rnd, phase, _expected_reply(arrays, config), encoding)
+        inflight = _Inflight(msg, device_id or "?", rnd, phase, _expected_reply(arrays, config), encoding,
+                             list(arrays))
         if device_id is None:  # a node id we never announced: answer with an error, do not crash
             with self._cv:
                 self._inflight[mid] = inflight
@@ -290,7 +322,8 @@ class FleetGrid(Grid):
         metrics: dict[str, MetricRecordValues] = {**check_metrics(reply.metrics, phase=inflight.phase)}
         content = RecordDict()
         if inflight.phase == "train":
-            arrays, norm = check_train_arrays(reply.arrays, inflight.sent_arrays, inflight.encoding)
+            arrays, norm = check_train_arrays(_as_sent(reply.arrays, inflight.sent_keys), inflight.sent_arrays,
+                                              inflight.encoding)
             content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
             metrics["update-norm"] = norm
         content["metrics"] = MetricRecord(metrics)
@@ -364,6 +397,25 @@ def _expected_reply(sent: dict[str, np.ndarray], config: Mapping[str, object]) -
     keep = {f"{p}{i}" for i in (local if isinstance(local, list | tuple) else ()) if isinstance(i, int)
             for p in ("w", "b")}
     return {k: v for k, v in sent.items() if k not in keep}
+
+
+def _as_sent(arrays: dict[str, np.ndarray], sent_keys: list[str]) -> dict[str, np.ndarray]:
+    """Give a device's result tensors back the keys the strategy used.
+
+    Devices name result tensors by position (``w0, b0, w1, ...``, and ``w0.idx``/``w0.val`` for a
+    sparse update), whatever the task's tensors were called; a Flower user's
+    ``ArrayRecord([w, b])`` has keys ``"0", "1"``. Without this, every reply to such a strategy
+    would be rejected as ``wrong-keys``.
+    """
+    canonical = weight_names(len(sent_keys))
+    if sent_keys == canonical:
+        return arrays
+    back = dict(zip(canonical, sent_keys, strict=True))
+    out: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        base, dot, suffix = name.partition(".")
+        out[back.get(base, base) + dot + suffix] = value
+    return out
 
 
 _R = TypeVar("_R")

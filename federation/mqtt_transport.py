@@ -8,6 +8,7 @@ coordinator that starts after the fleet still sees who is online. The connection
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import uuid
@@ -16,11 +17,14 @@ from devices.exceptions import DeviceLinkError, ProtocolError
 from devices.link.address import BrokerAddress, Credentials
 from devices.link.client import MqttClient
 from devices.wire import protocol
-from devices.wire.topics import device_topic, fleet_filter, parse_topic
+from devices.wire.topics import Kind, device_topic, fleet_filter, parse_topic
 from federation.exceptions import FederationError
 from federation.transport import PayloadHandler, Transport
 
 log = logging.getLogger(__name__)
+
+TD_USE_CASE = "tinyfleet:useCase"
+"""The Thing Description member naming the use case a device learns (devices.wire.thing_description)."""
 
 
 class MqttTransport(Transport):
@@ -39,19 +43,25 @@ class MqttTransport(Transport):
         MQTT client id; defaults to a unique ``tinyfleet-server-...``.
     connect_timeout : float, default=10.0
         Seconds to wait for CONNACK and SUBACK.
+    descriptions : bool, default=False
+        Also follow the devices' retained Thing Descriptions, so that `use_case` can tell which
+        use case each device says it learns (off by default: a large fleet's TDs are kilobytes each).
     """
 
     def __init__(self, address: BrokerAddress, *, fleet: str, credentials: Credentials | None = None,
-                 client_id: str | None = None, connect_timeout: float = 10.0) -> None:
+                 client_id: str | None = None, connect_timeout: float = 10.0, descriptions: bool = False) -> None:
         self.address = address
         self.fleet = fleet
         self.client_id = client_id or f"tinyfleet-server-{uuid.uuid4().hex[:8]}"
         self.connect_timeout = connect_timeout
+        self.username = credentials.username if credentials is not None else None
         self._online: dict[str, bool] = {}
+        self._use_cases: dict[str, str] = {}
         self._lock = threading.Lock()
         self._on_payload: PayloadHandler | None = None
+        kinds: tuple[Kind, ...] = ("presence", "result", "td") if descriptions else ("presence", "result")
         self._mqtt = MqttClient(address, credentials, client_id=self.client_id, keepalive=30,
-                                subscriptions=[fleet_filter(fleet, "presence"), fleet_filter(fleet, "result")],
+                                subscriptions=[fleet_filter(fleet, k) for k in kinds],
                                 on_message=self._handle_message)
 
     @property
@@ -69,10 +79,17 @@ class MqttTransport(Transport):
             raise FederationError(f"the coordinator cannot use the MQTT broker: {exc}") from None
 
     def present_devices(self) -> list[str]:
+        self._check_not_taken_over()
         with self._lock:
             return sorted(d for d, up in self._online.items() if up)
 
+    def use_case(self, device_id: str) -> str | None:
+        """The use case `device_id`'s Thing Description names (None if unknown or not followed)."""
+        with self._lock:
+            return self._use_cases.get(device_id)
+
     def send(self, device_id: str, payload: bytes) -> None:
+        self._check_not_taken_over()
         try:
             self._mqtt.publish(device_topic(self.fleet, device_id, "task"), payload, qos=1)
         except DeviceLinkError as exc:
@@ -80,6 +97,14 @@ class MqttTransport(Transport):
 
     def close(self) -> None:
         self._mqtt.close()
+
+    def _check_not_taken_over(self) -> None:
+        if self._mqtt.taken_over:
+            who = f"account {self.username!r}" if self.username else f"client id {self.client_id!r}"
+            raise FederationError(
+                f"another process connected to {self.address.url} with {who} and took this connection over: "
+                "every server process that runs at the same time needs its own broker account (give each its "
+                "own credentials, or a managed broker directory so that one is enrolled per process)")
 
     # -- network thread ------------------------------------------------------------------------
     def _handle_message(self, topic_name: str, payload: bytes) -> None:
@@ -96,6 +121,22 @@ class MqttTransport(Transport):
             return
         if topic.kind == "presence":
             self._presence(topic.device_id, payload)
+        elif topic.kind == "td":
+            self._description(topic.device_id, payload)
+
+    def _description(self, device_id: str, payload: bytes) -> None:
+        """Remember the use case a device's TD names (a claim used for selection only, never trusted further)."""
+        try:
+            doc = json.loads(payload) if payload else {}
+        except ValueError:
+            log.info("ignored an unreadable Thing Description of %s", device_id)
+            return
+        use_case = doc.get(TD_USE_CASE) if isinstance(doc, dict) else None
+        with self._lock:
+            if isinstance(use_case, str):
+                self._use_cases[device_id] = use_case
+            else:
+                self._use_cases.pop(device_id, None)
 
     def _presence(self, device_id: str, payload: bytes) -> None:
         if not payload:  # a cleared retained message: the device is gone

@@ -23,6 +23,16 @@ from federation.transport import Codec, CodecError, TaskSpec, WireReply
 
 _TASK_TYPES = {"train": protocol.MessageType.TRAIN, "evaluate": protocol.MessageType.EVALUATE}
 
+MEANINGFUL_KEYS: tuple[str, ...] = (protocol.ConfigKey.PROXIMAL_MU, protocol.ConfigKey.CLIPPING_NORM)
+"""Config keys that carry a strategy's meaning: when a task has one, it is listed under ``required``.
+
+Devices ignore unknown config keys by design, so without this a device that does not implement
+FedProx's ``proximal-mu`` would train plain SGD and FedProx would silently run as FedAvg (measured
+before this existed: round 1 of FedProx(μ=1) equalled FedAvg's to 1.2e-7). Keys whose loss already
+fails loudly (``top-p``, ``local-layers``: the reply's arrays no longer match) are not listed, to keep
+task headers small. A strategy can require further keys by setting ``config["required"]`` itself.
+"""
+
 
 class ProtocolCodec(Codec):
     """Encode Flower tasks as protocol-v1 frames and decode device results.
@@ -46,6 +56,11 @@ class ProtocolCodec(Codec):
         """One task frame; a config the protocol refuses is a server-side mistake and raises."""
         mtype = _TASK_TYPES[task.task_type]
         config = {**self.task_defaults, **{k: _plain(v) for k, v in task.config.items()}}
+        required = config.get(protocol.ConfigKey.REQUIRED, [])
+        if isinstance(required, list):  # anything else is refused by the protocol's check below
+            marked = sorted({*map(str, required), *(k for k in MEANINGFUL_KEYS if k in config)})
+            if marked:
+                config[protocol.ConfigKey.REQUIRED] = marked
         tensors = [(k, np.asarray(v, np.float32)) for k, v in task.arrays.items()]
         try:
             _, frame = protocol.encode_task(mtype, config=config, run=task.run_id, server_round=int(task.server_round),

@@ -183,11 +183,12 @@ def search(store: RegistryStore, text: str) -> list[dict[str, Any]]:
             for r in store.select_values(load_query("search"), {"q": Literal(text.strip().lower())})]
 
 
-def raw_query(store: RegistryStore, text: str) -> dict[str, Any]:
-    """Run a user's read-only SPARQL (SELECT/ASK/CONSTRUCT/DESCRIBE); reject any update.
+def read_only_form(text: str) -> str:
+    """The form of a read-only SPARQL query (SelectQuery, AskQuery, ConstructQuery, DescribeQuery).
 
     Why parse first: the embedded store would execute an update sent as a query; parsing with
-    rdflib's SPARQL grammar tells a query from an update before anything runs.
+    rdflib's SPARQL grammar tells a query from an update before anything runs. Raises
+    `ReadOnlyQueryError` for an update and `RegistryInputError` for a syntax error.
     """
     from pyparsing import ParseException
     from rdflib.plugins.sparql.parser import parseQuery, parseUpdate
@@ -201,7 +202,12 @@ def raw_query(store: RegistryStore, text: str) -> dict[str, Any]:
             raise RegistryInputError(f"SPARQL syntax error at line {exc.lineno}, column {exc.col}: {exc.msg}") from None
         raise ReadOnlyQueryError("the registry accepts read-only SPARQL here (SELECT, ASK, CONSTRUCT, DESCRIBE); "
                                  "updates are refused") from None
-    form = parsed[1].name  # SelectQuery / AskQuery / ConstructQuery / DescribeQuery
+    return str(parsed[1].name)
+
+
+def raw_query(store: RegistryStore, text: str) -> dict[str, Any]:
+    """Run a user's read-only SPARQL (SELECT/ASK/CONSTRUCT/DESCRIBE); reject any update."""
+    form = read_only_form(text)
     result = store.raw(text)
     if form == "AskQuery":
         return {"type": "ask", "boolean": bool(result.askAnswer)}

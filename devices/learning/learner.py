@@ -172,12 +172,15 @@ class OnlineLearner:
 
     # ------------------------------------------------------------------------------ learning
     def train(self, x: np.ndarray, y: np.ndarray, steps: int, *, lr: float | None = None,
-              layers: set[int] | None = None) -> dict[str, float]:
+              layers: set[int] | None = None, proximal_mu: float = 0.0) -> dict[str, float]:
         """`steps` SGD steps of one sample each, visiting the local data in shuffled passes.
 
         Returns ``{"loss": mean prequential loss over the steps, "num-examples": steps,
         "loss-last": mean over the last pass (min(steps, n) steps), "duration-s": wall time}``.
         `layers` restricts the update to those head layers (0-based); None trains all.
+        `proximal_mu` > 0 adds FedProx's proximal term μ/2·‖w − w_start‖² to every step's loss,
+        where w_start is the head at the start of this call (the round's global model); the
+        reported losses stay the data loss, as in Flower's FedProx clients.
         """
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise LearnerInputError(f"steps must be a positive integer; got {steps!r}")
@@ -188,7 +191,7 @@ class OnlineLearner:
         # one call for all steps: inputs validated and finiteness checked once (a diverged call
         # leaves the head as it was before it), not per step, which is what makes 50,000 steps cheap
         losses = self.head.sgd_steps(feats, y_arr, order[:int(steps)], rate, trainable=layers,
-                                     clip_norm=self.clip_norm)
+                                     clip_norm=self.clip_norm, proximal_mu=proximal_mu)
         self.samples_seen_ += int(steps)
         self.last_loss_ = float(losses[-1])
         tail = losses[-min(len(feats), int(steps)):]

@@ -49,6 +49,13 @@ class ConfigKey(_Constants):
     CHUNK_INDEX = "chunk-index"
     CHUNK_COUNT = "chunk-count"
     ARENA_BYTES = "arena-bytes"
+    PROXIMAL_MU = "proximal-mu"
+    """FedProx's μ: train on loss + μ/2·‖w − w_task‖² (the key Flower's `FedProx` sets)."""
+    CLIPPING_NORM = "clipping_norm"
+    """Clip the update φ − θ to this L2 norm before replying (the key, spelled as Flower spells it, of the
+    client-side differential-privacy clipping wrappers and `fixedclipping_mod`/`adaptiveclipping_mod`)."""
+    REQUIRED = "required"
+    """Config keys the device must implement; one it does not implement makes it answer ``unsupported-config``."""
 
 
 class MetricKey(_Constants):
@@ -61,6 +68,8 @@ class MetricKey(_Constants):
     LOSS_BEFORE = "loss-before"
     LOSS_AFTER = "loss-after"
     TRAIN_SECONDS = "train-seconds"
+    NORM_BIT = "norm_bit"
+    """1 if the update was clipped to ``clipping_norm``, else 0 (Flower's adaptive clipping counts these)."""
 
 
 class ErrorCode(_Constants):
@@ -77,6 +86,7 @@ class ErrorCode(_Constants):
     SHA_MISMATCH = "sha-mismatch"
     SELF_TEST_FAILED = "self-test-failed"
     DOES_NOT_FIT = "does-not-fit"
+    UNSUPPORTED_CONFIG = "unsupported-config"
     INTERNAL = "internal"
 
 

@@ -43,10 +43,12 @@ from devices.wire.frames import (
     decode_frame,
     encode_frame,
     frame_header,
+    implemented_config,
     is_int,
     request_id,
     sparse_index_dtype,
     sparse_nbytes,
+    unsupported_required,
 )
 from devices.wire.keys import (
     ERROR_CODES,
@@ -69,9 +71,10 @@ __all__ = [
     "INDEX_DTYPES", "MAX_HEADER_BYTES", "MAX_STEPS", "PROTOCOL_VERSION", "SCHEMA_DIR", "TASK_TYPES",
     "UINT16_MAX_ENTRIES", "ConfigKey", "ErrorCode", "Frame", "MessageType", "MetricKey", "SparseTensor", "Tensor",
     "check_config", "check_finite", "check_header", "decode_frame", "decode_json_document", "decode_result",
-    "encode_deploy", "encode_frame", "encode_result", "encode_task", "frame_header", "load_schema", "new_id",
+    "encode_deploy", "encode_frame", "encode_result", "encode_task", "frame_header", "implemented_config",
+    "load_schema", "new_id",
     "presence_payload", "request_id", "sha256_hex", "sparse_index_dtype", "sparse_nbytes", "telemetry_payload",
-    "weight_names",
+    "unsupported_required", "weight_names",
 ]
 
 DEFAULT_CHUNK_BYTES = 48 * 1024
