@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,13 +30,14 @@ def _own_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_simulate_then_list_and_show(cli: Cli, mosquitto: BrokerInfo, tmp_path: Path) -> None:
     url = f"mqtt://{mosquitto.host}:{mosquitto.port}"
     env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
-    # subprocess: the simulated fleet must keep running while the CLI calls below look at it
+    # subprocess: the simulated fleet keeps running while the CLI calls below look at it, then is stopped with
+    # Ctrl-C (SIGINT) as a user stops it (a fixed --duration raced the calls on a busy machine)
     sim = subprocess.Popen([*CLI, "devices", "simulate", "--n", "5", "--task", "sine", "--boards", "nano33ble:4,uno:1",
-                            "--broker", url, "--fleet", "clisim", "--duration", "4", "--json"],
+                            "--broker", url, "--fleet", "clisim", "--duration", "600", "--json"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
         listed: dict = {}
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             out = cli("devices", "list", "--broker", url, "--fleet", "clisim", "--wait", "0.5", "--json")
             assert out.exit_code == 0, out.stderr
@@ -48,6 +50,7 @@ def test_simulate_then_list_and_show(cli: Cli, mosquitto: BrokerInfo, tmp_path: 
         assert shown.exit_code == 0, shown.stderr
         doc = json.loads(shown.stdout)
         assert doc["td"]["id"] == "urn:tinyfleet:device:sim-0001" and doc["presence"]["online"] is True
+        sim.send_signal(signal.SIGINT)
         out, errtext = sim.communicate(timeout=60)
     finally:
         if sim.poll() is None:
