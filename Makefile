@@ -14,11 +14,21 @@ setup: system-deps $(VENV)/.installed
 
 # Debian/Ubuntu packages the tool and its tests use: Mosquitto (broker), espeak-ng (keyword audio),
 # Noto fonts (handwritten-character glyphs), python3-venv (Debian's python3 lacks venv without it),
-# chromium + chromium-driver (the dashboard's browser test drives headless Chromium with Selenium).
-# Installed only when missing; needs root or sudo.
+# chromium + chromium-driver (the dashboard's browser test drives headless Chromium with Selenium),
+# and the C device side: gcc + libmosquitto-dev (tf-agent), clang + libclang-rt-dev (libFuzzer,
+# ASan/UBSan), gcc-arm-none-eabi + libnewlib-arm-none-eabi (Cortex-M4 builds), qemu-system-arm
+# (one SGD step on mps2-an386). Installed only when missing; needs root or sudo.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto mosquitto-clients"; \
+	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	command -v make >/dev/null 2>&1 || missing="$$missing make"; \
+	[ -f /usr/include/mosquitto.h ] || missing="$$missing libmosquitto-dev"; \
+	command -v clang >/dev/null 2>&1 || missing="$$missing clang"; \
+	[ -n "$$(find /usr/lib/llvm-*/lib/clang -name 'libclang_rt.fuzzer-x86_64.a' 2>/dev/null | head -n 1)" ] || missing="$$missing libclang-rt-dev"; \
+	command -v arm-none-eabi-gcc >/dev/null 2>&1 || missing="$$missing gcc-arm-none-eabi"; \
+	[ -d /usr/lib/arm-none-eabi/newlib ] || missing="$$missing libnewlib-arm-none-eabi"; \
+	command -v qemu-system-arm >/dev/null 2>&1 || missing="$$missing qemu-system-arm"; \
 	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
 	[ -d /usr/share/fonts/truetype/noto ] || missing="$$missing fonts-noto-core"; \
 	$(PYTHON) -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$$missing python3-venv"; \

@@ -39,7 +39,7 @@ from broker.files import (
 from broker.pki import issue_client_certificate
 from broker.process import reload_broker
 from devices.link.address import Credentials
-from devices.wire.topics import check_name
+from devices.wire.topics import DEFAULT_FLEET, check_name
 
 _PASSWORD_BYTES = 24  # 192 random bits, 32 URL-safe characters
 PBKDF2_ITERATIONS = 101
@@ -87,7 +87,7 @@ def list_accounts(directory: str | Path) -> dict[str, dict[str, Any]]:
     return dict(accounts["accounts"]) if accounts else {}
 
 
-def enroll_device(directory: str | Path, device_id: str, *, fleet: str = "default",
+def enroll_device(directory: str | Path, device_id: str, *, fleet: str = DEFAULT_FLEET,
                   rotate: bool = False) -> Enrollment:
     """Create a device account (password, ACL, certificate with TLS) and reload a running broker.
 
@@ -107,7 +107,7 @@ def enroll_device(directory: str | Path, device_id: str, *, fleet: str = "defaul
                    rotate=rotate)
 
 
-def enroll_devices(directory: str | Path, device_ids: Iterable[str], *, fleet: str = "default",
+def enroll_devices(directory: str | Path, device_ids: Iterable[str], *, fleet: str = DEFAULT_FLEET,
                    rotate: bool = False) -> list[Enrollment]:
     """Enrol many devices at once (fleet simulator, provisioning scripts), each with its own password.
 
@@ -120,7 +120,7 @@ def enroll_devices(directory: str | Path, device_ids: Iterable[str], *, fleet: s
                         fleet=check_name(fleet, what="fleet name"), rotate=rotate)
 
 
-def enroll_device_credentials(directory: str | Path, device_ids: Iterable[str], *, fleet: str = "default",
+def enroll_device_credentials(directory: str | Path, device_ids: Iterable[str], *, fleet: str = DEFAULT_FLEET,
                               rotate: bool = True) -> dict[str, Credentials]:
     """``{device id: Credentials}`` for devices about to connect to the broker of `directory`.
 

@@ -37,6 +37,7 @@ from devices.wire.protocol import (
     Frame,
     MessageType,
     MetricKey,
+    ReplyEncoding,
     SparseTensor,
     check_finite,
     decode_frame,
@@ -51,7 +52,7 @@ from devices.wire.protocol import (
 )
 from devices.wire.sparse import top_p_encode
 from devices.wire.thing_description import td_payload, thing_description
-from devices.wire.topics import Kind, check_name, device_topic
+from devices.wire.topics import DEFAULT_FLEET, Kind, check_name, device_topic
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.usecases.base import DeviceData
 
@@ -95,7 +96,7 @@ class AgentConfig:
     device_id: str
     board: Board
     state_dir: Path
-    fleet: str = "default"
+    fleet: str = DEFAULT_FLEET
     use_case: str = "sine"
     sensors: tuple[str, ...] = ()
     telemetry_s: float = 10.0
@@ -355,15 +356,14 @@ class DeviceAgent:
         if local and int(cfg.get(ConfigKey.RECONSTRUCT_STEPS, 0)) > 0:
             rec = self.learner.train(self.x_train, self.y_train, int(cfg[ConfigKey.RECONSTRUCT_STEPS]), lr=lr,
                                      layers=set(local))
-            metrics["reconstruct-loss"] = rec["loss"]
+            metrics[MetricKey.RECONSTRUCT_LOSS] = rec[MetricKey.TRAIN_LOSS]
         out = self.learner.train(self.x_train, self.y_train, int(cfg[ConfigKey.LOCAL_STEPS]), lr=lr,
                                  layers=global_layers if local else None,
                                  proximal_mu=float(cfg.get(ConfigKey.PROXIMAL_MU, 0.0)))
         phi = head.get_weights()
         for layer in local:
             self._personal[layer] = (phi[2 * layer].copy(), phi[2 * layer + 1].copy())
-        metrics.update({MetricKey.NUM_EXAMPLES: float(out["num-examples"]), MetricKey.TRAIN_LOSS: out["loss"],
-                        "train-loss-last": out["loss-last"], MetricKey.TRAIN_SECONDS: out["duration-s"]})
+        metrics.update(out)  # the learner speaks the wire's metric vocabulary (MetricKey)
         names = weight_names(len(phi))
         send = [i for i in range(len(phi)) if i // 2 in global_layers]
         if ConfigKey.CLIPPING_NORM in cfg:
@@ -371,14 +371,14 @@ class DeviceAgent:
         top_p = cfg.get(ConfigKey.TOP_P)
         if top_p is None:
             tensors: list[tuple[str, Any]] = [(names[i], phi[i]) for i in send]
-            encoding = "weights"
+            encoding = ReplyEncoding.WEIGHTS
         else:
             tensors = []
             for i in send:
                 idx, vals = top_p_encode(phi[i] - theta[i], float(top_p))
                 tensors.append((names[i], SparseTensor(idx, vals, phi[i].shape)))
-            encoding = "delta"
-            metrics[ConfigKey.TOP_P] = float(top_p)
+            encoding = ReplyEncoding.DELTA
+            metrics[MetricKey.TOP_P] = float(top_p)
         return metrics, tensors, {"encoding": encoding, "local-layers": local}
 
     def _evaluate(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any]]:
@@ -394,7 +394,7 @@ class DeviceAgent:
             out = self.learner.evaluate(self.x_eval, self.y_eval)
         finally:
             head.set_weights(saved)
-        return {k: float(v) for k, v in out.items()}, [], {}
+        return dict(out), [], {}
 
     def _adapt(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any]]:
         cfg = frame.config
@@ -406,17 +406,18 @@ class DeviceAgent:
         if weights is not None:
             self.learner.head.set_weights(weights)
         steps = int(cfg[ConfigKey.STEPS])
-        metrics: dict[str, float] = {}
-        held_before = self.learner.evaluate(self.x_eval, self.y_eval)
+        x_shots, y_shots = self.x_train[:shots], self.y_train[:shots]
         if steps > 0:
-            out = self.learner.adapt(self.x_train[:shots], self.y_train[:shots], steps, lr=cfg.get(ConfigKey.LR))
-            metrics.update({MetricKey.LOSS_BEFORE: out["loss-before"], MetricKey.LOSS_AFTER: out["loss-after"]})
-        held = self.learner.evaluate(self.x_eval, self.y_eval)
-        metrics.update({"heldout-" + k: float(v) for k, v in held.items()})
-        metrics.update({"heldout-before-" + k: float(v) for k, v in held_before.items() if k != "num-examples"})
-        metrics["shots"] = float(shots)
+            metrics = self.learner.adapt(x_shots, y_shots, steps, lr=cfg.get(ConfigKey.LR))
+        else:  # no step: the shots' loss before and after is the same number
+            loss = self.learner.evaluate(x_shots, y_shots)[MetricKey.LOSS]
+            metrics = {MetricKey.NUM_EXAMPLES: shots, MetricKey.SHOTS: shots, MetricKey.LOSS_BEFORE: loss,
+                       MetricKey.LOSS_AFTER: loss}
+        held = self.learner.evaluate(self.x_eval, self.y_eval)  # the adapted head on held-out samples
+        metrics.update({k: v for k, v in held.items() if k != MetricKey.NUM_EXAMPLES})
         phi = self.learner.head.get_weights()
-        return metrics, list(zip(weight_names(len(phi)), phi, strict=True)), {"encoding": "weights"}
+        return (dict(metrics), list(zip(weight_names(len(phi)), phi, strict=True)),
+                {"encoding": ReplyEncoding.WEIGHTS})
 
     def _deploy(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any],
                                               tuple[str, str] | None] | None:
@@ -451,7 +452,7 @@ class DeviceAgent:
             self.model_sha256 = outcome.sha256
             self.memory_bytes = self.learner.memory_report()["total"]
         log.info("%s: deployed %s (%s)", self.client_id, artifact, outcome.sha256[:12])
-        return {"bytes": float(len(data))}, [], {"deploy": outcome.report()}, None
+        return {MetricKey.BYTES: len(data)}, [], {"deploy": outcome.report()}, None
 
 
 def _peek_id(payload: bytes) -> str | None:

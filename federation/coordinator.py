@@ -35,6 +35,7 @@ from flwr.serverapp.exception import AggregationError, InconsistentMessageReplie
 from flwr.serverapp.strategy import Strategy
 
 from devices.wire.protocol import ConfigKey, MetricKey
+from devices.wire.topics import DEFAULT_FLEET
 from federation import flower_compat, strategy_state
 from federation.checkpoint import load_checkpoint, load_extra_arrays, save_checkpoint
 from federation.exceptions import CheckpointError
@@ -62,10 +63,11 @@ class RunConfig:
     min_replies: int = 1
     quorum: int = 1
     quorum_timeout: float = 30.0
-    fleet: str = "default"
+    fleet: str = DEFAULT_FLEET
     broker: str | None = None
     simulate: int = 0
     samples_per_device: int = 64
+    allow_undescribed: bool = False  # sample devices that publish no Thing Description (federation.selection)
 
     def save(self, run_dir: Path) -> None:
         try:

@@ -30,6 +30,7 @@ from federation.exceptions import QuorumError
 from federation.flower_compat import Run, empty_run, set_message_id
 from federation.ledger import RoundLedger
 from federation.replies import DENSE, TOP_P, RejectedReply, check_metrics, check_train_arrays, outlier_indices
+from federation.selection import explain_exclusions
 from federation.transport import Codec, CodecError, TaskSpec, Transport, WireReply
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ DeviceFilter = Callable[[str], bool]
 
 # Error codes of the error replies the Grid makes up (Flower's Error.code is an int).
 ERR_DEVICE, ERR_REJECTED = 1, 2
+_MISSING_RUN = "the result has no 'run' (a device copies 'run' and 'round' from the task into its result)"
+_MISSING_ROUND = "the result has no 'round' (a device copies 'run' and 'round' from the task into its result)"
 
 
 def _hash63(text: str) -> int:
@@ -137,6 +140,15 @@ class FleetGrid(Grid):
             ids.append(nid)
         return sorted(ids)
 
+    def excluded_devices(self, device_ids: Iterable[str]) -> dict[str, str]:
+        """``{device: reason}`` for those of `device_ids` the allow filter keeps out of the run."""
+        if self._allow is None:
+            return {}
+        explain = getattr(self._allow, "excluded", None)
+        if callable(explain):
+            return dict(explain(list(device_ids)))
+        return {d: "not in the run's allow-list" for d in device_ids if not self._allow(d)}
+
     def wait_for_nodes(self, n: int, *, timeout: float = 30.0, poll: float = 0.05) -> list[int]:
         """Block until at least `n` allowed devices are online; return their node ids.
 
@@ -151,10 +163,12 @@ class FleetGrid(Grid):
             if len(nodes) >= n:
                 return nodes
             if time.monotonic() >= deadline:
-                present = len(self.transport.present_devices())
-                extra = f" ({present} fleet devices online in all)" if present != len(nodes) else ""
+                present = self.transport.present_devices()
+                why = explain_exclusions(self.excluded_devices(present))
+                extra = f"{len(present)} fleet devices online in all" if len(present) != len(nodes) else ""
+                extra = "; ".join(x for x in (extra, why) if x)
                 raise QuorumError(f"only {len(nodes)} of the {n} required devices came online within "
-                                  f"{timeout:g} s{extra}")
+                                  f"{timeout:g} s" + (f" ({extra})" if extra else ""))
             time.sleep(poll)
 
     def close(self) -> None:
@@ -286,11 +300,12 @@ class FleetGrid(Grid):
                          f"reply from {device_id} to a request sent to {inflight.device_id}")
             return
         if reply.run_id != self.run_id:
-            self._reject(reply.correlation_id, inflight, "unknown-run", f"run {reply.run_id!r} is not {self.run_id!r}")
+            self._reject(reply.correlation_id, inflight, "unknown-run", _MISSING_RUN if reply.run_id is None
+                         else f"run {reply.run_id!r} is not {self.run_id!r}")
             return
         if reply.server_round != inflight.server_round:
-            self._reject(reply.correlation_id, inflight, "stale-round",
-                         f"reply for round {reply.server_round} in round {inflight.server_round}")
+            self._reject(reply.correlation_id, inflight, "stale-round", _MISSING_ROUND if reply.server_round is None
+                         else f"reply for round {reply.server_round} in round {inflight.server_round}")
             return
         if reply.error is not None:
             code, reason = reply.error

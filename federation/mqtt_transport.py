@@ -2,7 +2,8 @@
 
 One paho client (MQTT v5, QoS 1, its own network thread) serves the coordinator. Presence comes
 from the devices' retained presence documents (the Last Will flips them to offline), so a
-coordinator that starts after the fleet still sees who is online. The connection is the project's one
+coordinator that starts after the fleet still sees who is online; the retained Thing Descriptions
+say what each device is (`federation.selection` samples by them). The connection is the project's one
 `MqttClient` (TCP_NODELAY, credentials, TLS and refusals handled there).
 """
 
@@ -19,12 +20,11 @@ from devices.link.client import MqttClient
 from devices.wire import protocol
 from devices.wire.topics import Kind, device_topic, fleet_filter, parse_topic
 from federation.exceptions import FederationError
+from federation.selection import Description, description_from_td
 from federation.transport import PayloadHandler, Transport
 
 log = logging.getLogger(__name__)
 
-TD_USE_CASE = "tinyfleet:useCase"
-"""The Thing Description member naming the use case a device learns (devices.wire.thing_description)."""
 
 
 class MqttTransport(Transport):
@@ -44,8 +44,9 @@ class MqttTransport(Transport):
     connect_timeout : float, default=10.0
         Seconds to wait for CONNACK and SUBACK.
     descriptions : bool, default=False
-        Also follow the devices' retained Thing Descriptions, so that `use_case` can tell which
-        use case each device says it learns (off by default: a large fleet's TDs are kilobytes each).
+        Also follow the devices' retained Thing Descriptions, so that `description`/`use_case` can
+        tell what each device says it is (`federation.selection`; off by default: a large fleet's TDs
+        are kilobytes each, and a run that samples by the registry does not need them).
     """
 
     def __init__(self, address: BrokerAddress, *, fleet: str, credentials: Credentials | None = None,
@@ -56,7 +57,7 @@ class MqttTransport(Transport):
         self.connect_timeout = connect_timeout
         self.username = credentials.username if credentials is not None else None
         self._online: dict[str, bool] = {}
-        self._use_cases: dict[str, str] = {}
+        self._descriptions: dict[str, Description] = {}
         self._lock = threading.Lock()
         self._on_payload: PayloadHandler | None = None
         kinds: tuple[Kind, ...] = ("presence", "result", "td") if descriptions else ("presence", "result")
@@ -83,10 +84,15 @@ class MqttTransport(Transport):
         with self._lock:
             return sorted(d for d, up in self._online.items() if up)
 
+    def description(self, device_id: str) -> Description | None:
+        """What the device's retained Thing Description says (use case, RAM); None without one."""
+        with self._lock:
+            return self._descriptions.get(device_id)
+
     def use_case(self, device_id: str) -> str | None:
         """The use case `device_id`'s Thing Description names (None if unknown or not followed)."""
-        with self._lock:
-            return self._use_cases.get(device_id)
+        desc = self.description(device_id)
+        return desc.use_case if desc is not None else None
 
     def send(self, device_id: str, payload: bytes) -> None:
         self._check_not_taken_over()
@@ -125,18 +131,18 @@ class MqttTransport(Transport):
             self._description(topic.device_id, payload)
 
     def _description(self, device_id: str, payload: bytes) -> None:
-        """Remember the use case a device's TD names (a claim used for selection only, never trusted further)."""
-        try:
-            doc = json.loads(payload) if payload else {}
-        except ValueError:
-            log.info("ignored an unreadable Thing Description of %s", device_id)
+        """Remember what a device's TD says (a claim used for selection only, never trusted further)."""
+        if not payload:  # a cleared retained TD: the device is no longer described
+            with self._lock:
+                self._descriptions.pop(device_id, None)
             return
-        use_case = doc.get(TD_USE_CASE) if isinstance(doc, dict) else None
+        try:
+            td = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            log.info("ignored the Thing Description of %s: not UTF-8 JSON (%s)", device_id, exc)
+            td = None
         with self._lock:
-            if isinstance(use_case, str):
-                self._use_cases[device_id] = use_case
-            else:
-                self._use_cases.pop(device_id, None)
+            self._descriptions[device_id] = description_from_td(td)
 
     def _presence(self, device_id: str, payload: bytes) -> None:
         if not payload:  # a cleared retained message: the device is gone

@@ -40,9 +40,9 @@ class ProtocolCodec(Codec):
     Parameters
     ----------
     task_defaults : mapping, optional
-        Config merged under every task's own config (e.g. ``local-steps`` and ``lr``, which the
+        Config merged under every train task's own config (``local-steps`` and ``lr``, which the
         protocol requires for training), so that a stock strategy given no train config still
-        produces valid tasks.
+        produces valid tasks. Evaluate tasks get only what the strategy sets.
     max_bytes : int
         Results larger than this are refused before parsing.
     """
@@ -55,7 +55,8 @@ class ProtocolCodec(Codec):
     def encode_task(self, task: TaskSpec) -> bytes:
         """One task frame; a config the protocol refuses is a server-side mistake and raises."""
         mtype = _TASK_TYPES[task.task_type]
-        config = {**self.task_defaults, **{k: _plain(v) for k, v in task.config.items()}}
+        defaults = self.task_defaults if mtype == protocol.MessageType.TRAIN else {}
+        config = {**defaults, **{k: _plain(v) for k, v in task.config.items()}}
         required = config.get(protocol.ConfigKey.REQUIRED, [])
         if isinstance(required, list):  # anything else is refused by the protocol's check below
             marked = sorted({*map(str, required), *(k for k in MEANINGFUL_KEYS if k in config)})
@@ -92,10 +93,10 @@ class ProtocolCodec(Codec):
         error = None
         if not hdr["ok"]:
             error = (str(hdr["error"]["code"]), str(hdr["error"]["reason"]))
-        rnd = hdr.get("round")
-        return WireReply(correlation_id=reply_to, run_id=str(hdr.get("run")), server_round=int(rnd) if rnd is not None
-                         else -1, device_id=str(hdr["device"]), metrics=_metrics(hdr.get("metrics") or {}),
-                         arrays=arrays, error=error)
+        run, rnd = hdr.get("run"), hdr.get("round")
+        return WireReply(correlation_id=reply_to, run_id=run if isinstance(run, str) else None,
+                         server_round=int(rnd) if rnd is not None else None, device_id=str(hdr["device"]),
+                         metrics=_metrics(hdr.get("metrics") or {}), arrays=arrays, error=error)
 
 
 def _metrics(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -89,6 +89,9 @@ def mint_thing_record(td_id: str) -> URIRef:
     import hashlib
 
     return ID[f"thing/{hashlib.sha256(td_id.encode()).hexdigest()[:32]}"]
+def mint_firmware(project_id: str) -> URIRef:
+    """The IRI of a generated firmware project (a prov:Entity)."""
+    return ID[f"firmware/{quote(check_local_id(project_id, what='firmware project id'), safe=':')}"]
 
 
 def part(owner: URIRef, *path: str | int) -> URIRef:

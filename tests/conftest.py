@@ -46,6 +46,28 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactor
     return invoke
 
 
+C_TOOLS = {"gcc": "gcc", "clang": "clang", "arm": "arm-none-eabi-gcc", "qemu": "qemu-system-arm"}
+
+
+def require_c_tools(*names: str) -> None:
+    """Skip without the C toolchain on a developer machine; fail in CI, where `make test` installs it."""
+    import shutil
+
+    missing = [C_TOOLS[n] for n in names if shutil.which(C_TOOLS[n]) is None]
+    if names and "gcc" in names and not Path("/usr/include/mosquitto.h").is_file():
+        missing.append("libmosquitto-dev")
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{', '.join(missing)} not installed, but CI must run the C device tests")
+        pytest.skip(f"{', '.join(missing)} not installed (make system-deps installs it)")
+
+
+@pytest.fixture(scope="session")
+def c_build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for every C build of the session (devices.c.build caches by content hash)."""
+    return tmp_path_factory.mktemp("c-build")
+
+
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo]:
     """A private Mosquitto for the test session, stopped by PID afterwards."""

@@ -17,6 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from devices.wire.topics import DEFAULT_FLEET
 from firmware_models.exceptions import TinyFleetError
 
 
@@ -28,7 +29,7 @@ class ConfigError(TinyFleetError):
 
 DEFAULTS: dict[str, Any] = {
     "broker": None,          # mqtt://host:port of an existing broker; None = start a private Mosquitto
-    "fleet": "default",      # fleet name in the MQTT topic tree
+    "fleet": DEFAULT_FLEET,  # fleet name in the MQTT topic tree
     "registry": None,        # path of the embedded registry store; None = user data dir
     "endpoint": None,        # SPARQL query endpoint of a remote registry
     "update_endpoint": None, # SPARQL update endpoint (default: same as endpoint)

@@ -121,6 +121,7 @@ class MqttClient:
         self.keepalive = keepalive
         self.connected = threading.Event()
         self.disconnected_at: float | None = None
+        self.max_packet_size: int | None = None  # the broker's Maximum Packet Size (CONNACK), if it states one
         self.taken_over = False
         self._connected_at: float | None = None
         self._short_losses = 0
@@ -189,6 +190,7 @@ class MqttClient:
             return
         self._connected_at = time.monotonic()
         set_nodelay(client)
+        self.max_packet_size = getattr(props, "MaximumPacketSize", None) if props is not None else None
         if self.subscriptions:
             rc, mid = client.subscribe([(s, 1) for s in self.subscriptions])
             self._pending_subscribe = mid if rc == mqtt.MQTT_ERR_SUCCESS else None

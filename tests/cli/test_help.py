@@ -35,7 +35,7 @@ COMMANDS = _leaf_commands()
 
 def test_every_documented_group_exists() -> None:
     groups = {c[0] for c in COMMANDS}
-    assert {"models", "registry", "broker", "devices", "federate", "demo", "doctor"} <= groups
+    assert {"models", "registry", "broker", "devices", "federate", "demo", "doctor", "firmware"} <= groups
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])

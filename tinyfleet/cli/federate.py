@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from devices.wire.topics import DEFAULT_FLEET
 from federation.coordinator import Coordinator, RunConfig, read_status
 from federation.exceptions import CheckpointError
 from firmware_models.quiet import stdout_to_stderr
@@ -35,6 +37,14 @@ BrokerDirOpt = Annotated[Path | None, typer.Option(
     "is used (unless --broker), this process gets a server account of its own there (fleet-server-<pid>, so that "
     "concurrent runs do not disconnect each other) and --simulate devices are enrolled there.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log Flower's and the Grid's messages on stderr.")]
+AllowUndescribedOpt = Annotated[bool, typer.Option(
+    "--allow-undescribed", help="Also sample devices that publish no Thing Description (devices that have one must "
+    "still declare the run's use case and enough RAM to train the model).")]
+RegistryOpt = Annotated[str | None, typer.Option(
+    "--registry", help="Sample by the registry's device records (embedded store directory; fed by `tinyfleet "
+    "registry listen`) instead of the retained Thing Descriptions. Default: config key 'registry'.")]
+RegistryEndpointOpt = Annotated[str | None, typer.Option(
+    "--registry-endpoint", help="As --registry, from a remote SPARQL endpoint. Default: config key 'endpoint'.")]
 
 
 @app.command()
@@ -53,7 +63,7 @@ def run(
                                                     "uses the devices present there.")] = None,
     out: Annotated[Path, typer.Option(help="Parent directory of run directories.", file_okay=False)] = Path("runs"),
     run_id: Annotated[str | None, typer.Option(help="Run id (default: <task>-<strategy>-<time>).")] = None,
-    fleet: Annotated[str, typer.Option(help="Fleet name (topic level).")] = "default",
+    fleet: Annotated[str, typer.Option(help="Fleet name (topic level).")] = DEFAULT_FLEET,
     models: Annotated[Path | None, typer.Option(help="Built model folder (head.npz, backbone.tflite).",
                                                 file_okay=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of sampling, devices' data and initial head.", min=0)] = 0,
@@ -69,17 +79,24 @@ def run(
     reconstruct_steps: Annotated[int, typer.Option(help="TinyMetaFed: local-layer re-fit steps.", min=0)] = 5,
     round_timeout: Annotated[float, typer.Option(help="Seconds to wait for replies per phase.", min=0.01)] = 30.0,
     min_replies: Annotated[int, typer.Option(help="Fewer valid replies keep the old parameters.", min=1)] = 1,
-    quorum: Annotated[int | None, typer.Option(help="Devices required before round 1 (default: --simulate N, "
-                                                    "else 1).", min=1)] = None,
+    quorum: Annotated[int | None, typer.Option(help="Eligible devices required before round 1 (default: --simulate "
+                                                    "N, else 1: a run on --broker starts with the first eligible "
+                                                    "device; give the fleet's size to wait for all).", min=1)] = None,
     quorum_timeout: Annotated[float, typer.Option(help="Seconds to wait for the quorum.", min=0.0)] = 30.0,
     samples_per_device: Annotated[int, typer.Option(help="Simulated devices' local samples.", min=2)] = 64,
     credentials: CredentialsOpt = None,
     broker_dir: BrokerDirOpt = None,
+    allow_undescribed: AllowUndescribedOpt = False,
+    registry: RegistryOpt = None,
+    registry_endpoint: RegistryEndpointOpt = None,
     insecure: InsecureOpt = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a federated training; writes run.json, metrics.jsonl, checkpoint.npz and final.npz.
+
+    Devices are sampled only if their Thing Description declares --task as use case and enough RAM
+    to train the model on the device (see docs/protocol.md).
 
     Example: tinyfleet federate run --task sine --strategy tinymetafed --rounds 5 --simulate 6 --json
     """
@@ -99,7 +116,8 @@ def run(
     config = RunConfig(run_id=rid, task=task, strategy=strategy, rounds=rounds, seed=seed,
                        local_steps=local_steps, lr=lr, strategy_params=params, round_timeout=round_timeout,
                        min_replies=min_replies, quorum=quorum or max(simulate, 1), quorum_timeout=quorum_timeout,
-                       fleet=fleet, broker=broker, simulate=simulate, samples_per_device=samples_per_device)
+                       fleet=fleet, broker=broker, simulate=simulate, samples_per_device=samples_per_device,
+                       allow_undescribed=allow_undescribed)
     run_dir = out / rid
     if (run_dir / "run.json").exists():
         raise CheckpointError(f"{run_dir} already holds a run; use `tinyfleet federate resume {run_dir}` "
@@ -109,7 +127,8 @@ def run(
     build_strategy(config.strategy, params, num_rounds=rounds,  # validate parameters before starting anything
                    defaults=strategy_defaults(config))
     initial = initial_parameters(task, models_dir=models, seed=seed)
-    _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial), creds, not insecure, broker_dir)
+    _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial), creds, not insecure,
+             broker_dir=broker_dir, registry=(registry, registry_endpoint))
 
 
 @app.command()
@@ -119,6 +138,8 @@ def resume(
                                                 file_okay=False)] = None,
     credentials: CredentialsOpt = None,
     broker_dir: BrokerDirOpt = None,
+    registry: RegistryOpt = None,
+    registry_endpoint: RegistryEndpointOpt = None,
     insecure: InsecureOpt = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
@@ -131,7 +152,8 @@ def resume(
     if broker_dir is not None:  # the managed broker may have restarted on another port
         config.broker = _managed_url(broker_dir)
     _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume(), _load_credentials(credentials),
-             not insecure, broker_dir)
+             not insecure, broker_dir=broker_dir,
+             registry=(registry, registry_endpoint))
 
 
 @app.command()
@@ -184,6 +206,31 @@ def _load_credentials(path: Path | None) -> Any:
     return load_credentials(path)
 
 
+def _registry_describe(store: Any, fleet: str) -> Any:
+    """A `federation.selection.Describe` over the registry's records of `fleet`.
+
+    The registry is asked at most every `REGISTRY_REFRESH_S` seconds (the coordinator checks
+    eligibility on every poll for devices, and a remote store answers in tens of milliseconds).
+    """
+    from federation.selection import Description
+    from registry.questions import sampling_records
+
+    cache: dict[str, Any] = {"at": -1e9, "by_id": {}}
+
+    def describe(device_id: str) -> Description | None:
+        now = time.monotonic()
+        if now - cache["at"] > REGISTRY_REFRESH_S:
+            cache["by_id"] = {r["id"]: Description(r["use_case"], r["ram_bytes"], source="registry record")
+                              for r in sampling_records(store, fleet)}
+            cache["at"] = now
+        return cache["by_id"].get(device_id)
+
+    return describe
+
+
+REGISTRY_REFRESH_S = 5.0
+
+
 def _managed_url(broker_dir: Path | None) -> str | None:
     """The URL of the broker running from `broker_dir` (None without one); a one-line error if none runs."""
     if broker_dir is None:
@@ -199,8 +246,11 @@ def _managed_url(broker_dir: Path | None) -> str | None:
 
 
 def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bool, verbose: bool,
-             go: Any, credentials: Any = None, secure: bool = True, broker_dir: Path | None = None) -> None:
+             go: Any, credentials: Any = None, secure: bool = True, *, broker_dir: Path | None = None,
+             registry: tuple[str | None, str | None] = (None, None)) -> None:
+    """Run `go` on a Coordinator over the run's grid; with a configured registry, sample by its records."""
     from federation.session import fleet_grid
+    from tinyfleet import config as settings
 
     if broker_dir is not None:
         from broker.accounts import process_server_account
@@ -209,7 +259,15 @@ def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bo
         if credentials is None and is_secured(broker_dir):
             credentials = process_server_account(broker_dir)
     quiet_logs(verbose)
-    with progress(enabled=not json_out) as bar:
+    path, endpoint = settings.setting("registry", registry[0]), settings.setting("endpoint", registry[1])
+    with contextlib.ExitStack() as stack, progress(enabled=not json_out) as bar:
+        describe = None
+        if path is not None or endpoint is not None:
+            from registry.store import open_store
+
+            store = open_store(path, endpoint=endpoint)
+            stack.callback(store.close)
+            describe = _registry_describe(store, config.fleet)
         task_id = bar.add_task(f"{config.strategy} on {config.task}", total=config.rounds)
 
         def on_round(record: dict[str, Any]) -> None:
@@ -217,17 +275,19 @@ def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bo
                        description=f"{config.strategy} on {config.task} loss {_fmt(record.get('loss'))}")
 
         with stdout_to_stderr(), fleet_grid(config, run_dir, models_dir=models, credentials=credentials,
-                                            broker_dir=broker_dir, secure=secure) as grid:
+                                            secure=secure, broker_dir=broker_dir, describe=describe) as grid:
             result = go(Coordinator(config, grid, run_dir, on_round=on_round))
     summary = {"run_id": result["run_id"], "run_dir": result["run_dir"], "task": config.task,
                "strategy": config.strategy, "rounds": result["rounds"], "final_sha256": result["final_sha256"]}
     if json_out:
         print_json(summary)
         return
-    rows = [[r["round"], _fmt(r.get("loss")), r.get("replies"), r.get("failures"), r.get("missing"),
-             r.get("bytes_up"), r.get("bytes_down"), r.get("seconds")] for r in result["rounds"]]
+    rows = [[r["round"], _fmt(r.get("loss")), r.get("replies"), r.get("failures"), r.get("eval_replies"),
+             r.get("eval_failures"), r.get("missing"), r.get("bytes_up"), r.get("bytes_down"), r.get("seconds")]
+            for r in result["rounds"]]
     table(f"{config.strategy} on {config.task} ({result['run_dir']})",
-          ["round", "loss", "replies", "failures", "missing", "bytes up", "bytes down", "s"], rows)
+          ["round", "loss", "replies", "failures", "eval replies", "eval failures", "missing", "bytes up",
+           "bytes down", "s"], rows)
     err.print(f"final parameters sha256 {result['final_sha256']}")
 
 
