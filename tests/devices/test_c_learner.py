@@ -113,3 +113,17 @@ def test_golden_vectors_refuse_a_chaotic_learning_rate(sine_build: SineBuild) ->
     data = get_use_case("sine").devices("train", 1, samples_per_device=64, seed=0)[0]
     with pytest.raises(HeadWeightsError, match="chaotic"):
         golden_learner(head, data.x, data.y, steps=STEPS, lr=0.02, clip=CLIP)
+
+
+def test_c_error_names_are_the_protocols_error_codes_in_order() -> None:
+    """The golden codec vectors index error codes by position: the C table must list ErrorCode's values in order."""
+    import re
+    from pathlib import Path
+
+    from devices.wire.protocol import ERROR_CODES
+
+    src = (Path(__file__).resolve().parents[2] / "devices" / "c" / "src" / "tf_codec.c").read_text()
+    table = re.search(r"tf_err_names\[TF_E_COUNT\] = \{(.*?)\};", src, re.S)
+    assert table is not None
+    names = re.findall(r'"([^"]*)"', table.group(1))
+    assert names == ["", *ERROR_CODES]

@@ -9,7 +9,8 @@ const char *const tf_msg_names[TF_MSG_COUNT] = {"task.train", "task.evaluate", "
                                                 "result"};
 const char *const tf_err_names[TF_E_COUNT] = {
     "",           "bad-version",  "malformed", "unknown-type",     "bad-config",   "bad-shape", "not-finite",
-    "too-large",  "no-model",     "sha-mismatch", "self-test-failed", "does-not-fit", "internal"};
+    "too-large",  "no-model",     "sha-mismatch", "self-test-failed", "does-not-fit",
+    "unsupported-config", "internal"};
 const char *const tf_dtype_names[TF_DTYPE_COUNT] = {"float32", "float64", "float16", "int8",   "uint8",
                                                     "int16",   "uint16",  "int32",   "uint32", "int64"};
 const uint8_t tf_dtype_size[TF_DTYPE_COUNT] = {4, 8, 2, 1, 1, 2, 2, 4, 4, 8};

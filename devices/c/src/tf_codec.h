@@ -49,6 +49,7 @@ typedef enum {
     TF_E_SHA_MISMATCH,
     TF_E_SELF_TEST_FAILED,
     TF_E_DOES_NOT_FIT,
+    TF_E_UNSUPPORTED_CONFIG,
     TF_E_INTERNAL,
     TF_E_COUNT
 } tf_err_code;
