@@ -219,7 +219,7 @@ def load_credentials(path: str | Path) -> Credentials:
         raise SecurityError(f"credentials file {path} does not exist (enroll the account first)") from None
     except (OSError, ValueError) as exc:
         raise SecurityError(f"credentials file {path} cannot be read as JSON: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("username"), str) or not isinstance(doc.get("password"), str):
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in ("username", "password")):
         raise SecurityError(f"credentials file {path} needs string fields 'username' and 'password'")
     files = {}
     for k in ("ca", "cert", "key"):

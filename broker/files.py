@@ -152,12 +152,13 @@ def write_public(path: Path, data: bytes) -> None:
 @contextlib.contextmanager
 def locked(p: SecurityPaths) -> Iterator[None]:
     """Serialize enrolments of one directory (two `enroll` commands at once must not lose an account)."""
-    try:
-        p.root.mkdir(parents=True, exist_ok=True)
-        lock = open(p.lock, "a")
-    except OSError as exc:  # e.g. a run directory below a regular file, or a read-only disk
-        raise SecurityError(f"{p.root}: cannot create the broker's security files ({exc.strerror or exc})") from None
-    with lock as f:
+    with contextlib.ExitStack() as stack:
+        try:
+            p.root.mkdir(parents=True, exist_ok=True)
+            f = stack.enter_context(open(p.lock, "a"))
+        except OSError as exc:  # e.g. a run directory below a regular file, or a read-only disk
+            raise SecurityError(f"{p.root}: cannot create the broker's security files "
+                                f"({exc.strerror or exc})") from None
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

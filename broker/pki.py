@@ -93,7 +93,7 @@ def _issue(p: SecurityPaths, cn: str, cert_path: Path, key_path: Path, *, server
                .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=_VALID_DAYS))
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),  # type: ignore[arg-type]
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                               critical=False))
     if server_hosts:
         sans: list[Any] = []
@@ -106,7 +106,7 @@ def _issue(p: SecurityPaths, cn: str, cert_path: Path, key_path: Path, *, server
                    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
     else:
         builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    cert = builder.sign(ca_key, hashes.SHA256())
     write_private(key_path, _key_pem(key, serialization))
     write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
@@ -167,7 +167,7 @@ def write_crl(directory: str | Path) -> Path:
         when = dt.datetime.fromisoformat(entry["revoked"]) if isinstance(entry, dict) else now
         builder = builder.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(int(serial))
                                                   .revocation_date(when).build())
-    crl = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    crl = builder.sign(ca_key, hashes.SHA256())
     write_public(p.crl, crl.public_bytes(serialization.Encoding.PEM))
     return p.crl
 

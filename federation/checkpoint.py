@@ -55,7 +55,7 @@ def save_checkpoint(path: str | Path, *, arrays: Mapping[str, np.ndarray], state
     buf = io.BytesIO()
     members = {_META: np.frombuffer(meta.encode(), dtype=np.uint8), **{k: np.asarray(v) for k, v in arrays.items()},
                **{f"{_EXTRA}{i}": np.asarray(v) for i, v in enumerate(extra.values())}}
-    np.savez(buf, **members)
+    np.savez(buf, allow_pickle=False, **members)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:

@@ -23,6 +23,7 @@ aggregate_evaluate) with these additions:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -200,8 +201,10 @@ class Coordinator:
             round_seed = int(rng.integers(2**63))
             record: dict[str, Any] = {"round": rnd}
             self._require_nodes(cfg.quorum_timeout)
-            train_cfg = ConfigRecord({ConfigKey.LOCAL_STEPS: cfg.local_steps, ConfigKey.LR: cfg.lr, ConfigKey.SEED: cfg.seed})
-            msgs = self._sampled(lambda: self.strategy.configure_train(rnd, arrays, train_cfg, self.grid), round_seed)
+            train_cfg = ConfigRecord({ConfigKey.LOCAL_STEPS: cfg.local_steps, ConfigKey.LR: cfg.lr,
+                                      ConfigKey.SEED: cfg.seed})
+            msgs = self._sampled(functools.partial(self.strategy.configure_train, rnd, arrays, train_cfg, self.grid),
+                                 round_seed)
             replies = self._sorted(self.grid.send_and_receive(messages=msgs, timeout=cfg.round_timeout))
             new_arrays, train_metrics, note = self._aggregate_train(rnd, replies)
             if new_arrays is not None:
@@ -210,8 +213,8 @@ class Coordinator:
             if note:
                 record["skipped"] = note
             eval_cfg = ConfigRecord({ConfigKey.SEED: cfg.seed})
-            emsgs = self._sampled(lambda: self.strategy.configure_evaluate(rnd, arrays, eval_cfg, self.grid),
-                                  round_seed + 1)
+            emsgs = self._sampled(functools.partial(self.strategy.configure_evaluate, rnd, arrays, eval_cfg,
+                                                    self.grid), round_seed + 1)
             ereplies = self._sorted(self.grid.send_and_receive(messages=emsgs, timeout=cfg.round_timeout))
             record.update(_metric_fields("eval", self._aggregate_evaluate(rnd, ereplies)))
             record.update(self._ledger_fields(rnd))

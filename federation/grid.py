@@ -22,11 +22,13 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 from flwr.serverapp import Grid
 
 from devices.wire.protocol import ConfigKey, weight_names
@@ -126,7 +128,7 @@ class FleetGrid(Grid):
         self.metric_factor = float(metric_factor)
         self.ledger = RoundLedger()
         if allow is None or callable(allow):
-            self._allow: DeviceFilter | None = allow  # type: ignore[assignment]
+            self._allow: DeviceFilter | None = allow
         else:
             allowed = frozenset(allow)
             self._allow = allowed.__contains__
@@ -262,7 +264,8 @@ class FleetGrid(Grid):
     # -- sending --------------------------------------------------------------------------------
     def _round_phase(self, msg: Message) -> tuple[int, str]:
         cfg = _first(msg.content.config_records)
-        rnd = int(cfg.get(ConfigKey.SERVER_ROUND, self._current_round)) if cfg is not None else self._current_round
+        raw = cfg.get(ConfigKey.SERVER_ROUND) if cfg is not None else None
+        rnd = int(raw) if isinstance(raw, int | float | str) else self._current_round
         phase = "train" if msg.metadata.message_type.startswith(MessageType.TRAIN) else "evaluate"
         return rnd, phase
 
@@ -365,16 +368,17 @@ class FleetGrid(Grid):
         mid = exc.correlation_id
         with self._cv:
             inflight = self._inflight.get(mid) if mid else None
-        if inflight is None:
+        if mid is None or inflight is None:
             self.ledger.discard(self._current_round, "undecodable", len(payload))
             log.info("discarded an undecodable result from %s: %s", device_id, exc)
             return
         self.ledger.add(inflight.server_round, inflight.phase, bytes_up=len(payload))
-        self._reject(mid, inflight, exc.reason, one_line(str(exc)))  # type: ignore[arg-type]
+        self._reject(mid, inflight, exc.reason, one_line(str(exc)))
 
     def _build_reply(self, reply: WireReply, inflight: _Inflight) -> Message:
-        metrics = check_metrics(reply.metrics, phase=inflight.phase)
-        metrics[WEIGHT_KEY] = granted_examples(int(metrics[WEIGHT_KEY]), inflight.max_examples)
+        checked = check_metrics(reply.metrics, phase=inflight.phase)
+        checked[WEIGHT_KEY] = granted_examples(int(checked[WEIGHT_KEY]), inflight.max_examples)
+        metrics: dict[str, MetricRecordValues] = {**checked}
         content = RecordDict()
         if inflight.phase == "train":
             arrays, norm = check_train_arrays(_as_sent(reply.arrays, inflight.sent_keys), inflight.sent_arrays,
@@ -443,10 +447,11 @@ class FleetGrid(Grid):
         return out
 
 
-def _expected_reply(sent: dict[str, np.ndarray], config: dict[str, object]) -> dict[str, np.ndarray]:
+def _expected_reply(sent: dict[str, np.ndarray], config: Mapping[str, object]) -> dict[str, np.ndarray]:
     """The arrays a train reply must answer: all that were sent except the device's local layers."""
-    local = config.get(ConfigKey.LOCAL_LAYERS) or []
-    keep = {f"{p}{i}" for i in local if isinstance(i, int) for p in ("w", "b")}  # type: ignore[union-attr]
+    local = config.get(ConfigKey.LOCAL_LAYERS)
+    keep = {f"{p}{i}" for i in (local if isinstance(local, list | tuple) else ()) if isinstance(i, int)
+            for p in ("w", "b")}
     return {k: v for k, v in sent.items() if k not in keep}
 
 
@@ -469,7 +474,11 @@ def _as_sent(arrays: dict[str, np.ndarray], sent_keys: list[str]) -> dict[str, n
     return out
 
 
-def _first(records: dict) -> object | None:  # type: ignore[type-arg]
+_R = TypeVar("_R")
+
+
+def _first(records: Mapping[str, _R]) -> _R | None:
+    """The first record of a Flower RecordDict section (our messages carry one of each kind)."""
     return next(iter(records.values()), None) if records else None
 
 

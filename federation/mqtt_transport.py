@@ -29,7 +29,7 @@ from devices.link.client import MqttClient
 from devices.link.ratelimit import RateLimiter
 from devices.wire import protocol
 from devices.wire.thing_description import described_device
-from devices.wire.topics import device_topic, fleet_filter, parse_topic
+from devices.wire.topics import Kind, device_topic, fleet_filter, parse_topic
 from federation.exceptions import BrokerLostError, FederationError
 from federation.selection import Description, description_from_td
 from federation.transport import PayloadHandler, Transport
@@ -84,9 +84,9 @@ class MqttTransport(Transport):
                         "result": RateLimiter(*result_budget)}
         self._lock = threading.Lock()
         self._on_payload: PayloadHandler | None = None
-        kinds = ("presence", "result", "td") if descriptions else ("presence", "result")
+        kinds: tuple[Kind, ...] = ("presence", "result", "td") if descriptions else ("presence", "result")
         self._mqtt = MqttClient(address, credentials, client_id=self.client_id, keepalive=30,
-                                subscriptions=[fleet_filter(fleet, k) for k in kinds],  # type: ignore[arg-type]
+                                subscriptions=[fleet_filter(fleet, k) for k in kinds],
                                 on_message=self._handle_message)
 
     @property

@@ -48,7 +48,7 @@ def _local(iri: object) -> str:
     return text.lower()
 
 
-def sensor_kind(cls: URIRef) -> str | None:
+def sensor_kind(cls: Node) -> str | None:
     """Sensor kind key of a sensor class IRI (demo:TemperatureSensor -> "temperature")."""
     name = _local(cls)
     if name.endswith("sensor") and name != "sensor":
@@ -57,7 +57,7 @@ def sensor_kind(cls: URIRef) -> str | None:
     return None if name in _NOT_SENSOR_KINDS else name
 
 
-def _add_memory_figure(g: Graph, subject: URIRef, node: Node, props: dict[str, URIRef], problems: list[str]) -> None:
+def _add_memory_figure(g: Graph, subject: Node, node: Node, props: dict[str, URIRef], problems: list[str]) -> None:
     """Copy a published RAM/flash figure of `node` onto `subject` as bytes, unless it already states one."""
     prop = props.get(_memory_kind(g, node) or "")
     value = _bytes(g, node, problems)
@@ -65,7 +65,7 @@ def _add_memory_figure(g: Graph, subject: URIRef, node: Node, props: dict[str, U
         g.add((subject, prop, Literal(value)))
 
 
-def _memory_kind(g: Graph, node: object) -> str | None:
+def _memory_kind(g: Graph, node: Node) -> str | None:
     types = {_local(t) for t in g.objects(node, RDF.type)}
     if "ram" in types or "sram" in types:
         return "ram"
@@ -79,7 +79,7 @@ def _memory_kind(g: Graph, node: object) -> str | None:
     return None
 
 
-def _bytes(g: Graph, node: object, problems: list[str]) -> int | None:
+def _bytes(g: Graph, node: Node, problems: list[str]) -> int | None:
     raw = g.value(node, SCHEMA.value) or g.value(node, SCHEMA.minValue)
     unit = g.value(node, SCHEMA.unitCode)
     if raw is None:
@@ -118,8 +118,8 @@ def normalize(g: Graph) -> list[str]:
                         k = sensor_kind(cls)
                         if k:
                             g.add((m, TF.requiresSensorKind, Literal(k)))
-            for k in g.objects(inp, TF.sensorKind):
-                g.add((m, TF.requiresSensorKind, Literal(str(k))))
+            for stated in g.objects(inp, TF.sensorKind):
+                g.add((m, TF.requiresSensorKind, Literal(str(stated))))
         if g.value(m, SCHEMA.name) is None:
             for alt in (RDFS.label, NNET.hasID, SCHEMA.identifier, TD.title, RDFS.comment):
                 v = g.value(m, alt)
@@ -147,8 +147,8 @@ def normalize(g: Graph) -> list[str]:
                 if k:
                     g.add((d, TF.sensorKind, Literal(k)))
                     g.add((sub, TF.sensorKind, Literal(k)))
-            for k in list(g.objects(sub, TF.sensorKind)):
-                g.add((d, TF.sensorKind, Literal(str(k))))
+            for stated in list(g.objects(sub, TF.sensorKind)):
+                g.add((d, TF.sensorKind, Literal(str(stated))))
     for d in set(g.subjects(RDF.type, S3N.SmartSensor)):
         set_sensor_kinds_summary(g, d)
     return problems
@@ -210,7 +210,8 @@ def parse_file(path: Path) -> Graph:
         raise
     except Exception as exc:  # noqa: BLE001 - parsers raise many types; all mean "bad file"
         detail = str(exc).strip().splitlines()
-        raise RegistryInputError(f"{path}: invalid {fmt} ({detail[0][:200] if detail else type(exc).__name__})") from None
+        reason = detail[0][:200] if detail else type(exc).__name__
+        raise RegistryInputError(f"{path}: invalid {fmt} ({reason})") from None
     return g
 
 
@@ -224,14 +225,14 @@ def skolemize(g: Graph) -> Graph:
         return g
     canon = to_canonical_graph(g)
     out = Graph()
-    for p, ns in g.namespaces():
-        out.bind(p, ns)
+    for prefix, ns in g.namespaces():
+        out.bind(prefix, ns)
     for s, p, o in canon:
         out.add((_sk(s), p, _sk(o)))
     return out
 
 
-def _sk(node: object) -> object:
+def _sk(node: Node) -> Node:
     return URIRef(_SKOLEM + str(node)) if isinstance(node, BNode) else node
 
 

@@ -12,7 +12,7 @@ import re
 from urllib.parse import quote
 
 from rdflib import Namespace, URIRef
-from rdflib.namespace import PROV, RDF, RDFS, SH, XSD
+from rdflib.namespace import PROV, RDF, RDFS, SH, XSD, DefinedNamespace
 
 from registry.exceptions import RegistryInputError
 
@@ -31,7 +31,7 @@ HCTL = Namespace("https://www.w3.org/2019/wot/hypermedia#")  # W3C WoT hypermedi
 
 REGISTRY_GRAPH = URIRef("https://w3id.org/tinyfleet/graph/registry")
 
-PREFIXES: dict[str, Namespace] = {
+PREFIXES: dict[str, Namespace | type[DefinedNamespace]] = {
     "nnet": NNET, "td": TD, "sosa": SOSA, "ssn": SSN, "ssn-system": SSNS, "s3n": S3N,
     "schema": SCHEMA, "om": OM, "prov": PROV, "tf": TF, "tfid": ID, "rdf": RDF, "rdfs": RDFS,
     "xsd": XSD, "sh": SH, "disco": DISCO, "hctl": HCTL,

@@ -16,11 +16,12 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import Result
 from hypothesis import HealthCheck, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
@@ -28,6 +29,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from broker.process import BrokerInfo, MosquittoBroker, find_mosquitto  # noqa: E402
+from tests.support.cli import CONFIG_VARIABLES, invoke  # noqa: E402
 from tests.support.models import SineBuild, run_cli  # noqa: E402
 from tests.support.registry import OxigraphServer, oxigraph_binary  # noqa: E402
 
@@ -43,6 +45,17 @@ def _require_mosquitto() -> None:
     """Fail without Mosquitto, on every machine alike: `make test` installs it (`make system-deps`)."""
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed: `make system-deps` (or apt-get install mosquitto) installs it")
+
+
+@pytest.fixture()
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Result]:
+    """`tests.support.cli.invoke` in a clean configuration: no TINYFLEET_* settings from the shell, and an empty
+    working directory of its own (no tinyfleet.toml is found there, and nothing is written into the test's tmp_path
+    by accident)."""
+    for name in CONFIG_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    return invoke
 
 
 C_TOOLS = {"gcc": "gcc", "clang": "clang", "arm": "arm-none-eabi-gcc", "qemu": "qemu-system-arm"}
@@ -95,6 +108,8 @@ def fresh_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 def sine_build(tmp_path_factory: pytest.TempPathFactory) -> SineBuild:
     """`tinyfleet models build sine --out DIR --quick --json`, once per session."""
     out = tmp_path_factory.mktemp("models")
+    # the console script in its own process: TensorFlow's converter writes to file descriptor 1 from C++, and only
+    # a real process shows that `--json` stdout stays one JSON document anyway
     proc = run_cli("models", "build", "sine", "--out", str(out), "--quick", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     card = json.loads(proc.stdout)
@@ -151,7 +166,8 @@ def oxigraph_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oxigra
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"oxigraph serve did not start: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
+                said = proc.stderr.read().decode()[-500:] if proc.stderr else ""
+                pytest.fail(f"oxigraph serve did not start: {said}")
             time.sleep(0.05)
     try:
         yield OxigraphServer(url, proc.pid)

@@ -62,7 +62,8 @@ class FleetClient:
         self.rejected: Counter[str] = Counter()
         self._cond = threading.Condition()
         self.mqtt = MqttClient(address, credentials, client_id=client_id,
-                               subscriptions=[fleet_filter(fleet, k) for k in ("presence", "td", "telemetry", "result")],
+                               subscriptions=[fleet_filter(fleet, k)
+                                              for k in ("presence", "td", "telemetry", "result")],
                                on_message=self._on_message)
 
     def connect(self, *, timeout: float = 5.0) -> FleetClient:

@@ -27,7 +27,7 @@ from typing import Any
 
 from devices.boards import Board
 from devices.wire.protocol import PROTOCOL_VERSION
-from devices.wire.topics import device_topic
+from devices.wire.topics import Kind, device_topic
 
 TD_CONTEXT = "https://www.w3.org/2022/wot/td/v1.1"
 MQV_NS = "https://www.w3.org/2019/wot/mqtt#"
@@ -83,12 +83,12 @@ def thing_description(*, device_id: str, fleet: str, board: Board, use_case: str
     """
     href = f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
 
-    def sub(kind: str, ops: list[str], *, ctype: str = "application/json") -> dict[str, Any]:
-        return {"href": href, "op": ops, "mqv:filter": device_topic(fleet, device_id, kind),  # type: ignore[arg-type]
+    def sub(kind: Kind, ops: list[str], *, ctype: str = "application/json") -> dict[str, Any]:
+        return {"href": href, "op": ops, "mqv:filter": device_topic(fleet, device_id, kind),
                 "mqv:controlPacket": "subscribe", "mqv:qos": "1", "contentType": ctype}
 
-    def pub(kind: str) -> dict[str, Any]:
-        return {"href": href, "op": "invokeaction", "mqv:topic": device_topic(fleet, device_id, kind),  # type: ignore[arg-type]
+    def pub(kind: Kind) -> dict[str, Any]:
+        return {"href": href, "op": "invokeaction", "mqv:topic": device_topic(fleet, device_id, kind),
                 "mqv:controlPacket": "publish", "mqv:qos": "1", "mqv:retain": False,
                 "contentType": FRAME_CONTENT_TYPE}
 

@@ -72,7 +72,7 @@ def resolve_strategy(spec: str) -> type[Strategy]:
     if not _is_strategy_class(cls):
         raise StrategyParameterError(f"strategy {spec!r}: {module_name}.{class_name} is not a concrete subclass "
                                      "of flwr.serverapp.strategy.Strategy")
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def strategy_parameters(cls: type) -> dict[str, inspect.Parameter]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -60,12 +61,12 @@ class Reptile(FedAvg):
     """
 
     def __init__(self, *, epsilon: float = 1.0, epsilon_floor: float = 0.0, num_rounds: int = 1,
-                 local_steps: int = 50, local_lr: float = 0.02, serial: bool = False, aggregation: str = "mean", trim: float = 0.2,
-                 num_malicious_nodes: int = 0, **kwargs: object) -> None:
+                 local_steps: int = 50, local_lr: float = 0.02, serial: bool = False, aggregation: str = "mean",
+                 trim: float = 0.2, num_malicious_nodes: int = 0, **kwargs: Any) -> None:
         if serial:
             kwargs.update(fraction_train=SERIAL_FRACTION, min_train_nodes=1)
             kwargs.setdefault("min_available_nodes", 1)
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.epsilon = epsilon
         self.epsilon_floor = epsilon_floor
         self.num_rounds = num_rounds

@@ -164,7 +164,8 @@ def test_a_device_login_cannot_read_other_devices_results_through_a_wildcard(tls
         assert srv.wait_for(lambda s: b"secret-result" in [pl for _, pl in s.received])  # the server reads it
         assert srv.publish(own_task, b"marker") in (0x00, 0x10)
         assert eve.wait_for(lambda s: (own_task, b"marker") in s.received)
-        assert set(eve.topics()) == {own_task}  # (twice: overlapping filters) the result published before the marker never reached dev-t1
+        # (twice: overlapping filters) the result published before the marker never reached dev-t1
+        assert set(eve.topics()) == {own_task}
     finally:
         for c in (eve, t2, srv):
             c.close()

@@ -105,11 +105,12 @@ class _Server:
 
     def __init__(self) -> None:
         init_task_identity(1)
-        self.grid = FleetGrid(InProcessTransport({"dev-0": lambda payload: None}), ProtocolCodec({"local-steps": 2, "lr": 0.1}),
-                              run_id="fuzz")
+        self.grid = FleetGrid(InProcessTransport({"dev-0": lambda payload: None}),
+                              ProtocolCodec({"local-steps": 2, "lr": 0.1}), run_id="fuzz")
         self.grid.get_node_ids()
         msg = Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in initial_head().items()}),
-                                  "config": ConfigRecord({"server-round": 1})}), node_id_for("dev-0"), MessageType.TRAIN)
+                                  "config": ConfigRecord({"server-round": 1})}),
+                      node_id_for("dev-0"), MessageType.TRAIN)
         (self.mid,) = self.grid.push_messages([msg])
 
     def outcomes(self) -> int:

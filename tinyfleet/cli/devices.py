@@ -302,7 +302,8 @@ def list_devices(
     for dev in sorted(set(fc.presence) | set(fc.tds)):
         pres, td = fc.presence.get(dev, {}), fc.tds.get(dev, {})
         b = td.get("tinyfleet:board", {})
-        rows.append({"device": dev, "online": bool(pres.get("online")), "board": pres.get("board") or b.get("tinyfleet:name"),
+        rows.append({"device": dev, "online": bool(pres.get("online")),
+                     "board": pres.get("board") or b.get("tinyfleet:name"),
                      "use_case": td.get("tinyfleet:useCase"), "ram_bytes": b.get("tinyfleet:ramBytes"),
                      "flash_bytes": b.get("tinyfleet:flashBytes"), "reason": pres.get("reason")})
     if json_out:

@@ -55,8 +55,9 @@ def _open(store: Path | None, endpoint: str | None, update_endpoint: str | None,
 
 @app.command("add-model")
 def add_model(file: FileArg,
-              card: Annotated[Path | None, typer.Option("--card", exists=True, dir_okay=False,
-                                                           help="Model card JSON (name, task, metrics, sensors...).")] = None,
+              card: Annotated[Path | None, typer.Option(
+                  "--card", exists=True, dir_okay=False,
+                  help="Model card JSON (name, task, metrics, sensors...).")] = None,
               store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
               user: UserOpt = None, json_out: JsonOpt = False) -> None:
     """Inspect a .tflite (TFLite Micro arena measured) and add or replace its description.
@@ -177,8 +178,9 @@ def match(model: Annotated[str | None, typer.Option("--model", help="Model IRI, 
             rows = q.devices_for_model(st, model)
             why = q.explain_model(st, model)["excluded"] if explain else None
         else:
-            rows = q.models_for_device(st, device)  # type: ignore[arg-type]
-            why = q.explain_device(st, device)["excluded"] if explain else None  # type: ignore[arg-type]
+            assert device is not None  # exactly one of the two, checked above
+            rows = q.models_for_device(st, device)
+            why = q.explain_device(st, device)["excluded"] if explain else None
     if json_out:
         print_json({"matches": rows, "excluded": why} if explain else rows)
         return
@@ -277,8 +279,8 @@ def listen(broker: Annotated[str | None, typer.Option("--broker", help="mqtt://h
                                                                     "(default: config/env `broker`).")] = None,
            fleet: Annotated[str | None, typer.Option("--fleet", help="Fleet to follow; '+' = every fleet (default: "
                                                                    "config/env `fleet`, else '+').")] = None,
-           duration: Annotated[float | None, typer.Option("--duration", min=0.0,
-                                                             help="Stop after S seconds (default: until Ctrl-C).")] = None,
+           duration: Annotated[float | None, typer.Option(
+               "--duration", min=0.0, help="Stop after S seconds (default: until Ctrl-C).")] = None,
            mqtt_user: Annotated[str | None, typer.Option("--mqtt-user", help="MQTT user name (default: config/env "
                                                                         "`username`).")] = None,
            ca: Annotated[Path | None, typer.Option("--ca", exists=True, dir_okay=False,
