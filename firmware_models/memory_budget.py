@@ -70,7 +70,7 @@ class MemoryReport:
         return self.flash_backbone + self.flash_head
 
     def as_dict(self) -> dict[str, int]:
-        """``arena, head_weights, gradients, activations, buffer, adaptation, federated, total`` (RAM) plus ``flash``."""
+        """RAM parts (arena … federated), ``total`` RAM, ``flash`` and its parts."""
         return {"arena": self.arena, "head_weights": self.head_weights, "gradients": self.gradients,
                 "activations": self.activations, "buffer": self.buffer, "adaptation": self.adaptation,
                 "federated": self.federated, "total": self.ram,

@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 from devices.wire.delta import arrays_crc32, q8_apply, q8_encode
 from devices.wire.protocol import ConfigKey, Downlink, ErrorCode, weight_names
 from devices.wire.sparse import top_p_decode
-from federation.replies import IDX_SUFFIX, VAL_SUFFIX
+from federation.replies import IDX_SUFFIX, VAL_SUFFIX, device_error_reason
 from federation.strategies._params import check_choice, check_int, check_real
 from federation.strategies.reptile import Reptile
 
@@ -165,7 +165,7 @@ class TinyMetaFed(Reptile):
                 if node in self._pending:
                     self._bases[node] = self._pending[node]
                 self._dense_next.discard(node)
-            elif any(f": {code}:" in (reply.error.reason or "")
+            elif any(f": {device_error_reason(code)}:" in (reply.error.reason or "")  # the Grid's error text
                      for code in (ErrorCode.STALE_BASE, ErrorCode.UNSUPPORTED_CONFIG)):
                 self._bases.pop(node, None)  # lost its base, or cannot apply delta codes: dense next time
                 self._dense_next.add(node)

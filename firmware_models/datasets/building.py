@@ -99,7 +99,7 @@ def random_calibration(rng: np.random.Generator) -> SensorCalibration:
              np.log(5.0)))), float(rng.uniform(0.3, 1.5)))
     offsets = (float(rng.normal(0, 120)), float(rng.normal(0, 1.2)), float(rng.normal(0, 8)), 0.0, 0.0)
     missing = tuple(ch for ch in ("humidity", "light", "motion") if rng.random() < 0.25)
-    return SensorCalibration(gains, offsets, missing)  # type: ignore[arg-type]
+    return SensorCalibration(gains, offsets, missing)
 
 
 def calibrate(log: SensorLog, cal: SensorCalibration) -> SensorLog:
@@ -141,7 +141,7 @@ def _occupants(spec: RoomSpec, days: int, rng: np.random.Generator,
         kind = new_kind if change_day is not None and day >= change_day else spec.kind
         weekday = (spec.start_weekday + day) % 7
         base = day * MINUTES_PER_DAY
-        def occupy(start_h: float, end_h: float, people: int) -> None:
+        def occupy(start_h: float, end_h: float, people: int, base: int = base) -> None:
             a = base + int(np.clip(start_h, 0, 24) * 60)
             b = base + int(np.clip(end_h, 0, 24) * 60)
             n[a:b] += max(1, people)

@@ -25,7 +25,8 @@ from broker.accounts import enroll_devices
 from devices.c.fleet import CDevice, c_device_ids, prepare_c_devices, start_c_devices, stop_c_devices, wait_started
 from devices.link.address import parse_broker_url
 from devices.link.fleet_client import FleetClient
-from tests.support.models import TINYFLEET, run_cli
+from tests.support.cli import clean_environment, invoke
+from tests.support.models import TINYFLEET
 from tests.support.waiting import wait_until
 
 FLEET = "cfleet"
@@ -45,8 +46,9 @@ class MixedFleet:
 def mixed_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MixedFleet]:
     root = tmp_path_factory.mktemp("cfleet")
     broker_dir = root / "mq"
-    proc = run_cli("broker", "start", "--dir", str(broker_dir), "--json")
-    assert proc.returncode == 0, proc.stderr
+    with clean_environment(tmp_path_factory.mktemp("cwd")):
+        proc = invoke("broker", "start", "--dir", str(broker_dir), "--json")
+    assert proc.exit_code == 0, proc.stderr
     info = json.loads(proc.stdout)
     url = info["url"]
     c_devs: list[CDevice] = []
@@ -64,6 +66,7 @@ def mixed_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MixedFleet
                                            credentials=paths, samples_per_device=SAMPLES, seed=100)
         start_c_devices(c_devs, layout, samples=SAMPLES, build_dir=root / "build")
         wait_started(c_devs)
+        # subprocess: the Python devices run alongside the test and are stopped with Ctrl-C (SIGINT) below
         sim = subprocess.Popen([TINYFLEET, "devices", "simulate", "--n", str(N_PY), "--task", "sine", "--broker-dir",
                                 str(broker_dir), "--fleet", FLEET, "--telemetry", "0", "--samples", str(SAMPLES)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -78,15 +81,15 @@ def mixed_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MixedFleet
                 sim.kill()
                 sim.wait()
         stop_c_devices(c_devs)
-        run_cli("broker", "stop", "--dir", str(broker_dir))
+        invoke("broker", "stop", "--dir", str(broker_dir))
 
 
 def _federate(fleet: MixedFleet, out: Path, strategy: str, *extra: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    proc = run_cli("federate", "run", "--task", "sine", "--strategy", strategy, "--rounds", "3", "--broker", fleet.url,
-                   "--credentials", str(fleet.server_credentials), "--fleet", FLEET, "--quorum", str(N_C + N_PY),
-                   "--quorum-timeout", "60", "--round-timeout", "60", "--local-steps", "20", "--out", str(out),
-                   "--run-id", f"mixed-{strategy}", "--json", *extra, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = invoke("federate", "run", "--task", "sine", "--strategy", strategy, "--rounds", "3", "--broker", fleet.url,
+                  "--credentials", str(fleet.server_credentials), "--fleet", FLEET, "--quorum", str(N_C + N_PY),
+                  "--quorum-timeout", "60", "--round-timeout", "60", "--local-steps", "20", "--out", str(out),
+                  "--run-id", f"mixed-{strategy}", "--json", *extra)
+    assert proc.exit_code == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     lines = (out / f"mixed-{strategy}" / "metrics.jsonl").read_text().splitlines()
     return summary, [json.loads(ln) for ln in lines]
