@@ -226,15 +226,23 @@ def plots(details: dict[str, Any], summ: dict[str, Any], out: Path, prefix: str)
     files.append(_save(fig, out / f"{prefix}_bytes.png"))
     sweeps = details["tasks"].get("sine", {}).get("sweep", {})
     if sweeps:
-        fig, axes = plt.subplots(1, len(sweeps), figsize=(4.6 * len(sweeps), 3.5), squeeze=False)
+        fig, axes = plt.subplots(1, len(sweeps), figsize=(4.8 * len(sweeps), 3.6), squeeze=False)
         for ax, (m, sw) in zip(axes[0], sorted(sweeps.items()), strict=True):
-            vals = sorted(sw["values"], key=float)
-            ax.plot([float(v) for v in vals], [sw["values"][v]["value"] for v in vals], "o-")
-            ax.set(xscale="log", xlabel=f"{m}: {sw['parameter']}", ylabel="validation MSE",
-                   title=f"sine, seed 0: chosen {sw['chosen']}")
+            for r in sw["values"]:
+                label = ", ".join(f"{k.replace('tmf_', '')} {v:g}" for k, v in r["values"].items())
+                star = " (chosen)" if r["values"] == sw["chosen"] else ""
+                ax.scatter([r["bytes"]], [r["value"]], s=30)
+                ax.annotate(label + star, (r["bytes"], r["value"]), fontsize=7, textcoords="offset points",
+                            xytext=(4, 4))
+            ax.set(xscale="log", xlabel="bytes of training (up + down)", ylabel="validation MSE",
+                   title=f"sine, seed 0: {m}")
             ax.grid(alpha=0.3)
         files.append(_save(fig, out / f"{prefix}_sweeps.png"))
     return files
+
+
+def _values(v: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={x:g}" for k, x in v.items())
 
 
 def _procedure(c: dict[str, Any]) -> str:
@@ -292,11 +300,10 @@ def markdown(details: dict[str, Any], summ: dict[str, Any], goal_list: list[dict
             keys = sorted(refs[0])
             lines += ["", "References: " + "; ".join(f"{k} {np.mean([r[k] for r in refs]):.4g}" for k in keys) + "."]
         for m, sw in sorted(t.get("sweep", {}).items()):
-            ordered = sorted(sw["values"].items(), key=lambda kv: float(kv[0]))
-            lines += ["", f"Validation sweep of {m}'s {sw['parameter']} (seed 0, each value with its own chosen "
-                      "procedure; equal device steps): " + "; ".join(
-                          f"{v}: {r['value']:.4g} ({r['rounds']} rounds, {r['bytes']:,} B)" for v, r in ordered)
-                      + f" → {sw['chosen']}."]
+            lines += ["", f"Validation sweep of {m} (seed 0; equal device steps; each setting with its own chosen "
+                      "procedure): " + "; ".join(
+                          f"{_values(r['values'])}: {r['value']:.4g} ({r['rounds']} rounds, {r['bytes']:,} B)"
+                          for r in sw["values"]) + f" → {_values(sw['chosen'])}."]
         lines += ["", f"Seconds: {t['seconds']}."]
     mq = details.get("mqtt_check")
     if mq:

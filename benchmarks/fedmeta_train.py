@@ -40,7 +40,7 @@ class TaskProtocol:
     max_adapt_steps: int = 10
     curve_steps: int = 32
     top_p: float = 0.05
-    tmf_readout_lambda: float = 1.0
+    tmf_readout_lambda: float | None = None
     tmf_local_steps: int | None = None
     tinyreptile_epsilon: float | None = None
 
@@ -57,7 +57,7 @@ class TaskProtocol:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run: protocol, method, seed, models folder, optional ε0 / TinyMetaFed-steps overrides."""
+    """One training run: protocol, method, seed, models folder, optional ε0 / TinyMetaFed overrides."""
 
     protocol: TaskProtocol
     method: str
@@ -65,6 +65,7 @@ class RunSpec:
     models_dir: str | None = None
     epsilon: float | None = None
     tmf_local_steps: int | None = None
+    tmf_top_p: float | None = None
 
 
 _DATA: dict[tuple[Any, ...], list[DeviceData]] = {}
@@ -88,10 +89,13 @@ def train_run(spec: RunSpec) -> dict[str, Any]:
     budget = p.training_budget()
     if spec.tmf_local_steps is not None:
         budget = replace(budget, tmf_local_steps=spec.tmf_local_steps)
+    if spec.tmf_top_p is not None:
+        budget = replace(budget, top_p=spec.tmf_top_p)
     epsilon = spec.epsilon if spec.epsilon is not None else p.tinyreptile_epsilon
     run = train_method(p.task, spec.method, training_devices(p, spec.seed), initial, budget,
                        models_dir=models, seed=spec.seed, epsilon=epsilon)
     return {**run.costs(), "seed": spec.seed, "epsilon": epsilon if spec.method == "tinyreptile" else None,
+            "top_p": budget.top_p if spec.method == "tinymetafed" else None,
             "local_steps": budget.tmf_steps_and_rounds()[0] if spec.method == "tinymetafed" else p.local_steps,
             "head": run.head,
             "seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 2)}

@@ -65,7 +65,7 @@ class Budget:
     local_steps: int = 50
     lr: float = 0.02
     top_p: float = 0.05
-    tmf_readout_lambda: float = 1.0
+    tmf_readout_lambda: float | None = None
     tmf_local_steps: int | None = None
 
     @property

@@ -16,13 +16,14 @@ METHOD_KEYS = {"mean", "ci95", "adapt_steps", "adapt_lr", "device_steps", "bytes
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Path]:
-    p = TaskProtocol(task="sine", shots=10, queries=20, fleet=12, rounds=3, per_round=4, local_steps=10,
+    p = TaskProtocol(task="sine", shots=10, queries=20, fleet=12, rounds=4, per_round=4, local_steps=10,
                      seeds=(0, 1, 2), test_devices=6, val_devices=4, curve_steps=6, max_adapt_steps=3)
     mp = pytest.MonkeyPatch()
     mp.setattr(fedmeta, "ADAPT_LRS", {"regression": (0.01,)})
     mp.setattr(fedmeta, "ADAPT_LAMBDAS", (None, 1.0))
-    mp.setattr(fedmeta, "SWEEPS", {"tinyreptile": ("epsilon", (0.3, 1.0)),
-                                   "tinymetafed": ("tmf_local_steps", (10, 20))})
+    mp.setattr(fedmeta, "SWEEPS", {"tinyreptile": ({"epsilon": 0.3}, {"epsilon": 1.0}),
+                                   "tinymetafed": ({"tmf_local_steps": 10, "tmf_top_p": 0.05},
+                                                   {"tmf_local_steps": 20, "tmf_top_p": 0.05})})
     try:
         res = fedmeta.run_task(p, models=None, workers=1, sweep=True)
     finally:
@@ -51,17 +52,18 @@ def test_summary_is_exactly_the_issue_schema(tiny: tuple[dict, dict, Path]) -> N
 def test_budgets_are_equal_and_bytes_are_counted_both_ways(tiny: tuple[dict, dict, Path]) -> None:
     details, summary, _ = tiny
     m = summary["tasks"]["sine"]["methods"]
-    assert {m[k]["device_steps"] for k in ("tinyreptile", "reptile", "tinymetafed", "fedavg", "joint")} == {120}
+    assert {m[k]["device_steps"] for k in ("tinyreptile", "reptile", "tinymetafed", "fedavg", "joint")} == {160}
     assert all(m[k]["bytes_up"] > 0 and m[k]["bytes_down"] > 0 for k in ("tinyreptile", "reptile", "fedavg"))
     assert m["tinymetafed"]["bytes_up"] < m["reptile"]["bytes_up"] / 2
     assert m["scratch"]["device_steps"] == 0 and m["scratch"]["bytes_up"] == 0
     runs = details["tasks"]["sine"]["runs"]
-    assert [r["rounds"] for r in runs["tinyreptile"]] == [12, 12, 12]   # one device per round, 4x the rounds
+    assert [r["rounds"] for r in runs["tinyreptile"]] == [16, 16, 16]   # one device per round, 4x the rounds
     sweep = details["tasks"]["sine"]["sweep"]
-    assert set(sweep["tinyreptile"]["values"]) == {"0.3", "1.0"} and sweep["tinyreptile"]["chosen"] in (0.3, 1.0)
-    steps = sweep["tinymetafed"]["chosen"]   # 20 local steps per round: half the rounds, same device steps
-    assert {r["rounds"] for r in runs["tinymetafed"]} == {3 if steps == 10 else 1}
-    assert {r["epsilon"] for r in runs["tinyreptile"]} == {sweep["tinyreptile"]["chosen"]}
+    assert [v["values"] for v in sweep["tinyreptile"]["values"]] == [{"epsilon": 0.3}, {"epsilon": 1.0}]
+    steps = sweep["tinymetafed"]["chosen"]["tmf_local_steps"]  # 20 local steps: half the rounds, same device steps
+    assert {r["rounds"] for r in runs["tinymetafed"]} == {4 if steps == 10 else 2}
+    assert [r["rounds"] for r in (v for v in sweep["tinymetafed"]["values"])] == [4, 2]
+    assert {r["epsilon"] for r in runs["tinyreptile"]} == {sweep["tinyreptile"]["chosen"]["epsilon"]}
     assert details["tasks"]["sine"]["validation"]["tinymetafed"]["chosen"]["readout_lambda"] == 1.0
 
 

@@ -106,7 +106,8 @@ def run(
                                                         "without the closed-form readout, or --readout-lambda 0).",
                                                    min=0)] = 5,
     readout_lambda: Annotated[float, typer.Option(help="TinyMetaFed: re-fit the last layer in closed form (ridge "
-                                                       "lambda); 0: SGD steps only.", min=0.0)] = 1.0,
+                                                       "lambda) before training; 0: --reconstruct-steps SGD steps.",
+                                                  min=0.0)] = 0.0,
     error_feedback: Annotated[bool, typer.Option(help="TinyMetaFed: devices keep what Top-P left out for the "
                                                       "next round.")] = True,
     downlink: Annotated[str, typer.Option(help="TinyMetaFed: delta-q8 (int8 deltas to what each device holds) "
