@@ -37,7 +37,7 @@ PY, C = "py-dev", "c-dev"
 
 @pytest.fixture(scope="module")
 def pair(mosquitto: BrokerInfo, tmp_path_factory: pytest.TempPathFactory, c_build_dir: Path) -> Iterator[FleetClient]:
-    require_c_tools("gcc")
+    require_c_tools("gcc", "libmosquitto")
     address = BrokerAddress(mosquitto.host, mosquitto.port)
     root = tmp_path_factory.mktemp("cdiff")
     agent = sine_agent(PY, address, root / "py", fleet=FLEET, seed=4)
