@@ -319,20 +319,20 @@ def codec_cases(seed: int = 0, n_mutations: int = 300) -> list[bytes]:
 
 def _strategy_key_cases() -> list[bytes]:
     """Frames around the rules of ``seed``, ``local-layers``, ``proximal-mu``, ``clipping_norm`` and ``required``."""
-    train = {"lr": 0.1, "local-steps": 5}
-    bad_train = [{"seed": -1}, {"seed": 2 ** 63}, {"seed": 2 ** 63 - 1}, {"seed": 1.0}, {"seed": True},
-                 {"proximal-mu": -0.1}, {"proximal-mu": 1000.5}, {"proximal-mu": 0}, {"proximal-mu": "a"},
-                 {"clipping_norm": 0}, {"clipping_norm": 1e3}, {"clipping_norm": None},
-                 {"required": "proximal-mu"}, {"required": [""]}, {"required": ["a" * 65]}, {"required": ["é" * 64]},
-                 {"required": ["é" * 65]}, {"required": [1]}, {"required": ["k"] * 65}, {"required": ["k"] * 64},
-                 {"required": ["proximal-mu", "clipping_norm"]}, {"local-layers": 5}, {"local-layers": [True]}]
-    out = [_frame({"v": 1, "type": "task.train", "id": "s", "config": {**train, **c}}) for c in bad_train]
-    for mtype, cfg in (("task.evaluate", {"local-layers": 5}), ("task.evaluate", {"local-layers": [-1]}),
-                       ("task.evaluate", {"seed": -3}), ("task.evaluate", {"required": ["x"], "seed": 7}),
-                       ("task.evaluate", {"required": {}}), ("task.adapt", {"shots": 1, "steps": 0, "required": [2]}),
-                       ("task.adapt", {"shots": 1, "steps": 0, "required": ["x"]})):
-        out.append(_frame({"v": 1, "type": mtype, "id": "s", "config": cfg}))
-    return out
+    train: dict[str, Any] = {"lr": 0.1, "local-steps": 5}
+    variants: list[dict[str, Any]] = [
+        {"seed": -1}, {"seed": 2 ** 63}, {"seed": 2 ** 63 - 1}, {"seed": 1.0}, {"seed": True},
+        {"proximal-mu": -0.1}, {"proximal-mu": 1000.5}, {"proximal-mu": 0}, {"proximal-mu": "a"},
+        {"clipping_norm": 0}, {"clipping_norm": 1e3}, {"clipping_norm": None},
+        {"required": "proximal-mu"}, {"required": [""]}, {"required": ["a" * 65]}, {"required": ["é" * 64]},
+        {"required": ["é" * 65]}, {"required": [1]}, {"required": ["k"] * 65}, {"required": ["k"] * 64},
+        {"required": ["proximal-mu", "clipping_norm"]}, {"local-layers": 5}, {"local-layers": [True]}]
+    cases: list[tuple[str, dict[str, Any]]] = [("task.train", {**train, **v}) for v in variants]
+    cases += [("task.evaluate", {"local-layers": 5}), ("task.evaluate", {"local-layers": [-1]}),
+              ("task.evaluate", {"seed": -3}), ("task.evaluate", {"required": ["x"], "seed": 7}),
+              ("task.evaluate", {"required": {}}), ("task.adapt", {"shots": 1, "steps": 0, "required": [2]}),
+              ("task.adapt", {"shots": 1, "steps": 0, "required": ["x"]})]
+    return [_frame({"v": 1, "type": mtype, "id": "s", "config": cfg}) for mtype, cfg in cases]
 
 
 def _raw(text: bytes) -> bytes:
