@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh Debian/Ubuntu machine with Python 3.11+:
 #   make demo   -- builds the venv, installs tinyfleet and Mosquitto, runs the end-to-end demo
-#   make test   -- the same set-up, then the test suite
+#   make test   -- the same set-up, then the lint/type gate (ruff, mypy), then the test suite
+#                  (Hypothesis derandomized: the same examples everywhere)
+#   make fuzz   -- the property-based tests only, random and with ten times the examples (looks for new bugs)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,7 +10,7 @@ DEMO_OUT ?= demo-out
 export TF_ENABLE_ONEDNN_OPTS := 0
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup system-deps demo test bench clean
+.PHONY: setup system-deps demo lint test fuzz bench clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -49,11 +51,22 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/tinyfleet demo --out $(DEMO_OUT)
 
-test: setup
+# The gate CI runs before the tests: any ruff finding or mypy error fails `make test`.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: setup lint
 	$(BIN)/python -m pytest -q
+
+# Random exploration for longer (tests/conftest.py, profile "fuzz"): failures are kept in .hypothesis/
+# and replayed first on the next `make fuzz`; a bug found here gets a fixed regression test.
+FUZZ_TESTS ?= tests/system/test_fuzz_inputs.py tests/devices/test_sparse.py
+fuzz: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider --hypothesis-profile=fuzz --hypothesis-show-statistics $(FUZZ_TESTS)
 
 bench: setup
 	$(BIN)/python -m benchmarks.models
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .hypothesis .mypy_cache .ruff_cache

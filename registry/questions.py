@@ -250,7 +250,7 @@ def read_only_form(text: str) -> str:
 def raw_query(store: RegistryStore, text: str) -> dict[str, Any]:
     """Run a user's read-only SPARQL (SELECT/ASK/CONSTRUCT/DESCRIBE); reject any update."""
     form = read_only_form(text)
-    result = store.raw(text)  # type: ignore[attr-defined]
+    result = store.raw(text)
     if form == "AskQuery":
         return {"type": "ask", "boolean": bool(result.askAnswer)}
     if form in ("ConstructQuery", "DescribeQuery"):

@@ -13,19 +13,23 @@ import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 
 from devices.boards import get_board
 from devices.wire.thing_description import thing_description
 from firmware_models.exceptions import TinyFleetError
 from registry import add_device, lineage, open_store
 from tests.conftest import require_c_tools
-from tests.support.models import SineBuild, run_cli
+from tests.support.cli import clean_environment, invoke
+from tests.support.models import SineBuild
 from tinyfleet.firmware import generate
 
 ROOT = Path(__file__).resolve().parents[2]
+Cli = Callable[..., Result]
 DEVICES = {"fw-nano": "nano33ble", "fw-pi": "rpi4", "fw-uno": "uno", "fw-esp": "esp32"}
 
 
@@ -33,9 +37,10 @@ DEVICES = {"fw-nano": "nano33ble", "fw-pi": "rpi4", "fw-uno": "uno", "fw-esp": "
 def store(sine_build: SineBuild, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fwreg")
     st = root / "store"
-    proc = run_cli("registry", "add-model", str(sine_build.directory / "model.tflite"), "--card",
-                   str(sine_build.directory / "card.json"), "--store", str(st), "--json")
-    assert proc.returncode == 0, proc.stderr
+    with clean_environment(tmp_path_factory.mktemp("cwd")):
+        proc = invoke("registry", "add-model", str(sine_build.directory / "model.tflite"), "--card",
+                      str(sine_build.directory / "card.json"), "--store", str(st), "--json")
+    assert proc.exit_code == 0, proc.stderr
     with open_store(st) as opened:  # devices in-process: `registry add-device` has its own CLI tests
         for device_id, board in DEVICES.items():
             add_device(opened, thing_description(device_id=device_id, fleet="lab", board=get_board(board),
@@ -44,9 +49,9 @@ def store(sine_build: SineBuild, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return st
 
 
-def _generate(store: Path, models: Path, out: Path, board: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run_cli("firmware", "generate", "--model", "sine", "--board", board, "--models", str(models), "--out",
-                   str(out), "--store", str(store), "--broker", "mqtt://broker.lab:1883", *extra)
+def _generate(cli: Cli, store: Path, models: Path, out: Path, board: str, *extra: str) -> Result:
+    return cli("firmware", "generate", "--model", "sine", "--board", board, "--models", str(models), "--out",
+               str(out), "--store", str(store), "--broker", "mqtt://broker.lab:1883", *extra)
 
 
 def _make(project: Path, *targets: str) -> subprocess.CompletedProcess[str]:
@@ -54,11 +59,12 @@ def _make(project: Path, *targets: str) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
-def test_cortex_m_project_passes_host_test_and_size(store: Path, sine_build: SineBuild, tmp_path: Path) -> None:
+def test_cortex_m_project_passes_host_test_and_size(cli: Cli, store: Path, sine_build: SineBuild,
+                                                    tmp_path: Path) -> None:
     require_c_tools("gcc", "arm", "make")
     out = tmp_path / "nano"
-    proc = _generate(store, sine_build.directory.parent, out, "fw-nano", "--json")
-    assert proc.returncode == 0, proc.stderr
+    proc = _generate(cli, store, sine_build.directory.parent, out, "fw-nano", "--json")
+    assert proc.exit_code == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["family"] == "arduino-nrf52840" and doc["ops"] == ["FULLY_CONNECTED"]
     assert doc["arena_measured_bytes"] == sine_build.card["arena_bytes"]
@@ -91,11 +97,11 @@ def test_cortex_m_project_passes_host_test_and_size(store: Path, sine_build: Sin
                and p["arena_bytes"] == doc["arena_bytes"] for p in projects), projects
 
 
-def test_linux_project_builds_the_agent(store: Path, sine_build: SineBuild, tmp_path: Path) -> None:
+def test_linux_project_builds_the_agent(cli: Cli, store: Path, sine_build: SineBuild, tmp_path: Path) -> None:
     require_c_tools("gcc", "libmosquitto", "make")
     out = tmp_path / "pi"
-    proc = _generate(store, sine_build.directory, out, "fw-pi", "--json")
-    assert proc.returncode == 0, proc.stderr
+    proc = _generate(cli, store, sine_build.directory, out, "fw-pi", "--json")
+    assert proc.exit_code == 0, proc.stderr
     made = _make(out, "host-test", "agent", "size")
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())
@@ -106,15 +112,16 @@ def test_linux_project_builds_the_agent(store: Path, sine_build: SineBuild, tmp_
     assert refused.returncode == 2 and "credentials" in refused.stderr  # the separate file is required
 
 
-def test_refusals_are_one_line_errors(store: Path, sine_build: SineBuild, tmp_path: Path) -> None:
-    why = _generate(store, sine_build.directory, tmp_path / "uno", "fw-uno", "--explain")  # through the CLI
-    assert why.returncode == 1 and why.stderr.startswith("error: board fw-uno cannot run model sine: ")
+def test_refusals_are_one_line_errors(cli: Cli, store: Path, sine_build: SineBuild, tmp_path: Path) -> None:
+    why = _generate(cli, store, sine_build.directory, tmp_path / "uno", "fw-uno", "--explain")  # through the CLI
+    assert why.exit_code == 1 and why.stdout == ""
+    assert why.stderr.startswith("error: board fw-uno cannot run model sine: ")
     assert "too little RAM: 2048 B < 2576 B needed" in why.stderr
     assert len(why.stderr.strip().splitlines()) == 1 and not (tmp_path / "uno").exists()
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
-    cases = {  # the same function in-process (each CLI start costs seconds)
+    cases = {  # the same function, called directly
         "add --explain for the reasons": dict(board="fw-uno", out=tmp_path / "uno"),
         "no firmware template for board Espressif ESP32": dict(board="fw-esp", out=tmp_path / "esp"),
         "Xtensa LX6": dict(board="fw-esp", out=tmp_path / "esp"),

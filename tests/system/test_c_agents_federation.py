@@ -22,16 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from broker.accounts import enroll_devices, ensure_server_account
 from devices.c.fleet import CDevice, c_device_ids, prepare_c_devices, start_c_devices, stop_c_devices, wait_started
 from devices.link.address import parse_broker_url
 from devices.link.fleet_client import FleetClient
 from tests.conftest import require_c_tools
-from tests.support.models import TINYFLEET, run_cli
+from tests.support.cli import clean_environment, invoke
+from tests.support.models import TINYFLEET
 from tests.support.waiting import wait_until
-from tinyfleet.cli.main import app
 
 FLEET = "cfleet"
 N_C, N_PY, SAMPLES = 4, 2, 64
@@ -55,8 +54,9 @@ def mixed_fleet(tmp_path_factory: pytest.TempPathFactory, c_build_dir: Path) -> 
     require_c_tools("gcc", "libmosquitto")
     root = tmp_path_factory.mktemp("cfleet")
     broker_dir = root / "mq"
-    proc = run_cli("broker", "start", "--dir", str(broker_dir), "--json")
-    assert proc.returncode == 0, proc.stderr
+    with clean_environment(tmp_path_factory.mktemp("cwd")):
+        proc = invoke("broker", "start", "--dir", str(broker_dir), "--json")
+    assert proc.exit_code == 0, proc.stderr
     info = json.loads(proc.stdout)
     url = info["url"]
     c_devs: list[CDevice] = []
@@ -80,6 +80,7 @@ def mixed_fleet(tmp_path_factory: pytest.TempPathFactory, c_build_dir: Path) -> 
         c_devs += conf
         start_c_devices(c_devs, layout, samples=SAMPLES, build_dir=c_build_dir)
         wait_started(c_devs)
+        # subprocess: the Python devices run alongside the test and are stopped with Ctrl-C (SIGINT) below
         sim = subprocess.Popen([TINYFLEET, "devices", "simulate", "--n", str(N_PY), "--task", "sine", "--broker-dir",
                                 str(broker_dir), "--fleet", FLEET, "--telemetry", "0", "--samples", str(SAMPLES)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -94,15 +95,15 @@ def mixed_fleet(tmp_path_factory: pytest.TempPathFactory, c_build_dir: Path) -> 
                 sim.kill()
                 sim.wait()
         stop_c_devices(c_devs)
-        run_cli("broker", "stop", "--dir", str(broker_dir))
+        invoke("broker", "stop", "--dir", str(broker_dir))
 
 
 def _federate(fleet: MixedFleet, out: Path, strategy: str, *extra: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    proc = run_cli("federate", "run", "--task", "sine", "--strategy", strategy, "--rounds", "3", "--broker", fleet.url,
-                   "--credentials", str(fleet.server_credentials), "--fleet", FLEET, "--quorum", str(N_C + N_PY),
-                   "--quorum-timeout", "60", "--round-timeout", "60", "--local-steps", "20", "--out", str(out),
-                   "--run-id", f"mixed-{strategy}", "--json", *extra, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = invoke("federate", "run", "--task", "sine", "--strategy", strategy, "--rounds", "3", "--broker", fleet.url,
+                  "--credentials", str(fleet.server_credentials), "--fleet", FLEET, "--quorum", str(N_C + N_PY),
+                  "--quorum-timeout", "60", "--round-timeout", "60", "--local-steps", "20", "--out", str(out),
+                  "--run-id", f"mixed-{strategy}", "--json", *extra)
+    assert proc.exit_code == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     lines = (out / f"mixed-{strategy}" / "metrics.jsonl").read_text().splitlines()
     return summary, [json.loads(ln) for ln in lines]
@@ -159,9 +160,10 @@ def test_a_c_device_passes_every_conformance_check(mixed_fleet: MixedFleet, tmp_
     with FleetClient(parse_broker_url(mixed_fleet.url), fleet=CONF_FLEET, client_id="c-conf-watch",
                      credentials=ensure_server_account(mixed_fleet.broker_dir, "c-conf-watch")) as watch:
         assert wait_until(lambda: CONF_ID in watch.online() and CONF_ID in watch.tds, 30), dev.log_text()
-    r = CliRunner().invoke(app, ["devices", "conformance", "--device", CONF_ID, "--fleet", CONF_FLEET,
-                                 "--broker", mixed_fleet.url, "--credentials", str(server_file),
-                                 "--device-credentials", str(mixed_fleet.device_credentials[CONF_ID]), "--json"])
+    with clean_environment(tmp_path):  # no TINYFLEET_* settings or tinyfleet.toml from the shell
+        r = invoke("devices", "conformance", "--device", CONF_ID, "--fleet", CONF_FLEET, "--broker", mixed_fleet.url,
+                   "--credentials", str(server_file), "--device-credentials",
+                   str(mixed_fleet.device_credentials[CONF_ID]), "--json")
     report = json.loads(r.stdout)
     outcome = {c["name"]: (c["status"], c["detail"]) for c in report["checks"]}
     assert r.exit_code == 0 and report["ok"] is True, (outcome, r.stderr, dev.log_text()[-2000:])
