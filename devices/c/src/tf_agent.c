@@ -601,15 +601,15 @@ static tf_err_code do_adapt(tf_agent *a, const tf_frame *f, result *r, tf_error 
 }
 
 /* ------------------------------------------------------------------------------------ handle */
-/* agent._check_required: a task whose `required` lists a config key this device does not implement
- * is refused with unsupported-config rather than run as something else (e.g. FedProx without its
- * proximal term). Implemented = every key the codec checks for that task type, as in Python. */
 static void append(char *buf, size_t cap, const char *s) { /* bounded strcat */
     size_t n = strlen(buf);
     while (*s && n + 1 < cap) buf[n++] = *s++;
     buf[n] = '\0';
 }
 
+/* agent._check_required: a task whose `required` lists a config key this device does not implement
+ * is refused with unsupported-config rather than run as something else (e.g. FedProx without its
+ * proximal term). Implemented = every key the codec checks for that task type, as in Python. */
 static int unsupported_required(const tf_frame *f, tf_error *err) {
     tf_json list, item;
     if (!f->has_config || !tf_json_get(&f->config, "required", &list) || list.type != TF_JSON_ARRAY) return 0;
