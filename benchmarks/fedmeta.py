@@ -66,8 +66,9 @@ from federation.fewshot import (  # noqa: E402
     scratch_head,
     select_procedure,
 )
-from federation.session import initial_parameters  # noqa: E402
+from federation.session import initial_parameters, model_folder  # noqa: E402
 from firmware_models.usecases import get_use_case  # noqa: E402
+from firmware_models.usecases.base import ARTIFACT_HEAD  # noqa: E402
 
 RESULTS = Path("docs/results")
 PROTOCOLS: dict[str, TaskProtocol] = {
@@ -235,6 +236,12 @@ def run_task(p: TaskProtocol, *, models: Path | None, workers: int, sweep: bool)
     return res
 
 
+def _models_for(task: str, models: Path | None) -> Path | None:
+    """`models` if it (or its `task` sub-folder) holds a built head, else None: sine needs no model."""
+    folder = model_folder(task, models)
+    return models if folder is not None and (folder / ARTIFACT_HEAD).is_file() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.fedmeta", description=__doc__.splitlines()[0])
     ap.add_argument("--task", action="append", choices=sorted(PROTOCOLS), help="use case (repeatable)")
@@ -288,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         if chosen:  # sine's validation sweeps decide these for the use cases after it
             p = replace(p, tinyreptile_epsilon=chosen.get("epsilon"), tmf_local_steps=chosen.get("tmf_local_steps"),
                         top_p=chosen.get("tmf_top_p", p.top_p))
-        res = run_task(p, models=args.models, workers=args.workers, sweep=p.task == "sine" and not args.quick)
+        res = run_task(p, models=_models_for(p.task, args.models), workers=args.workers,
+                       sweep=p.task == "sine" and not args.quick)
         for sw in res.sweep.values():
             chosen.update(sw["chosen"])
         details["tasks"][p.task] = asdict(res)
