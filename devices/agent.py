@@ -376,9 +376,15 @@ class DeviceAgent:
         if weights is not None:
             self.learner.head.set_weights(weights)
         procedure = AdaptConfig.from_task_config(cfg, default_lr=self.learner.lr)  # devices.learning.adapt
+        t0 = time.perf_counter()
         out = adapt(self.learner, self.x_train[:shots], self.y_train[:shots], procedure)
         metrics: dict[str, float] = {MetricKey.NUM_EXAMPLES: shots, MetricKey.SHOTS: shots,
                                      MetricKey.LOSS_BEFORE: out.loss_before, MetricKey.LOSS_AFTER: out.loss_after}
+        if out.step_losses:  # the train metrics of the steps, as `train` reports them (and the C agent)
+            last = 1 if procedure.step == "batch" else min(shots, len(out.step_losses))  # one pass over the shots
+            metrics.update({MetricKey.TRAIN_LOSS: float(np.mean(out.step_losses)),
+                            MetricKey.TRAIN_LOSS_LAST: float(np.mean(out.step_losses[-last:])),
+                            MetricKey.TRAIN_SECONDS: time.perf_counter() - t0})
         held = self.learner.evaluate(self.x_eval, self.y_eval)  # the adapted head on held-out samples
         metrics.update({k: v for k, v in held.items() if k != MetricKey.NUM_EXAMPLES})
         phi = self.learner.head.get_weights()

@@ -24,7 +24,7 @@ judged with the procedure its devices run; the benchmark picks `steps`, `lr`, `s
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -99,13 +99,15 @@ def adaptation_floats(layer_sizes: list[int], config: AdaptConfig) -> int:
 
 @dataclass
 class AdaptResult:
-    """What an adaptation did: shots, steps taken, shot loss before/after, divergence."""
+    """What an adaptation did: shots, steps taken, shot loss before/after, divergence, each step's loss."""
 
     shots: int
     steps_taken: int
     loss_before: float
     loss_after: float
     diverged: bool = False
+    step_losses: list[float] = field(default_factory=list)
+    """The loss each step saw before it (batch: the shots' mean loss; sample: the one sample's)."""
 
 
 StepCallback = Callable[[int], None]
@@ -139,13 +141,13 @@ def adapt(learner: OnlineLearner, x_shots: np.ndarray, y_shots: np.ndarray, conf
         on_step(0)
     order = np.concatenate([learner.rng.permutation(len(feats)) for _ in range(-(-config.steps // len(feats)))]) \
         if config.step == "sample" and config.steps else np.zeros(0, np.intp)
-    taken, diverged = 0, False
+    taken, diverged, losses = 0, False, []
     for k in range(1, config.steps + 1):
         try:
             if config.step == "batch":
-                head.batch_sgd_step(feats, y, config.lr, clip_norm=config.clip_norm)
+                losses.append(float(head.batch_sgd_step(feats, y, config.lr, clip_norm=config.clip_norm)))
             else:
-                head.sgd_steps(feats, y, order[k - 1:k], config.lr, clip_norm=config.clip_norm)
+                losses.append(float(head.sgd_steps(feats, y, order[k - 1:k], config.lr, clip_norm=config.clip_norm)[0]))
         except HeadDivergedError:
             diverged = True
             break
@@ -159,7 +161,7 @@ def adapt(learner: OnlineLearner, x_shots: np.ndarray, y_shots: np.ndarray, conf
     with np.errstate(over="ignore", invalid="ignore"):
         after = float(np.mean(head.losses(feats, y)))
     return AdaptResult(shots=int(len(feats)), steps_taken=taken, loss_before=before, loss_after=after,
-                       diverged=diverged)
+                       diverged=diverged, step_losses=losses[:taken])
 
 
 __all__ = ["DEFAULT_CLIP_NORM", "STEP_KINDS", "AdaptConfig", "AdaptResult", "StepKind", "adapt", "adaptation_floats"]
