@@ -14,6 +14,8 @@
   tensor (`devices.wire.delta`); a device whose base differs answers ``stale-base`` (one that does
   not implement delta codes: ``unsupported-config``, the codec lists ``downlink`` as required) and
   gets dense weights the next time it is sampled. The record is updated only when a device answers.
+  Dense weights are the whole head, as Reptile sends it (a device that knows none of these keys
+  trains as it would under Reptile, with its own copy of the local layers).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class TinyMetaFed(Reptile):
         Devices keep the unsent part of their Top-P update for the next round (and send the values
         as float16: the rounding error joins the residual).
     downlink : {"delta-q8", "dense"}, default="delta-q8"
-        How the shared weights go down (see the module docstring).
+        How the shared weights go down (see the module docstring); "dense" sends the whole head.
     **kwargs
         Passed to `Reptile` (epsilon, schedule, local steps and lr, serial, FedAvg's options).
     """
@@ -140,7 +142,9 @@ class TinyMetaFed(Reptile):
             cfg = ConfigRecord(dict(next(iter(msg.content.config_records.values()))))
             base = self._bases.get(node, self._initial_shared)
             if self.downlink == Downlink.DENSE or node in self._dense_next:
-                tensors = {k: theta[k] for k in shared}
+                # the whole head, as Reptile sends it: a device that knows no downlink keys still gets what it
+                # expects, and replaces the local layers with its own (`devices.train_task.train_round`)
+                tensors = {k: arrays[k].numpy().astype(np.float32) for k in arrays}
                 cfg[ConfigKey.DOWNLINK] = Downlink.DENSE
                 self._pending[node] = {k: theta[k].copy() for k in shared}
             else:
