@@ -73,16 +73,16 @@ from firmware_models.usecases.base import ARTIFACT_HEAD  # noqa: E402
 RESULTS = Path("docs/results")
 PROTOCOLS: dict[str, TaskProtocol] = {
     # Budgets sized so that `--all` (4 use cases, sweeps, 3 seeds) fits 60 minutes on 2 cores of a machine
-    # shared with other jobs: sine 100k device sample-gradients (250 rounds x 8 devices x 50 local steps; the
-    # issue's in-process reference run used 400k), the others 60k (150 rounds).
-    "sine": TaskProtocol(task="sine", shots=10, queries=100, fleet=1000, rounds=250),
+    # shared with other jobs: sine 80k device sample-gradients (200 rounds x 8 devices x 50 local steps; the
+    # issue's in-process reference run used 400k), the others 40k (100 rounds).
+    "sine": TaskProtocol(task="sine", shots=10, queries=100, fleet=1000, rounds=200),
     # 5-way 5-shot: labels cycle 0..4, so 25 shots = 5 per class; unseen scripts
-    "characters": TaskProtocol(task="characters", shots=25, queries=50, fleet=200, rounds=150),
+    "characters": TaskProtocol(task="characters", shots=25, queries=50, fleet=200, rounds=100),
     # one data seed and 3 clips per label: every new espeak-ng speaker costs seconds of synthesis (cached)
-    "keywords": TaskProtocol(task="keywords", shots=10, queries=36, fleet=50, rounds=150, samples_per_device=36,
+    "keywords": TaskProtocol(task="keywords", shots=10, queries=36, fleet=50, rounds=100, samples_per_device=36,
                              vary_data=False),
     # 3 shots per class (absent, present alternate); queries: balanced windows where occupancy changes
-    "presence": TaskProtocol(task="presence", shots=6, queries=100, fleet=200, rounds=150),
+    "presence": TaskProtocol(task="presence", shots=6, queries=100, fleet=200, rounds=100),
 }
 QUICK = replace(PROTOCOLS["sine"], fleet=200, rounds=100, val_devices=30)
 TINYREPTILE_SWEEP = (0.1, 0.3, 1.0)
