@@ -244,6 +244,26 @@ def _models_for(task: str, models: Path | None) -> Path | None:
     return models if folder is not None and (folder / ARTIFACT_HEAD).is_file() else None
 
 
+def merge_details(dirs: list[Path], prefix: str) -> dict[str, Any]:
+    """One details document from runs made apart (one use case per process, run side by side).
+
+    Tasks are taken from each folder in order; the wall time is the longest run's (they ran at the
+    same time), the MQTT check is the one run that has it.
+    """
+    out: dict[str, Any] = {"tasks": {}, "settings": {}}
+    walls = []
+    for d in dirs:
+        part = json.loads((d / f"{prefix}_details.json").read_text())
+        out["tasks"].update(part["tasks"])
+        walls.append(part["settings"].get("seconds", 0.0))
+        out["settings"] = {**part["settings"], **out["settings"]}
+        if "mqtt_check" in part:
+            out["mqtt_check"] = part["mqtt_check"]
+    out["settings"]["seconds"] = max(walls)
+    out["settings"]["note"] = f"{len(dirs)} runs side by side: {', '.join(out['tasks'])}"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.fedmeta", description=__doc__.splitlines()[0])
     ap.add_argument("--task", action="append", choices=sorted(PROTOCOLS), help="use case (repeatable)")
@@ -261,12 +281,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="TinyMetaFed's Top-P fraction for use cases without a sweep (default: sine's choice)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--rebuild", action="store_true", help="rebuild summary, plots and markdown from the details file")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="DIR",
+                    help="merge the details files of runs made apart (e.g. one use case per process) into --out")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = "fedmeta_quick" if args.quick else "fedmeta"
     details_path = args.out / f"{prefix}_details.json"
-    if args.rebuild:
+    if args.merge:
+        details_path.write_text(json.dumps(merge_details(args.merge, prefix), default=float) + "\n")
+    if args.rebuild or args.merge:
         report.write_all(json.loads(details_path.read_text()), args.out, prefix)
         return 0
     if args.quick:
