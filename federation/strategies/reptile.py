@@ -147,7 +147,7 @@ TINYREPTILE_EPSILON = 0.3
 With one device per round, ε = 1 replaces θ by that device's adapted head every round, so the
 "initialization" is whatever the last device learnt: on sine ε0 = 1 collapsed (MSE 4.20, all 32
 second-layer ReLUs dead) where ε0 = 0.1 reached 0.55. `benchmarks.fedmeta` re-measures the sweep
-(``fedmeta_summary.json`` → ``validation``) and docs/federation.md quotes it."""
+(``fedmeta_details.json`` → ``tasks.sine.sweep``) and docs/federation.md quotes it."""
 
 
 class TinyReptile(Reptile):
