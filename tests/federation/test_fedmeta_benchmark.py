@@ -76,3 +76,19 @@ def test_goals_plots_and_page(tiny: tuple[dict, dict, Path]) -> None:
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     page = (out / "fedmeta_tiny.md").read_text()
     assert "| tinyreptile-fedavg |" in page and "**met**" in page or "**not met**" in page
+
+
+def test_runs_made_apart_merge_into_one_details_file(tiny: tuple[dict, dict, Path], tmp_path: Path) -> None:
+    details, _, _ = tiny
+    dirs = []
+    for name, wall in (("sine", 30.0), ("other", 50.0)):
+        d = tmp_path / name
+        d.mkdir()
+        part = {"tasks": {name: details["tasks"]["sine"]}, "settings": {**details["settings"], "seconds": wall}}
+        if name == "sine":
+            part["mqtt_check"] = {"ok": True}
+        (d / "fedmeta_details.json").write_text(json.dumps(part))
+        dirs.append(d)
+    merged = fedmeta.merge_details(dirs, "fedmeta")
+    assert list(merged["tasks"]) == ["sine", "other"] and merged["mqtt_check"] == {"ok": True}
+    assert merged["settings"]["seconds"] == 50.0 and "2 runs side by side" in merged["settings"]["note"]
