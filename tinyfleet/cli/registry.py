@@ -88,16 +88,25 @@ def add_device(td: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None
 
 
 @app.command("import")
-def import_(file: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
+def import_(file: FileArg,
+            base: Annotated[str | None, typer.Option(
+                "--base", help="IRI to resolve relative IRIs against when the file declares no @base.")] = None,
+            drop_relative: Annotated[bool, typer.Option(
+                "--drop-relative", help="Leave out triples whose relative IRI has no base (default: refuse the "
+                                        "file).")] = False,
+            store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
             user: UserOpt = None, json_out: JsonOpt = False) -> None:
-    """Import Turtle / JSON-LD (also TinyML-schema style graphs) atomically: all or nothing.
+    """Import Turtle / JSON-LD (also TinyML-schema style graphs of either generation) atomically.
+
+    Blank nodes become IRIs in a namespace of the graph's own, legacy TinyML-schema terms get their
+    w3id twins, published kB figures become byte figures; all or nothing.
 
     Example: tinyfleet registry import tinyml-kg.ttl --store ./reg
     """
     from registry.interop import import_file
 
     with _open(store, endpoint, update_endpoint, user) as st:
-        n = import_file(st, file)
+        n = import_file(st, file, base=base, drop_relative=drop_relative)
         total = len(st)
     if json_out:
         print_json({"file": str(file), "triples": n, "store_triples": total})
