@@ -20,6 +20,7 @@ from urllib.parse import urljoin
 
 from rdflib import BNode, Graph, URIRef
 from rdflib.compare import to_canonical_graph
+from rdflib.term import Node
 
 from registry.exceptions import RegistryInputError, ValidationFailedError
 from registry.namespaces import ID, check_iri
@@ -119,14 +120,20 @@ def _resolve_relative(g: Graph, source: str, base: str | None, drop: bool) -> Gr
     if base is None:
         missing |= set(others)
         others = []
-    rebased = {t: URIRef(urljoin(base or "", str(t)[len(_NO_BASE):])) for t in others}
-    out = Graph()
-    for p, ns in g.namespaces():
-        out.bind(p, ns)
-    for triple in g:
-        if any(t in missing for t in triple):
+    rebased: dict[Node, Node] = {t: URIRef(urljoin(base or "", str(t)[len(_NO_BASE):])) for t in others}
+    out = _empty_like(g)
+    for s, p, o in g:
+        if s in missing or p in missing or o in missing:
             continue
-        out.add(tuple(rebased.get(t, t) for t in triple))  # type: ignore[arg-type]
+        out.add((rebased.get(s, s), rebased.get(p, p), rebased.get(o, o)))
+    return out
+
+
+def _empty_like(g: Graph) -> Graph:
+    """A new graph with `g`'s prefix bindings (so exports keep the source's prefixes)."""
+    out = Graph()
+    for prefix, ns in g.namespaces():
+        out.bind(prefix, ns)
     return out
 
 
@@ -147,15 +154,13 @@ def skolemize(g: Graph) -> Graph:
         return g
     canon = to_canonical_graph(g)
     prefix = f"{_SKOLEM}{_digest(canon)}/"
-    out = Graph()
-    for p, ns in g.namespaces():
-        out.bind(p, ns)
+    out = _empty_like(g)
     for s, p, o in canon:
         out.add((_sk(s, prefix), p, _sk(o, prefix)))
     return out
 
 
-def _sk(node: object, prefix: str) -> object:
+def _sk(node: Node, prefix: str) -> Node:
     return URIRef(prefix + str(node)) if isinstance(node, BNode) else node
 
 

@@ -48,7 +48,7 @@ def local_name(iri: object) -> str:
     return text.lower()
 
 
-def sensor_kind(cls: URIRef) -> str | None:
+def sensor_kind(cls: Node) -> str | None:
     """Sensor kind key of a sensor class IRI (sosa_extend:Thermometer -> "temperature").
 
     Published kinds are kept, including ones no board offers (`OtherSensor` -> "other"): a model
@@ -171,8 +171,8 @@ def _normalize_model(g: Graph, m: Node, problems: list[str]) -> None:
                     k = sensor_kind(cls)
                     if k:
                         g.add((m, TF.requiresSensorKind, Literal(k)))
-        for k in g.objects(inp, TF.sensorKind):
-            g.add((m, TF.requiresSensorKind, Literal(str(k))))
+        for declared in g.objects(inp, TF.sensorKind):
+            g.add((m, TF.requiresSensorKind, Literal(str(declared))))
     if g.value(m, SCHEMA.name) is None:
         for alt in (RDFS.label, NNET.hasID, SCHEMA.identifier, TD.title, RDFS.comment):
             v = g.value(m, alt)
@@ -184,7 +184,7 @@ def _normalize_model(g: Graph, m: Node, problems: list[str]) -> None:
         g.add((m, TF.task, Literal(local_name(cat))))
     metrics = metric_mappings()
     for metric in list(g.objects(m, NNET.hasMetric)):
-        value = g.value(metric, NNET.hasMetricValue)
+        value: Node | None = g.value(metric, NNET.hasMetricValue)
         mapped = next((metrics[str(c)] for c in g.objects(metric, RDF.type) if str(c) in metrics), None)
         if mapped is None or value is None or g.value(metric, SCHEMA.name) is not None:
             continue
@@ -217,8 +217,8 @@ def _normalize_device(g: Graph, d: Node, problems: list[str]) -> None:
             if k:
                 g.add((d, TF.sensorKind, Literal(k)))
                 g.add((sub, TF.sensorKind, Literal(k)))
-        for k in list(g.objects(sub, TF.sensorKind)):
-            g.add((d, TF.sensorKind, Literal(str(k))))
+        for declared in list(g.objects(sub, TF.sensorKind)):
+            g.add((d, TF.sensorKind, Literal(str(declared))))
     set_sensor_kinds_summary(g, d)  # type: ignore[arg-type]
 
 
