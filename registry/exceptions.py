@@ -47,3 +47,9 @@ class ReadOnlyQueryError(RegistryError):
 
 class StoreError(RegistryError):
     """The store cannot be opened or reached (locked directory, endpoint down, auth refused)."""
+
+
+class RegistryUsageError(RegistryError):
+    """Options that cannot go together (e.g. `match` with both --model and --ram)."""
+
+    exit_code = 2

@@ -213,11 +213,17 @@ def raw_query(store: RegistryStore, text: str) -> dict[str, Any]:
 
 
 def model_summary(store: RegistryStore, model: URIRef) -> dict[str, Any]:
-    """``{"name", "ram", "flash"}`` of a registered model (bytes); raises `UnknownEntityError` if absent."""
+    """``{"name", "aliases", "ram", "flash", "method"}`` of a registered model (bytes).
+
+    `method` says how the RAM figure was found ("measured" or "static-estimate"); raises
+    `UnknownEntityError` if the model is absent.
+    """
     rows = rows_py(store.select(load_query("model_summary"), {"m": model}))
     if not rows:
         raise UnknownEntityError(f"no model <{model}> with RAM and flash figures in the registry")
-    return rows[0]
+    row = rows[0]
+    return {"name": row["name"], "aliases": sorted(str(row.get("aliases") or "").split("\n")) if row.get("aliases")
+            else [], "ram": row["ram"], "flash": row["flash"], "method": row.get("method", "measured")}
 
 
 def device_counts(store: RegistryStore) -> dict[str, int]:

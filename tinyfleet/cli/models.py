@@ -90,6 +90,8 @@ def inspect(
     if as_json:
         print_json(report.to_dict())
         return
+    if report.arena_error:
+        typer.echo(f"warning: {report.arena_error} (static arena estimate {report.arena_estimate_bytes} B)", err=True)
     _print_report(report)
 
 
