@@ -35,6 +35,7 @@ and `--budget` bounds the whole run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -447,20 +448,16 @@ def run_cli_simulate(n: int, duration: float, timeout: float) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     model = ""
-    try:
+    with contextlib.suppress(OSError):
         model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
-    except OSError:
-        pass
     mosq = find_mosquitto()
     version = ""
     if mosq:
         text = subprocess.run([mosq, "-h"], capture_output=True, text=True, timeout=10).stdout
         version = text.splitlines()[0] if text else ""
     mem = None
-    try:
+    with contextlib.suppress(OSError):
         mem = next(int(ln.split()[1]) * 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
-    except OSError:
-        pass
     return {"cpus": os.cpu_count(), "cpu_model": model, "memory_bytes": mem, "kernel": platform.release(),
             "python": platform.python_version(), "paho_mqtt": mqtt.__version__ if hasattr(mqtt, "__version__")
             else _dist_version("paho-mqtt"), "numpy": np.__version__, "mosquitto": version,

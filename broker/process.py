@@ -8,6 +8,7 @@ federated round ~10x faster on loopback (see shared notes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -157,10 +158,8 @@ class MosquittoBroker:
         if pid:
             _terminate(pid, timeout)
         if self.process:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
             self.process = None
         (self.directory / self.STATE_FILE).unlink(missing_ok=True)
 
@@ -226,10 +225,8 @@ def _terminate(pid: int, timeout: float) -> None:
         if not _pid_alive(pid):
             return
         time.sleep(0.02)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -15,6 +15,7 @@ broker restart forgets them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -55,10 +56,8 @@ def set_nodelay(client: mqtt.Client) -> None:
     """Switch Nagle's algorithm off on the client's socket (it costs ~40 ms per message on loopback)."""
     sock = client.socket()
     if isinstance(sock, socket.socket):
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 def refusal_message(address: BrokerAddress, reason: object) -> str:

@@ -15,6 +15,7 @@ reconnect with exponential backoff and jitter, the broker's Maximum Packet Size,
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -198,10 +199,8 @@ class MqttHub:
         self._wake()
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
         def run() -> None:
@@ -357,22 +356,16 @@ class MqttHub:
             self._sel.modify(sock, selectors.EVENT_READ, link)
 
     def _on_socket_close(self, client: mqtt.Client, link: Link, sock: Any) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(sock)
-        except (KeyError, ValueError):
-            pass
 
     def _on_register_write(self, client: mqtt.Client, link: Link, sock: Any) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, link)
-        except (KeyError, ValueError):
-            pass
 
     def _on_unregister_write(self, client: mqtt.Client, link: Link, sock: Any) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._sel.modify(sock, selectors.EVENT_READ, link)
-        except (KeyError, ValueError):
-            pass
 
     def _on_connect(self, client: mqtt.Client, link: Link, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 
-class StrategyName(str, Enum):
+class StrategyName(StrEnum):
     reptile = "reptile"
     tinymetafed = "tinymetafed"
     fedavg = "fedavg"
