@@ -28,6 +28,9 @@ TF = Namespace("https://w3id.org/tinyfleet/ns#")
 ID = Namespace("https://w3id.org/tinyfleet/id/")
 
 REGISTRY_GRAPH = URIRef("https://w3id.org/tinyfleet/graph/registry")
+META_GRAPH = URIRef("https://w3id.org/tinyfleet/graph/meta")
+"""Bookkeeping outside the registry's data: the write stamp (registry.capabilities)."""
+REGISTRY_NODE = ID["registry"]
 
 PREFIXES: dict[str, Namespace] = {
     "nnet": NNET, "td": TD, "sosa": SOSA, "ssn": SSN, "ssn-system": SSNS, "s3n": S3N,

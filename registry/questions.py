@@ -60,9 +60,17 @@ def _sensors(text: Any) -> list[str]:
     return sorted(str(text).split()) if text else []
 
 
-def devices_for_model(store: RegistryStore, model: str | URIRef) -> list[dict[str, Any]]:
-    """Devices that can run `model`, with the RAM/flash figures compared and their sensor kinds."""
+def devices_for_model(store: RegistryStore, model: str | URIRef, *, use_index: bool = True) -> list[dict[str, Any]]:
+    """Devices that can run `model`, with the RAM/flash figures compared and their sensor kinds.
+
+    Answered from the store's capability index when it can answer exactly (`use_index=False`
+    forces the SPARQL query devices_for_model.rq; both give the same rows).
+    """
     m = model if isinstance(model, URIRef) else resolve(store, model, kind="model")
+    index = store.capabilities() if use_index else None
+    fast = index.devices_for_model(str(m)) if index is not None else None
+    if fast is not None:
+        return fast
     out = []
     for r in store.select_values(load_query("devices_for_model"), {"model": m}):
         out.append({"iri": r["device"], "name": r.get("name"), "ram_bytes": r.get("ram"),
@@ -108,9 +116,16 @@ def explain_model(store: RegistryStore, model: str | URIRef) -> dict[str, Any]:
     return {"model": str(m), "eligible": eligible, "excluded": excluded}
 
 
-def models_for_device(store: RegistryStore, device: str | URIRef) -> list[dict[str, Any]]:
-    """Models that fit `device`, with the RAM/flash figures compared and the sensors they need."""
+def models_for_device(store: RegistryStore, device: str | URIRef, *, use_index: bool = True) -> list[dict[str, Any]]:
+    """Models that fit `device`, with the RAM/flash figures compared and the sensors they need.
+
+    From the capability index when it can answer exactly; `use_index=False` runs models_for_device.rq.
+    """
     d = device if isinstance(device, URIRef) else resolve(store, device, kind="device")
+    index = store.capabilities() if use_index else None
+    fast = index.models_for_device(str(d)) if index is not None else None
+    if fast is not None:
+        return fast
     out = []
     for r in store.select_values(load_query("models_for_device"), {"device": d}):
         out.append({"iri": r["model"], "name": r.get("name"), "task": r.get("task"), "ram_bytes": r.get("ram"),

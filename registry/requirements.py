@@ -67,15 +67,20 @@ def _split(text: Any) -> list[str]:
 
 
 def devices_for_requirements(store: RegistryStore, *, ram: int | str | None = None, flash: int | str | None = None,
-                             sensors: Sequence[str] = ()) -> list[dict[str, Any]]:
+                             sensors: Sequence[str] = (), use_index: bool = True) -> list[dict[str, Any]]:
     """Devices with at least `ram` and `flash` bytes and every sensor kind in `sensors`.
 
     Rows have the shape of `questions.devices_for_model` (the requirement as `*_needed_bytes`),
-    ordered by name.
+    ordered by name; from the capability index unless `use_index=False` (devices_for_requirements.rq).
     """
     ram_need = parse_bytes(ram, what="--ram") if ram is not None else None
     flash_need = parse_bytes(flash, what="--flash") if flash is not None else None
-    b = _kinds_bindings(sensors)
+    kinds = sensor_kinds(sensors)
+    index = store.capabilities() if use_index else None
+    fast = index.devices_for_requirements(ram=ram_need, flash=flash_need, kinds=kinds) if index is not None else None
+    if fast is not None:
+        return fast
+    b = _kinds_bindings(kinds)
     if ram_need is not None:
         b["ram_need"] = Literal(ram_need)
     if flash_need is not None:
