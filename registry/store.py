@@ -140,7 +140,7 @@ class RegistryStore:
                                 graph_iri=self.graph_iri)
         if not request:
             return 0
-        index = self._index
+        index = self._index if self._index is not None else self._saved_current_index()
         stamp = self.update(request)
         if index is None:
             return len(graph)
@@ -150,6 +150,15 @@ class RegistryStore:
         if not self.shared or self.read_stamp() == stamp:  # and nobody wrote during the refresh
             self._index = index
         return len(graph)
+
+    def _saved_current_index(self) -> CapabilityIndex | None:
+        """The index saved next to the store if it matches the graph (so a write keeps it current)."""
+        if not self.use_index or self.index_path is None or not self.index_path.exists():
+            return None
+        from registry.capabilities import CapabilityIndex
+
+        index = CapabilityIndex.load(self.index_path)
+        return index if index is not None and index.stamp == self.read_stamp() else None
 
     def select_values_in(self, query: str, var: str, terms: Sequence[Node]) -> list[dict[str, Any]]:
         """`select_values` with `VALUES ?var { terms }` (many rows of one parameter)."""
