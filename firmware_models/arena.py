@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _TOTAL_RE = re.compile(r"Arena allocation total (\d+) bytes")
+_HEAD_RE = re.compile(r"Arena allocation head (\d+) bytes")
 # "tensorflow/lite/micro/kernels/conv_common.cc Hybrid models ..." / "....cc:516 false was not true."
 _SOURCE_PREFIX = re.compile(r"^\S+\.(?:cc|c|h|cpp)(?::\d+)?\s+")
 MAX_ARENA = 64 * 1024 * 1024
@@ -47,6 +48,8 @@ class ProbeResult:
     returncode: int
     reported_total: int | None
     message: str
+    reported_head: int | None = None
+    """TFLM's non-persistent ("head") bytes: the activation plan, when a report was printed."""
 
 
 @dataclass
@@ -82,8 +85,9 @@ def probe(model_path: Path, arena_size: int, *, report: bool = False, timeout: f
         msg = f"TFLite Micro crashed (signal {-proc.returncode})" + (f": {reason}" if reason else "")
     elif proc.returncode != PROBE_OK and reason:
         msg = reason
+    head = _HEAD_RE.search(text)
     return ProbeResult(arena_size, proc.returncode == PROBE_OK, proc.returncode,
-                       int(m.group(1)) if m else None, msg)
+                       int(m.group(1)) if m else None, msg, int(head.group(1)) if head else None)
 
 
 def tflm_reason(log: str) -> str:

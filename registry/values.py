@@ -8,8 +8,8 @@ than the query). Both go through `literal_value`, so they cannot differ.
 The result is always None, str, int, float (finite) or bool, whatever the literal:
 
 - integers (xsd:integer and its derived types) -> int; xsd:decimal, xsd:double, xsd:float -> float
-  (JSON has one number type); a non-finite double (NaN, INF) -> its lexical form, because JSON
-  cannot hold it;
+  (JSON has one number type); a non-finite double -> "NaN", "INF" or "-INF" (its canonical lexical
+  form: JSON cannot hold it, and stores spell it differently);
 - xsd:boolean -> bool; xsd:dateTime / date / time -> ISO 8601 text;
 - strings and language strings -> the text (the language tag is dropped);
 - every other datatype (durations, binary, anyURI, unknown IRIs) and every ill-typed lexical form
@@ -44,6 +44,8 @@ _TEMPORAL: dict[str, Callable[[str], Any]] = {
 # Lexical spaces of XML Schema 1.1 (leading/trailing whitespace is collapsed by the datatype).
 _INTEGER_RE = re.compile(r"[+-]?[0-9]+")
 _DECIMAL_RE = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
+_NON_FINITE = {"nan": "NaN", "+nan": "NaN", "-nan": "NaN", "snan": "NaN", "inf": "INF", "+inf": "INF",
+               "infinity": "INF", "+infinity": "INF", "-inf": "-INF", "-infinity": "-INF"}
 _DOUBLE_RE = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
@@ -59,9 +61,9 @@ def literal_value(lexical: str, datatype: str | None, language: str | None = Non
     if datatype == _DECIMAL or datatype in _FLOATS:
         pattern = _DECIMAL_RE if datatype == _DECIMAL else _DOUBLE_RE
         if not pattern.fullmatch(text):
-            return lexical  # ill-typed, or NaN / INF, which JSON cannot hold
+            return _NON_FINITE.get(text.lower(), lexical)  # NaN / INF in canonical form, or ill-typed
         number = float(text)
-        return number if math.isfinite(number) else lexical
+        return number if math.isfinite(number) else ("INF" if number > 0 else "-INF")
     parse = _TEMPORAL.get(datatype)
     if parse is not None:
         try:
