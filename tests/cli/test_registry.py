@@ -69,7 +69,8 @@ def test_cli_real_models_match_explain_and_errors(tmp_path: Path, sine_build, ti
     _one_line_error(run_cli("registry", "add-model", str(junk), *store), "junk.tflite")
     (tmp_path / "bad.json").write_text("{not json")
     _one_line_error(run_cli("registry", "add-device", str(tmp_path / "bad.json"), *store), "bad.json")
-    _one_line_error(run_cli("registry", "match", *store), "exactly one of --model or --device")
+    usage = run_cli("registry", "match", *store)
+    assert usage.returncode == 2 and usage.stderr.startswith("error: give exactly one of --model, --device")
     after = _json(run_cli("registry", "query", str(_rq(tmp_path, "SELECT (COUNT(*) AS ?n) WHERE { ?s ?p ?o }")),
                           *store, "--json"))
     assert after == before
