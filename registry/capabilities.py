@@ -27,15 +27,23 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from rdflib import URIRef
+from rdflib.term import Node
 
 from registry.queries import load_query
 
-if TYPE_CHECKING:
-    from registry.store import RegistryStore
+
+class RowSource(Protocol):
+    """What the index reads from a store (`registry.store.RegistryStore` is one)."""
+
+    def select_values(self, query: str) -> list[dict[str, Any]]: ...
+
+    def select_values_in(self, query: str, var: str, terms: Sequence[Node]) -> list[dict[str, Any]]: ...
+
+    def read_stamp(self) -> str | None: ...
 
 FORMAT_VERSION = 1
 _STRING_DT = "http://www.w3.org/2001/XMLSchema#string"
@@ -79,14 +87,14 @@ class CapabilityIndex:
 
     # ------------------------------------------------------------------ building and refreshing
     @classmethod
-    def build(cls, store: RegistryStore) -> CapabilityIndex:
+    def build(cls, store: RowSource) -> CapabilityIndex:
         """Read the whole index from the graph (stamp read first: a later write makes it stale)."""
         idx = cls(stamp=store.read_stamp())
         idx._load(store, None)
         idx.dirty = True
         return idx
 
-    def refresh(self, store: RegistryStore, entities: Iterable[URIRef], *, stamp: str | None) -> None:
+    def refresh(self, store: RowSource, entities: Iterable[URIRef], *, stamp: str | None) -> None:
         """Re-read `entities` from the graph after a write and replace their entries."""
         touched = {str(e) for e in entities}
         prefixes = tuple(t + "/" for t in touched)
@@ -101,7 +109,7 @@ class CapabilityIndex:
         self.dirty = True
         self._forget_compiled()
 
-    def _load(self, store: RegistryStore, only: Sequence[str] | None) -> None:
+    def _load(self, store: RowSource, only: Sequence[str] | None) -> None:
         def rows(name: str, var: str) -> list[dict[str, Any]]:
             text = load_query(name)
             if only is None:

@@ -297,7 +297,7 @@ class EmbeddedStore(RegistryStore):
             self._ox.flush()
         # Oxigraph releases its directory lock when the last reference to the store goes away.
         self._graph = None  # type: ignore[assignment]
-        self._ox = None
+        self._ox = None  # type: ignore[assignment]
 
 
 class RemoteStore(RegistryStore):
@@ -367,10 +367,10 @@ class MemoryStore(RegistryStore):
         self._ns = {p: URIRef(str(ns)) for p, ns in PREFIXES.items()}
 
     def select(self, query: str, bindings: Bindings | None = None) -> list[Row]:
-        return _rows(self._graph.query(query, initNs=self._ns, initBindings=dict(bindings or {})))
+        return _rows(self._graph.query(query, initNs=self._ns, initBindings=_init(bindings)))
 
     def ask(self, query: str, bindings: Bindings | None = None) -> bool:
-        return bool(self._graph.query(query, initNs=self._ns, initBindings=dict(bindings or {})).askAnswer)
+        return bool(self._graph.query(query, initNs=self._ns, initBindings=_init(bindings)).askAnswer)
 
     def raw(self, query: str) -> Any:
         """rdflib Result of an arbitrary read query."""
@@ -382,6 +382,11 @@ class MemoryStore(RegistryStore):
     def _meta_rows(self, query: str) -> list[dict[str, Any]]:
         meta = self._ds.graph(META_GRAPH)
         return [{k: python_value(v) for k, v in r.items()} for r in _rows(meta.query(query, initNs=self._ns))]
+
+
+def _init(bindings: Bindings | None) -> dict[str, Any]:
+    """rdflib's initBindings from ours (its stubs want Identifier values; every Node we bind is one)."""
+    return dict(bindings or {})
 
 
 def default_store_path() -> Path:
