@@ -13,7 +13,8 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 setup: system-deps $(VENV)/.installed
 
 # Debian/Ubuntu packages the tool and its tests use: Mosquitto (broker), espeak-ng (keyword audio),
-# Noto fonts (handwritten-character glyphs), python3-venv (Debian's python3 lacks venv without it).
+# Noto fonts (handwritten-character glyphs), python3-venv (Debian's python3 lacks venv without it),
+# chromium + chromium-driver (the dashboard's browser test drives headless Chromium with Selenium).
 # Installed only when missing; needs root or sudo.
 system-deps:
 	@missing=""; \
@@ -21,6 +22,8 @@ system-deps:
 	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
 	[ -d /usr/share/fonts/truetype/noto ] || missing="$$missing fonts-noto-core"; \
 	$(PYTHON) -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || [ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  echo "installing:$$missing"; \

@@ -53,3 +53,29 @@ class RegistryUsageError(RegistryError):
     """Options that cannot go together (e.g. `match` with both --model and --ram)."""
 
     exit_code = 2
+
+
+class TDValidationError(RegistryInputError):
+    """A Thing Description that breaks the W3C TD 1.1 JSON Schema or the directory's rules; nothing written.
+
+    Attributes
+    ----------
+    errors : list of dict
+        One `{"field": ..., "description": ...}` per problem (`field` is a dotted JSON path, `(root)`
+        for the document itself): the shape of the WoT Discovery `validationErrors` member.
+    """
+
+    def __init__(self, source: str, errors: list[dict[str, str]]) -> None:
+        self.source = source
+        self.errors = errors
+        first = errors[0] if errors else {"field": "(root)", "description": "invalid"}
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"{source}: invalid Thing Description at {first['field']}: {first['description']}{more}")
+
+
+class ThingNotFoundError(UnknownEntityError):
+    """No Thing Description with that id in the directory (or its registration expired)."""
+
+
+class ThingConflictError(RegistryError):
+    """A Thing Description id that names something else in the registry (a model, a run, ...)."""

@@ -23,10 +23,11 @@ from typing import Any
 from rdflib import Graph, Literal, URIRef
 from rdflib.namespace import RDF, XSD
 
-from registry.exceptions import RegistryInputError
+from registry.exceptions import RegistryError, RegistryInputError
 from registry.namespaces import OM, S3N, SCHEMA, SOSA, SSN, SSNS, TD, TF, mint_device, mint_model, part
 from registry.queries import load_query
 from registry.store import RegistryStore
+from registry.things import Registration, check_td_id, new_registration, registration_of, thing_graph, write_thing
 from registry.validation import validate
 
 _URN = "urn:tinyfleet:device:"
@@ -196,19 +197,45 @@ def read_td(path: Path) -> Any:
         raise RegistryInputError(f"{path}: Thing Description is not valid JSON ({exc})") from None
 
 
+def is_device_td(td: Mapping[str, Any]) -> bool:
+    """True for a tinyfleet device's TD: it states a board (`tinyfleet:board`), which the registry
+    needs to describe the device; any other TD is kept as a plain Thing."""
+    return _find(td, "board") is not None
+
+
+def td_id_of(td: Mapping[str, Any], device_id: str) -> str:
+    """The id under which the directory keeps a device's TD: its own IRI id, else its device URN."""
+    tid = td.get("id")
+    if isinstance(tid, str):
+        try:
+            check_td_id(tid)
+            return tid
+        except RegistryError:
+            pass
+    return _URN + device_id
+
+
 def add_device(store: RegistryStore, td: Path | str | Mapping[str, Any], *, source: str | None = None,
-               online: bool | None = None, last_seen: datetime | None = None) -> URIRef:
+               online: bool | None = None, last_seen: datetime | None = None,
+               registration: Registration | None = None) -> URIRef:
     """Validate and add (or replace) one device from its TD (a file path or the parsed JSON).
 
     Presence that the store already holds is kept unless `online`/`last_seen` are given, so a
-    re-published TD does not make a device look offline.
+    re-published TD does not make a device look offline. The TD document itself is kept as the
+    directory's record of it (`registry.things`), so `tinyfleet serve` lists every ingested device;
+    `registration` (default: created kept, modified now) is that record's WoT registration info.
     """
     if isinstance(td, (str, Path)):
         source = source or str(td)
         td = read_td(Path(td))
     source = source or "Thing Description"
     info = parse_td(td, source=source)
+    doc: Mapping[str, Any] = td if isinstance(td, Mapping) else {}  # parse_td refused anything else
     iri = mint_device(str(info["device_id"]))
+    td_id = td_id_of(doc, str(info["device_id"]))
+    if registration is None:
+        now = datetime.now(UTC)
+        registration = new_registration(registration_of(store, td_id), None, now, max_ttl=1.0)
     if online is None or last_seen is None:
         rows = store.select(load_query("device_presence"), {"d": iri})
         if rows:
@@ -218,8 +245,11 @@ def add_device(store: RegistryStore, td: Path | str | Mapping[str, Any], *, sour
                 value = rows[0]["seen"].toPython()
                 last_seen = value if isinstance(value, datetime) else None
     _, g = device_graph(info, online=online, last_seen=last_seen)
+    thing, record, tg = thing_graph(doc, td_id, registration)
+    g += tg
+    g.add((thing, TF.describesDevice, iri))
     validate(g, source=source)
-    store.write(g, replace_owners=[iri])
+    write_thing(store, g, thing, record, owners=[iri])
     return iri
 
 

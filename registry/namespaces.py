@@ -26,6 +26,8 @@ SCHEMA = Namespace("https://schema.org/")
 OM = Namespace("http://www.ontology-of-units-of-measure.org/resource/om-2/")
 TF = Namespace("https://w3id.org/tinyfleet/ns#")
 ID = Namespace("https://w3id.org/tinyfleet/id/")
+DISCO = Namespace("https://www.w3.org/2021/wot/discovery#")  # W3C WoT Discovery ontology (registration info)
+HCTL = Namespace("https://www.w3.org/2019/wot/hypermedia#")  # W3C WoT hypermedia controls (forms)
 
 REGISTRY_GRAPH = URIRef("https://w3id.org/tinyfleet/graph/registry")
 META_GRAPH = URIRef("https://w3id.org/tinyfleet/graph/meta")
@@ -35,7 +37,7 @@ REGISTRY_NODE = ID["registry"]
 PREFIXES: dict[str, Namespace] = {
     "nnet": NNET, "td": TD, "sosa": SOSA, "ssn": SSN, "ssn-system": SSNS, "s3n": S3N,
     "schema": SCHEMA, "om": OM, "prov": PROV, "tf": TF, "tfid": ID, "rdf": RDF, "rdfs": RDFS,
-    "xsd": XSD, "sh": SH,
+    "xsd": XSD, "sh": SH, "disco": DISCO, "hctl": HCTL,
 }
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -78,6 +80,18 @@ def mint_device(device_id: str) -> URIRef:
 def mint_run(run_id: str) -> URIRef:
     """The IRI of a federated run (a prov:Activity)."""
     return ID[f"run/{quote(check_local_id(run_id, what='run id'), safe=':')}"]
+
+
+def mint_thing_record(td_id: str) -> URIRef:
+    """The IRI of the directory's record of the Thing Description whose `id` is `td_id`.
+
+    Why a hash and not the id itself: TD ids are arbitrary IRIs, and one may be a prefix of another
+    (`https://x` and `https://x/1`); records own their sub-resources by IRI prefix, so each record
+    gets a fixed-length name under tinyfleet's own namespace that no other record can extend.
+    """
+    import hashlib
+
+    return ID[f"thing/{hashlib.sha256(td_id.encode()).hexdigest()[:32]}"]
 
 
 def part(owner: URIRef, *path: str | int) -> URIRef:

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,8 +45,12 @@ class PresenceListener:
     """
 
     def __init__(self, store: RegistryStore, address: BrokerAddress, credentials: Credentials | None = None, *,
-                 fleet: str = "+", client_id: str | None = None) -> None:
+                 fleet: str = "+", client_id: str | None = None,
+                 ingest: Callable[[Any, str], object] | None = None) -> None:
         self.store = store
+        # How a TD is stored: `add_device` by default; `tinyfleet serve` passes its directory's
+        # `ingest`, which validates the same way and also announces the change to SSE clients.
+        self._ingest = ingest or (lambda doc, source: add_device(self.store, doc, source=source))
         self.address = address
         self.fleet = fleet if fleet == "+" else check_name(fleet, what="fleet name")
         self._lock = threading.Condition()
@@ -81,7 +86,7 @@ class PresenceListener:
         try:
             with self._lock:
                 if topic.kind == "td":
-                    add_device(self.store, doc, source=f"TD on {topic_name}")
+                    self._ingest(doc, f"TD on {topic_name}")
                     self.devices_added += 1
                 else:
                     if not isinstance(doc, dict) or not isinstance(doc.get("online"), bool):

@@ -80,6 +80,16 @@ def devices_for_model(store: RegistryStore, model: str | URIRef, *, use_index: b
     return out
 
 
+def sampling_records(store: RegistryStore, fleet: str) -> list[dict[str, Any]]:
+    """``[{"id", "use_case", "ram_bytes"}]`` of every device of `fleet`: what federated sampling reads.
+
+    A value is None when the device's Thing Description did not state it (the coordinator then
+    does not sample the device and says why).
+    """
+    rows = store.select_values(load_query("sampling_records"), {"fleet": Literal(fleet)})
+    return [{"id": r["id"], "use_case": r.get("use_case"), "ram_bytes": r.get("ram")} for r in rows]
+
+
 def _reasons(r: dict[str, Any]) -> list[str]:
     why = []
     ram, need = r.get("ram"), r.get("ram_need")
@@ -198,11 +208,12 @@ def search(store: RegistryStore, text: str) -> list[dict[str, Any]]:
             for r in store.select_values(load_query("search"), {"q": Literal(text.strip().lower())})]
 
 
-def raw_query(store: RegistryStore, text: str) -> dict[str, Any]:
-    """Run a user's read-only SPARQL (SELECT/ASK/CONSTRUCT/DESCRIBE); reject any update.
+def read_only_form(text: str) -> str:
+    """The form of a read-only SPARQL query (SelectQuery, AskQuery, ConstructQuery, DescribeQuery).
 
     Why parse first: the embedded store would execute an update sent as a query; parsing with
-    rdflib's SPARQL grammar tells a query from an update before anything runs.
+    rdflib's SPARQL grammar tells a query from an update before anything runs. Raises
+    `ReadOnlyQueryError` for an update and `RegistryInputError` for a syntax error.
     """
     from pyparsing import ParseException
     from rdflib.plugins.sparql.parser import parseQuery, parseUpdate
@@ -216,7 +227,12 @@ def raw_query(store: RegistryStore, text: str) -> dict[str, Any]:
             raise RegistryInputError(f"SPARQL syntax error at line {exc.lineno}, column {exc.col}: {exc.msg}") from None
         raise ReadOnlyQueryError("the registry accepts read-only SPARQL here (SELECT, ASK, CONSTRUCT, DESCRIBE); "
                                  "updates are refused") from None
-    form = parsed[1].name  # SelectQuery / AskQuery / ConstructQuery / DescribeQuery
+    return str(parsed[1].name)
+
+
+def raw_query(store: RegistryStore, text: str) -> dict[str, Any]:
+    """Run a user's read-only SPARQL (SELECT/ASK/CONSTRUCT/DESCRIBE); reject any update."""
+    form = read_only_form(text)
     result = store.raw(text)  # type: ignore[attr-defined]
     if form == "AskQuery":
         return {"type": "ask", "boolean": bool(result.askAnswer)}

@@ -37,7 +37,8 @@ def ntriples(triples: Iterable[tuple[Node, Node, Node]]) -> str:
 
 
 def write_request(graph: Graph, *, replace_owners: Sequence[URIRef] = (),
-                  replace_values: Sequence[tuple[URIRef, URIRef]] = (), graph_iri: URIRef = REGISTRY_GRAPH) -> str:
+                  replace_values: Sequence[tuple[URIRef, URIRef]] = (), replace_subjects: Sequence[URIRef] = (),
+                  graph_iri: URIRef = REGISTRY_GRAPH) -> str:
     """One SPARQL update that deletes what is replaced and inserts `graph`, in one transaction.
 
     Parameters
@@ -49,11 +50,16 @@ def write_request(graph: Graph, *, replace_owners: Sequence[URIRef] = (),
         owner through at most `OWNED_DEPTH` links between such IRIs) lose all their triples.
     replace_values : sequence of (subject, predicate)
         Single values to replace (e.g. a device's `tf:online`), without touching the rest.
+    replace_subjects : sequence of URIRef
+        Subjects that lose their own triples only, with no walk into sub-resources (a Thing
+        Description's `id` is a foreign IRI: other IRIs under its prefix are not its own).
     """
     g = graph_iri.n3()
     ops: list[str] = []
     for owner in replace_owners:
         ops.append(_delete_owned(owner, g))
+    for subject in replace_subjects:
+        ops.append(f"DELETE WHERE {{ GRAPH {g} {{ {subject.n3()} ?p ?o }} }}")
     for s, p in replace_values:
         ops.append(f"DELETE WHERE {{ GRAPH {g} {{ {s.n3()} {p.n3()} ?o }} }}")
     body = ntriples(graph)

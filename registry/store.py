@@ -131,13 +131,13 @@ class RegistryStore:
         return stamp
 
     def write(self, graph: Graph, *, replace_owners: Sequence[URIRef] = (),
-              replace_values: Sequence[tuple[URIRef, URIRef]] = ()) -> int:
+              replace_values: Sequence[tuple[URIRef, URIRef]] = (), replace_subjects: Sequence[URIRef] = ()) -> int:
         """Insert `graph` (replacing what is named) in one transaction; return the triples written.
 
         The capability index, when loaded and current, is refreshed for the entities touched.
         """
         request = write_request(graph, replace_owners=replace_owners, replace_values=replace_values,
-                                graph_iri=self.graph_iri)
+                                replace_subjects=replace_subjects, graph_iri=self.graph_iri)
         if not request:
             return 0
         index = self._index if self._index is not None else self._saved_current_index()
@@ -146,7 +146,7 @@ class RegistryStore:
             return len(graph)
         if self.shared and self.read_stamps() != (stamp, index.stamp):
             return len(graph)  # another client wrote before or after us: rebuilt on next use
-        index.refresh(self, _touched(graph, replace_owners, replace_values), stamp=stamp)
+        index.refresh(self, _touched(graph, [*replace_owners, *replace_subjects], replace_values), stamp=stamp)
         if not self.shared or self.read_stamp() == stamp:  # and nobody wrote during the refresh
             self._index = index
         return len(graph)

@@ -59,8 +59,8 @@ def _short(rows: list[dict[str, object]]) -> list[tuple[object, ...]]:
     return [tuple(str(v).rsplit("/", 1)[-1] for v in r.values()) for r in rows]
 
 
-def test_blank_nodes_from_different_files_never_share_a_node(store: RegistryStore,
-                                                             published: tuple[list[Path], bool]) -> None:
+def test_blank_nodes_from_different_files_never_share_a_node(store: RegistryStore, published: tuple[list[Path], bool],
+                                                             tmp_path: Path) -> None:
     files, w3id = published
     labels = [{str(t) for tr in to_canonical_graph(parse_file(f)) for t in tr if type(t).__name__ == "BNode"}
               for f in files[2:4]]
@@ -80,7 +80,7 @@ def test_blank_nodes_from_different_files_never_share_a_node(store: RegistryStor
     # The same graph again - same file, or the same triples in another syntax - adds nothing.
     before = len(store)
     import_file(store, files[2])
-    nt = files[2].parent / "again.nt"
+    nt = tmp_path / "again.nt"
     nt.write_text(parse_file(files[2]).serialize(format="nt"))
     import_file(store, nt)
     assert len(store) == before

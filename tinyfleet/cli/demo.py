@@ -9,6 +9,7 @@ import typer
 
 from firmware_models.quiet import stdout_to_stderr
 from tinyfleet.cli.output import JSON_HELP, err, print_json, progress, quiet_logs, table
+from tinyfleet.cli.serve import serve_demo_output
 
 
 def demo(
@@ -27,6 +28,9 @@ def demo(
                                            "by default it refuses anonymous clients).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log Flower's and the devices' messages.")] = False,
+    serve: Annotated[bool, typer.Option("--serve", help="At the end, serve the dashboard of the demo's registry "
+                                        "and runs until Ctrl-C.")] = False,
+    serve_port: Annotated[int, typer.Option("--serve-port", min=0, max=65535, help="Port for --serve.")] = 8080,
 ) -> None:
     """Run the end-to-end demo: broker, registry, model, fleet, matchmaking, Reptile vs FedAvg,
     safe deploy with lineage, few-shot adaptation of new devices, plots and report.json.
@@ -69,6 +73,8 @@ def demo(
     if json_out:
         print_json({k: report[k] for k in ("broker", "summary", "matchmaking", "deploy", "plots", "seconds")}
                    | {"report": str(out / "report.json")})
+        if serve:
+            serve_demo_output(out, port=serve_port)
         return
     metric = report["summary"][0].get("metric") or "metric"
     table(f"few-shot {task}: mean loss of {opts.newcomers} new devices ({opts.shots} shots)",
@@ -78,3 +84,5 @@ def demo(
             r["bytes_up"], r["bytes_down"]] for r in report["summary"]])
     err.print(f"plots: {', '.join(report['plots'])}\nreport: {out / 'report.json'} "
               f"({report['seconds']} s)", highlight=False)
+    if serve:
+        serve_demo_output(out, port=serve_port)

@@ -23,7 +23,7 @@ from typer.core import TyperGroup  # noqa: E402
 
 from firmware_models.exceptions import TinyFleetError  # noqa: E402
 from tinyfleet import config  # noqa: E402
-from tinyfleet.cli import broker, demo, devices, doctor, federate, models, registry  # noqa: E402
+from tinyfleet.cli import broker, demo, devices, doctor, federate, models, registry, serve  # noqa: E402
 
 
 class TinyFleetGroup(TyperGroup):
@@ -67,6 +67,7 @@ app.command(name="demo")(demo.demo)
 app.add_typer(registry.app, name="registry")
 app.add_typer(federate.app, name="federate")
 app.add_typer(devices.app, name="devices")
+app.add_typer(serve.app, name="serve")
 app.command(name="doctor")(doctor.doctor)
 
 
