@@ -4,6 +4,7 @@ store and on `oxigraph serve`, with --json (issue #18 item 4)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ def cli(*args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(params=["embedded", "remote"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[str]]:
     """Store options with the legacy How-to-Manage graph imported."""
     if request.param == "embedded":
         opts = ["--store", str(tmp_path / "reg")]
@@ -34,7 +35,10 @@ def where(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
     for f in legacy_files():
         code, _, err = cli("registry", "import", str(f), *opts, "--json")
         assert code == 0, err
-    return opts
+    yield opts
+    if request.param == "remote":  # the server is shared by the session: leave it empty
+        with open_store(endpoint=opts[1], update_endpoint=opts[3]) as st:
+            st.update(f"DROP SILENT GRAPH <{REGISTRY_GRAPH}>")
 
 
 def test_boards_for_ad_hoc_requirements(where: list[str]) -> None:

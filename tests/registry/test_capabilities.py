@@ -30,6 +30,8 @@ def store(request: pytest.FixtureRequest) -> Iterator[RegistryStore]:
         st = open_store(endpoint=f"{server.url}/query", update_endpoint=f"{server.url}/update")
         st.update(f"DROP SILENT GRAPH <{REGISTRY_GRAPH}>")
     yield st
+    if request.param == "remote":  # the server is shared by the session: leave it empty
+        st.update(f"DROP SILENT GRAPH <{REGISTRY_GRAPH}>")
     st.close()
 
 
@@ -121,6 +123,7 @@ def test_another_client_writing_makes_the_index_rebuild(oxigraph_server: Oxigrap
     assert after == devices_for_model(a, models[0], use_index=False)
     add_device(a, td("from-a", 520_000, 1_048_576, KINDS[:4]))  # a's own write after b's: index rebuilt, not patched
     assert devices_for_model(a, models[0]) == devices_for_model(a, models[0], use_index=False)
+    a.update(f"DROP SILENT GRAPH <{REGISTRY_GRAPH}>")
     a.close()
     b.close()
 

@@ -39,6 +39,8 @@ def store(request: pytest.FixtureRequest) -> Iterator[RegistryStore]:
         st = open_store(endpoint=f"{server.url}/query", update_endpoint=f"{server.url}/update")
         st.update(f"DROP SILENT GRAPH <{REGISTRY_GRAPH}>")
     yield st
+    if request.param == "remote":  # the server is shared by the session: leave it empty
+        st.update(f"DROP SILENT GRAPH <{REGISTRY_GRAPH}>")
     st.close()
 
 
