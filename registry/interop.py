@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 from rdflib import BNode, Graph, URIRef
 from rdflib.compare import to_canonical_graph
@@ -30,6 +31,7 @@ from registry.validation import validate
 
 _REMOTE_TD_CONTEXTS = {"https://www.w3.org/2019/wot/td/v1", "https://www.w3.org/2022/wot/td/v1.1"}
 _SKOLEM = str(ID) + "genid/"
+_ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 # Parsing resolves relative IRIs against this base, so that afterwards they can be told apart from
 # absolute ones (the reserved .invalid domain never names a real resource). A file's own @base wins.
 _NO_BASE = "http://tinyfleet.invalid/relative/"
@@ -71,13 +73,27 @@ def _jsonld_offline(text: str, source: str) -> str:
     return json.dumps(doc)
 
 
+def _td_base(text: str) -> str | None:
+    """The base a Thing Description declares by its own absolute `id`, for its relative references.
+
+    Why: TD 1.1 names security schemes by key (`"security": ["nosec_sc"]`), which JSON-LD turns into
+    relative IRIs. They belong to the TD, so they resolve under a namespace of its id
+    (`https://w3id.org/tinyfleet/id/td/<id>/`), a base the document itself declares.
+    """
+    doc = json.loads(text)
+    tid = doc.get("id", doc.get("@id")) if isinstance(doc, dict) else None
+    if not isinstance(tid, str) or not _ABSOLUTE.match(tid):
+        return None
+    return f"{ID}td/{quote(tid, safe='')}/"
+
+
 def parse_file(path: Path, *, base: str | None = None, drop_relative: bool = False) -> Graph:
     """Parse a .ttl/.nt/.jsonld/.json file into a fresh graph; one-line error naming the file.
 
-    Relative IRIs are resolved against the file's own @base or against `base`; with neither, a
-    relative IRI is refused (never resolved against the working directory) unless `drop_relative`
-    says to leave its triples out. A missing value printed as a relative IRI (`<None>`, `<>`,
-    `<N.A.>`) is always left out.
+    Relative IRIs are resolved against the file's own @base or against `base` (a Thing Description's
+    own absolute `id` declares one, see `_td_base`); with neither, a relative IRI is refused (never
+    resolved against the working directory) unless `drop_relative` says to leave its triples out. A
+    missing value printed as a relative IRI (`<None>`, `<>`, `<N.A.>`) is always left out.
     """
     path = Path(path)
     try:
@@ -93,6 +109,7 @@ def parse_file(path: Path, *, base: str | None = None, drop_relative: bool = Fal
         raise RegistryInputError(f"{path}: unknown RDF format {suffix!r} (use .ttl, .nt or .jsonld)")
     if fmt == "json-ld":
         text = _jsonld_offline(text, str(path))
+        base = base or _td_base(text)
     g = Graph()
     try:
         g.parse(data=text, format=fmt, publicID=_NO_BASE)

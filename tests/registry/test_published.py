@@ -7,6 +7,7 @@ store and on a real `oxigraph serve` over SPARQL 1.1.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,3 +187,10 @@ def test_missing_values_and_relative_iris_never_become_local_iris(store: Registr
     jsonld.write_text('{"@context": {"s": "https://schema.org/"}, "@id": "thing-1", "s:name": "x"}')
     with pytest.raises(RegistryInputError, match="relative IRI <thing-1>"):
         import_file(store, jsonld)
+    thing = tmp_path / "td.jsonld"  # a TD names its security scheme by key: relative to the TD's own id
+    thing.write_text(json.dumps({"@context": "https://www.w3.org/2022/wot/td/v1.1", "id": "urn:example:lamp-7",
+                                 "title": "lamp", "securityDefinitions": {"nosec_sc": {"scheme": "nosec"}},
+                                 "security": ["nosec_sc"]}))
+    assert import_file(store, thing) > 0
+    assert raw_query(store, "SELECT ?s WHERE { <urn:example:lamp-7> td:hasSecurityConfiguration ?s }")["rows"] == [
+        {"s": "https://w3id.org/tinyfleet/id/td/urn%3Aexample%3Alamp-7/nosec_sc"}]
