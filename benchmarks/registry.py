@@ -47,6 +47,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -254,10 +255,8 @@ def bench_store(name: str, store: RegistryStore, fleet: Fleet, *, batch: int, mo
     }
     modes = [("sparql", False)] + ([("index", True)] if store.use_index else [])
     for mode, use_index in modes:
-        dfm = _timed_series(model_targets, lambda m, u=use_index: devices_for_model(store, m, use_index=u),
-                            budget_s=budget_s)
-        mfd = _timed_series(device_targets, lambda d, u=use_index: models_for_device(store, d, use_index=u),
-                            budget_s=budget_s)
+        dfm = _timed_series(model_targets, partial(devices_for_model, store, use_index=use_index), budget_s=budget_s)
+        mfd = _timed_series(device_targets, partial(models_for_device, store, use_index=use_index), budget_s=budget_s)
         for label, series in (("devices_for_model", dfm), ("models_for_device", mfd)):
             _log(f"[{name}] {label} via {mode}: n={len(series.ms)} p50 {np.percentile(series.ms, 50):.1f} ms "
                  f"p95 {np.percentile(series.ms, 95):.1f} ms")
@@ -356,6 +355,7 @@ def _machine() -> dict[str, Any]:
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(mem, 1), "python": platform.python_version(),
+            "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
             "rdflib": rdflib.__version__, "pyoxigraph": pyoxigraph.__version__, "platform": platform.platform()}
 
 
@@ -450,7 +450,9 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
               + ", ".join(f"{r['ingest']['sparql_update_sample']['triples_per_s']:,.0f}" for r in payload["stores"]
                           if r["ingest"].get("sparql_update_sample"))
               + " triples/s on a 5-device sample (the full fleet would take hours).", "",
-              f"Machine: {m['cpu']}, {m['cores']} cores (shared with other jobs), {m['ram_gib']} GiB RAM, "
+              f"Machine: {m['cpu']}, {m['cores']} cores shared with other jobs (load average "
+              f"{m.get('load_avg_at_start', ['?'])[0]} at the start, {m.get('load_avg_1_5_15', ['?'])[0]} at the end), "
+              f"{m['ram_gib']} GiB RAM, "
               f"Python {m['python']}, rdflib {m['rdflib']}, pyoxigraph {m['pyoxigraph']}. "
               f"Sizes: {cfg['devices']:,} devices (TDs of real board profiles) and {cfg['models']:,} models, "
               f"{fleet['triples']:,} triples (devices {fleet['device_triples']:,}, models {fleet['model_triples']:,}); "
@@ -491,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--stores: unknown store(s) {', '.join(sorted(unknown))}")
 
     started = time.perf_counter()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     _log(f"describing {args.models} models and {args.devices} devices ...")
     fleet = build_fleet(args.devices, args.models, args.seed)
     _log(f"{fleet.triples} triples described in {fleet.describe_s:.1f} s")
@@ -526,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         speed = {k: by["rdflib-memory"][k]["p95_ms"] / by["embedded"][k]["p95_ms"] for k in kinds}
         goals.update(speedup_p95=speed, speedup_met=min(speed.values()) >= GOAL_SPEEDUP)
     payload = {
-        "benchmark": "registry", "machine": _machine(),
+        "benchmark": "registry", "machine": {**_machine(), "load_avg_at_start": load_at_start},
         "config": {"devices": args.devices, "models": args.models, "queries": args.queries, "budget_s": args.budget,
                    "batch": args.batch, "seed": args.seed, "replacements": args.replacements,
                    "argv": list(argv if argv is not None else sys.argv[1:])},
