@@ -22,6 +22,7 @@ How it stays equal to the graph:
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -60,15 +61,26 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _row_key(entry: tuple[str, list[Any]]) -> tuple[str, str]:
+    """Sort key of an index row: the queries' ORDER BY ?name ?iri."""
+    return str(entry[1][0]), entry[0]
+
+
 @dataclass
 class _Compiled:
-    """Arrays of one side (devices or models), rows sorted by (name, IRI)."""
+    """Arrays of one side (devices or models), rows sorted by (name, IRI).
+
+    `sensors` holds each row's sensor-kind summary already split and sorted (the answer column);
+    `inexact` counts rows whose figures are not numbers (then SPARQL answers instead).
+    """
 
     order: list[tuple[str, list[Any]]]
+    keys: list[tuple[str, str]]
+    sensors: list[list[str]]
     ram: np.ndarray
     flash: np.ndarray
     bits: np.ndarray
-    exact: bool
+    inexact: int
 
 
 @dataclass
@@ -104,12 +116,12 @@ class CapabilityIndex:
             for key in touched:
                 table.pop(key, None)
         if touched:
-            self._load(store, sorted(touched))
+            self._load(store, sorted(touched), keep_compiled=True)
+            self._patch(touched)
         self.stamp = stamp
         self.dirty = True
-        self._forget_compiled()
 
-    def _load(self, store: RowSource, only: Sequence[str] | None) -> None:
+    def _load(self, store: RowSource, only: Sequence[str] | None, *, keep_compiled: bool = False) -> None:
         def rows(name: str, var: str) -> list[dict[str, Any]]:
             text = load_query(name)
             if only is None:
@@ -131,7 +143,8 @@ class CapabilityIndex:
         for r in rows("capability_models", "model"):
             self.models.setdefault(r["model"], []).append(
                 [r.get("name"), r.get("task"), r.get("ram_need"), r.get("flash_need"), r.get("sensors")])
-        self._forget_compiled()
+        if not keep_compiled:
+            self._forget_compiled()
 
     def _forget_compiled(self) -> None:
         self._compiled.clear()
@@ -180,40 +193,89 @@ class CapabilityIndex:
             out[i // 64] |= np.uint64(1) << np.uint64(i % 64)
         return out
 
+    def _columns(self, side: str) -> tuple[dict[str, list[list[Any]]], dict[str, list[str]], int, int]:
+        if side == "devices":
+            return self.devices, self.device_kinds, 1, 2
+        return self.models, self.model_kinds, 2, 3
+
+    def _arrays(self, side: str, entries: list[tuple[str, list[Any]]],
+                words: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[str]], int]:
+        """Numeric columns, kind bits, split sensors and the count of inexact rows of `entries`."""
+        _, kinds, ram_col, flash_col = self._columns(side)
+        ram = np.array([_number(r[ram_col]) for _, r in entries], dtype=float).reshape(-1)  # None -> nan
+        flash = np.array([_number(r[flash_col]) for _, r in entries], dtype=float).reshape(-1)
+        inexact = self._inexact(side, entries)
+        bits = np.zeros((len(entries), words), dtype=np.uint64)
+        cache: dict[str, np.ndarray] = {}
+        for n, (iri, _) in enumerate(entries):
+            if iri not in cache:
+                cache[iri] = self._bits(kinds.get(iri, ()), words)  # type: ignore[assignment]  # all known
+            bits[n] = cache[iri]
+        return ram, flash, bits, [_split(r[4]) for _, r in entries], inexact
+
+    def _inexact(self, side: str, entries: Iterable[tuple[str, list[Any]]]) -> int:
+        """How many rows have a figure that is not a number (SPARQL would compare it otherwise)."""
+        _, _, ram_col, flash_col = self._columns(side)
+        return sum(1 for _, r in entries if _number(r[ram_col]) is None
+                   or (r[flash_col] is not None and _number(r[flash_col]) is None))
+
     def _compile(self, side: str) -> _Compiled:
         found = self._compiled.get(side)
         if found is not None:
             return found
         words = max(1, math.ceil(len(self._vocabulary()) / 64))
-        table = self.devices if side == "devices" else self.models
-        kinds = self.device_kinds if side == "devices" else self.model_kinds
-        ram_col, flash_col = (1, 2) if side == "devices" else (2, 3)
-        order = sorted(((iri, row) for iri, rows in table.items() for row in rows),
-                       key=lambda e: (str(e[1][0]), e[0]))
-        ram = np.array([_number(r[ram_col]) for _, r in order], dtype=float)  # None -> nan
-        flash = np.array([_number(r[flash_col]) for _, r in order], dtype=float)
-        exact = all(_number(r[ram_col]) is not None and (r[flash_col] is None or _number(r[flash_col]) is not None)
-                    for _, r in order)
-        bits = np.zeros((len(order), words), dtype=np.uint64)
-        cache: dict[str, np.ndarray] = {}
-        for n, (iri, _) in enumerate(order):
-            if iri not in cache:
-                cache[iri] = self._bits(kinds.get(iri, ()), words)  # type: ignore[assignment]  # all known
-            bits[n] = cache[iri]
-        compiled = _Compiled(order, ram, flash, bits, exact)
+        table = self._columns(side)[0]
+        order = sorted(((iri, row) for iri, rows in table.items() for row in rows), key=_row_key)
+        ram, flash, bits, sensors, inexact = self._arrays(side, order, words)
+        compiled = _Compiled(order, [_row_key(e) for e in order], sensors, ram, flash, bits, inexact)
         self._compiled[side] = compiled
         return compiled
 
+    def _patch(self, touched: set[str]) -> None:
+        """Replace the compiled rows of `touched` entities in place (O(rows) copies, no re-sort).
+
+        Why: after a write the next match would otherwise rebuild and sort every row (tens of ms at
+        10,000 devices); a write touches a few entities. Falls back to a full rebuild when the write
+        brought a sensor kind the compiled bit sets have no bit for.
+        """
+        vocab = self._compiled_vocab
+        if vocab is None:
+            return
+        for side in ("devices", "models"):
+            _, kinds, _, _ = self._columns(side)
+            if any(k not in vocab for iri in touched for k in kinds.get(iri, ())):
+                self._forget_compiled()
+                return
+        for side in ("devices", "models"):
+            c = self._compiled.get(side)
+            if c is None:
+                continue
+            table = self._columns(side)[0]
+            keep = [i for i, (iri, _) in enumerate(c.order) if iri not in touched]
+            new = sorted(((iri, row) for iri in touched for row in table.get(iri, [])), key=_row_key)
+            if len(keep) == len(c.order) and not new:
+                continue
+            removed_inexact = self._inexact(side, (e for e in c.order if e[0] in touched))
+            idx = np.asarray(keep, dtype=np.intp)
+            keys = [c.keys[i] for i in keep]
+            at = [bisect.bisect_left(keys, _row_key(e)) for e in new]
+            ram, flash, bits, sensors, inexact = self._arrays(side, new, c.bits.shape[1])
+            self._compiled[side] = _Compiled(
+                _merge([c.order[i] for i in keep], at, new), _merge(keys, at, [_row_key(e) for e in new]),
+                _merge([c.sensors[i] for i in keep], at, sensors), np.insert(c.ram[idx], at, ram),
+                np.insert(c.flash[idx], at, flash), np.insert(c.bits[idx], at, bits, axis=0),
+                c.inexact - removed_inexact + inexact)
+
     # ------------------------------------------------------------------ answers
     def devices_for(self, *, ram_need: float | None, flash_need: float | None, kinds: Sequence[str],
-                    flash_zero_means_none: bool) -> list[tuple[str, list[Any]]] | None:
+                    flash_zero_means_none: bool) -> list[tuple[str, list[Any], list[str]]] | None:
         """Device rows passing the RAM, flash and sensor-kind filters, in (name, IRI) order.
 
         `flash_zero_means_none` is devices_for_model.rq's `?flash_need = 0 ||` rule; without it
         a flash need requires a bound flash figure (devices_for_requirements.rq).
         """
         c = self._compile("devices")
-        if not c.exact:
+        if c.inexact:
             return None
         mask = np.ones(len(c.order), dtype=bool)
         if ram_need is not None:
@@ -226,13 +288,13 @@ class CapabilityIndex:
             if need is None:
                 return []  # a kind no device has
             mask &= np.all((c.bits & need) == need, axis=1)
-        return [c.order[i] for i in np.flatnonzero(mask)]
+        return [(*c.order[i], c.sensors[i]) for i in np.flatnonzero(mask).tolist()]
 
     def models_for(self, *, ram: float, flash: float | None,
-                   kinds: Sequence[str]) -> list[tuple[str, list[Any]]] | None:
+                   kinds: Sequence[str]) -> list[tuple[str, list[Any], list[str]]] | None:
         """Model rows that fit a device with `ram`, `flash` and `kinds`, in (name, IRI) order."""
         c = self._compile("models")
-        if not c.exact:
+        if c.inexact:
             return None
         mask = c.ram <= ram
         flash_ok = c.flash == 0
@@ -243,7 +305,7 @@ class CapabilityIndex:
         if have is None:
             return None
         mask &= np.all((c.bits & ~have) == 0, axis=1)
-        return [c.order[i] for i in np.flatnonzero(mask)]
+        return [(*c.order[i], c.sensors[i]) for i in np.flatnonzero(mask).tolist()]
 
     def devices_for_model(self, model: str) -> list[dict[str, Any]] | None:
         """`questions.devices_for_model` rows, or None when only SPARQL can answer exactly."""
@@ -258,7 +320,7 @@ class CapabilityIndex:
         if rows is None:
             return None
         return [{"iri": iri, "name": r[0], "ram_bytes": r[1], "ram_needed_bytes": ram_need, "flash_bytes": r[2],
-                 "flash_needed_bytes": flash_need, "sensors": _split(r[4]), "online": r[3]} for iri, r in rows]
+                 "flash_needed_bytes": flash_need, "sensors": list(kinds), "online": r[3]} for iri, r, kinds in rows]
 
     def devices_for_requirements(self, *, ram: int | None, flash: int | None,
                                  kinds: Sequence[str]) -> list[dict[str, Any]] | None:
@@ -268,7 +330,7 @@ class CapabilityIndex:
         if rows is None:
             return None
         return [{"iri": iri, "name": r[0], "ram_bytes": r[1], "ram_needed_bytes": ram, "flash_bytes": r[2],
-                 "flash_needed_bytes": flash, "sensors": _split(r[4]), "online": r[3]} for iri, r in rows]
+                 "flash_needed_bytes": flash, "sensors": list(kinds), "online": r[3]} for iri, r, kinds in rows]
 
     def models_for_device(self, device: str) -> list[dict[str, Any]] | None:
         """`questions.models_for_device` rows, or None when only SPARQL can answer exactly."""
@@ -285,11 +347,23 @@ class CapabilityIndex:
         if rows is None:
             return None
         return [{"iri": iri, "name": r[0], "task": r[1], "ram_bytes": ram, "ram_needed_bytes": r[2],
-                 "flash_bytes": flash, "flash_needed_bytes": r[3], "sensors": _split(r[4])} for iri, r in rows]
+                 "flash_bytes": flash, "flash_needed_bytes": r[3], "sensors": list(kinds)} for iri, r, kinds in rows]
 
 
 def _split(text: Any) -> list[str]:
     return sorted(str(text).split()) if text else []
+
+
+def _merge(items: list[Any], at: list[int], new: list[Any]) -> list[Any]:
+    """`items` with `new[k]` inserted before position `at[k]` (positions ascending, in `items`)."""
+    out: list[Any] = []
+    prev = 0
+    for pos, value in zip(at, new, strict=True):
+        out.extend(items[prev:pos])
+        out.append(value)
+        prev = pos
+    out.extend(items[prev:])
+    return out
 
 
 __all__ = ["CapabilityIndex", "kind_key"]

@@ -7,6 +7,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rdflib import Graph, Literal
 
@@ -99,6 +100,10 @@ def test_index_answers_equal_sparql_and_stay_equal_through_writes(store: Registr
     for table in ("devices", "device_kinds", "needs", "model_kinds", "models"):
         assert {k: sorted(map(str, v)) for k, v in getattr(kept, table).items()} == \
             {k: sorted(map(str, v)) for k, v in getattr(rebuilt, table).items()}, table
+    for side in ("devices", "models"):  # the arrays patched write by write equal freshly compiled ones
+        a, b = kept._compile(side), rebuilt._compile(side)  # noqa: SLF001
+        assert a.keys == b.keys and a.sensors == b.sensors and a.inexact == b.inexact
+        assert np.array_equal(a.ram, b.ram, equal_nan=True) and np.array_equal(a.flash, b.flash, equal_nan=True)
 
 
 def test_ambiguous_figures_fall_back_to_sparql(store: RegistryStore) -> None:
