@@ -148,7 +148,7 @@ class FleetSimulator:
         self.hub = MqttHub(address, credentials=credentials, workers=workers)
         self.agents: list[DeviceAgent] = []
         authenticated = bool(own) or (credentials is not None and credentials.password is not None)
-        for i, (data, board) in enumerate(zip(datasets, assign_boards(boards, n), strict=True)):
+        for i, (device_data, board) in enumerate(zip(datasets, assign_boards(boards, n), strict=True)):
             device_id = ids[i]
             slow = rng.random() < faults.slow_fraction
             cfg = AgentConfig(device_id=device_id, board=board, state_dir=Path(state_root) / device_id, fleet=fleet,
@@ -157,7 +157,8 @@ class FleetSimulator:
                               slow_factor=faults.slow_factor if slow else 1.0,
                               crash_prob_per_s=faults.crash_prob_per_s, crash_down_s=faults.crash_down_s,
                               seed=seed + i)
-            agent = DeviceAgent(cfg, factory(i, data), data, address=address, authenticated=authenticated)
+            agent = DeviceAgent(cfg, factory(i, device_data), device_data, address=address,
+                                authenticated=authenticated)
             self.agents.append(agent)
             self.hub.add(agent, credentials=own.get(device_id))
 

@@ -19,11 +19,11 @@ import re
 from pathlib import Path
 from urllib.parse import quote, urljoin
 
-from rdflib import BNode, Graph, URIRef
+from rdflib import BNode, Graph, Literal, URIRef
 from rdflib.compare import to_canonical_graph
 from rdflib.term import Node
 
-from registry.exceptions import RegistryInputError, ValidationFailedError
+from registry.exceptions import RegistryInputError, StoreError, ValidationFailedError
 from registry.namespaces import ID, check_iri
 from registry.published import normalize, sensor_kind
 from registry.store import RegistryStore
@@ -187,6 +187,8 @@ def check_iris(g: Graph, source: str) -> None:
         for t in triple:
             if isinstance(t, URIRef):
                 check_iri(str(t), what=f"{source}: IRI")
+            elif isinstance(t, Literal) and t.datatype is not None:  # a datatype IRI reaches the store too
+                check_iri(str(t.datatype), what=f"{source}: datatype IRI")
 
 
 def prepare(path: Path, *, base: str | None = None, drop_relative: bool = False) -> Graph:
@@ -216,7 +218,10 @@ def import_file(store: RegistryStore, path: Path | str, *, base: str | None = No
         Leave out triples with a relative IRI that has no base (instead of refusing the file).
     """
     g = prepare(Path(path), base=base, drop_relative=drop_relative)
-    return store.write(g)
+    try:
+        return store.write(g)
+    except StoreError as exc:  # whatever the checks above missed: still name the file (the store is unchanged)
+        raise StoreError(f"{path}: {exc}") from None
 
 
 __all__ = ["check_iris", "import_file", "parse_file", "prepare", "sensor_kind", "skolemize"]

@@ -12,7 +12,7 @@ import re
 from urllib.parse import quote
 
 from rdflib import Namespace, URIRef
-from rdflib.namespace import PROV, RDF, RDFS, SH, XSD
+from rdflib.namespace import PROV, RDF, RDFS, SH, XSD, DefinedNamespace
 
 from registry.exceptions import RegistryInputError
 
@@ -34,7 +34,7 @@ META_GRAPH = URIRef("https://w3id.org/tinyfleet/graph/meta")
 """Bookkeeping outside the registry's data: the write stamp (registry.capabilities)."""
 REGISTRY_NODE = ID["registry"]
 
-PREFIXES: dict[str, Namespace] = {
+PREFIXES: dict[str, Namespace | type[DefinedNamespace]] = {
     "nnet": NNET, "td": TD, "sosa": SOSA, "ssn": SSN, "ssn-system": SSNS, "s3n": S3N,
     "schema": SCHEMA, "om": OM, "prov": PROV, "tf": TF, "tfid": ID, "rdf": RDF, "rdfs": RDFS,
     "xsd": XSD, "sh": SH, "disco": DISCO, "hctl": HCTL,
@@ -43,7 +43,8 @@ PREFIXES: dict[str, Namespace] = {
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _LOCAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # RFC 3987 forbids these in an IRI; rdflib only warns about them, SPARQL endpoints then fail late.
-_BAD_IRI_CHARS = re.compile(r'[\s<>"{}|\\^`]')
+_BAD_IRI_CHARS = re.compile(r'[\s<>"{}|\\^`\x00-\x1f\x7f-\x9f]|%(?![0-9A-Fa-f]{2})')  # RFC 3987: no
+# control characters, and '%' only as a percent-encoding (both found by `make fuzz`: Oxigraph refuses them)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
@@ -92,6 +93,9 @@ def mint_thing_record(td_id: str) -> URIRef:
     import hashlib
 
     return ID[f"thing/{hashlib.sha256(td_id.encode()).hexdigest()[:32]}"]
+def mint_firmware(project_id: str) -> URIRef:
+    """The IRI of a generated firmware project (a prov:Entity)."""
+    return ID[f"firmware/{quote(check_local_id(project_id, what='firmware project id'), safe=':')}"]
 
 
 def part(owner: URIRef, *path: str | int) -> URIRef:

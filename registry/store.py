@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rdflib import Dataset, Graph, URIRef
-from rdflib.term import Node, Variable
+from rdflib.term import Identifier, Node, Variable
 
 from registry.exceptions import StoreError
 from registry.namespaces import META_GRAPH, PREFIXES, REGISTRY_GRAPH
@@ -99,6 +99,10 @@ class RegistryStore:
 
     def ask(self, query: str, bindings: Bindings | None = None) -> bool:
         """Run an ASK with the standard prefixes."""
+        raise NotImplementedError
+
+    def raw(self, query: str) -> Any:
+        """rdflib Result of an arbitrary read query (for power users)."""
         raise NotImplementedError
 
     def _apply(self, request: str) -> None:
@@ -384,9 +388,14 @@ class MemoryStore(RegistryStore):
         return [{k: python_value(v) for k, v in r.items()} for r in _rows(meta.query(query, initNs=self._ns))]
 
 
-def _init(bindings: Bindings | None) -> dict[str, Any]:
-    """rdflib's initBindings from ours (its stubs want Identifier values; every Node we bind is one)."""
-    return dict(bindings or {})
+def _init(bindings: Bindings | None) -> dict[str, Identifier]:
+    """Bindings as rdflib's initBindings wants them: RDF terms (URIRef, Literal, BNode), never bare Nodes."""
+    out: dict[str, Identifier] = {}
+    for name, value in (bindings or {}).items():
+        if not isinstance(value, Identifier):
+            raise TypeError(f"binding {name!r}: {value!r} is not an RDF term")
+        out[name] = value
+    return out
 
 
 def default_store_path() -> Path:
