@@ -21,11 +21,12 @@ bytes and needed 2,576). The reported total is only a lower bound. The method:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 _TOTAL_RE = re.compile(r"Arena allocation total (\d+) bytes")
@@ -33,6 +34,7 @@ _HEAD_RE = re.compile(r"Arena allocation head (\d+) bytes")
 # "tensorflow/lite/micro/kernels/conv_common.cc Hybrid models ..." / "....cc:516 false was not true."
 _SOURCE_PREFIX = re.compile(r"^\S+\.(?:cc|c|h|cpp)(?::\d+)?\s+")
 MAX_ARENA = 64 * 1024 * 1024
+_REFUSED = "TFLite Micro cannot run the model: "
 GRANULARITY = 16
 PROBE_OK = 0
 PROBE_TOO_SMALL = 3
@@ -112,9 +114,35 @@ def _round_up(n: int, step: int = GRANULARITY) -> int:
     return ((n + step - 1) // step) * step
 
 
+_MEASURED: dict[str, ArenaResult] = {}
+"""Conclusive measurements of this process, by the model bytes' sha256 (at most `_MEASURED_MAX`)."""
+_MEASURED_MAX = 256
+
+
 def measure_arena(model_path: str | Path, *, timeout: float = 60.0) -> ArenaResult:
-    """Smallest arena (bytes, multiple of 16) with which TFLM allocates and invokes the model."""
+    """Smallest arena (bytes, multiple of 16) with which TFLM allocates and invokes the model.
+
+    The answer depends only on the model's bytes and this TFLM build, so a process measures the same
+    bytes once (re-adding a model, one file under two names): a figure, or TFLM's refusal, is kept; a
+    crash or a timeout, which a busy machine can cause, is not.
+    """
     path = Path(model_path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    known = _MEASURED.get(digest)
+    if known is not None:
+        return replace(known)
+    result = _measure(path, timeout)
+    conclusive = result.arena_bytes is not None or (
+        result.error is not None and result.error.startswith(_REFUSED)
+        and not any(w in result.error for w in ("timed out", "crashed")))
+    if conclusive:
+        if len(_MEASURED) >= _MEASURED_MAX:
+            _MEASURED.clear()
+        _MEASURED[digest] = replace(result)
+    return result
+
+
+def _measure(path: Path, timeout: float) -> ArenaResult:
     n_probes = 0
     size = _round_up(64 * 1024 + 10 * path.stat().st_size)
     first: ProbeResult | None = None
@@ -125,14 +153,14 @@ def measure_arena(model_path: str | Path, *, timeout: float = 60.0) -> ArenaResu
         if first.ok:
             break
         if first.returncode not in (PROBE_TOO_SMALL, PROBE_OTHER_ERROR) and first.returncode >= 0:
-            return ArenaResult(None, None, n_probes, f"TFLite Micro cannot run the model: {first.message}")
+            return ArenaResult(None, None, n_probes, f"{_REFUSED}{first.message}")
         if not checked_max and size < MAX_ARENA:
             # Is size the problem at all? TFLM reports "too small" and "cannot run" alike.
             top = probe(path, MAX_ARENA, timeout=timeout)
             n_probes += 1
             checked_max = True
             if not top.ok:
-                return ArenaResult(None, None, n_probes, f"TFLite Micro cannot run the model: {top.message}")
+                return ArenaResult(None, None, n_probes, f"{_REFUSED}{top.message}")
         size *= 2
     if first is None or not first.ok:
         return ArenaResult(None, None, n_probes, f"does not fit in {MAX_ARENA} bytes of arena")

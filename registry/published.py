@@ -219,7 +219,7 @@ def _normalize_device(g: Graph, d: Node, problems: list[str]) -> None:
                 g.add((sub, TF.sensorKind, Literal(k)))
         for declared in list(g.objects(sub, TF.sensorKind)):
             g.add((d, TF.sensorKind, Literal(str(declared))))
-    set_sensor_kinds_summary(g, d)  # type: ignore[arg-type]
+    set_sensor_kinds_summary(g, d)
 
 
 def normalize(g: Graph) -> list[str]:
