@@ -11,7 +11,7 @@ from pathlib import Path
 
 from broker.exceptions import SecurityError
 from broker.files import SecurityPaths, read_accounts, write_private
-from devices.wire.topics import DEVICE_READS, DEVICE_WRITES, ROOT
+from devices.wire.topics import BRIDGED_KINDS, DEVICE_READS, DEVICE_WRITES, ROOT
 
 
 def write_acl(directory: str | Path) -> Path:
@@ -25,6 +25,8 @@ def write_acl(directory: str | Path) -> Path:
         lines.append(f"user {name}")
         if acc["role"] == "server":
             lines.append(f"topic readwrite {ROOT}/#")
+        elif acc["role"] == "bridge":  # a site broker forwarding its devices' descriptions, never tasks
+            lines += [f"topic write {ROOT}/{acc['fleet']}/+/{k}" for k in sorted(BRIDGED_KINDS)]
         else:
             base = f"{ROOT}/{acc['fleet']}/{name}"
             lines += [f"topic write {base}/{k}" for k in sorted(DEVICE_WRITES)]

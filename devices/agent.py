@@ -82,6 +82,11 @@ class AgentConfig:
     drop_prob, latency_s, slow_factor, crash_prob_per_s, crash_down_s :
         Fault knobs of the simulator: ignore a task, delay each reply, multiply compute time,
         drop the connection uncleanly (the Will fires) and come back after `crash_down_s`.
+    duty_on_s, duty_period_s, duty_phase_s :
+        Intermittent device (a microcontroller that sleeps to save power): once the duty cycle is
+        armed (`arm_duty_cycle`), it is online only `duty_on_s` seconds of every `duty_period_s`
+        (shifted by `duty_phase_s`); asleep it is gone like a crashed device (the Will fires) and
+        tasks sent meanwhile are lost. ``duty_period_s = 0`` (the default): always on.
     seed : int, default=0
     """
 
@@ -100,6 +105,9 @@ class AgentConfig:
     slow_factor: float = 1.0
     crash_prob_per_s: float = 0.0
     crash_down_s: float = 2.0
+    duty_on_s: float = 0.0
+    duty_period_s: float = 0.0
+    duty_phase_s: float = 0.0
     seed: int = 0
 
 
@@ -140,6 +148,8 @@ class DeviceAgent:
         self.tasks_done = 0
         self.errors_sent = 0
         self.dropped = 0
+        self.sleeps = 0
+        self._duty_t0: float | None = None
         self.model_sha256 = sha256_hex(learner.backbone.model_bytes) if learner.backbone is not None else None
         self.memory_bytes: int | None = None
         self.unfit_reason: str | None = None
@@ -179,8 +189,26 @@ class DeviceAgent:
                                                               board=self.config.board.name), retain=True)
         self._next_telemetry = time.monotonic() + self.config.telemetry_s * self.rng.uniform(0.5, 1.0)
 
+    def arm_duty_cycle(self, t0: float) -> None:
+        """Start the on/off schedule at monotonic time `t0` (after the whole fleet has connected once)."""
+        self._duty_t0 = t0
+
+    def asleep_for(self, now: float) -> float:
+        """Seconds until this device's next online phase if it should sleep at `now`, else 0."""
+        cfg = self.config
+        if self._duty_t0 is None or cfg.duty_period_s <= 0:
+            return 0.0
+        pos = (now - self._duty_t0 + cfg.duty_phase_s) % cfg.duty_period_s
+        return cfg.duty_period_s - pos if pos >= cfg.duty_on_s else 0.0
+
     def on_tick(self, link: Link, now: float) -> None:
         cfg = self.config
+        sleep = self.asleep_for(now)
+        if sleep > 0:
+            self.sleeps += 1
+            log.info("%s: going to sleep for %.1f s (duty cycle)", self.client_id, sleep)
+            link.crash(down_for=sleep)
+            return
         if cfg.crash_prob_per_s > 0 and self.rng.random() < cfg.crash_prob_per_s * link.hub.tick_s:
             log.info("%s: simulated crash, back in %.1f s", self.client_id, cfg.crash_down_s)
             link.crash(down_for=cfg.crash_down_s)

@@ -153,6 +153,35 @@ class FleetGrid(Grid):
         with self._cv:
             return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
+    def wait_for_replies(self, message_ids: Iterable[str], timeout: float) -> bool:
+        """Block until a reply to any of `message_ids` can be pulled, or `timeout`; True if one can.
+
+        Why: asynchronous rounds (`federation.buffered`) push and pull on their own schedule and
+        must wake up on the first reply, not poll.
+        """
+        ids = set(message_ids)
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while not ids & self._replies.keys():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+            return True
+
+    def forget(self, message_ids: Iterable[str]) -> int:
+        """Give up on unanswered requests (counted as missing); their late replies are discarded. Returns how many."""
+        gone: list[_Inflight] = []
+        with self._cv:
+            for mid in message_ids:
+                f = self._inflight.pop(mid, None)
+                self._replies.pop(mid, None)
+                if f is not None and not f.answered:
+                    gone.append(f)
+        for f in gone:
+            self.ledger.add(f.server_round, f.phase, missing=1)
+        return len(gone)
+
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         """Send, wait for all replies or `timeout`, reject outliers; late replies are dropped afterwards."""
         t0 = time.monotonic()

@@ -23,7 +23,7 @@ import numpy as np
 from broker.process import MosquittoBroker
 from devices.learning.head import MLPHead
 from devices.link.address import Credentials, parse_broker_url
-from devices.simulator import DEFAULT_HIDDEN  # the head simulated devices build without a model
+from devices.simulator import DEFAULT_HIDDEN, FaultKnobs  # the head simulated devices build without a model
 from devices.wire.protocol import ConfigKey, weight_names
 from federation.coordinator import RunConfig
 from federation.exceptions import FederationError
@@ -59,7 +59,8 @@ def initial_parameters(task: str, *, models_dir: Path | None = None, seed: int =
 @contextlib.contextmanager
 def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = None,
                allow: Collection[str] | DeviceFilter | None = None, credentials: Credentials | None = None,
-               broker_dir: Path | None = None, secure: bool = True) -> Iterator[FleetGrid]:
+               broker_dir: Path | None = None, secure: bool = True,
+               faults: FaultKnobs | None = None) -> Iterator[FleetGrid]:
     """Yield a `FleetGrid` for `config`, starting a private broker and simulated devices if asked.
 
     Parameters
@@ -71,6 +72,8 @@ def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = No
         enrolled there when it is secured.
     secure : bool, default=True
         Secure the private broker this function starts (False only for debugging).
+    faults : FaultKnobs, optional
+        Fault knobs of the simulated devices (e.g. intermittent devices for asynchronous rounds).
     """
     with contextlib.ExitStack() as stack:
         url = config.broker
@@ -99,7 +102,8 @@ def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = No
             sim = FleetSimulator(n=config.simulate, use_case=config.task, address=address,
                                  state_root=Path(run_dir) / "devices", fleet=config.fleet, id_prefix="sim",
                                  models_dir=models_dir, samples_per_device=config.samples_per_device,
-                                 telemetry_s=0.0, device_credentials=device_creds, seed=config.seed)
+                                 telemetry_s=0.0, device_credentials=device_creds, seed=config.seed,
+                                 faults=faults or FaultKnobs())
             stack.callback(sim.stop)
             connected = sim.start(timeout=config.quorum_timeout)
             if connected < config.simulate:

@@ -23,6 +23,9 @@ RETAINED_KINDS: frozenset[str] = frozenset({"td", "presence"})
 """Retained topics: a server that starts later still learns which devices exist and are online."""
 
 DEVICE_WRITES: frozenset[str] = frozenset({"td", "presence", "telemetry", "result"})
+BRIDGED_KINDS: frozenset[str] = frozenset({"td", "presence", "telemetry"})
+"""What a site broker forwards to a central one: who exists, who is online, how they do; tasks and
+results stay on their site (they cross sites only through the federation's own levels)."""
 DEVICE_READS: frozenset[str] = frozenset({"task"})
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
