@@ -272,13 +272,14 @@ class BufferedRun:
             reply.content[key] = ArrayRecord({k: Array(v) for k, v in rebased.items()})
             replies.append(reply)
         record: dict[str, Any] = {"replies": len(used), "staleness_mean": round(float(np.mean(taus)), 4),
-                                  "staleness_max": int(max(taus))}
+                                  "staleness_max": int(max(taus)),
+                                  "contributors": [[int(r.metadata.src_node_id), base] for r, base in used]}
         try:
             new, metrics = self.strategy.aggregate_train(version, replies)
         except InconsistentMessageReplies as exc:
             return None, {**record, "skipped": f"strategy rejected the replies: {exc}"}
         for k, v in (metrics or {}).items():
-            if isinstance(v, (int, float)) and not k.startswith("site-"):
+            if isinstance(v, (int, float)) and not k.startswith(("site-", "gateway-")):
                 name = k.replace("-", "_")
                 record[name if name.startswith("train_") else f"train_{name}"] = v
         if new is not None and not all(np.all(np.isfinite(a.numpy())) for a in new.values()):

@@ -18,12 +18,12 @@ import pytest
 from typer.testing import CliRunner
 
 from broker.accounts import server_credentials
-from federation.checkpoint import load_checkpoint
+from federation.checkpoint import load_checkpoint, save_checkpoint
 from federation.coordinator import Coordinator, RunConfig
 from federation.exceptions import FederationError
 from federation.hierarchy.deployment import DeviceGroup, LocalDeployment
-from federation.hierarchy.launch import run_hierarchical
 from federation.hierarchy.processes import marked_pids
+from federation.hierarchy.server import INITIAL_FILE
 from federation.hierarchy.settings import HierarchyConfig
 from federation.session import fleet_grid, initial_parameters
 from tinyfleet.cli.main import app
@@ -44,24 +44,28 @@ def _assert_all_gone(deployment_dir: Path, pids: list[int]) -> None:
     assert pids and all(_dead(p) for p in pids), [p for p in pids if not _dead(p)]
 
 
-def test_one_gateway_equals_flat(tmp_path: Path) -> None:
-    """Same devices, same seed: flat Reptile and a 1-gateway hierarchy end with the same head (|Δθ| <= 1e-6)."""
+def test_one_gateway_equals_flat_and_runs_async(tmp_path: Path) -> None:
+    """Same devices, same seed: flat Reptile and a 1-gateway hierarchy end with the same head (|Δθ| <= 1e-6).
+
+    The same deployment then takes a second Flower run in ``async`` mode: the gateway answers after
+    a buffer of its devices, the top level aggregates FedBuff-style on Flower's Grid.
+    """
     cfg = RunConfig(run_id="h", task="sine", strategy="reptile", rounds=2, seed=3, local_steps=10, lr=0.02,
                     strategy_params={"epsilon": 0.8, "epsilon_floor": 0.2}, simulate=6, quorum=6,
                     round_timeout=60.0, quorum_timeout=60.0)
     initial = initial_parameters("sine", seed=3)
-    flat: dict[str, Any] = {}
-
-    def flat_run_on_site0(deployment: LocalDeployment) -> None:
+    with LocalDeployment(tmp_path / "dep", gateways=1, devices=6, group=DeviceGroup(seed=3)) as deployment:
         # the flat coordinator talks to the same six devices directly, through the site broker
         site = deployment.sites[0]
         flat_cfg = RunConfig(**{**cfg.__dict__, "run_id": "flat", "broker": site.config.broker, "simulate": 0,
                                 "fleet": site.config.fleet})
         with fleet_grid(flat_cfg, tmp_path / "flat", credentials=server_credentials(site.broker_dir)) as grid:
-            flat.update(Coordinator(flat_cfg, grid, tmp_path / "flat").start(initial))
-
-    result = run_hierarchical(HierarchyConfig(run=cfg, gateways=1), tmp_path / "hier", initial=initial,
-                              group=DeviceGroup(seed=3), on_ready=flat_run_on_site0)
+            flat = Coordinator(flat_cfg, grid, tmp_path / "flat").start(initial)
+        hier = _submit(deployment, HierarchyConfig(run=cfg, gateways=1), tmp_path / "hier", initial)
+        async_cfg = RunConfig(**{**cfg.__dict__, "run_id": "h-async", "rounds": 3})
+        buffered = _submit(deployment, HierarchyConfig(run=async_cfg, gateways=1, mode="async", buffer=3),
+                           tmp_path / "async", initial)
+    stopped = sorted(set(deployment.procs.stopped_pids) | set(deployment.broker_pids))
 
     hier_final, _ = load_checkpoint(tmp_path / "hier" / "final.npz")
     assert set(hier_final) == set(flat["final"])
@@ -69,12 +73,25 @@ def test_one_gateway_equals_flat(tmp_path: Path) -> None:
     assert delta <= 1e-6, delta
     assert any(float(np.max(np.abs(hier_final[k] - initial[k]))) > 1e-3 for k in initial)  # it did learn
     # both levels are accounted for: 6 devices through one gateway, bytes at the device level and at the top
-    for rec_h, rec_f in zip(result["rounds"], flat["rounds"], strict=True):
+    for rec_h, rec_f in zip(hier, flat["rounds"], strict=True):
         assert rec_h["gateway_replies"] == 1 and rec_h["replies"] == rec_f["replies"] == 6
         assert rec_h["bytes_up"] > 0 and rec_h["top_bytes_up"] > 0 and rec_h["top_bytes_down"] > 0
         assert rec_h["eval_loss"] == pytest.approx(rec_f["eval_loss"], rel=1e-5)
-    assert result["flower"]["status"] == "finished:completed"
-    _assert_all_gone(tmp_path / "hier" / "deployment", result["deployment"]["stopped_pids"])
+    # async: three aggregations, each of one gateway answer built from >= 3 device replies
+    assert [r["round"] for r in buffered] == [1, 2, 3]
+    assert all(r["replies"] == 1 and r["site_replies"] >= 3 and "skipped" not in r for r in buffered)
+    async_final, _ = load_checkpoint(tmp_path / "async" / "final.npz")
+    assert any(float(np.max(np.abs(async_final[k] - initial[k]))) > 1e-3 for k in initial)
+    _assert_all_gone(tmp_path / "dep", stopped)
+
+
+def _submit(deployment: LocalDeployment, settings: HierarchyConfig, run_dir: Path,
+            initial: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    run_dir.mkdir(parents=True)
+    save_checkpoint(run_dir / INITIAL_FILE, arrays=initial, state={"round": 0})
+    deployment.submit(settings, run_dir)
+    deployment.wait(run_dir, timeout=600)
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_federate_run_gateways_end_to_end(tmp_path: Path) -> None:
