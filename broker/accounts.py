@@ -14,6 +14,8 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import os
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ from broker.files import (
 from broker.pki import issue_client_certificate
 from broker.process import reload_broker
 from devices.link.address import Credentials
-from devices.wire.topics import check_name
+from devices.wire.topics import DEFAULT_FLEET, check_name
 
 _PASSWORD_BYTES = 24  # 192 random bits, 32 URL-safe characters
 PBKDF2_ITERATIONS = 101
@@ -85,7 +87,7 @@ def list_accounts(directory: str | Path) -> dict[str, dict[str, Any]]:
     return dict(accounts["accounts"]) if accounts else {}
 
 
-def enroll_device(directory: str | Path, device_id: str, *, fleet: str = "default",
+def enroll_device(directory: str | Path, device_id: str, *, fleet: str = DEFAULT_FLEET,
                   rotate: bool = False) -> Enrollment:
     """Create a device account (password, ACL, certificate with TLS) and reload a running broker.
 
@@ -105,7 +107,7 @@ def enroll_device(directory: str | Path, device_id: str, *, fleet: str = "defaul
                    rotate=rotate)
 
 
-def enroll_devices(directory: str | Path, device_ids: Iterable[str], *, fleet: str = "default",
+def enroll_devices(directory: str | Path, device_ids: Iterable[str], *, fleet: str = DEFAULT_FLEET,
                    rotate: bool = False) -> list[Enrollment]:
     """Enrol many devices at once (fleet simulator, provisioning scripts), each with its own password.
 
@@ -118,7 +120,7 @@ def enroll_devices(directory: str | Path, device_ids: Iterable[str], *, fleet: s
                         fleet=check_name(fleet, what="fleet name"), rotate=rotate)
 
 
-def enroll_device_credentials(directory: str | Path, device_ids: Iterable[str], *, fleet: str = "default",
+def enroll_device_credentials(directory: str | Path, device_ids: Iterable[str], *, fleet: str = DEFAULT_FLEET,
                               rotate: bool = True) -> dict[str, Credentials]:
     """``{device id: Credentials}`` for devices about to connect to the broker of `directory`.
 
@@ -140,6 +142,58 @@ def ensure_server_account(directory: str | Path, name: str = SERVER_USER) -> Cre
     if (p.credentials_dir / f"{name}.json").is_file() and name in list_accounts(directory):
         return server_credentials(directory, name)
     return enroll_server(directory, name, rotate=name in list_accounts(directory)).credentials
+
+
+def process_server_account(directory: str | Path, base: str = SERVER_USER) -> Credentials:
+    """This process's own server account, ``<base>-<pid>``, enrolled on first use.
+
+    Why per process: the broker forces client id = user name, so two server processes that share
+    an account take each other's session over, and each one's reconnect throws the other out
+    again. With one account per process any number of coordinators or Flower Grids can run side by
+    side on one managed broker. Accounts ``<base>-<pid>`` of processes that no longer run on this
+    host are removed at the same time, so the password file does not grow with every run.
+    """
+    name = f"{base}-{os.getpid()}"
+    check_account_name(name)
+    if _retire_dead_process_accounts(Path(directory), base, keep=name):
+        reload_broker(directory)
+    return ensure_server_account(directory, name)
+
+
+def _retire_dead_process_accounts(directory: Path, base: str, *, keep: str) -> list[str]:
+    """Remove server accounts ``<base>-<pid>`` whose process is gone (password, ACL, credentials, certificate)."""
+    pattern = re.compile(rf"{re.escape(base)}-(\d+)")
+    p = SecurityPaths(directory)
+    if not p.accounts.is_file():
+        return []  # not initialized: `ensure_server_account` says so in one line
+    with locked(p):
+        accounts = read_accounts(p)
+        if accounts is None:
+            return []
+        dead = sorted(n for n, acc in accounts["accounts"].items()
+                      if acc["role"] == "server" and n != keep and (m := pattern.fullmatch(n)) is not None
+                      and not _process_alive(int(m.group(1))))
+        if not dead:
+            return []
+        for name in dead:
+            del accounts["accounts"][name]
+        _set_passwords(p.passwd, {}, remove=dead)
+        write_accounts(p, accounts)
+        write_acl(directory)
+        for name in dead:
+            for f in (p.credentials_dir / f"{name}.json", p.client_cert(name), p.client_key(name)):
+                f.unlink(missing_ok=True)
+    return dead
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def enroll_server(directory: str | Path, name: str = SERVER_USER, *, rotate: bool = False) -> Enrollment:
@@ -248,8 +302,8 @@ def hash_password(password: str, *, salt: bytes | None = None, iterations: int =
     return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
-def _set_passwords(passwd: Path, passwords: dict[str, str]) -> None:
-    """Add or replace accounts in the password file in one atomic write (order kept, 0600)."""
+def _set_passwords(passwd: Path, passwords: dict[str, str], *, remove: Iterable[str] = ()) -> None:
+    """Add, replace (or `remove`) accounts in the password file in one atomic write (order kept, 0600)."""
     entries: dict[str, str] = {}
     try:
         text = passwd.read_text()
@@ -264,6 +318,8 @@ def _set_passwords(passwd: Path, passwords: dict[str, str]) -> None:
         if not sep or not digest:
             raise SecurityError(f"{passwd}:{lineno}: not a 'user:hash' line")
         entries[user] = digest
+    for name in remove:
+        entries.pop(name, None)
     for name, password in passwords.items():
         entries[name] = hash_password(password)
     write_private(passwd, "".join(f"{u}:{h}\n" for u, h in entries.items()))

@@ -12,6 +12,7 @@ costs one log line and an error result, and the agent keeps running.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -36,19 +37,22 @@ from devices.wire.protocol import (
     Frame,
     MessageType,
     MetricKey,
+    ReplyEncoding,
     SparseTensor,
     check_finite,
     decode_frame,
     encode_result,
     frame_header,
+    implemented_config,
     presence_payload,
     sha256_hex,
     telemetry_payload,
+    unsupported_required,
     weight_names,
 )
 from devices.wire.sparse import top_p_encode
 from devices.wire.thing_description import td_payload, thing_description
-from devices.wire.topics import check_name, device_topic
+from devices.wire.topics import DEFAULT_FLEET, check_name, device_topic
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.usecases.base import DeviceData
 
@@ -87,13 +91,17 @@ class AgentConfig:
         armed (`arm_duty_cycle`), it is online only `duty_on_s` seconds of every `duty_period_s`
         (shifted by `duty_phase_s`); asleep it is gone like a crashed device (the Will fires) and
         tasks sent meanwhile are lost. ``duty_period_s = 0`` (the default): always on.
+    lacks_config : tuple of str, default=()
+        Config keys this device behaves as if it did not implement (simulates older or smaller
+        firmware, e.g. without FedProx's ``proximal-mu``): a task that lists one of them under
+        ``required`` is answered with ``unsupported-config``.
     seed : int, default=0
     """
 
     device_id: str
     board: Board
     state_dir: Path
-    fleet: str = "default"
+    fleet: str = DEFAULT_FLEET
     use_case: str = "sine"
     sensors: tuple[str, ...] = ()
     telemetry_s: float = 10.0
@@ -108,6 +116,7 @@ class AgentConfig:
     duty_on_s: float = 0.0
     duty_period_s: float = 0.0
     duty_phase_s: float = 0.0
+    lacks_config: tuple[str, ...] = ()
     seed: int = 0
 
 
@@ -286,6 +295,7 @@ class DeviceAgent:
             if frame.type == MessageType.RESULT:
                 raise ProtocolError("a device does not accept results on its task topic",
                                     code=ErrorCode.UNKNOWN_TYPE, request_id=frame.id)
+            self._check_required(frame)
             if self.config.drop_prob > 0 and self.rng.random() < self.config.drop_prob:
                 self.dropped += 1
                 log.info("%s: dropping task %s (simulated fault)", self.client_id, frame.id)
@@ -327,6 +337,14 @@ class DeviceAgent:
             return reply
 
     # ------------------------------------------------------------------------------ task kinds
+    def _check_required(self, frame: Frame) -> None:
+        """Refuse a task that needs a config key this device does not implement (never train something else)."""
+        implemented = implemented_config(frame.type) - set(self.config.lacks_config)
+        missing = unsupported_required(frame.type, frame.config, implemented=implemented)
+        if missing:
+            raise ProtocolError(f"{frame.type}: this device does not implement the required config key(s) "
+                                f"{', '.join(missing)}", code=ErrorCode.UNSUPPORTED_CONFIG, request_id=frame.id)
+
     def _weights_from(self, frame: Frame) -> list[np.ndarray] | None:
         arrays = frame.arrays()
         if not arrays:
@@ -365,27 +383,29 @@ class DeviceAgent:
         if local and int(cfg.get(ConfigKey.RECONSTRUCT_STEPS, 0)) > 0:
             rec = self.learner.train(self.x_train, self.y_train, int(cfg[ConfigKey.RECONSTRUCT_STEPS]), lr=lr,
                                      layers=set(local))
-            metrics["reconstruct-loss"] = rec["loss"]
+            metrics[MetricKey.RECONSTRUCT_LOSS] = rec[MetricKey.TRAIN_LOSS]
         out = self.learner.train(self.x_train, self.y_train, int(cfg[ConfigKey.LOCAL_STEPS]), lr=lr,
-                                 layers=global_layers if local else None)
+                                 layers=global_layers if local else None,
+                                 proximal_mu=float(cfg.get(ConfigKey.PROXIMAL_MU, 0.0)))
         phi = head.get_weights()
         for layer in local:
             self._personal[layer] = (phi[2 * layer].copy(), phi[2 * layer + 1].copy())
-        metrics.update({MetricKey.NUM_EXAMPLES: float(out["num-examples"]), MetricKey.TRAIN_LOSS: out["loss"],
-                        "train-loss-last": out["loss-last"], MetricKey.TRAIN_SECONDS: out["duration-s"]})
+        metrics.update(out)  # the learner speaks the wire's metric vocabulary (MetricKey)
         names = weight_names(len(phi))
         send = [i for i in range(len(phi)) if i // 2 in global_layers]
+        if ConfigKey.CLIPPING_NORM in cfg:
+            metrics[MetricKey.NORM_BIT] = float(clip_update(phi, theta, send, float(cfg[ConfigKey.CLIPPING_NORM])))
         top_p = cfg.get(ConfigKey.TOP_P)
         if top_p is None:
             tensors: list[tuple[str, Any]] = [(names[i], phi[i]) for i in send]
-            encoding = "weights"
+            encoding = ReplyEncoding.WEIGHTS
         else:
             tensors = []
             for i in send:
                 idx, vals = top_p_encode(phi[i] - theta[i], float(top_p))
                 tensors.append((names[i], SparseTensor(idx, vals, phi[i].shape)))
-            encoding = "delta"
-            metrics[ConfigKey.TOP_P] = float(top_p)
+            encoding = ReplyEncoding.DELTA
+            metrics[MetricKey.TOP_P] = float(top_p)
         return metrics, tensors, {"encoding": encoding, "local-layers": local}
 
     def _evaluate(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any]]:
@@ -401,7 +421,7 @@ class DeviceAgent:
             out = self.learner.evaluate(self.x_eval, self.y_eval)
         finally:
             head.set_weights(saved)
-        return {k: float(v) for k, v in out.items()}, [], {}
+        return dict(out), [], {}
 
     def _adapt(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any]]:
         cfg = frame.config
@@ -413,17 +433,18 @@ class DeviceAgent:
         if weights is not None:
             self.learner.head.set_weights(weights)
         steps = int(cfg[ConfigKey.STEPS])
-        metrics: dict[str, float] = {}
-        held_before = self.learner.evaluate(self.x_eval, self.y_eval)
+        x_shots, y_shots = self.x_train[:shots], self.y_train[:shots]
         if steps > 0:
-            out = self.learner.adapt(self.x_train[:shots], self.y_train[:shots], steps, lr=cfg.get(ConfigKey.LR))
-            metrics.update({MetricKey.LOSS_BEFORE: out["loss-before"], MetricKey.LOSS_AFTER: out["loss-after"]})
-        held = self.learner.evaluate(self.x_eval, self.y_eval)
-        metrics.update({"heldout-" + k: float(v) for k, v in held.items()})
-        metrics.update({"heldout-before-" + k: float(v) for k, v in held_before.items() if k != "num-examples"})
-        metrics["shots"] = float(shots)
+            metrics = self.learner.adapt(x_shots, y_shots, steps, lr=cfg.get(ConfigKey.LR))
+        else:  # no step: the shots' loss before and after is the same number
+            loss = self.learner.evaluate(x_shots, y_shots)[MetricKey.LOSS]
+            metrics = {MetricKey.NUM_EXAMPLES: shots, MetricKey.SHOTS: shots, MetricKey.LOSS_BEFORE: loss,
+                       MetricKey.LOSS_AFTER: loss}
+        held = self.learner.evaluate(self.x_eval, self.y_eval)  # the adapted head on held-out samples
+        metrics.update({k: v for k, v in held.items() if k != MetricKey.NUM_EXAMPLES})
         phi = self.learner.head.get_weights()
-        return metrics, list(zip(weight_names(len(phi)), phi, strict=True)), {"encoding": "weights"}
+        return (dict(metrics), list(zip(weight_names(len(phi)), phi, strict=True)),
+                {"encoding": ReplyEncoding.WEIGHTS})
 
     def _deploy(self, frame: Frame) -> tuple[dict[str, float], list[tuple[str, Any]], dict[str, Any],
                                               tuple[str, str] | None] | None:
@@ -458,7 +479,7 @@ class DeviceAgent:
             self.model_sha256 = outcome.sha256
             self.memory_bytes = self.learner.memory_report()["total"]
         log.info("%s: deployed %s (%s)", self.client_id, artifact, outcome.sha256[:12])
-        return {"bytes": float(len(data))}, [], {"deploy": outcome.report()}, None
+        return {MetricKey.BYTES: len(data)}, [], {"deploy": outcome.report()}, None
 
 
 def _peek_id(payload: bytes) -> str | None:
@@ -469,3 +490,18 @@ def _peek_id(payload: bytes) -> str | None:
         return rid[:128] if isinstance(rid, str) else None
     except Exception:  # noqa: BLE001 - any garbage means "no id"
         return None
+
+
+def clip_update(phi: list[np.ndarray], theta: list[np.ndarray], arrays: list[int], clipping_norm: float) -> bool:
+    """Scale the update φ − θ of `arrays` (in place in `phi`) to L2 norm ≤ `clipping_norm`; True if it was clipped.
+
+    Flower's ``fixedclipping_mod``/``adaptiveclipping_mod`` rule (FlatClip, McMahan et al. 2018) over
+    the arrays the device sends back: the norm is taken over all of them together.
+    """
+    deltas = [phi[i].astype(np.float64) - theta[i].astype(np.float64) for i in arrays]
+    norm = math.sqrt(sum(float(np.sum(d * d)) for d in deltas))
+    scale = min(1.0, clipping_norm / norm) if norm > 0 else 1.0
+    if scale < 1.0:
+        for i, d in zip(arrays, deltas, strict=True):
+            phi[i] = (theta[i].astype(np.float64) + d * scale).astype(phi[i].dtype)
+    return scale < 1.0

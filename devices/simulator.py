@@ -22,7 +22,7 @@ from devices.learning.head import MLPHead
 from devices.learning.learner import OnlineLearner
 from devices.link.address import BrokerAddress, Credentials
 from devices.link.hub import MqttHub
-from devices.wire.topics import check_name
+from devices.wire.topics import DEFAULT_FLEET, check_name
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.interpreters import TFLiteModel
 from firmware_models.usecases import get_use_case
@@ -126,7 +126,7 @@ class FleetSimulator:
         Each device keeps its deployed models in ``state_root/<device id>/``.
     boards : str, default="nano33ble"
         Board mix, e.g. ``"nano33ble:0.5,esp32:0.3,uno:0.2"``.
-    fleet : str, default="sim"
+    fleet : str, default="default"
     id_prefix : str, default="sim"
         Device ids are ``<prefix>-0000``, ``<prefix>-0001``, ...
     models_dir : Path, optional
@@ -146,7 +146,7 @@ class FleetSimulator:
     """
 
     def __init__(self, *, n: int, use_case: str, address: BrokerAddress, state_root: Path, data: Path | None = None,
-                 boards: str = DEFAULT_BOARD, fleet: str = "sim", id_prefix: str = "sim",
+                 boards: str = DEFAULT_BOARD, fleet: str = DEFAULT_FLEET, id_prefix: str = "sim",
                  models_dir: Path | None = None, samples_per_device: int = 50, faults: FaultKnobs = FaultKnobs(),
                  telemetry_s: float = 30.0, workers: int = 2, credentials: Credentials | None = None,
                  device_credentials: Mapping[str, Credentials] | None = None, seed: int = 0) -> None:
@@ -194,15 +194,29 @@ class FleetSimulator:
     def start(self, *, timeout: float = 30.0) -> int:
         """Connect every device, then start the duty cycles; returns how many connected within `timeout`.
 
-        Why the cycles start only afterwards: a device that fell asleep before its first CONNACK
-        would look like one that cannot connect.
+        Returns early when every device still offline was refused by the broker (a wrong or
+        missing password does not heal by waiting); `connection_errors` says why. The duty cycles
+        of intermittent devices start only afterwards: a device that fell asleep before its first
+        CONNACK would look like one that cannot connect.
         """
         self.hub.start()
-        connected = self.hub.wait_connected(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            connected = self.hub.wait_connected(min(0.5, max(0.0, deadline - time.monotonic())))
+            errors = self.connection_errors()
+            refused = sum(1 for e in errors.values() if " refused " in e)
+            if connected == len(self.agents) or time.monotonic() >= deadline or \
+                    (refused and refused == len(self.agents) - connected):
+                break
         t0 = time.monotonic()
         for agent in self.agents:
             agent.arm_duty_cycle(t0)
         return connected
+
+    def connection_errors(self) -> dict[str, str]:
+        """``{device id: last connection error}`` of the devices that are not connected now."""
+        return {cid: link.last_error for cid, link in self.hub.links.items()
+                if link.last_error and not link.connected.is_set()}
 
     def stop(self) -> None:
         """Publish offline presence for every device, disconnect cleanly, stop the threads."""

@@ -35,15 +35,14 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
 
 from devices.wire.protocol import ConfigKey, MetricKey
 from federation import flower_compat
 from federation.checkpoint import save_checkpoint
 from federation.coordinator import CHECKPOINT_FILE, FINAL_FILE, METRICS_FILE, arrays_sha256, to_numpy, to_record
 from federation.exceptions import FederationError, QuorumError
-from federation.hierarchy.settings import HierarchyConfig, metric_number
-from federation.strategies.registry import build_strategy
+from federation.hierarchy.settings import HierarchyConfig, level_strategy, metric_number
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +129,8 @@ class BufferedRun:
         self.run_dir = Path(run_dir)
         self.poll = poll
         self.hierarchical = not hasattr(grid, "ledger")
-        params = dict(cfg.strategy_params)
-        if cfg.strategy != "fedavg":
-            params.setdefault("local_steps", cfg.local_steps)
-            params.setdefault("local_lr", cfg.lr)
-            params["serial"] = False
-        params["fraction_train"] = 1.0  # which nodes get a task is decided here, by concurrency and idleness
-        self.strategy: FedAvg = build_strategy(cfg.strategy, params, num_rounds=cfg.rounds)
+        # which nodes get a task is decided here, by concurrency and idleness: the strategy sees them all
+        self.strategy: Strategy = level_strategy(cfg, serial=False, fraction_train=1.0)
         self.buffer_size = max(1, (settings.gateway_buffer if self.hierarchical else settings.buffer) or 1)
         if not self.hierarchical:
             flower_compat.init_task_identity(grid.run.run_id)

@@ -23,9 +23,11 @@ from federation.exceptions import CheckpointError
 
 CHECKPOINT_FORMAT = 1
 _META = "__meta__"
+_EXTRA = "__extra__"
 
 
-def save_checkpoint(path: str | Path, *, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any]) -> None:
+def save_checkpoint(path: str | Path, *, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any],
+                    extra: Mapping[str, np.ndarray] | None = None) -> None:
     """Atomically write the global parameters `arrays` and the JSON-able `state` to `path`.
 
     Parameters
@@ -36,14 +38,20 @@ def save_checkpoint(path: str | Path, *, arrays: Mapping[str, np.ndarray], state
         Global parameters after the round (keys must not start with "__").
     state : mapping
         Round, strategy state, RNG state, ...; stored as JSON beside the arrays.
+    extra : mapping of str to np.ndarray, optional
+        Further arrays with free-form names (a strategy's server-side state), read back with
+        `load_extra_arrays`; stored under positional keys so that any name is safe in the zip.
     """
     path = Path(path)
     if any(k.startswith("__") for k in arrays):
         raise ValueError("array names starting with '__' are reserved")
-    meta = json.dumps({"format": CHECKPOINT_FORMAT, "keys": list(arrays), **state}, sort_keys=True)
+    extra = dict(extra or {})
+    meta = json.dumps({"format": CHECKPOINT_FORMAT, "keys": list(arrays), "extra_keys": list(extra), **state},
+                      sort_keys=True)
     buf = io.BytesIO()
-    np.savez(buf, **{_META: np.frombuffer(meta.encode(), dtype=np.uint8)},
-             **{k: np.asarray(v) for k, v in arrays.items()})
+    members = {_META: np.frombuffer(meta.encode(), dtype=np.uint8), **{k: np.asarray(v) for k, v in arrays.items()},
+               **{f"{_EXTRA}{i}": np.asarray(v) for i, v in enumerate(extra.values())}}
+    np.savez(buf, **members)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -92,3 +100,15 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r} is not {CHECKPOINT_FORMAT}")
     return arrays, meta
+
+
+def load_extra_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """The `extra` arrays saved with a checkpoint (empty for checkpoints written without any)."""
+    path = Path(path)
+    _, meta = load_checkpoint(path)
+    names = meta.get("extra_keys") or []
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {str(name): np.array(data[f"{_EXTRA}{i}"]) for i, name in enumerate(names)}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: unreadable strategy state ({type(exc).__name__}: {exc})") from None

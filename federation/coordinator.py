@@ -30,13 +30,14 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp.exception import InconsistentMessageReplies
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
+from flwr.serverapp.strategy import Strategy
 
 from devices.wire.protocol import ConfigKey, MetricKey
-from federation import flower_compat
-from federation.checkpoint import load_checkpoint, save_checkpoint
-from federation.exceptions import CheckpointError, QuorumError
+from devices.wire.topics import DEFAULT_FLEET
+from federation import flower_compat, strategy_state
+from federation.checkpoint import load_checkpoint, load_extra_arrays, save_checkpoint
+from federation.exceptions import CheckpointError
 from federation.grid import FleetGrid
 from federation.strategies.registry import build_strategy
 
@@ -61,10 +62,11 @@ class RunConfig:
     min_replies: int = 1
     quorum: int = 1
     quorum_timeout: float = 30.0
-    fleet: str = "default"
+    fleet: str = DEFAULT_FLEET
     broker: str | None = None
     simulate: int = 0
     samples_per_device: int = 64
+    allow_undescribed: bool = False  # sample devices that publish no Thing Description (federation.selection)
 
     def save(self, run_dir: Path) -> None:
         try:
@@ -106,15 +108,17 @@ def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def wait_for_quorum(grid: FleetGrid, n: int, timeout: float, *, poll: float = 0.05) -> list[int]:
     """Block until `n` allowed devices are present; raise `QuorumError` naming how many came."""
-    deadline = time.monotonic() + timeout
-    while True:
-        nodes = grid.get_node_ids()
-        if len(nodes) >= n:
-            return nodes
-        if time.monotonic() >= deadline:
-            raise QuorumError(f"only {len(nodes)} of the {n} required devices came online within {timeout:g} s "
-                              f"(fleet devices present: {len(grid.transport.present_devices())})")
-        time.sleep(poll)
+    return grid.wait_for_nodes(n, timeout=timeout, poll=poll)
+
+
+def strategy_defaults(config: RunConfig) -> dict[str, Any]:
+    """Constructor arguments a strategy gets from the run's settings when it takes them and run.json does not set them.
+
+    ``local_steps``/``local_lr`` (Reptile, TinyMetaFed) and Flower's QFedAvg ``client_learning_rate``
+    follow ``--local-steps``/``--lr``; QFedAvg reads the protocol's ``train-loss`` metric.
+    """
+    return {"local_steps": config.local_steps, "local_lr": config.lr, "client_learning_rate": config.lr,
+            "train_loss_key": MetricKey.TRAIN_LOSS}
 
 
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -142,15 +146,9 @@ class Coordinator:
         self.grid = grid
         self.run_dir = Path(run_dir)
         self.on_round = on_round
-        self.strategy: FedAvg = build_strategy(config.strategy, self._strategy_params(), num_rounds=config.rounds)
+        self.strategy: Strategy = build_strategy(config.strategy, config.strategy_params, num_rounds=config.rounds,
+                                                 defaults=strategy_defaults(config))
         flower_compat.init_task_identity(grid.run.run_id)
-
-    def _strategy_params(self) -> dict[str, Any]:
-        params = dict(self.config.strategy_params)
-        if self.config.strategy != "fedavg":
-            params.setdefault("local_steps", self.config.local_steps)
-            params.setdefault("local_lr", self.config.lr)
-        return params
 
     # -- entry points ------------------------------------------------------------------------
     def start(self, initial: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -167,6 +165,9 @@ class Coordinator:
             raise CheckpointError(f"{self.run_dir / CHECKPOINT_FILE}: belongs to run {meta.get('run_id')!r}, "
                                   f"not {self.config.run_id!r}")
         done = int(meta["round"])
+        if "strategy_state" in meta:  # server-side optimiser state (FedAdam's moments, FedAvgM's momentum, ...)
+            strategy_state.restore(self.strategy, load_extra_arrays(self.run_dir / CHECKPOINT_FILE),
+                                   meta["strategy_state"])
         rng = np.random.default_rng()
         rng.bit_generator.state = meta["rng_state"]
         history = [r for r in _read_metrics(self.run_dir / METRICS_FILE) if r.get("round", 0) <= done]
@@ -206,9 +207,11 @@ class Coordinator:
             record["params_sha256"] = arrays_sha256(arrays)
             history.append(record)
             _append_metrics(self.run_dir / METRICS_FILE, record)
-            save_checkpoint(self.run_dir / CHECKPOINT_FILE, arrays=to_numpy(arrays),
+            state_arrays, state_kinds = strategy_state.capture(self.strategy)
+            save_checkpoint(self.run_dir / CHECKPOINT_FILE, arrays=to_numpy(arrays), extra=state_arrays,
                             state={"run_id": cfg.run_id, "round": rnd, "rng_state": rng.bit_generator.state,
-                                   "strategy": cfg.strategy, "strategy_params": self._strategy_params()})
+                                   "strategy": cfg.strategy, "strategy_params": cfg.strategy_params,
+                                   "strategy_state": state_kinds})
             log.info("round %d/%d: %s", rnd, cfg.rounds, record)
             if self.on_round is not None:
                 self.on_round(record)
@@ -245,7 +248,7 @@ class Coordinator:
             return None, None, f"{n_ok} valid replies < min_replies {self.config.min_replies}"
         try:
             arrays, metrics = self.strategy.aggregate_train(rnd, replies)
-        except InconsistentMessageReplies as exc:
+        except (InconsistentMessageReplies, AggregationError) as exc:
             return None, None, f"strategy rejected the replies: {exc}"
         return arrays, metrics, None
 
@@ -254,7 +257,7 @@ class Coordinator:
             return None
         try:
             return self.strategy.aggregate_evaluate(rnd, replies)
-        except InconsistentMessageReplies:
+        except (InconsistentMessageReplies, AggregationError):
             return None
 
     def _ledger_fields(self, rnd: int) -> dict[str, Any]:

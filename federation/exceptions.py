@@ -17,6 +17,10 @@ class CheckpointError(FederationError):
     """A run directory or its checkpoint is missing, truncated or from another tinyfleet version."""
 
 
+class ConformanceError(FederationError):
+    """A device failed a required check of `tinyfleet devices conformance`."""
+
+
 class StrategyParameterError(TinyFleetError, ValueError):
     """A strategy was configured with a value outside its documented range."""
 

@@ -23,11 +23,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from devices.wire.protocol import ConfigKey
-from federation import flower_compat
-from federation.flower_compat import Run
+from devices.wire.protocol import ConfigKey, weight_names
+from federation.exceptions import QuorumError
+from federation.flower_compat import Run, empty_run, set_message_id
 from federation.ledger import RoundLedger
 from federation.replies import DENSE, TOP_P, RejectedReply, check_metrics, check_train_arrays, outlier_indices
+from federation.selection import explain_exclusions
 from federation.transport import Codec, CodecError, TaskSpec, Transport, WireReply
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ DeviceFilter = Callable[[str], bool]
 
 # Error codes of the error replies the Grid makes up (Flower's Error.code is an int).
 ERR_DEVICE, ERR_REJECTED = 1, 2
+_MISSING_RUN = "the result has no 'run' (a device copies 'run' and 'round' from the task into its result)"
+_MISSING_ROUND = "the result has no 'round' (a device copies 'run' and 'round' from the task into its result)"
 
 
 def _hash63(text: str) -> int:
@@ -57,6 +60,7 @@ class _Inflight:
     phase: str
     sent_arrays: dict[str, np.ndarray]
     encoding: str
+    sent_keys: list[str]
     payload: bytes = b""
     answered: bool = False
 
@@ -104,7 +108,7 @@ class FleetGrid(Grid):
         self._replies: dict[str, Message] = {}
         self._devices_by_node: dict[int, str] = {}
         self._current_round = 0
-        self._run: Run = flower_compat.empty_run(_hash63(run_id))
+        self._run: Run = empty_run(_hash63(run_id))
         self.transport.on_device_online(self._resend_inflight)
         self.transport.start(self._on_payload)
 
@@ -134,6 +138,47 @@ class FleetGrid(Grid):
             ids.append(nid)
         return sorted(ids)
 
+    def excluded_devices(self, device_ids: Iterable[str]) -> dict[str, str]:
+        """``{device: reason}`` for those of `device_ids` the allow filter keeps out of the run."""
+        if self._allow is None:
+            return {}
+        explain = getattr(self._allow, "excluded", None)
+        if callable(explain):
+            return dict(explain(list(device_ids)))
+        return {d: "not in the run's allow-list" for d in device_ids if not self._allow(d)}
+
+    def wait_for_nodes(self, n: int, *, timeout: float = 30.0, poll: float = 0.05) -> list[int]:
+        """Block until at least `n` allowed devices are online; return their node ids.
+
+        Call it before `Strategy.start`: Flower's sampler computes the sample size from the nodes
+        present *before* it waits (a fleet still connecting gets a smaller sample), and its own
+        wait for `min_available_nodes` has no deadline. Raises `QuorumError` after `timeout` seconds,
+        naming how many came.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = self.get_node_ids()
+            if len(nodes) >= n:
+                return nodes
+            if time.monotonic() >= deadline:
+                present = self.transport.present_devices()
+                why = explain_exclusions(self.excluded_devices(present))
+                extra = f"{len(present)} fleet devices online in all" if len(present) != len(nodes) else ""
+                extra = "; ".join(x for x in (extra, why) if x)
+                raise QuorumError(f"only {len(nodes)} of the {n} required devices came online within "
+                                  f"{timeout:g} s" + (f" ({extra})" if extra else ""))
+            time.sleep(poll)
+
+    def close(self) -> None:
+        """Release the transport (the broker connection); the Grid cannot be used afterwards."""
+        self.transport.close()
+
+    def __enter__(self) -> FleetGrid:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def device_id(self, node_id: int) -> str:
         """The device behind `node_id` (as seen by `get_node_ids`)."""
         return self._devices_by_node[node_id]
@@ -143,7 +188,7 @@ class FleetGrid(Grid):
         ids: list[str] = []
         for msg in messages:
             mid = uuid.uuid4().hex
-            flower_compat.set_message_id(msg, mid)
+            set_message_id(msg, mid)
             ids.append(mid)
             self._send(mid, msg)
         return ids
@@ -229,7 +274,8 @@ class FleetGrid(Grid):
         cfg_rec = _first(msg.content.config_records)
         config = dict(cfg_rec) if cfg_rec is not None else {}
         encoding = TOP_P if ConfigKey.TOP_P in config else DENSE
-        inflight = _Inflight(msg, device_id or "?", rnd, phase, _expected_reply(arrays, config), encoding)
+        inflight = _Inflight(msg, device_id or "?", rnd, phase, _expected_reply(arrays, config), encoding,
+                             list(arrays))
         if device_id is None:  # a node id we never announced: answer with an error, do not crash
             with self._cv:
                 self._inflight[mid] = inflight
@@ -280,11 +326,12 @@ class FleetGrid(Grid):
                          f"reply from {device_id} to a request sent to {inflight.device_id}")
             return
         if reply.run_id != self.run_id:
-            self._reject(reply.correlation_id, inflight, "unknown-run", f"run {reply.run_id!r} is not {self.run_id!r}")
+            self._reject(reply.correlation_id, inflight, "unknown-run", _MISSING_RUN if reply.run_id is None
+                         else f"run {reply.run_id!r} is not {self.run_id!r}")
             return
         if reply.server_round != inflight.server_round:
-            self._reject(reply.correlation_id, inflight, "stale-round",
-                         f"reply for round {reply.server_round} in round {inflight.server_round}")
+            self._reject(reply.correlation_id, inflight, "stale-round", _MISSING_ROUND if reply.server_round is None
+                         else f"reply for round {reply.server_round} in round {inflight.server_round}")
             return
         if reply.error is not None:
             code, reason = reply.error
@@ -316,7 +363,8 @@ class FleetGrid(Grid):
         metrics = check_metrics(reply.metrics, phase=inflight.phase)
         content = RecordDict()
         if inflight.phase == "train":
-            arrays, norm = check_train_arrays(reply.arrays, inflight.sent_arrays, inflight.encoding)
+            arrays, norm = check_train_arrays(_as_sent(reply.arrays, inflight.sent_keys), inflight.sent_arrays,
+                                              inflight.encoding)
             content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
             metrics["update-norm"] = norm
         content["metrics"] = MetricRecord(metrics)
@@ -388,6 +436,25 @@ def _expected_reply(sent: dict[str, np.ndarray], config: dict[str, object]) -> d
     local = config.get(ConfigKey.LOCAL_LAYERS) or []
     keep = {f"{p}{i}" for i in local if isinstance(i, int) for p in ("w", "b")}  # type: ignore[union-attr]
     return {k: v for k, v in sent.items() if k not in keep}
+
+
+def _as_sent(arrays: dict[str, np.ndarray], sent_keys: list[str]) -> dict[str, np.ndarray]:
+    """Give a device's result tensors back the keys the strategy used.
+
+    Devices name result tensors by position (``w0, b0, w1, ...``, and ``w0.idx``/``w0.val`` for a
+    sparse update), whatever the task's tensors were called; a Flower user's
+    ``ArrayRecord([w, b])`` has keys ``"0", "1"``. Without this, every reply to such a strategy
+    would be rejected as ``wrong-keys``.
+    """
+    canonical = weight_names(len(sent_keys))
+    if sent_keys == canonical:
+        return arrays
+    back = dict(zip(canonical, sent_keys, strict=True))
+    out: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        base, dot, suffix = name.partition(".")
+        out[back.get(base, base) + dot + suffix] = value
+    return out
 
 
 def _first(records: dict) -> object | None:  # type: ignore[type-arg]

@@ -20,7 +20,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from devices.exceptions import SparseEncodingError
-from devices.wire.protocol import SPARSE_INDEX_SUFFIX, SPARSE_VALUE_SUFFIX, Encoding, MetricKey
+from devices.wire.protocol import (
+    REQUIRED_METRICS,
+    SPARSE_INDEX_SUFFIX,
+    SPARSE_VALUE_SUFFIX,
+    Encoding,
+    MessageType,
+    MetricKey,
+)
 from devices.wire.sparse import top_p_decode
 
 WEIGHT_KEY = MetricKey.NUM_EXAMPLES
@@ -39,8 +46,16 @@ class RejectedReply(Exception):
         self.detail = detail
 
 
+_PHASE_TASKS = {"train": MessageType.TRAIN, "evaluate": MessageType.EVALUATE}
+
+
 def check_metrics(metrics: object, *, phase: str) -> dict[str, int | float]:
-    """Keep finite scalar metrics; require a positive integer `num-examples` (Flower weights by it)."""
+    """Keep finite scalar metrics; require the phase's metrics (`REQUIRED_METRICS`) and a positive
+    integer `num-examples` (Flower weights by it).
+
+    Why required metrics: the Grid keeps only the keys every reply of a phase has, so one device
+    that spells its loss differently would erase the round's loss for the whole fleet.
+    """
     if not isinstance(metrics, Mapping):
         raise RejectedReply("bad-metrics", f"metrics must be an object, got {type(metrics).__name__}")
     out: dict[str, int | float] = {}
@@ -50,6 +65,10 @@ def check_metrics(metrics: object, *, phase: str) -> dict[str, int | float]:
         if not math.isfinite(value):
             raise RejectedReply("non-finite", f"{phase} metric {key!r} is {value}")
         out[key] = value
+    missing = [k for k in REQUIRED_METRICS.get(_PHASE_TASKS.get(phase, ""), ()) if k not in out]
+    if missing:
+        raise RejectedReply("bad-metrics",
+                            f"{phase} reply lacks the required metric(s) {', '.join(map(repr, missing))}")
     n = out.get(WEIGHT_KEY)
     if not isinstance(n, int) or not 0 < n <= MAX_EXAMPLES:
         raise RejectedReply("bad-metrics", f"{WEIGHT_KEY!r} must be an integer in [1, {MAX_EXAMPLES}], got {n!r}")

@@ -39,8 +39,8 @@ class WireReply:
     """A decoded device result (the codec has checked framing, version and tensor encoding)."""
 
     correlation_id: str
-    run_id: str
-    server_round: int
+    run_id: str | None  # None: the result carries no 'run' (a device must copy it from the task)
+    server_round: int | None  # None: the result carries no 'round'
     device_id: str
     metrics: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)

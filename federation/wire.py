@@ -23,6 +23,16 @@ from federation.transport import Codec, CodecError, TaskSpec, WireReply
 
 _TASK_TYPES = {"train": protocol.MessageType.TRAIN, "evaluate": protocol.MessageType.EVALUATE}
 
+MEANINGFUL_KEYS: tuple[str, ...] = (protocol.ConfigKey.PROXIMAL_MU, protocol.ConfigKey.CLIPPING_NORM)
+"""Config keys that carry a strategy's meaning: when a task has one, it is listed under ``required``.
+
+Devices ignore unknown config keys by design, so without this a device that does not implement
+FedProx's ``proximal-mu`` would train plain SGD and FedProx would silently run as FedAvg (measured
+before this existed: round 1 of FedProx(μ=1) equalled FedAvg's to 1.2e-7). Keys whose loss already
+fails loudly (``top-p``, ``local-layers``: the reply's arrays no longer match) are not listed, to keep
+task headers small. A strategy can require further keys by setting ``config["required"]`` itself.
+"""
+
 
 class ProtocolCodec(Codec):
     """Encode Flower tasks as protocol-v1 frames and decode device results.
@@ -30,9 +40,9 @@ class ProtocolCodec(Codec):
     Parameters
     ----------
     task_defaults : mapping, optional
-        Config merged under every task's own config (e.g. ``local-steps`` and ``lr``, which the
+        Config merged under every train task's own config (``local-steps`` and ``lr``, which the
         protocol requires for training), so that a stock strategy given no train config still
-        produces valid tasks.
+        produces valid tasks. Evaluate tasks get only what the strategy sets.
     max_bytes : int
         Results larger than this are refused before parsing.
     """
@@ -45,7 +55,13 @@ class ProtocolCodec(Codec):
     def encode_task(self, task: TaskSpec) -> bytes:
         """One task frame; a config the protocol refuses is a server-side mistake and raises."""
         mtype = _TASK_TYPES[task.task_type]
-        config = {**self.task_defaults, **{k: _plain(v) for k, v in task.config.items()}}
+        defaults = self.task_defaults if mtype == protocol.MessageType.TRAIN else {}
+        config = {**defaults, **{k: _plain(v) for k, v in task.config.items()}}
+        required = config.get(protocol.ConfigKey.REQUIRED, [])
+        if isinstance(required, list):  # anything else is refused by the protocol's check below
+            marked = sorted({*map(str, required), *(k for k in MEANINGFUL_KEYS if k in config)})
+            if marked:
+                config[protocol.ConfigKey.REQUIRED] = marked
         tensors = [(k, np.asarray(v, np.float32)) for k, v in task.arrays.items()]
         try:
             _, frame = protocol.encode_task(mtype, config=config, run=task.run_id, server_round=int(task.server_round),
@@ -77,10 +93,10 @@ class ProtocolCodec(Codec):
         error = None
         if not hdr["ok"]:
             error = (str(hdr["error"]["code"]), str(hdr["error"]["reason"]))
-        rnd = hdr.get("round")
-        return WireReply(correlation_id=reply_to, run_id=str(hdr.get("run")), server_round=int(rnd) if rnd is not None
-                         else -1, device_id=str(hdr["device"]), metrics=_metrics(hdr.get("metrics") or {}),
-                         arrays=arrays, error=error)
+        run, rnd = hdr.get("run"), hdr.get("round")
+        return WireReply(correlation_id=reply_to, run_id=run if isinstance(run, str) else None,
+                         server_round=int(rnd) if rnd is not None else None, device_id=str(hdr["device"]),
+                         metrics=_metrics(hdr.get("metrics") or {}), arrays=arrays, error=error)
 
 
 def _metrics(raw: Mapping[str, Any]) -> dict[str, Any]:

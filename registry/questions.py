@@ -72,6 +72,16 @@ def devices_for_model(store: RegistryStore, model: str | URIRef) -> list[dict[st
     return out
 
 
+def sampling_records(store: RegistryStore, fleet: str) -> list[dict[str, Any]]:
+    """``[{"id", "use_case", "ram_bytes"}]`` of every device of `fleet`: what federated sampling reads.
+
+    A value is None when the device's Thing Description did not state it (the coordinator then
+    does not sample the device and says why).
+    """
+    rows = store.select_values(load_query("sampling_records"), {"fleet": Literal(fleet)})
+    return [{"id": r["id"], "use_case": r.get("use_case"), "ram_bytes": r.get("ram")} for r in rows]
+
+
 def _reasons(r: dict[str, Any]) -> list[str]:
     why = []
     ram, need = r.get("ram"), r.get("ram_need")

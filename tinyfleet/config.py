@@ -17,6 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from devices.wire.topics import DEFAULT_FLEET
 from firmware_models.exceptions import TinyFleetError
 
 
@@ -28,12 +29,13 @@ class ConfigError(TinyFleetError):
 
 DEFAULTS: dict[str, Any] = {
     "broker": None,          # mqtt://host:port of an existing broker; None = start a private Mosquitto
-    "fleet": "default",      # fleet name in the MQTT topic tree
+    "fleet": DEFAULT_FLEET,  # fleet name in the MQTT topic tree
     "registry": None,        # path of the embedded registry store; None = user data dir
     "endpoint": None,        # SPARQL query endpoint of a remote registry
     "update_endpoint": None, # SPARQL update endpoint (default: same as endpoint)
     "models": None,          # directory of built models; None = user cache dir
     "username": None,        # MQTT username (the password only from TINYFLEET_PASSWORD)
+    "credentials": None,     # server account JSON (username, password, ca, cert, key) for `broker`
 }
 
 _config_path: Path | None = None
@@ -100,3 +102,23 @@ def effective() -> dict[str, Any]:
             result[key] = {"value": default, "source": "default"}
     return result
 
+
+def mqtt_grid(**options: Any) -> Any:
+    """A `federation.MqttGrid` for the broker, fleet and account of the configuration (file < env < `options`).
+
+    ``broker`` is required; the account is ``credentials`` (a JSON file) if set, else ``username``
+    with the password from ``TINYFLEET_PASSWORD``, else none (an open broker). Other `options`
+    (``use_case``, ``local_steps``, ``lr``, ``allow``, ...) are passed to `MqttGrid` as they are.
+    """
+    from devices.link.address import Credentials
+    from federation import MqttGrid
+
+    broker = setting("broker", options.pop("broker", None))
+    if not broker:
+        raise ConfigError("no broker configured: set broker = \"mqtt://host:port\" in tinyfleet.toml, "
+                          "TINYFLEET_BROKER, or pass broker=...")
+    fleet = setting("fleet", options.pop("fleet", None))
+    credentials = options.pop("credentials", None) or setting("credentials")
+    if credentials is None and setting("username"):
+        credentials = Credentials(setting("username"), os.environ.get("TINYFLEET_PASSWORD"))
+    return MqttGrid(broker, fleet=fleet, credentials=credentials, **options)

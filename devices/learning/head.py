@@ -322,7 +322,8 @@ class MLPHead:
                                     clip_norm=clip_norm)[0])
 
     def sgd_steps(self, feats: np.ndarray, targets: np.ndarray, order: np.ndarray, lr: float, *,
-                  trainable: set[int] | None = None, clip_norm: float | None = None) -> np.ndarray:
+                  trainable: set[int] | None = None, clip_norm: float | None = None, proximal_mu: float = 0.0,
+                  anchor: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """``len(order)`` batch-1 SGD steps, step s on sample ``order[s]``; returns each step's prequential loss.
 
         The one SGD loop (`sgd_step` is this with one sample). Inputs are validated once and
@@ -341,6 +342,13 @@ class MLPHead:
             Sample index of each step (e.g. shuffled passes over the local data).
         lr, trainable, clip_norm
             As in `sgd_step`.
+        proximal_mu : float, default=0.0
+            FedProx's μ (Li et al., 2020): each step descends loss + μ/2·‖w − anchor‖², i.e. adds
+            μ·(w − anchor) to the gradient of every trained array. The clip bounds only the data
+            gradient: the proximal pull is the server's request and is applied as asked.
+        anchor : sequence of np.ndarray, optional
+            The weights the proximal term pulls toward (head.npz layout); default: the weights at
+            the start of this call (the global model a federated round starts from).
 
         Raises
         ------
@@ -351,9 +359,17 @@ class MLPHead:
             raise LearnerInputError(f"learning rate must be a positive number; got {lr!r}")
         if clip_norm is not None and not (np.isfinite(clip_norm) and clip_norm > 0):
             raise LearnerInputError(f"clip_norm must be a positive number or None; got {clip_norm!r}")
+        if isinstance(proximal_mu, bool) or not (np.isfinite(proximal_mu) and proximal_mu >= 0):
+            raise LearnerInputError(f"proximal_mu must be a number >= 0; got {proximal_mu!r}")
         idx = self._layers(trainable)
         f = self._feats(feats, batch=True)
         t = self._targets(np.asarray(targets), len(f))
+        prox: list[np.ndarray] | None = None
+        if proximal_mu > 0:
+            prox = [np.array(w, dtype=self.dtype, copy=True) for w in (self.weights_ if anchor is None else anchor)]
+            if [w.shape for w in prox] != [w.shape for w in self.weights_]:
+                raise LearnerInputError(f"proximal anchor has shapes {[w.shape for w in prox]}, the head "
+                                        f"{[w.shape for w in self.weights_]}")
         steps = np.asarray(order, dtype=np.intp).reshape(-1)
         if steps.size and (int(steps.min()) < 0 or int(steps.max()) >= len(f)):
             raise LearnerInputError(f"step order must index the {len(f)} samples; got {int(steps.min())}.."
@@ -365,7 +381,7 @@ class MLPHead:
         saved = [w.copy() for w in self.weights_]
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected below, once
             for s, i in enumerate(steps.tolist()):
-                losses[s] = self._step(f[i], t[i], lr, idx, clip_norm)
+                losses[s] = self._step(f[i], t[i], lr, idx, clip_norm, prox, float(proximal_mu))
         if not (np.all(np.isfinite(losses)) and all(np.all(np.isfinite(w)) for w in self.weights_)):
             bad = losses[~np.isfinite(losses)]
             self.weights_ = saved
@@ -373,11 +389,13 @@ class MLPHead:
                                     f"{lr} or set clip_norm); weights left unchanged")
         return losses
 
-    def _step(self, a0: np.ndarray, t: np.ndarray, lr: float, idx: list[int], clip_norm: float | None) -> float:
+    def _step(self, a0: np.ndarray, t: np.ndarray, lr: float, idx: list[int], clip_norm: float | None,
+              prox: list[np.ndarray] | None = None, mu: float = 0.0) -> float:
         """One unchecked batch-1 SGD update (validated inputs); the hot loop of every device.
 
         Error vectors are computed top-down with each layer's *old* weights, then that layer is
-        updated, which equals computing all of them first (what `loss_and_grads` does).
+        updated, which equals computing all of them first (what `loss_and_grads` does). The
+        proximal pull ``lr·μ·(w − anchor)`` is taken from the old weights too, before the data step.
         """
         ws = self.weights_
         last = len(ws) // 2 - 1
@@ -411,6 +429,9 @@ class MLPHead:
                     if norm > clip_norm:
                         scale = lr * clip_norm / norm
                 sd = d * scale
+                if prox is not None:
+                    ws[2 * l] -= (lr * mu) * (ws[2 * l] - prox[2 * l])
+                    ws[2 * l + 1] -= (lr * mu) * (ws[2 * l + 1] - prox[2 * l + 1])
                 ws[2 * l] -= a[:, None] * sd
                 ws[2 * l + 1] -= sd
             if d_below is not None:

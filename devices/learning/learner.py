@@ -28,6 +28,7 @@ import numpy as np
 from devices.exceptions import HeadWeightsError, LearnerInputError
 from devices.learning.fit import FLOAT_BYTES, MemoryReport, account, check_fits, measure_backbone_arena, sample_nbytes
 from devices.learning.head import MLPHead
+from devices.wire.keys import MetricKey
 from firmware_models.exceptions import ModelFileError
 from firmware_models.interpreters import TFLiteModel
 from firmware_models.usecases.base import ARTIFACT_BACKBONE, ARTIFACT_CARD, ARTIFACT_HEAD
@@ -172,12 +173,17 @@ class OnlineLearner:
 
     # ------------------------------------------------------------------------------ learning
     def train(self, x: np.ndarray, y: np.ndarray, steps: int, *, lr: float | None = None,
-              layers: set[int] | None = None) -> dict[str, float]:
+              layers: set[int] | None = None, proximal_mu: float = 0.0) -> dict[str, float]:
         """`steps` SGD steps of one sample each, visiting the local data in shuffled passes.
 
-        Returns ``{"loss": mean prequential loss over the steps, "num-examples": steps,
-        "loss-last": mean over the last pass (min(steps, n) steps), "duration-s": wall time}``.
-        `layers` restricts the update to those head layers (0-based); None trains all.
+        Returns the wire protocol's train metrics (`devices.wire.keys.MetricKey`, one vocabulary for
+        the learner, every device and the server): ``{"train-loss": mean prequential loss over the
+        steps, "num-examples": steps, "train-loss-last": mean over the last pass (min(steps, n)
+        steps), "train-seconds": wall time}``. `layers` restricts the update to those head layers
+        (0-based); None trains all.
+        `proximal_mu` > 0 adds FedProx's proximal term μ/2·‖w − w_start‖² to every step's loss,
+        where w_start is the head at the start of this call (the round's global model); the
+        reported losses stay the data loss, as in Flower's FedProx clients.
         """
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise LearnerInputError(f"steps must be a positive integer; got {steps!r}")
@@ -188,27 +194,33 @@ class OnlineLearner:
         # one call for all steps: inputs validated and finiteness checked once (a diverged call
         # leaves the head as it was before it), not per step, which is what makes 50,000 steps cheap
         losses = self.head.sgd_steps(feats, y_arr, order[:int(steps)], rate, trainable=layers,
-                                     clip_norm=self.clip_norm)
+                                     clip_norm=self.clip_norm, proximal_mu=proximal_mu)
         self.samples_seen_ += int(steps)
         self.last_loss_ = float(losses[-1])
         tail = losses[-min(len(feats), int(steps)):]
-        return {"loss": float(losses.mean()), "num-examples": int(steps), "loss-last": float(tail.mean()),
-                "duration-s": time.perf_counter() - t0}
+        return {MetricKey.TRAIN_LOSS: float(losses.mean()), MetricKey.NUM_EXAMPLES: int(steps),
+                MetricKey.TRAIN_LOSS_LAST: float(tail.mean()), MetricKey.TRAIN_SECONDS: time.perf_counter() - t0}
 
     def adapt(self, x_shots: np.ndarray, y_shots: np.ndarray, steps: int, *, lr: float | None = None,
               layers: set[int] | None = None) -> dict[str, float]:
-        """Few-shot fine-tuning of a new device: `train` on the shots, reporting their loss before and after."""
-        before = self.evaluate(x_shots, y_shots)["loss"]
+        """Few-shot fine-tuning of a new device: `train` on the shots, reporting their loss before and after.
+
+        Returns `train`'s metrics with ``num-examples`` = the number of shots, plus ``shots``,
+        ``loss-before`` and ``loss-after`` (mean loss on the shots).
+        """
+        before = self.evaluate(x_shots, y_shots)[MetricKey.LOSS]
         out = self.train(x_shots, y_shots, steps, lr=lr, layers=layers)
-        after = self.evaluate(x_shots, y_shots)["loss"]
-        out.update({"shots": int(len(np.asarray(y_shots))), "loss-before": before, "loss-after": after})
+        after = self.evaluate(x_shots, y_shots)[MetricKey.LOSS]
+        shots = int(len(np.asarray(y_shots)))
+        out.update({MetricKey.NUM_EXAMPLES: shots, MetricKey.SHOTS: shots, MetricKey.LOSS_BEFORE: before,
+                    MetricKey.LOSS_AFTER: after})
         return out
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """``{"loss", "mse" or "accuracy", "num-examples"}`` on the given samples (no update)."""
         feats, y_arr = self._pairs(x, y)
         out: dict[str, float] = dict(self.head.evaluate(feats, y_arr))
-        out["num-examples"] = int(len(feats))
+        out[MetricKey.NUM_EXAMPLES] = int(len(feats))
         return out
 
     def stream(self, samples: Iterable[tuple[np.ndarray, Any]], *, lr: float | None = None,

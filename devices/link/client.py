@@ -30,6 +30,12 @@ from devices.link.address import BrokerAddress, Credentials
 
 log = logging.getLogger("tinyfleet.devices")
 
+SESSION_TAKEN_OVER = 0x8E
+"""MQTT v5 DISCONNECT reason code: another client connected with this client id."""
+
+TAKEOVER_WINDOW_S = 10.0
+"""A connection the broker closes this soon after accepting it counts toward a takeover (> paho's 8 s reconnect cap)."""
+
 MessageHandler = Callable[[str, bytes], None]
 """Called on the network thread with (topic, payload) for every message received."""
 
@@ -95,6 +101,14 @@ class MqttClient:
         Set while connected (and subscribed); cleared on a lost connection until paho reconnects.
     disconnected_at : float or None
         `time.monotonic()` of the last lost connection, None while connected.
+    taken_over : bool
+        True once another client has connected with this client id (a secured tinyfleet broker
+        makes it the user name, so: another process with the same account). The client then stays
+        disconnected instead of reconnecting and throwing the other one out. Recognised by an MQTT v5
+        "Session taken over" DISCONNECT, or, because Mosquitto 2.0 closes the old connection without
+        saying why, by two connections in a row that the broker closed within `TAKEOVER_WINDOW_S` of
+        accepting them, with no failed connection attempt in between (a restarting broker refuses
+        some attempts; a competing client never does).
     """
 
     def __init__(self, address: BrokerAddress, credentials: Credentials | None = None, *, client_id: str,
@@ -107,6 +121,10 @@ class MqttClient:
         self.keepalive = keepalive
         self.connected = threading.Event()
         self.disconnected_at: float | None = None
+        self.max_packet_size: int | None = None  # the broker's Maximum Packet Size (CONNACK), if it states one
+        self.taken_over = False
+        self._connected_at: float | None = None
+        self._short_losses = 0
         self._ready = threading.Event()
         self._refused: str | None = None
         self._pending_subscribe: int | None = None
@@ -117,6 +135,7 @@ class MqttClient:
         self._client.on_subscribe = self._handle_subscribe
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_connect_fail = self._handle_connect_fail
         self._client.reconnect_delay_set(min_delay=1, max_delay=8)
 
     def connect(self, *, timeout: float = 10.0) -> MqttClient:
@@ -166,9 +185,12 @@ class MqttClient:
         if reason.is_failure:
             # a refusal (bad password, not authorized) is final: wake connect() at once with the reason
             self._refused = refusal_message(self.address, reason)
+            self._short_losses = 0
             self._ready.set()
             return
+        self._connected_at = time.monotonic()
         set_nodelay(client)
+        self.max_packet_size = getattr(props, "MaximumPacketSize", None) if props is not None else None
         if self.subscriptions:
             rc, mid = client.subscribe([(s, 1) for s in self.subscriptions])
             self._pending_subscribe = mid if rc == mqtt.MQTT_ERR_SUCCESS else None
@@ -184,7 +206,25 @@ class MqttClient:
         self.connected.set()
         self._ready.set()
 
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._short_losses = 0  # the broker refused an attempt: a restart, not a competing client
+
     def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        now = time.monotonic()
+        short = self._connected_at is not None and now - self._connected_at < TAKEOVER_WINDOW_S
+        self._connected_at = None
+        self._short_losses = self._short_losses + 1 if short and not self._closing else 0
+        if not self._closing and (getattr(reason, "value", None) == SESSION_TAKEN_OVER or self._short_losses >= 2):
+            # Reconnecting would take the session back and throw the other client out, which
+            # reconnects in turn: two processes sharing an account disconnect each other forever.
+            # Stay out instead and let the owner report it (`taken_over`).
+            self.taken_over = True
+            self.disconnected_at = now
+            self.connected.clear()
+            log.error("%s: another client keeps connecting to %s with the same client id; this one stays "
+                      "disconnected", self.client_id, self.address.url)
+            client.loop_stop()  # from the network thread: ends paho's reconnect loop without joining itself
+            return
         if self.connected.is_set() and not self._closing:
             self.disconnected_at = time.monotonic()
             log.warning("%s: lost the connection to %s (%s); reconnecting", self.client_id, self.address.url, reason)

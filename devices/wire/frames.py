@@ -235,13 +235,18 @@ _CONFIG_RULES: dict[str, dict[str, tuple[str, bool]]] = {
     # key: (rule, required)
     MessageType.TRAIN: {ConfigKey.SERVER_ROUND: ("int>=0", False), ConfigKey.LOCAL_STEPS: ("int>=1", True),
                         ConfigKey.LR: ("num>0", True), ConfigKey.TOP_P: ("fraction", False),
-                        ConfigKey.LOCAL_LAYERS: ("int-list", False), ConfigKey.RECONSTRUCT_STEPS: ("int>=0", False)},
-    MessageType.EVALUATE: {ConfigKey.SERVER_ROUND: ("int>=0", False)},
+                        ConfigKey.LOCAL_LAYERS: ("int-list", False), ConfigKey.RECONSTRUCT_STEPS: ("int>=0", False),
+                        ConfigKey.SEED: ("seed", False), ConfigKey.PROXIMAL_MU: ("num>=0", False),
+                        ConfigKey.CLIPPING_NORM: ("num>0", False), ConfigKey.REQUIRED: ("key-list", False)},
+    MessageType.EVALUATE: {ConfigKey.SERVER_ROUND: ("int>=0", False), ConfigKey.SEED: ("seed", False),
+                           ConfigKey.LOCAL_LAYERS: ("int-list", False), ConfigKey.REQUIRED: ("key-list", False)},
     MessageType.ADAPT: {ConfigKey.SHOTS: ("int>=1", True), ConfigKey.STEPS: ("int>=0", True),
-                        ConfigKey.LR: ("num>0", False), ConfigKey.SERVER_ROUND: ("int>=0", False)},
+                        ConfigKey.LR: ("num>0", False), ConfigKey.SERVER_ROUND: ("int>=0", False),
+                        ConfigKey.REQUIRED: ("key-list", False)},
     MessageType.DEPLOY: {ConfigKey.ARTIFACT: ("artifact", True), ConfigKey.SHA256: ("sha256", True),
                          ConfigKey.SIZE: ("int>=1", True), ConfigKey.CHUNK_INDEX: ("int>=0", True),
-                         ConfigKey.CHUNK_COUNT: ("int>=1", True), ConfigKey.ARENA_BYTES: ("int>=0", False)},
+                         ConfigKey.CHUNK_COUNT: ("int>=1", True), ConfigKey.ARENA_BYTES: ("int>=0", False),
+                         ConfigKey.REQUIRED: ("key-list", False)},
 }
 MAX_STEPS = 100_000
 ARTIFACTS = ("backbone.tflite", "model.tflite")
@@ -260,6 +265,10 @@ def check_config(mtype: str, config: Mapping[str, Any], *, request_id: str | Non
             "int>=0": lambda x: is_int(x, 0) and x <= MAX_STEPS * 1000,
             "int>=1": lambda x: is_int(x, 1) and x <= 1 << 40,
             "num>0": lambda x: is_number(x) and 0 < x <= 1e3,
+            "num>=0": lambda x: is_number(x) and 0 <= x <= 1e3,
+            "seed": lambda x: is_int(x, 0) and x < 1 << 63,
+            "key-list": lambda x: isinstance(x, list) and len(x) <= 64 and all(
+                isinstance(k, str) and 0 < len(k) <= 64 for k in x),
             "fraction": lambda x: is_number(x) and 0 < x <= 1,
             "int-list": lambda x: isinstance(x, list) and len(x) <= 64 and all(is_int(i, 0) for i in x),
             "artifact": lambda x: x in ARTIFACTS,
@@ -275,6 +284,25 @@ def check_config(mtype: str, config: Mapping[str, Any], *, request_id: str | Non
     if mtype == MessageType.DEPLOY and config[ConfigKey.CHUNK_INDEX] >= config[ConfigKey.CHUNK_COUNT]:
         raise ProtocolError(f"{mtype}: chunk-index {config[ConfigKey.CHUNK_INDEX]} is not below chunk-count "
                             f"{config[ConfigKey.CHUNK_COUNT]}", code=ErrorCode.BAD_CONFIG, request_id=request_id)
+
+
+def implemented_config(mtype: str) -> frozenset[str]:
+    """The config keys this implementation understands for task type `mtype` (every key it checks)."""
+    return frozenset(_CONFIG_RULES.get(mtype, {}))
+
+
+def unsupported_required(mtype: str, config: Mapping[str, Any], *,
+                         implemented: frozenset[str] | None = None) -> list[str]:
+    """Keys the task lists under ``required`` that the device does not implement (sorted, empty if none).
+
+    Why: unknown config keys are ignored by design (Flower strategies add keys of their own), so a
+    strategy whose meaning lives in a key (FedProx's ``proximal-mu``) would otherwise silently run
+    as another strategy on a device that does not know the key. The server lists such keys under
+    ``required``; a device answers ``unsupported-config`` instead of training something else.
+    """
+    listed = config.get(ConfigKey.REQUIRED) or []
+    known = implemented_config(mtype) if implemented is None else implemented
+    return sorted({str(k) for k in listed} - known)
 
 
 def is_int(x: Any, lo: int) -> bool:

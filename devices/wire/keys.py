@@ -49,18 +49,62 @@ class ConfigKey(_Constants):
     CHUNK_INDEX = "chunk-index"
     CHUNK_COUNT = "chunk-count"
     ARENA_BYTES = "arena-bytes"
+    PROXIMAL_MU = "proximal-mu"
+    """FedProx's μ: train on loss + μ/2·‖w − w_task‖² (the key Flower's `FedProx` sets)."""
+    CLIPPING_NORM = "clipping_norm"
+    """Clip the update φ − θ to this L2 norm before replying (the key, spelled as Flower spells it, of the
+    client-side differential-privacy clipping wrappers and `fixedclipping_mod`/`adaptiveclipping_mod`)."""
+    REQUIRED = "required"
+    """Config keys the device must implement; one it does not implement makes it answer ``unsupported-config``."""
 
 
 class MetricKey(_Constants):
-    """Keys of a result's ``metrics`` object."""
+    """Keys of a result's ``metrics`` object: the one metric vocabulary of every tinyfleet device.
+
+    The Python agent, the C agent and ``examples/minimal_device.py`` use exactly these names, and
+    `devices.learning.learner.OnlineLearner` returns them, so a mixed fleet never loses a metric
+    to differing spellings (the Grid keeps only keys every reply of a phase has).
+    """
 
     NUM_EXAMPLES = "num-examples"
+    """Integer >= 1. train: SGD samples processed (local-steps x batch 1, repeats counted);
+    evaluate: held-out samples scored; adapt: shots used. FedAvg weights by it."""
     TRAIN_LOSS = "train-loss"
-    LOSS = "loss"
-    ACCURACY = "accuracy"
-    LOSS_BEFORE = "loss-before"
-    LOSS_AFTER = "loss-after"
+    """train/adapt: mean prequential loss over the local steps (each sample scored before it is learnt)."""
+    TRAIN_LOSS_LAST = "train-loss-last"
+    """train: mean prequential loss over the last pass, min(local-steps, n_train) steps."""
     TRAIN_SECONDS = "train-seconds"
+    """train: wall time of the local SGD steps, seconds."""
+    RECONSTRUCT_LOSS = "reconstruct-loss"
+    """train with local-layers and reconstruct-steps > 0: mean loss of the local-layer re-fit."""
+    TOP_P = "top-p"
+    """train with top-p: the fraction the device applied (echo of the config)."""
+    LOSS = "loss"
+    """evaluate/adapt: mean loss on the device's held-out samples (MSE or cross-entropy)."""
+    MSE = "mse"
+    """evaluate/adapt, regression use cases: mean squared error on the held-out samples."""
+    ACCURACY = "accuracy"
+    """evaluate/adapt, classification use cases: fraction of held-out samples classified right."""
+    LOSS_BEFORE = "loss-before"
+    """adapt: mean loss on the shots before the adaptation steps."""
+    LOSS_AFTER = "loss-after"
+    """adapt: mean loss on the shots after the adaptation steps."""
+    SHOTS = "shots"
+    """adapt: number of shots used (echo of the config)."""
+    BYTES = "bytes"
+    """deploy: size of the installed file."""
+    NORM_BIT = "norm_bit"
+    """1 if the update was clipped to ``clipping_norm``, else 0 (Flower's adaptive clipping counts these)."""
+
+
+REQUIRED_METRICS: dict[str, tuple[str, ...]] = {
+    MessageType.TRAIN: (MetricKey.NUM_EXAMPLES, MetricKey.TRAIN_LOSS),
+    MessageType.EVALUATE: (MetricKey.NUM_EXAMPLES, MetricKey.LOSS),
+    MessageType.ADAPT: (MetricKey.NUM_EXAMPLES, MetricKey.LOSS_BEFORE, MetricKey.LOSS_AFTER),
+    MessageType.DEPLOY: (),
+}
+"""Metrics an ``ok`` result must carry, per task type (the result schema and the Grid require them)."""
+METRIC_KEYS = tuple(v for k, v in vars(MetricKey).items() if k.isupper())
 
 
 class ErrorCode(_Constants):
@@ -77,6 +121,7 @@ class ErrorCode(_Constants):
     SHA_MISMATCH = "sha-mismatch"
     SELF_TEST_FAILED = "self-test-failed"
     DOES_NOT_FIT = "does-not-fit"
+    UNSUPPORTED_CONFIG = "unsupported-config"
     INTERNAL = "internal"
 
 
@@ -84,10 +129,19 @@ ERROR_CODES = tuple(v for k, v in vars(ErrorCode).items() if k.isupper())
 
 
 class Encoding(_Constants):
-    """How a result's update tensors travel (the result header's ``encoding``)."""
+    """How the Grid reads a train reply's tensors (decided by the task's ``top-p``, not by the reply)."""
 
     DENSE = "dense"
     TOP_P = "top-p"
+
+
+class ReplyEncoding(_Constants):
+    """The result header's ``encoding`` of a train or adapt reply."""
+
+    WEIGHTS = "weights"
+    """Dense tensors holding the trained weights phi."""
+    DELTA = "delta"
+    """Sparse tensors holding the Top-P entries of phi - theta (the task set ``top-p``)."""
 
 
 SPARSE_INDEX_SUFFIX = ".idx"

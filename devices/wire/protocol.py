@@ -43,15 +43,19 @@ from devices.wire.frames import (
     decode_frame,
     encode_frame,
     frame_header,
+    implemented_config,
     is_int,
     request_id,
     sparse_index_dtype,
     sparse_nbytes,
+    unsupported_required,
 )
 from devices.wire.keys import (
     ERROR_CODES,
     FRAME_TYPES,
+    METRIC_KEYS,
     PROTOCOL_VERSION,
+    REQUIRED_METRICS,
     SPARSE_INDEX_SUFFIX,
     SPARSE_VALUE_SUFFIX,
     TASK_TYPES,
@@ -60,17 +64,20 @@ from devices.wire.keys import (
     ErrorCode,
     MessageType,
     MetricKey,
+    ReplyEncoding,
 )
 from firmware_models.head_format import weight_names
 
 __all__ = [
-    "ALIGN", "ARTIFACTS", "SPARSE_INDEX_SUFFIX", "SPARSE_VALUE_SUFFIX", "Encoding", "DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_FRAME_BYTES", "DTYPES", "ERROR_CODES", "FRAME_TYPES",
-    "INDEX_DTYPES", "MAX_HEADER_BYTES", "MAX_STEPS", "PROTOCOL_VERSION", "SCHEMA_DIR", "TASK_TYPES",
-    "UINT16_MAX_ENTRIES", "ConfigKey", "ErrorCode", "Frame", "MessageType", "MetricKey", "SparseTensor", "Tensor",
+    "ALIGN", "ARTIFACTS", "ConfigKey", "DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_FRAME_BYTES", "DTYPES", "ERROR_CODES",
+    "Encoding", "ErrorCode", "FRAME_TYPES", "Frame", "INDEX_DTYPES", "MAX_HEADER_BYTES", "MAX_STEPS", "METRIC_KEYS",
+    "MessageType", "MetricKey", "PROTOCOL_VERSION", "REQUIRED_METRICS", "ReplyEncoding", "SCHEMA_DIR",
+    "SPARSE_INDEX_SUFFIX", "SPARSE_VALUE_SUFFIX", "SparseTensor", "TASK_TYPES", "Tensor", "UINT16_MAX_ENTRIES",
     "check_config", "check_finite", "check_header", "decode_frame", "decode_json_document", "decode_result",
-    "encode_deploy", "encode_frame", "encode_result", "encode_task", "frame_header", "load_schema", "new_id",
+    "encode_deploy", "encode_frame", "encode_result", "encode_task", "frame_header", "implemented_config",
+    "load_schema", "new_id",
     "presence_payload", "request_id", "sha256_hex", "sparse_index_dtype", "sparse_nbytes", "telemetry_payload",
-    "weight_names",
+    "unsupported_required", "weight_names",
 ]
 
 DEFAULT_CHUNK_BYTES = 48 * 1024
@@ -114,23 +121,32 @@ def encode_result(request: Mapping[str, Any] | None, *, device: str, metrics: Ma
     """Build the reply to `request` (its header, or None if it was unreadable).
 
     ``ok`` is false exactly when `error` = (code, reason) is given; ``reply-to``, ``run``, ``round``
-    and ``task`` are copied from the request so the server can route the reply without state.
+    and ``task`` are copied from the request so the server can route the reply without state. ``run``
+    and ``round`` are always present (null when the task had none): the coordinator rejects a
+    reply without them, so the result schema requires them. Integer metrics (``num-examples``)
+    stay JSON integers; everything else travels as a float.
     """
     req = dict(request or {})
     header: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": MessageType.RESULT, "id": new_id(),
                               "reply-to": request_id(req), "device": device,
                               "task": req.get("type") if req.get("type") in TASK_TYPES else None,
+                              "run": req.get("run") if isinstance(req.get("run"), str) else None,
+                              "round": req.get("round") if is_int(req.get("round"), 0) else None,
                               "ts": round(time.time(), 3), "ok": error is None,
-                              "metrics": {k: float(v) for k, v in (metrics or {}).items()}}
-    for key in ("run", "round"):
-        if key in req and (isinstance(req[key], str) or is_int(req[key], 0)):
-            header[key] = req[key]
+                              "metrics": {k: _metric_value(v) for k, v in (metrics or {}).items()}}
     if error is not None:
         code, reason = error
         header["error"] = {"code": code, "reason": reason[:500]}
     if extra:
         header.update(extra)
     return encode_frame(header, tensors)
+
+
+def _metric_value(value: Any) -> int | float:
+    """A metric as it travels: integers (Python or numpy) stay integers, other numbers become floats."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    return float(value)
 
 
 def decode_result(payload: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Frame:

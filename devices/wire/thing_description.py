@@ -7,6 +7,16 @@ is only ``mqtt://host:port`` (no topic in the URL), ``mqv:topic`` names the topi
 ``mqv:filter`` the topic to subscribe to; ``readproperty`` appears only for retained values.
 Board facts (RAM, flash, MCU, clock, sensors) use tinyfleet terms (`TINYFLEET_NS`) because the TD
 vocabulary has none.
+
+The terms the tools read (docs/protocol.md §9 has the full table):
+
+* ``tinyfleet:useCase`` and ``tinyfleet:board`` → ``tinyfleet:ramBytes``: the coordinator samples a
+  device only if they declare the run's use case and the RAM to train its model on the device
+  (`federation.selection`); the registry ingests them (``tf:useCase``, ``tf:ramBytes``).
+* ``tinyfleet:board`` → ``tinyfleet:flashBytes``, ``tinyfleet:name``, ``tinyfleet:title``,
+  ``tinyfleet:mcu``, ``tinyfleet:cpu``, ``tinyfleet:clockHz``; ``tinyfleet:sensors``;
+  ``tinyfleet:modelSha256``; ``tinyfleet:fleet``: registry matchmaking and `tinyfleet devices list|show`.
+* ``tinyfleet:protocolVersion``: `tinyfleet devices conformance`.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ from devices.exceptions import DeviceIdError
 
 ROOT = "tinyfleet/v1"
 """Versioned root: a v2 protocol gets a new subtree, so old and new fleets can share a broker."""
+DEFAULT_FLEET = "default"
+"""The fleet every command uses when none is given (one name everywhere: run, simulate, enroll, federate)."""
 
 Kind = Literal["td", "presence", "telemetry", "task", "result"]
 KINDS: tuple[Kind, ...] = ("td", "presence", "telemetry", "task", "result")
@@ -28,20 +30,21 @@ BRIDGED_KINDS: frozenset[str] = frozenset({"td", "presence", "telemetry"})
 results stay on their site (they cross sites only through the federation's own levels)."""
 DEVICE_READS: frozenset[str] = frozenset({"task"})
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def check_name(value: str, *, what: str = "device id") -> str:
     """Return `value` if it can be one topic level (and an MQTT client id / user name).
 
-    Why so strict: ``/`` would let a device escape its subtree through Mosquitto's ``%u`` ACL
-    substitution, ``+`` and ``#`` are wildcards, and ``$`` starts broker-internal topics.
-    Allowed: 1-64 characters from ``A-Z a-z 0-9 . _ : -``, starting with a letter or digit.
+    Why so strict: ``/`` would open another topic level, ``+`` and ``#`` are wildcards, ``$``
+    starts broker-internal topics, and ``:`` separates user and hash in Mosquitto's password file
+    (a device id is also its MQTT user name, so one rule serves topics, client ids and accounts).
+    Allowed: 1-64 characters from ``A-Z a-z 0-9 . _ -``, starting with a letter or digit.
     """
     if not isinstance(value, str) or not _NAME.match(value):
         raise DeviceIdError(
-            f"invalid {what} {value!r}: use 1-64 characters from A-Z a-z 0-9 . _ : - "
-            "(no '/', '+', '#', spaces), starting with a letter or digit")
+            f"invalid {what} {value!r}: use 1-64 characters from A-Z a-z 0-9 . _ - "
+            "(no '/', '+', '#', ':', spaces), starting with a letter or digit")
     return value
 
 
@@ -87,14 +90,25 @@ def parse_topic(topic: str) -> DeviceTopic:
     return DeviceTopic(parts[2], parts[3], parts[4])  # type: ignore[arg-type]
 
 
-def acl_lines(fleet: str, *, server_user: str = "fleet-server") -> list[str]:
-    """Mosquitto ACL lines that enforce the tree: devices write their own td/presence/telemetry/result
-    and read only their own task topic; `server_user` reads and writes the whole fleet.
+def device_acl_lines(fleet: str, device_id: str) -> list[str]:
+    """The Mosquitto ACL lines of one device account: explicit topics, no ``%u`` patterns.
 
-    ``%u`` is the authenticated user name, which must equal the device id (client id == user name).
+    The device may write its own td/presence/telemetry/result and read its own task topic, nothing
+    else. Why explicit topics: Mosquitto 2.0.x substitutes ``%u`` across topic levels, so a pattern
+    would trust the user name's characters; an explicit line trusts nothing (`broker.acl` writes
+    these lines for every enrolled device, and docs/protocol.md shows them).
     """
-    check_name(fleet, what="fleet name")
-    lines = [f"user {server_user}", f"topic readwrite {ROOT}/{fleet}/#", ""]
-    lines += [f"pattern write {ROOT}/{fleet}/%u/{k}" for k in sorted(DEVICE_WRITES)]
-    lines += [f"pattern read {ROOT}/{fleet}/%u/{k}" for k in sorted(DEVICE_READS)]
-    return lines
+    base = f"{ROOT}/{check_name(fleet, what='fleet name')}/{check_name(device_id)}"
+    return ([f"user {device_id}"] + [f"topic write {base}/{k}" for k in sorted(DEVICE_WRITES)]
+            + [f"topic read {base}/{k}" for k in sorted(DEVICE_READS)])
+
+
+def bridge_acl_lines(fleet: str, user: str) -> list[str]:
+    """The ACL lines of a bridge account (a site broker on a central one): write `BRIDGED_KINDS` of the fleet only."""
+    base = f"{ROOT}/{check_name(fleet, what='fleet name')}/+"
+    return [f"user {user}"] + [f"topic write {base}/{k}" for k in sorted(BRIDGED_KINDS)]
+
+
+def server_acl_lines(user: str) -> list[str]:
+    """The ACL lines of a server account (coordinator, registry listener, CLI): every fleet, both ways."""
+    return [f"user {user}", f"topic readwrite {ROOT}/#"]

@@ -35,14 +35,13 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.exception import InconsistentMessageReplies
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
 
 from devices.wire.protocol import ConfigKey, MetricKey
 from federation import flower_compat
 from federation.exceptions import FederationError, QuorumError
 from federation.grid import FleetGrid
-from federation.hierarchy.settings import HierarchyConfig, SiteConfig, metric_number
-from federation.strategies.registry import build_strategy
+from federation.hierarchy.settings import HierarchyConfig, SiteConfig, level_strategy, metric_number
 from firmware_models.exceptions import TinyFleetError
 
 log = logging.getLogger(__name__)
@@ -89,15 +88,9 @@ def _serve(msg: Message, context: Context, phase: str) -> Message:
         return Message(Error(ERR_GATEWAY, f"{site_name}: {exc}"), reply_to=msg)
 
 
-def site_strategy(settings: HierarchyConfig) -> FedAvg:
+def site_strategy(settings: HierarchyConfig) -> Strategy:
     """The run's strategy class as a site aggregator: ε fixed at 1, the run's sampling fraction."""
-    cfg = settings.run
-    params = dict(cfg.strategy_params)
-    if cfg.strategy != "fedavg":
-        params.setdefault("local_steps", cfg.local_steps)
-        params.setdefault("local_lr", cfg.lr)
-        params.update(epsilon=1.0, epsilon_floor=1.0, serial=False)
-    return build_strategy(cfg.strategy, params, num_rounds=cfg.rounds)
+    return level_strategy(settings.run, epsilon=1.0, epsilon_floor=1.0, serial=False)
 
 
 class Gateway:
@@ -146,7 +139,7 @@ class Gateway:
         return content
 
     # -- phases ------------------------------------------------------------------------------------
-    def _train(self, grid: FleetGrid, strategy: FedAvg, rnd: int, theta: ArrayRecord) -> RecordDict:
+    def _train(self, grid: FleetGrid, strategy: Strategy, rnd: int, theta: ArrayRecord) -> RecordDict:
         cfg = self.settings.run
         train_cfg = ConfigRecord({ConfigKey.LOCAL_STEPS: cfg.local_steps, ConfigKey.LR: cfg.lr,
                                   ConfigKey.SEED: cfg.seed})
@@ -163,7 +156,7 @@ class Gateway:
         out[MetricKey.NUM_EXAMPLES] = _total_examples(valid)
         return RecordDict({"arrays": arrays, "metrics": out})
 
-    def _evaluate(self, grid: FleetGrid, strategy: FedAvg, rnd: int, theta: ArrayRecord | None) -> RecordDict:
+    def _evaluate(self, grid: FleetGrid, strategy: Strategy, rnd: int, theta: ArrayRecord | None) -> RecordDict:
         cfg = self.settings.run
         with _seeded(self._seed(rnd, "evaluate")):
             messages = list(strategy.configure_evaluate(rnd, theta or ArrayRecord(),

@@ -31,7 +31,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import InconsistentMessageReplies
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
 
 from devices.wire.protocol import ConfigKey, MetricKey
 from federation.checkpoint import load_checkpoint, save_checkpoint
@@ -46,8 +46,7 @@ from federation.coordinator import (
 )
 from federation.exceptions import QuorumError
 from federation.hierarchy.gateway import SITE_METRICS, TIMING_METRICS
-from federation.hierarchy.settings import HierarchyConfig, metric_number
-from federation.strategies.registry import build_strategy
+from federation.hierarchy.settings import HierarchyConfig, level_strategy, metric_number
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +96,9 @@ def load_initial(run_dir: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def top_strategy(cfg: RunConfig) -> FedAvg:
+def top_strategy(cfg: RunConfig) -> Strategy:
     """The run's strategy with its own ε schedule, sampling every gateway each round."""
-    params = dict(cfg.strategy_params)
-    if cfg.strategy != "fedavg":
-        params.setdefault("local_steps", cfg.local_steps)
-        params.setdefault("local_lr", cfg.lr)
-        params["serial"] = False
-    params["fraction_train"] = 1.0
-    return build_strategy(cfg.strategy, params, num_rounds=cfg.rounds)
+    return level_strategy(cfg, serial=False, fraction_train=1.0)
 
 
 def payload_bytes(messages: Iterable[Message]) -> int:

@@ -19,10 +19,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from federation.coordinator import RunConfig
+from flwr.serverapp.strategy import Strategy
+
+from federation.coordinator import RunConfig, strategy_defaults
 from federation.exceptions import FederationError
 
 MODES = ("sync", "async")
+HIERARCHICAL_STRATEGIES = ("reptile", "fedavg")
+"""Strategies whose per-site aggregate composes into the flat update (a mean of means, weighted or not)."""
 STALENESS = ("polynomial", "constant", "hinge")
 
 RUN_DIR_KEY, SETTINGS_KEY = "run-dir", "settings"
@@ -157,3 +161,17 @@ def metric_number(record: Mapping[str, object], key: str) -> float:
     """A scalar metric of a Flower record as float (0 when absent or a list)."""
     value = record.get(key, 0)
     return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def level_strategy(cfg: RunConfig, **overrides: Any) -> Strategy:
+    """The run's strategy with `overrides` applied where its constructor takes them.
+
+    Both levels build their strategy here: a gateway with ``epsilon=1`` (its aggregate is the
+    group's mean adapted head), the top level with ``fraction_train=1`` (every gateway, every round).
+    """
+    from federation.strategies.registry import build_strategy, resolve_strategy, strategy_parameters
+
+    accepted = strategy_parameters(resolve_strategy(cfg.strategy))
+    params = dict(cfg.strategy_params)
+    params.update({k: v for k, v in overrides.items() if k in accepted})
+    return build_strategy(cfg.strategy, params, num_rounds=cfg.rounds, defaults=strategy_defaults(cfg))

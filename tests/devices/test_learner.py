@@ -91,7 +91,7 @@ def test_train_adapt_evaluate_on_backbone_features(model_dir: Path) -> None:
     backbone_before = learner.backbone.model_bytes  # type: ignore[union-attr]
     out = learner.train(x, y, 300)
     after = learner.evaluate(x_test, y_test)
-    assert out["num-examples"] == 300 and out["loss-last"] < out["loss"]
+    assert out["num-examples"] == 300 and out["train-loss-last"] < out["train-loss"]
     assert after["loss"] < 0.7 * before["loss"], (before, after)
     assert after["accuracy"] >= 0.9
     assert after["num-examples"] == 60
@@ -100,7 +100,7 @@ def test_train_adapt_evaluate_on_backbone_features(model_dir: Path) -> None:
 
     fresh = OnlineLearner.from_artifacts(model_dir, kind="classification", lr=0.05)
     shots = fresh.adapt(x[:9], y[:9], 45)
-    assert shots["shots"] == 9 and shots["loss-after"] < shots["loss-before"]
+    assert shots["shots"] == shots["num-examples"] == 9 and shots["loss-after"] < shots["loss-before"]
 
 
 def test_train_only_some_layers(model_dir: Path) -> None:

@@ -14,7 +14,7 @@ from devices.exceptions import DeviceIdError, ProtocolError, UnknownBoardError
 from devices.wire import protocol as p
 from devices.wire.protocol import ConfigKey, ErrorCode, MessageType, SparseTensor
 from devices.wire.thing_description import thing_description
-from devices.wire.topics import acl_lines, check_name, device_topic, fleet_filter, parse_topic
+from devices.wire.topics import check_name, device_acl_lines, device_topic, fleet_filter, parse_topic
 
 TRAIN_CFG = {ConfigKey.LOCAL_STEPS: 5, ConfigKey.LR: 0.01, ConfigKey.SERVER_ROUND: 3}
 
@@ -54,7 +54,7 @@ def test_train_task_is_binary_little_endian_with_aligned_offsets_and_valid_schem
 def test_sparse_result_round_trip_and_schema() -> None:
     sp = SparseTensor(np.array([5, 0, 7], np.uint32), np.array([1.5, -2.0, 3.0], np.float32), (2, 4))
     reply = p.encode_result({"v": 1, "type": MessageType.TRAIN, "id": "req-1", "run": "r", "round": 2},
-                            device="dev-1", metrics={"num-examples": 4}, tensors=[("w0", sp)],
+                            device="dev-1", metrics={"num-examples": 4, "train-loss": 0.5}, tensors=[("w0", sp)],
                             extra={"encoding": "delta"})
     frame = p.decode_result(reply)
     validator("result").validate(frame.header)
@@ -178,12 +178,16 @@ def test_topics_round_trip_and_filters() -> None:
     parsed = parse_topic(t)
     assert (parsed.fleet, parsed.device_id, parsed.kind) == ("fleet-a", "dev-01", "task")
     assert fleet_filter("fleet-a", "result") == "tinyfleet/v1/fleet-a/+/result"
-    assert "pattern read tinyfleet/v1/fleet-a/%u/task" in acl_lines("fleet-a")
+    assert device_acl_lines("fleet-a", "dev-01") == [
+        "user dev-01", "topic write tinyfleet/v1/fleet-a/dev-01/presence",
+        "topic write tinyfleet/v1/fleet-a/dev-01/result",
+        "topic write tinyfleet/v1/fleet-a/dev-01/td", "topic write tinyfleet/v1/fleet-a/dev-01/telemetry",
+        "topic read tinyfleet/v1/fleet-a/dev-01/task"]
     with pytest.raises(ValueError, match="Invalid topic: "):
         parse_topic("tinyfleet/v1/fleet-a/dev-01/secrets")
 
 
-@pytest.mark.parametrize("bad", ["a/b", "dev+1", "dev#", "", "$SYS", "with space", "x" * 65])
+@pytest.mark.parametrize("bad", ["a/b", "dev+1", "dev#", "", "$SYS", "with space", "x" * 65, "fd:colon"])
 def test_device_ids_that_could_escape_the_acl_are_rejected(bad: str) -> None:
     with pytest.raises(DeviceIdError, match="invalid device id"):
         check_name(bad)

@@ -127,7 +127,7 @@ def test_bad_index_dtype_is_a_one_line_protocol_error(change: dict, message: str
 def test_result_with_uint16_sparse_tensors_matches_the_schema() -> None:
     _, st = _sparse((32, 32), 0.1)
     frame = encode_result({"v": 1, "type": "task.train", "id": "t1", "run": "r", "round": 1}, device="dev-1",
-                          metrics={"num-examples": 50.0}, tensors=[("w1", st)],
+                          metrics={"num-examples": 50, "train-loss": 0.1}, tensors=[("w1", st)],
                           extra={"encoding": "delta", "local-layers": [2]})
     header, _ = _split(frame)
     jsonschema.validate(header, load_schema("result"))

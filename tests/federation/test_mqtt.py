@@ -110,7 +110,7 @@ def test_malformed_reply_over_mqtt_is_a_failure_not_a_crash(mosquitto: BrokerInf
     rogue = RogueDevice(mosquitto, "fl-rogue", "rogue-1")
     try:
         assert rogue.ready.wait(5)
-        cfg = config(mosquitto, "fl-rogue", "reptile", n=3)
+        cfg = config(mosquitto, "fl-rogue", "reptile", n=3, allow_undescribed=True)  # the rogue has no TD
         cfg.quorum = 4
         with fleet_grid(cfg, tmp_path) as grid:
             res = Coordinator(cfg, grid, tmp_path).start(initial_parameters("sine"))

@@ -16,11 +16,11 @@ from broker.process import MosquittoBroker, read_state
 from devices.boards import DEFAULT_BOARD, get_board
 from devices.exceptions import DeviceLinkError
 from devices.link.address import BrokerAddress, Credentials, parse_broker_url
-from devices.wire.topics import check_name
+from devices.wire.topics import DEFAULT_FLEET, check_name
 from firmware_models.exceptions import TinyFleetError
 from tinyfleet import config
 from tinyfleet.cli.broker import default_dir
-from tinyfleet.cli.output import JSON_HELP, err, print_json, run_until, table
+from tinyfleet.cli.output import JSON_HELP, err, out, print_json, run_until, table
 
 app = typer.Typer(
     help="Device agents: run one, simulate a fleet, list the devices on a broker.\n\n"
@@ -120,7 +120,7 @@ def run(
     models: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
                                                 help="Folder of `tinyfleet models build` output.")] = None,
     board: Annotated[str, typer.Option(help="Board profile (RAM, flash, sensors).")] = DEFAULT_BOARD,
-    fleet: FleetOption = "default",
+    fleet: FleetOption = DEFAULT_FLEET,
     state_dir: Annotated[Path | None, typer.Option(file_okay=False,
                                                    help="Where deployed models are kept.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Local samples of this device.")] = 100,
@@ -187,7 +187,7 @@ def simulate(
     boards: Annotated[str, typer.Option(help="Board mix, e.g. nano33ble:0.5,esp32:0.3,uno:0.2")] = DEFAULT_BOARD,
     broker: BrokerOption = None,
     duration: Annotated[float | None, typer.Option(min=0, help="Run S seconds (default: until Ctrl-C).")] = None,
-    fleet: FleetOption = "sim",
+    fleet: FleetOption = DEFAULT_FLEET,
     models: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
                                                 help="Folder of `tinyfleet models build` output.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Local samples per device.")] = 50,
@@ -290,7 +290,7 @@ def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | 
 @app.command(name="list")
 def list_devices(
     broker: BrokerOption = None,
-    fleet: FleetOption = "default",
+    fleet: FleetOption = DEFAULT_FLEET,
     wait: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to collect retained messages.")] = 1.0,
     user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
@@ -319,7 +319,7 @@ def list_devices(
 def show(
     device_id: Annotated[str, typer.Argument(help="Device id.")],
     broker: BrokerOption = None,
-    fleet: FleetOption = "default",
+    fleet: FleetOption = DEFAULT_FLEET,
     wait: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to collect retained messages.")] = 1.0,
     user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
@@ -348,6 +348,62 @@ def show(
     table(f"device {device_id}", ["key", "value"], rows)
 
 
+CONFORMANCE_ACCOUNT = "fleet-conformance"
+"""Server account `devices conformance` enrols on a secured managed broker (one per purpose)."""
+
+
+@app.command()
+def conformance(
+    device: Annotated[str, typer.Option("--device", help="Id of the device to test (it must be online).")],
+    broker: BrokerOption = None,
+    fleet: FleetOption = DEFAULT_FLEET,
+    credentials: CredentialsOption = None,
+    device_credentials: Annotated[Path | None, typer.Option(
+        "--device-credentials", dir_okay=False, help="The device's own credentials (the JSON of `devices enroll "
+        "--json`): lets the Last Will check drop the device's connection on a secured broker.")] = None,
+    models: Annotated[Path | None, typer.Option(exists=True, file_okay=False, help="Built models, for use cases "
+                                                "with a backbone (the head sent in the tasks).")] = None,
+    task: Annotated[str | None, typer.Option(help="Use case whose head to send (default: the TD's).")] = None,
+    timeout: Annotated[float, typer.Option(min=0.5, max=600, help="Seconds to wait for each answer.")] = 10.0,
+    user: UserOption = None, password: PasswordOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+) -> None:
+    """Test a live device against the protocol: TD, presence, Will, train/evaluate/adapt, errors, duplicates.
+
+    One line per check; exit 0 when every required check passes, 1 otherwise (docs/protocol.md, "Conformance").
+    Example: tinyfleet devices conformance --device dev-001 --fleet lab --broker mqtt://127.0.0.1:1883
+    """
+    from broker.accounts import load_credentials
+    from federation.conformance import check_device
+    from federation.exceptions import ConformanceError
+
+    check_name(device)
+    check_name(fleet, what="fleet name")
+    known = _known_broker(broker)
+    if known is None:
+        raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
+    address, managed = known
+    creds = load_credentials(credentials) if credentials is not None else _credentials(user, password, None, None,
+                                                                                         None)
+    if creds is None:
+        creds = _managed_server_credentials(managed, CONFORMANCE_ACCOUNT)
+    dev_creds = load_credentials(device_credentials) if device_credentials is not None else None
+    report = check_device(address, fleet=fleet, device=device, credentials=creds, device_credentials=dev_creds,
+                          models_dir=models, task=task, timeout=timeout)
+    if json_out:
+        print_json(report.to_json())
+    else:
+        for c in report.checks:
+            mark = {"pass": "[green]PASS[/]", "fail": "[red]FAIL[/]", "skip": "[yellow]SKIP[/]"}[c.status]
+            kind = "" if c.required else " (recommended)"
+            out.print(f"{mark} {c.name}{kind}" + (f": {c.detail}" if c.detail else ""), highlight=False,
+                      soft_wrap=True, markup=True)
+    if not report.ok:
+        bad = report.failed_required
+        raise ConformanceError(f"{device}: {len(bad)} required check(s) failed: "
+                               + "; ".join(f"{c.name} ({c.detail})" for c in bad[:3])[:600])
+
+
 DEPLOY_ACCOUNT = "fleet-deploy"
 """Server account `devices deploy` enrols on a secured managed broker (one per purpose)."""
 
@@ -361,7 +417,7 @@ def deploy(
     artifact: Annotated[str, typer.Option(
         help="What the file replaces on the device: model.tflite (whole model) or backbone.tflite.")] = "model.tflite",
     broker: BrokerOption = None,
-    fleet: FleetOption = "default",
+    fleet: FleetOption = DEFAULT_FLEET,
     timeout: Annotated[float, typer.Option(min=1.0, max=3600, help="Seconds to wait for every outcome.")] = 60.0,
     user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
@@ -409,10 +465,11 @@ def deploy(
 
 @app.command()
 def enroll(
-    device_id: Annotated[str, typer.Argument(help="Device id = MQTT user name and client id (no / + # :).")],
+    device_id: Annotated[str, typer.Argument(help="Device id = MQTT user name and client id: 1-64 of A-Z a-z 0-9 . _ - "
+                                                        "(no / + # : or spaces).")],
     directory: Annotated[Path, typer.Option("--dir", file_okay=False,
                                             help="Directory of a broker started by `tinyfleet broker start`.")] = default_dir(),
-    fleet: FleetOption = "default",
+    fleet: FleetOption = DEFAULT_FLEET,
     tls: Annotated[bool, typer.Option("--tls", help="Require the broker directory to use TLS (the device gets "
                                       "a client certificate signed by the broker's CA).")] = False,
     server: Annotated[bool, typer.Option("--server", help="Enrol a server account (reads/writes every fleet; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -9,14 +10,17 @@ from typing import Annotated, Any
 
 import typer
 
+from devices.wire.topics import DEFAULT_FLEET
 from federation.coordinator import Coordinator, RunConfig, read_status
 from federation.exceptions import CheckpointError
 from firmware_models.quiet import stdout_to_stderr
 from tinyfleet.cli.output import JSON_HELP, err, print_json, progress, quiet_logs, table
 
 app = typer.Typer(
-    help="Federated meta-learning over MQTT (Reptile, TinyMetaFed, FedAvg).\n\n"
-    "Example: tinyfleet federate run --task sine --strategy reptile --rounds 20 --simulate 8 --json",
+    help="Federated (meta-)learning over MQTT with Flower strategies (Reptile, TinyMetaFed, FedAvg, or any "
+    "flwr:<Class> such as flwr:FedMedian).\n\n"
+    "Example: tinyfleet federate run --task sine --strategy flwr:FedProx --strategy-arg proximal_mu=0.5 "
+    "--rounds 5 --simulate 6 --json",
     no_args_is_help=True,
 )
 
@@ -24,12 +28,6 @@ app = typer.Typer(
 class Mode(StrEnum):
     sync = "sync"
     async_ = "async"
-
-
-class StrategyName(StrEnum):
-    reptile = "reptile"
-    tinymetafed = "tinymetafed"
-    fedavg = "fedavg"
 
 
 RunDir = Annotated[Path, typer.Argument(help="Run directory (printed by `federate run`, e.g. runs/sine-reptile-...).",
@@ -40,13 +38,30 @@ CredentialsOpt = Annotated[Path | None, typer.Option(
     "e.g. DIR/security/credentials/fleet-server.json of `tinyfleet broker start --dir DIR`.")]
 InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Without --broker: leave the private broker open "
                                            "(debugging only; by default it is secured).")]
+BrokerDirOpt = Annotated[Path | None, typer.Option(
+    "--broker-dir", file_okay=False, help="Directory of a broker started by `tinyfleet broker start --dir`: its URL "
+    "is used (unless --broker), this process gets a server account of its own there (fleet-server-<pid>, so that "
+    "concurrent runs do not disconnect each other) and --simulate devices are enrolled there.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log Flower's and the Grid's messages on stderr.")]
+AllowUndescribedOpt = Annotated[bool, typer.Option(
+    "--allow-undescribed", help="Also sample devices that publish no Thing Description (devices that have one must "
+    "still declare the run's use case and enough RAM to train the model).")]
+RegistryOpt = Annotated[str | None, typer.Option(
+    "--registry", help="Sample by the registry's device records (embedded store directory; fed by `tinyfleet "
+    "registry listen`) instead of the retained Thing Descriptions. Default: config key 'registry'.")]
+RegistryEndpointOpt = Annotated[str | None, typer.Option(
+    "--registry-endpoint", help="As --registry, from a remote SPARQL endpoint. Default: config key 'endpoint'.")]
 
 
 @app.command()
 def run(
     task: Annotated[str, typer.Option(help="Use case: sine, characters, keywords, presence.")],
-    strategy: Annotated[StrategyName, typer.Option(help="Server strategy.")] = StrategyName.reptile,
+    strategy: Annotated[str, typer.Option(help="Server strategy: reptile, tinymetafed, fedavg, any Flower strategy as "
+                                               "flwr:<Class> (e.g. flwr:FedMedian, flwr:FedProx) or your own as "
+                                               "package.module:Class.")] = "reptile",
+    strategy_arg: Annotated[list[str] | None, typer.Option(
+        "--strategy-arg", help="Constructor argument of the strategy, key=value (repeatable; typed as the "
+        "parameter's default: int, float, true/false or text), e.g. --strategy-arg proximal_mu=0.5.")] = None,
     rounds: Annotated[int, typer.Option(help="Federated rounds.", min=1, max=100000)] = 10,
     simulate: Annotated[int, typer.Option(help="Start N simulated devices (and, without --broker, a private "
                                                "Mosquitto) for a self-contained run.", min=0)] = 0,
@@ -54,7 +69,7 @@ def run(
                                                     "uses the devices present there.")] = None,
     out: Annotated[Path, typer.Option(help="Parent directory of run directories.", file_okay=False)] = Path("runs"),
     run_id: Annotated[str | None, typer.Option(help="Run id (default: <task>-<strategy>-<time>).")] = None,
-    fleet: Annotated[str, typer.Option(help="Fleet name (topic level).")] = "default",
+    fleet: Annotated[str, typer.Option(help="Fleet name (topic level).")] = DEFAULT_FLEET,
     models: Annotated[Path | None, typer.Option(help="Built model folder (head.npz, backbone.tflite).",
                                                 file_okay=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of sampling, devices' data and initial head.", min=0)] = 0,
@@ -70,8 +85,9 @@ def run(
     reconstruct_steps: Annotated[int, typer.Option(help="TinyMetaFed: local-layer re-fit steps.", min=0)] = 5,
     round_timeout: Annotated[float, typer.Option(help="Seconds to wait for replies per phase.", min=0.01)] = 30.0,
     min_replies: Annotated[int, typer.Option(help="Fewer valid replies keep the old parameters.", min=1)] = 1,
-    quorum: Annotated[int | None, typer.Option(help="Devices required before round 1 (default: --simulate N, "
-                                                    "else 1).", min=1)] = None,
+    quorum: Annotated[int | None, typer.Option(help="Eligible devices required before round 1 (default: --simulate "
+                                                    "N, else 1: a run on --broker starts with the first eligible "
+                                                    "device; give the fleet's size to wait for all).", min=1)] = None,
     quorum_timeout: Annotated[float, typer.Option(help="Seconds to wait for the quorum.", min=0.0)] = 30.0,
     samples_per_device: Annotated[int, typer.Option(help="Simulated devices' local samples.", min=2)] = 64,
     gateways: Annotated[int, typer.Option(help="Hierarchical run on Flower's deployment runtime: a SuperLink and "
@@ -99,11 +115,18 @@ def run(
                                                         "(`tinyfleet broker start --dir DIR`).", file_okay=False,
                                                    rich_help_panel="Scale-out")] = None,
     credentials: CredentialsOpt = None,
+    broker_dir: BrokerDirOpt = None,
+    allow_undescribed: AllowUndescribedOpt = False,
+    registry: RegistryOpt = None,
+    registry_endpoint: RegistryEndpointOpt = None,
     insecure: InsecureOpt = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a federated training; writes run.json, metrics.jsonl, checkpoint.npz and final.npz.
+
+    Devices are sampled only if their Thing Description declares --task as use case and enough RAM
+    to train the model on the device (see docs/protocol.md).
 
     Example: tinyfleet federate run --task sine --strategy tinymetafed --rounds 5 --simulate 6 --json
 
@@ -114,27 +137,29 @@ def run(
 
     if broker is not None:
         parse_broker_url(broker)  # fail on a bad URL before anything starts
+    from federation.strategies.registry import build_strategy
+
+    broker = broker or _managed_url(broker_dir)
     creds = _load_credentials(credentials)
-    rid = run_id or f"{task}-{strategy.value}-{time.strftime('%Y%m%d-%H%M%S')}"
-    params: dict[str, Any] = {"fraction_train": fraction}
-    if strategy is not StrategyName.fedavg:
-        params.update(epsilon=epsilon, epsilon_floor=epsilon_floor, serial=serial)
-    if strategy is StrategyName.tinymetafed:
-        params.update(top_p=top_p, reconstruct_steps=reconstruct_steps)
+    params = _strategy_params(strategy, strategy_arg or [], fraction=fraction, epsilon=epsilon,
+                              epsilon_floor=epsilon_floor, serial=serial, top_p=top_p,
+                              reconstruct_steps=reconstruct_steps)
+    rid = run_id or f"{task}-{_slug(strategy)}-{time.strftime('%Y%m%d-%H%M%S')}"
     if quorum is None and intermittent > 0:  # asleep devices never all show up: start with most of the awake ones
         quorum = max(1, int(0.8 * simulate * (1 - intermittent * (1 - online / max(period, 1e-9)))))
-    config = RunConfig(run_id=rid, task=task, strategy=strategy.value, rounds=rounds, seed=seed,
+    config = RunConfig(run_id=rid, task=task, strategy=strategy, rounds=rounds, seed=seed,
                        local_steps=local_steps, lr=lr, strategy_params=params, round_timeout=round_timeout,
                        min_replies=min_replies, quorum=quorum or max(simulate, 1), quorum_timeout=quorum_timeout,
-                       fleet=fleet, broker=broker, simulate=simulate, samples_per_device=samples_per_device)
+                       fleet=fleet, broker=broker, simulate=simulate, samples_per_device=samples_per_device,
+                       allow_undescribed=allow_undescribed)
     run_dir = out / rid
     if (run_dir / "run.json").exists():
         raise CheckpointError(f"{run_dir} already holds a run; use `tinyfleet federate resume {run_dir}` "
                               "or another --run-id")
-    from federation.strategies.registry import build_strategy  # validate parameters before starting anything
+    from federation.coordinator import strategy_defaults
 
-    build_strategy(config.strategy, {**params, "local_steps": local_steps, "local_lr": lr}
-                   if strategy is not StrategyName.fedavg else params, num_rounds=rounds)
+    build_strategy(config.strategy, params, num_rounds=rounds,  # validate parameters before starting anything
+                   defaults=strategy_defaults(config))
     initial = initial_parameters(task, models_dir=models, seed=seed)
     if gateways or mode is Mode.async_ or intermittent > 0 or bridge_to is not None:
         from tinyfleet.cli.federate_scale import ScaleOptions, execute_scaled
@@ -145,7 +170,8 @@ def run(
         execute_scaled(config, run_dir, initial, opts, models=models, json_out=json_out, verbose=verbose,
                        credentials=creds, secure=not insecure)
         return
-    _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial), creds, not insecure)
+    _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial), creds, not insecure,
+             broker_dir=broker_dir, registry=(registry, registry_endpoint))
 
 
 @app.command()
@@ -154,17 +180,23 @@ def resume(
     models: Annotated[Path | None, typer.Option(help="Built model folder, as given to `federate run`.",
                                                 file_okay=False)] = None,
     credentials: CredentialsOpt = None,
+    broker_dir: BrokerDirOpt = None,
+    registry: RegistryOpt = None,
+    registry_endpoint: RegistryEndpointOpt = None,
     insecure: InsecureOpt = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Continue an interrupted run from its last checkpoint (same settings, same seed).
+    """Continue an interrupted run from its last checkpoint (same settings, same strategy, same seed).
 
     Example: tinyfleet federate resume runs/sine-reptile-20260101-120000 --json
     """
     config = RunConfig.load(run_dir)
+    if broker_dir is not None:  # the managed broker may have restarted on another port
+        config.broker = _managed_url(broker_dir)
     _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume(), _load_credentials(credentials),
-             not insecure)
+             not insecure, broker_dir=broker_dir,
+             registry=(registry, registry_endpoint))
 
 
 @app.command()
@@ -187,6 +219,27 @@ def status(run_dir: RunDir, json_out: JsonOpt = False) -> None:
     table(f"federated run {info['run_dir']}", ["field", "value"], rows)
 
 
+def _strategy_params(spec: str, args: list[str], *, fraction: float, **builtin: Any) -> dict[str, Any]:
+    """The constructor arguments run.json records: --strategy-arg values over the options the class takes.
+
+    The Reptile/TinyMetaFed options (--epsilon, --top-p, ...) apply to the strategies that take them;
+    --fraction is `fraction_train` of every strategy that has one.
+    """
+    from federation.strategies.registry import parse_strategy_args, resolve_strategy, strategy_parameters
+
+    takes = strategy_parameters(resolve_strategy(spec))
+    params: dict[str, Any] = {"fraction_train": fraction} if "fraction_train" in takes else {}
+    if spec in ("reptile", "tinymetafed"):
+        params.update({k: v for k, v in builtin.items() if k in takes})
+    params.update(parse_strategy_args(spec, args))
+    return params
+
+
+def _slug(spec: str) -> str:
+    """A run-directory-friendly form of a strategy spec (``flwr:FedMedian`` -> ``flwr-FedMedian``)."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in spec)
+
+
 def _load_credentials(path: Path | None) -> Any:
     """Read --credentials before anything starts (a bad file is a one-line error)."""
     if path is None:
@@ -196,12 +249,68 @@ def _load_credentials(path: Path | None) -> Any:
     return load_credentials(path)
 
 
-def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bool, verbose: bool,
-             go: Any, credentials: Any = None, secure: bool = True) -> None:
-    from federation.session import fleet_grid
+def _registry_describe(store: Any, fleet: str) -> Any:
+    """A `federation.selection.Describe` over the registry's records of `fleet`.
 
+    The registry is asked at most every `REGISTRY_REFRESH_S` seconds (the coordinator checks
+    eligibility on every poll for devices, and a remote store answers in tens of milliseconds).
+    """
+    from federation.selection import Description
+    from registry.questions import sampling_records
+
+    cache: dict[str, Any] = {"at": -1e9, "by_id": {}}
+
+    def describe(device_id: str) -> Description | None:
+        now = time.monotonic()
+        if now - cache["at"] > REGISTRY_REFRESH_S:
+            cache["by_id"] = {r["id"]: Description(r["use_case"], r["ram_bytes"], source="registry record")
+                              for r in sampling_records(store, fleet)}
+            cache["at"] = now
+        return cache["by_id"].get(device_id)
+
+    return describe
+
+
+REGISTRY_REFRESH_S = 5.0
+
+
+def _managed_url(broker_dir: Path | None) -> str | None:
+    """The URL of the broker running from `broker_dir` (None without one); a one-line error if none runs."""
+    if broker_dir is None:
+        return None
+    from broker.process import read_state
+    from devices.exceptions import DeviceLinkError
+
+    state = read_state(broker_dir)
+    if state is None:
+        raise DeviceLinkError(f"no broker runs from {broker_dir} (start it with `tinyfleet broker start --dir "
+                              f"{broker_dir}`)")
+    return state.url
+
+
+def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bool, verbose: bool,
+             go: Any, credentials: Any = None, secure: bool = True, *, broker_dir: Path | None = None,
+             registry: tuple[str | None, str | None] = (None, None)) -> None:
+    """Run `go` on a Coordinator over the run's grid; with a configured registry, sample by its records."""
+    from federation.session import fleet_grid
+    from tinyfleet import config as settings
+
+    if broker_dir is not None:
+        from broker.accounts import process_server_account
+        from broker.files import is_secured
+
+        if credentials is None and is_secured(broker_dir):
+            credentials = process_server_account(broker_dir)
     quiet_logs(verbose)
-    with progress(enabled=not json_out) as bar:
+    path, endpoint = settings.setting("registry", registry[0]), settings.setting("endpoint", registry[1])
+    with contextlib.ExitStack() as stack, progress(enabled=not json_out) as bar:
+        describe = None
+        if path is not None or endpoint is not None:
+            from registry.store import open_store
+
+            store = open_store(path, endpoint=endpoint)
+            stack.callback(store.close)
+            describe = _registry_describe(store, config.fleet)
         task_id = bar.add_task(f"{config.strategy} on {config.task}", total=config.rounds)
 
         def on_round(record: dict[str, Any]) -> None:
@@ -209,17 +318,19 @@ def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bo
                        description=f"{config.strategy} on {config.task} loss {_fmt(record.get('loss'))}")
 
         with stdout_to_stderr(), fleet_grid(config, run_dir, models_dir=models, credentials=credentials,
-                                                    secure=secure) as grid:
+                                            secure=secure, broker_dir=broker_dir, describe=describe) as grid:
             result = go(Coordinator(config, grid, run_dir, on_round=on_round))
     summary = {"run_id": result["run_id"], "run_dir": result["run_dir"], "task": config.task,
                "strategy": config.strategy, "rounds": result["rounds"], "final_sha256": result["final_sha256"]}
     if json_out:
         print_json(summary)
         return
-    rows = [[r["round"], _fmt(r.get("loss")), r.get("replies"), r.get("failures"), r.get("missing"),
-             r.get("bytes_up"), r.get("bytes_down"), r.get("seconds")] for r in result["rounds"]]
+    rows = [[r["round"], _fmt(r.get("loss")), r.get("replies"), r.get("failures"), r.get("eval_replies"),
+             r.get("eval_failures"), r.get("missing"), r.get("bytes_up"), r.get("bytes_down"), r.get("seconds")]
+            for r in result["rounds"]]
     table(f"{config.strategy} on {config.task} ({result['run_dir']})",
-          ["round", "loss", "replies", "failures", "missing", "bytes up", "bytes down", "s"], rows)
+          ["round", "loss", "replies", "failures", "eval replies", "eval failures", "missing", "bytes up",
+           "bytes down", "s"], rows)
     err.print(f"final parameters sha256 {result['final_sha256']}")
 
 

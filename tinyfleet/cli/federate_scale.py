@@ -44,6 +44,7 @@ class ScaleOptions:
 def check_options(config: RunConfig, opts: ScaleOptions) -> None:
     """Refuse combinations that cannot work, before anything starts."""
     from federation.buffered import ASYNC_STRATEGIES
+    from federation.hierarchy.settings import HIERARCHICAL_STRATEGIES
 
     if opts.intermittent > 0 and not 0 < opts.online < opts.period:
         raise UsageError(f"--online ({opts.online:g}) must be > 0 and < --period ({opts.period:g})")
@@ -61,8 +62,10 @@ def check_options(config: RunConfig, opts: ScaleOptions) -> None:
                          "(existing sites: deploy the Flower app yourself, docs/scaling.md)")
     if config.simulate < opts.gateways:
         raise UsageError(f"--simulate {config.simulate} cannot fill {opts.gateways} sites (one device each at least)")
-    if config.strategy == "tinymetafed":
-        raise UsageError("--gateways supports reptile and fedavg (TinyMetaFed's Top-P uplink ends at the gateway)")
+    if config.strategy not in HIERARCHICAL_STRATEGIES:
+        raise UsageError(f"--gateways supports --strategy {' or '.join(HIERARCHICAL_STRATEGIES)}: a site's aggregate "
+                         f"of {config.strategy} does not compose into the flat update (TinyMetaFed's Top-P uplink "
+                         "ends at the gateway; a median of medians is not a median)")
     if config.strategy_params.get("serial"):
         raise UsageError("--serial (one device per round) has no hierarchical form; drop --gateways")
 
