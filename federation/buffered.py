@@ -26,7 +26,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,9 +116,12 @@ class BufferedRun:
         as a reply may still refer to them (`max_staleness`).
     poll : float, default=0.05
         Pull period on grids that cannot wake on a reply.
+    on_round : callable, optional
+        Called with each aggregation's metrics record, after its checkpoint was written.
     """
 
-    def __init__(self, settings: HierarchyConfig, grid: Grid, run_dir: Path, *, poll: float = 0.05) -> None:
+    def __init__(self, settings: HierarchyConfig, grid: Grid, run_dir: Path, *, poll: float = 0.05,
+                 on_round: Callable[[dict[str, Any]], None] | None = None) -> None:
         cfg = settings.run
         if cfg.strategy not in ASYNC_STRATEGIES:
             raise FederationError(f"--mode async supports {', '.join(ASYNC_STRATEGIES)}; "
@@ -128,6 +131,7 @@ class BufferedRun:
         self.grid = grid
         self.run_dir = Path(run_dir)
         self.poll = poll
+        self.on_round = on_round
         self.hierarchical = not hasattr(grid, "ledger")
         # which nodes get a task is decided here, by concurrency and idleness: the strategy sees them all
         self.strategy: Strategy = level_strategy(cfg, serial=False, fraction_train=1.0)
@@ -304,6 +308,8 @@ class BufferedRun:
         save_checkpoint(self.run_dir / CHECKPOINT_FILE, arrays=to_numpy(theta),
                         state={"run_id": self.cfg.run_id, "round": record["round"], "mode": "async"})
         log.info("aggregation %d/%d: %s", record["round"], self.cfg.rounds, record)
+        if self.on_round is not None:
+            self.on_round(record)
 
 
 def default_buffer(devices: int) -> int:

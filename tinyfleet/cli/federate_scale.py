@@ -148,7 +148,7 @@ def _flat(settings: Any, run_dir: Path, initial: dict[str, np.ndarray], opts: Sc
         if settings.mode == "async":
             from federation.buffered import BufferedRun
 
-            return BufferedRun(settings, grid, run_dir).start(initial)
+            return BufferedRun(settings, grid, run_dir, on_round=on_round).start(initial)
         return Coordinator(cfg, grid, run_dir, on_round=on_round).start(initial)
 
 
