@@ -113,10 +113,13 @@ class LocalDeployment:
     central: BrokerAddress | None = None
     central_dir: Path | None = None
     ready_timeout: float = 180.0
-    sites: list[Site] = field(default_factory=list)
-    superlink: ManagedProcess | None = None
-    superlink_port: int = 0
-    broker_pids: list[int] = field(default_factory=list)
+    sites: list[Site] = field(default_factory=list, init=False)
+    superlink: ManagedProcess | None = field(default=None, init=False)
+    superlink_port: int = field(default=0, init=False)
+    broker_pids: list[int] = field(default_factory=list, init=False)
+    flwr_home: Path = field(init=False)
+    procs: ProcessSet = field(init=False)
+    _stack: contextlib.ExitStack = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory).resolve()

@@ -269,9 +269,9 @@ def _level_fields(phase: str, sent: list[Message], replies: list[Message], arriv
                          ("site", end - enter), ("return", pulled - end)):
                 split[k] = max(split[k], round(v, 3))
     out.update({f"{p}gateway_{k}_s": v for k, v in split.items()})
-    pulled = [t for k, t in arrivals.items() if k != "push"]
-    if pulled and "push" in arrivals:
-        out[f"{p}phase_s"] = round(max(pulled) - arrivals["push"], 3)
+    times = [t for k, t in arrivals.items() if k != "push"]
+    if times and "push" in arrivals:
+        out[f"{p}phase_s"] = round(max(times) - arrivals["push"], 3)
     errors = [r.error.reason for r in replies if r.has_error()]
     if errors:
         out[f"{p}gateway_errors"] = errors[:4]

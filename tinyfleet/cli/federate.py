@@ -191,6 +191,9 @@ def resume(
 
     Example: tinyfleet federate resume runs/sine-reptile-20260101-120000 --json
     """
+    from tinyfleet.cli.federate_scale import refuse_resume
+
+    refuse_resume(run_dir)
     config = RunConfig.load(run_dir)
     if broker_dir is not None:  # the managed broker may have restarted on another port
         config.broker = _managed_url(broker_dir)

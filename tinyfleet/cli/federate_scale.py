@@ -70,6 +70,21 @@ def check_options(config: RunConfig, opts: ScaleOptions) -> None:
         raise UsageError("--serial (one device per round) has no hierarchical form; drop --gateways")
 
 
+def refuse_resume(run_dir: Path) -> None:
+    """Hierarchical and asynchronous runs cannot be resumed (yet): say so rather than resume them as flat runs."""
+    from federation.checkpoint import load_checkpoint
+    from federation.coordinator import CHECKPOINT_FILE
+    from federation.hierarchy.server import STATUS_FILE
+
+    if (run_dir / STATUS_FILE).exists():
+        raise UsageError(f"{run_dir} is a hierarchical run (--gateways); it cannot be resumed: start a new run "
+                         "from its checkpoint.npz instead")
+    if (run_dir / CHECKPOINT_FILE).is_file():
+        _, meta = load_checkpoint(run_dir / CHECKPOINT_FILE)
+        if meta.get("mode") == "async":
+            raise UsageError(f"{run_dir} is an asynchronous run (--mode async); it cannot be resumed")
+
+
 def execute_scaled(config: RunConfig, run_dir: Path, initial: dict[str, np.ndarray], opts: ScaleOptions, *,
                    models: Path | None, json_out: bool, verbose: bool, credentials: Any = None,
                    secure: bool = True) -> None:
