@@ -80,6 +80,39 @@ class Plan:
                    online_s=2.0, period_s=6.0, sync_rounds=4, seeds=2, fewshot_devices=10)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system, including reaped children) of `pids` so far, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+    return total
+
+
+class CpuMeter:
+    """CPU seconds of a deployment's processes (and this process) between two calls of `lap`."""
+
+    def __init__(self, deployment: LocalDeployment, *, include_self: bool) -> None:
+        from federation.hierarchy.processes import marked_pids
+
+        self._pids = lambda: sorted(set(marked_pids(deployment.procs.token)) | set(deployment.broker_pids))
+        self.include_self = include_self
+        self.last = self._now()
+
+    def _now(self) -> float:
+        own = sum(os.times()[:2]) if self.include_self else 0.0
+        return cpu_seconds(self._pids()) + own
+
+    def lap(self) -> float:
+        now = self._now()
+        out, self.last = now - self.last, now
+        return round(out, 2)
+
+
 def _log(msg: str) -> None:
     print(f"[scale {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -101,13 +134,19 @@ def _flat_run(deployment: LocalDeployment, cfg: RunConfig, run_dir: Path, initia
     site = deployment.sites[0]
     flat = dataclasses.replace(cfg, broker=site.config.broker, fleet=site.config.fleet, simulate=0)
     creds = ensure_server_account(site.broker_dir, "benchmark")
+    meter = CpuMeter(deployment, include_self=True)
+
+    def hook(rec: dict[str, Any]) -> None:
+        rec["cpu_s"] = meter.lap()
+        if on_round is not None:
+            on_round(rec)
+
     with fleet_grid(flat, run_dir, credentials=creds) as grid:
         if mode == "async":
             assert settings is not None
-            result = BufferedRun(dataclasses.replace(settings, run=flat), grid, run_dir, on_round=on_round).start(
-                initial)
+            result = BufferedRun(dataclasses.replace(settings, run=flat), grid, run_dir, on_round=hook).start(initial)
         else:
-            result = Coordinator(flat, grid, run_dir, on_round=on_round).start(initial)
+            result = Coordinator(flat, grid, run_dir, on_round=hook).start(initial)
         phases = {r["round"]: grid.ledger.round_summary(r["round"])["phases"] for r in result["rounds"]}
     return result, phases
 
@@ -116,9 +155,15 @@ def _hier_run(deployment: LocalDeployment, settings: HierarchyConfig, run_dir: P
               initial: dict[str, np.ndarray]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], dict[str, Any]]:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(run_dir / INITIAL_FILE, arrays=initial, state={"round": 0})
+    meter = CpuMeter(deployment, include_self=False)
+    cpu: dict[int, float] = {}
     flower_run = deployment.submit(settings, run_dir)
-    deployment.wait(run_dir, timeout=settings.run.rounds * 1800 + 600)
+    meter.lap()  # from the run's start: `flwr run` itself is not a round
+    deployment.wait(run_dir, timeout=settings.run.rounds * 1800 + 600,
+                    on_line=lambda rec: cpu.__setitem__(rec["round"], meter.lap()))
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    for r in rows:
+        r["cpu_s"] = cpu.get(r["round"])
     final, _ = load_checkpoint(run_dir / "final.npz")
     return rows, final, flower_traffic(deployment, flower_run)
 
@@ -128,9 +173,11 @@ def _flat_summary(rows: list[dict[str, Any]], phases: dict[int, dict]) -> dict[s
             "train_s": round(phases[r["round"]].get("train", {}).get("seconds", 0.0), 3),
             "eval_s": round(phases[r["round"]].get("evaluate", {}).get("seconds", 0.0), 3),
             "replies": r.get("replies"), "eval_replies": r.get("eval_replies"), "missing": r.get("missing"),
-            "device_bytes": r.get("bytes_up", 0) + r.get("bytes_down", 0), "loss": r.get("loss")} for r in rows]
+            "device_bytes": r.get("bytes_up", 0) + r.get("bytes_down", 0), "loss": r.get("loss"),
+            "cpu_s": r.get("cpu_s")} for r in rows]
     return {"rounds": per, "round_s_median": float(np.median([p["seconds"] for p in per])),
             "train_s_median": float(np.median([p["train_s"] for p in per])),
+            "cpu_s_median": float(np.median([p["cpu_s"] or 0 for p in per])),
             "device_bytes_per_round": float(np.median([p["device_bytes"] for p in per]))}
 
 
@@ -147,11 +194,12 @@ def _hier_summary(rows: list[dict[str, Any]], traffic: dict[str, Any]) -> dict[s
                                                                "eval_top_bytes_down")),
             "train_split_s": {k: r.get(f"gateway_{k}_s") for k in keys},
             "eval_split_s": {k: r.get(f"eval_gateway_{k}_s") for k in keys},
-            "site_sub_round_s": r.get("site_seconds_max"), "loss": r.get("loss")})
+            "site_sub_round_s": r.get("site_seconds_max"), "loss": r.get("loss"), "cpu_s": r.get("cpu_s")})
     n = max(len(rows), 1)
     wire = (traffic.get("superlink_bytes_in") or 0) + (traffic.get("superlink_bytes_out") or 0)
     return {"rounds": per, "round_s_median": float(np.median([p["seconds"] for p in per])),
             "train_s_median": float(np.median([p["train_s"] or 0 for p in per])),
+            "cpu_s_median": float(np.median([p["cpu_s"] or 0 for p in per])),
             "device_bytes_per_round": float(np.median([p["device_bytes"] for p in per])),
             "gateway_payload_bytes_per_round": float(np.median([p["gateway_payload_bytes"] for p in per])),
             "superlink_wire_bytes_per_round": wire / n if wire else None, "flower": traffic}
@@ -230,7 +278,7 @@ def sync_vs_async(plan: Plan, work: Path) -> dict[str, Any]:
     sampled = max(2, int(plan.sample_fraction * present))
     buffer = max(1, sampled // 2)
     versions = plan.sync_rounds * sampled // buffer  # the same number of device updates
-    runs = []
+    runs: list[dict[str, Any]] = []
     for seed in range(plan.seeds):
         group = DeviceGroup(seed=100 + seed, intermittent=plan.inter_fraction, online_s=plan.online_s,
                             period_s=plan.period_s)
@@ -256,7 +304,7 @@ def sync_vs_async(plan: Plan, work: Path) -> dict[str, Any]:
         sync_curve, async_curve = _curve(plan, points), _curve(plan, apoints)
         target = sync_curve[-1]["fewshot_mse"]
         hit_s, hit_a = _first(sync_curve, target), _first(async_curve, target)
-        run = {"seed": seed, "target_fewshot_mse": target, "sync_wall_s": round(sync_wall, 2),
+        run: dict[str, Any] = {"seed": seed, "target_fewshot_mse": target, "sync_wall_s": round(sync_wall, 2),
                "async_wall_s": round(async_wall, 2), "sync": sync_curve, "async": async_curve,
                "sync_to_target": hit_s, "async_to_target": hit_a,
                "wall_ratio": (hit_a["t"] / hit_s["t"]) if hit_a and hit_s and hit_s["t"] > 0 else None}
@@ -265,7 +313,7 @@ def sync_vs_async(plan: Plan, work: Path) -> dict[str, Any]:
                 run[f"{name}_fleet_device_hours"] = round(n * availability * hit["t"] / 3600, 4)
         runs.append(run)
         _log(f"seed {seed}: target {target:.3f}; sync {hit_s and hit_s['t']} s, async {hit_a and hit_a['t']} s")
-    ratios = [r["wall_ratio"] for r in runs if r["wall_ratio"] is not None]
+    ratios = [float(r["wall_ratio"]) for r in runs if r["wall_ratio"] is not None]
     return {"devices": n, "intermittent_fraction": plan.inter_fraction, "online_s": plan.online_s,
             "period_s": plan.period_s, "availability": availability, "sync_rounds": plan.sync_rounds,
             "sampled_per_round": sampled, "async_buffer": buffer, "async_concurrency": sampled,
@@ -399,19 +447,27 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "plan": dataclasses.asdict(plan),
                            "machine": machine()}
     try:
-        if "flat" in parts:
-            doc["flat_and_one_gateway"] = flat_and_one_gateway(plan, work)
-        if "hier" in parts:
-            doc["hierarchical"] = many_gateways(plan, work)
-        if "intermittent" in parts:
-            doc["intermittent"] = sync_vs_async(plan, work)
+        steps = (("flat", "flat_and_one_gateway", flat_and_one_gateway), ("hier", "hierarchical", many_gateways),
+                 ("intermittent", "intermittent", sync_vs_async))
+        for part, key, fn in steps:
+            if part in parts:
+                before = os.getloadavg()[0]
+                doc[key] = fn(plan, work)
+                doc[key]["loadavg_1min_before_after"] = [before, os.getloadavg()[0]]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     doc["wall_s"] = round(time.monotonic() - t0, 1)
     doc["machine"]["loadavg_1min_before_after"] = [load_before, os.getloadavg()[0]]
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "scale_quick" if args.quick else "scale"
-    if parts == {"flat", "hier", "intermittent"}:
+    previous = args.out / f"{stem}.json"
+    if parts != {"flat", "hier", "intermittent"} and previous.is_file():  # keep the parts not re-measured
+        old = json.loads(previous.read_text())
+        for key in ("flat_and_one_gateway", "hierarchical", "intermittent"):
+            if key not in doc and key in old:
+                doc[key] = old[key]
+                doc.setdefault("reused_from_earlier_run", []).append({"part": key, "date": old.get("date")})
+    if all(k in doc for k in ("flat_and_one_gateway", "hierarchical", "intermittent")):
         doc["goals"] = goals(doc)
         plot(doc, args.out / f"{stem}.png")
         (args.out / f"{stem}.md").write_text(markdown(doc))

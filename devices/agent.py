@@ -26,6 +26,7 @@ import numpy as np
 
 from devices.boards import Board
 from devices.deploy import ChunkAssembler, fit_check, install
+from devices.duty_cycle import DutyCycle
 from devices.exceptions import DeployError, ModelDoesNotFitError, ProtocolError
 from devices.learning.learner import OnlineLearner
 from devices.link.address import BrokerAddress
@@ -86,11 +87,8 @@ class AgentConfig:
     drop_prob, latency_s, slow_factor, crash_prob_per_s, crash_down_s :
         Fault knobs of the simulator: ignore a task, delay each reply, multiply compute time,
         drop the connection uncleanly (the Will fires) and come back after `crash_down_s`.
-    duty_on_s, duty_period_s, duty_phase_s :
-        Intermittent device (a microcontroller that sleeps to save power): once the duty cycle is
-        armed (`arm_duty_cycle`), it is online only `duty_on_s` seconds of every `duty_period_s`
-        (shifted by `duty_phase_s`); asleep it is gone like a crashed device (the Will fires) and
-        tasks sent meanwhile are lost. ``duty_period_s = 0`` (the default): always on.
+    duty : DutyCycle, optional
+        An intermittent device's on/off schedule (`devices.duty_cycle`); None: always on.
     lacks_config : tuple of str, default=()
         Config keys this device behaves as if it did not implement (simulates older or smaller
         firmware, e.g. without FedProx's ``proximal-mu``): a task that lists one of them under
@@ -113,9 +111,7 @@ class AgentConfig:
     slow_factor: float = 1.0
     crash_prob_per_s: float = 0.0
     crash_down_s: float = 2.0
-    duty_on_s: float = 0.0
-    duty_period_s: float = 0.0
-    duty_phase_s: float = 0.0
+    duty: DutyCycle | None = None
     lacks_config: tuple[str, ...] = ()
     seed: int = 0
 
@@ -158,7 +154,6 @@ class DeviceAgent:
         self.errors_sent = 0
         self.dropped = 0
         self.sleeps = 0
-        self._duty_t0: float | None = None
         self.model_sha256 = sha256_hex(learner.backbone.model_bytes) if learner.backbone is not None else None
         self.memory_bytes: int | None = None
         self.unfit_reason: str | None = None
@@ -198,24 +193,11 @@ class DeviceAgent:
                                                               board=self.config.board.name), retain=True)
         self._next_telemetry = time.monotonic() + self.config.telemetry_s * self.rng.uniform(0.5, 1.0)
 
-    def arm_duty_cycle(self, t0: float) -> None:
-        """Start the on/off schedule at monotonic time `t0` (after the whole fleet has connected once)."""
-        self._duty_t0 = t0
-
-    def asleep_for(self, now: float) -> float:
-        """Seconds until this device's next online phase if it should sleep at `now`, else 0."""
-        cfg = self.config
-        if self._duty_t0 is None or cfg.duty_period_s <= 0:
-            return 0.0
-        pos = (now - self._duty_t0 + cfg.duty_phase_s) % cfg.duty_period_s
-        return cfg.duty_period_s - pos if pos >= cfg.duty_on_s else 0.0
-
     def on_tick(self, link: Link, now: float) -> None:
         cfg = self.config
-        sleep = self.asleep_for(now)
-        if sleep > 0:
+        sleep = cfg.duty.asleep_for(now) if cfg.duty is not None else 0.0
+        if sleep > 0:  # an intermittent device's off phase: gone like a crash, back when it wakes
             self.sleeps += 1
-            log.info("%s: going to sleep for %.1f s (duty cycle)", self.client_id, sleep)
             link.crash(down_for=sleep)
             return
         if cfg.crash_prob_per_s > 0 and self.rng.random() < cfg.crash_prob_per_s * link.hub.tick_s:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from devices.agent import AgentConfig, DeviceAgent
 from devices.boards import DEFAULT_BOARD, assign_boards
+from devices.duty_cycle import DutyCycle
 from devices.learning.head import MLPHead
 from devices.learning.learner import OnlineLearner
 from devices.link.address import BrokerAddress, Credentials
@@ -175,8 +176,7 @@ class FleetSimulator:
                               drop_prob=faults.drop_prob, latency_s=faults.latency_s,
                               slow_factor=faults.slow_factor if slow else 1.0,
                               crash_prob_per_s=faults.crash_prob_per_s, crash_down_s=faults.crash_down_s,
-                              duty_on_s=faults.online_s if intermittent else 0.0,
-                              duty_period_s=faults.period_s if intermittent else 0.0, duty_phase_s=phase,
+                              duty=DutyCycle(faults.online_s, faults.period_s, phase) if intermittent else None,
                               seed=seed + i)
             agent = DeviceAgent(cfg, factory(i, data), data, address=address, authenticated=authenticated)
             self.agents.append(agent)
@@ -189,7 +189,7 @@ class FleetSimulator:
     @property
     def intermittent_ids(self) -> list[str]:
         """Devices that follow an on/off duty cycle."""
-        return [a.client_id for a in self.agents if a.config.duty_period_s > 0]
+        return [a.client_id for a in self.agents if a.config.duty is not None]
 
     def start(self, *, timeout: float = 30.0) -> int:
         """Connect every device, then start the duty cycles; returns how many connected within `timeout`.
@@ -210,7 +210,8 @@ class FleetSimulator:
                 break
         t0 = time.monotonic()
         for agent in self.agents:
-            agent.arm_duty_cycle(t0)
+            if agent.config.duty is not None:
+                agent.config.duty.arm(t0)
         return connected
 
     def connection_errors(self) -> dict[str, str]:

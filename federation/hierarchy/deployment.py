@@ -74,6 +74,7 @@ class Site:
     broker: MosquittoBroker
     broker_dir: Path
     id_prefix: str
+    n_devices: int
     devices: ManagedProcess | None = None
     supernode: ManagedProcess | None = None
     node_id: int | None = None
@@ -216,12 +217,12 @@ class LocalDeployment:
             ensure_server_account(broker_dir, account)
             creds_path = str(SecurityPaths(broker_dir).credentials_dir / f"{account}.json")
         config = SiteConfig(name=name, index=index, broker=info.url, fleet=self.fleet, credentials=creds_path,
-                            devices=n_devices)
-        return Site(config, broker, broker_dir, id_prefix=f"g{index}")
+                            devices=expected_present(n_devices, self.group))
+        return Site(config, broker, broker_dir, id_prefix=f"g{index}", n_devices=n_devices)
 
     def _simulate_argv(self, site: Site) -> list[str]:
         g = self.group
-        argv = [sys.executable, "-m", "tinyfleet.cli.main", "devices", "simulate", "--n", str(site.config.devices),
+        argv = [sys.executable, "-m", "tinyfleet.cli.main", "devices", "simulate", "--n", str(site.n_devices),
                 "--task", g.task, "--broker", site.config.broker, "--fleet", site.config.fleet,
                 "--id-prefix", site.id_prefix, "--seed", str(g.seed + site.config.index),
                 "--samples", str(g.samples_per_device), "--telemetry", str(g.telemetry_s),
@@ -319,10 +320,19 @@ class LocalDeployment:
     def describe(self) -> dict[str, Any]:
         """Where everything runs (for `--json` output and the benchmark)."""
         return {"superlink": f"127.0.0.1:{self.superlink_port}",
-                "sites": [{"name": s.config.name, "broker": s.config.broker, "devices": s.config.devices,
+                "sites": [{"name": s.config.name, "broker": s.config.broker, "devices": s.n_devices,
+                           "gateway_waits_for": s.config.devices,
                            "node_id": s.node_id, "id_prefix": s.id_prefix} for s in self.sites],
                 "pids": {p.name: p.pid for p in self.procs.processes} | {
                     f"broker-{s.config.name}": pid for s, pid in zip(self.sites, self.broker_pids, strict=False)}}
+
+
+def expected_present(n: int, group: DeviceGroup) -> int:
+    """How many of a site's `n` devices its gateway waits for: all, or most of the awake ones when some sleep."""
+    if group.intermittent <= 0:
+        return n
+    awake = n * (1 - group.intermittent * (1 - group.online_s / group.period_s))
+    return max(1, int(0.8 * awake))
 
 
 def _bin(name: str) -> str:

@@ -201,12 +201,10 @@ def simulate(
     crash_rate: Annotated[float, typer.Option(min=0, max=1, help="Per device and second: chance of a crash "
                                                                    "(the Last Will fires).")] = 0.0,
     crash_down: Annotated[float, typer.Option(min=0, help="Seconds a crashed device stays away.")] = 5.0,
-    intermittent: Annotated[float, typer.Option(min=0, max=1, help="Fraction of devices that sleep most of the "
-                                                                     "time (see --online/--period).")] = 0.0,
+    intermittent: Annotated[float, typer.Option(min=0, max=1, help="Fraction of devices that sleep.")] = 0.0,
     online: Annotated[float, typer.Option(min=0, help="An intermittent device is online ONLINE seconds...")] = 60.0,
     period: Annotated[float, typer.Option(min=0, help="... of every PERIOD seconds (random phase).")] = 180.0,
-    id_prefix: Annotated[str, typer.Option(help="Device ids are PREFIX-0000, PREFIX-0001, ... (unique per site "
-                                                "when several fleets meet on a central broker).")] = "sim",
+    id_prefix: Annotated[str, typer.Option(help="Device ids are PREFIX-0000, PREFIX-0001, ...")] = "sim",
     telemetry: Annotated[float, typer.Option(min=0, help="Telemetry period per device (0: off).")] = 30.0,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker threads for training.")] = 2,
     state_root: Annotated[Path | None, typer.Option(file_okay=False, help="Devices' model folders.")] = None,
