@@ -303,7 +303,9 @@ def plots(p: Protocol, res: dict[str, Any], out_dir: Path) -> list[str]:
     for kind, xkey, xlabel in (("bytes", "bytes_cum", "bytes communicated (train phase, up + down)"),
                                ("rounds", "round", "rounds")):
         if kind == "bytes":
-            fig.tight_layout(); fig.savefig(out_dir / f"fedmeta_{p.task}_adapt.png", dpi=120); plt.close(fig)
+            fig.tight_layout()
+            fig.savefig(out_dir / f"fedmeta_{p.task}_adapt.png", dpi=120)
+            plt.close(fig)
             files.append(f"fedmeta_{p.task}_adapt.png")
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, r in res["methods"].items():
@@ -313,7 +315,9 @@ def plots(p: Protocol, res: dict[str, Any], out_dir: Path) -> list[str]:
         ax.set(xlabel=xlabel, ylabel=f"{ylabel} after {p.adapt_steps} steps", yscale="log",
                xscale="log" if kind == "bytes" else "linear", title=f"{p.task}: quality vs {kind}")
         ax.legend()
-        fig.tight_layout(); fig.savefig(out_dir / f"fedmeta_{p.task}_{kind}.png", dpi=120); plt.close(fig)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"fedmeta_{p.task}_{kind}.png", dpi=120)
+        plt.close(fig)
         files.append(f"fedmeta_{p.task}_{kind}.png")
     return files
 
@@ -440,7 +444,8 @@ def write_markdown(out_dir: Path) -> None:
                   "|---|---|---|---|---|"]
         for name, b in doc["bars"].items():
             v = "n/a" if b["value"] is None else f"{b['value']:.3f}"
-            lines.append(f"| {name} | {v} | {b['op']} {b['bar']} | {'pass' if b['pass'] else '**FAIL**'} | {b['note']} |")
+            verdict = "pass" if b["pass"] else "**FAIL**"
+            lines.append(f"| {name} | {v} | {b['op']} {b['bar']} | {verdict} | {b['note']} |")
         lines += ["", *notes, "", *[f"![{q}]({q})" for q in doc["plots"]], ""]
     (out_dir / "fedmeta.md").write_text("\n".join(lines) + "\n")
 

@@ -449,7 +449,8 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     model = ""
     with contextlib.suppress(OSError):
-        model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "")
     mosq = find_mosquitto()
     version = ""
     if mosq:
@@ -457,7 +458,8 @@ def machine() -> dict[str, Any]:
         version = text.splitlines()[0] if text else ""
     mem = None
     with contextlib.suppress(OSError):
-        mem = next(int(ln.split()[1]) * 1024 for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        mem = next(int(ln.split()[1]) * 1024 for ln in meminfo if ln.startswith("MemTotal"))
     return {"cpus": os.cpu_count(), "cpu_model": model, "memory_bytes": mem, "kernel": platform.release(),
             "python": platform.python_version(), "paho_mqtt": mqtt.__version__ if hasattr(mqtt, "__version__")
             else _dist_version("paho-mqtt"), "numpy": np.__version__, "mosquitto": version,

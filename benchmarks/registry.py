@@ -109,7 +109,8 @@ def synthetic_model(i: int, rng: random.Random) -> Entity:
               "outputs": [{"name": "output", "shape": [1, rng.randint(1, 20)], "dtype": "int8",
                            "scale": rng.uniform(0.001, 0.1), "zero_point": rng.randint(-128, 127)}]}
     card = {"name": f"{task}-{i:04d}", "task": task, "kind": TASKS[task], "version": f"1.{i % 7}",
-            "description": f"synthetic {task} model {i}", "sensors": rng.sample(_sensor_kinds(), rng.choice([0, 1, 1, 2])),
+            "description": f"synthetic {task} model {i}",
+            "sensors": rng.sample(_sensor_kinds(), rng.choice([0, 1, 1, 2])),
             "metrics": {"int8": {"accuracy" if TASKS[task] == "classification" else "mse": rng.uniform(0.5, 1.0)}},
             "created": "2025-01-01T00:00:00Z"}
     iri, g = model_graph(report, card)
@@ -359,7 +360,8 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
                      f"{r['replace_one_device']['p50_ms']:,.1f} | {d['p50_ms']:,.1f} / {d['p95_ms']:,.1f} [{d['n']}] | "
                      f"{mo['p50_ms']:,.1f} / {mo['p95_ms']:,.1f} [{mo['n']}] |")
     g = payload["goals"]
-    lines += ["", f"Goals: embedded match p95 <= {GOAL_P95_MS:.0f} ms: **{'met' if g['embedded_p95_met'] else 'NOT met'}** "
+    lines += ["", f"Goals: embedded match p95 <= {GOAL_P95_MS:.0f} ms: "
+              f"**{'met' if g['embedded_p95_met'] else 'NOT met'}** "
               f"(worst p95 {g['embedded_worst_p95_ms']:.1f} ms); >= {GOAL_SPEEDUP:.0f}x faster than rdflib's default "
               f"store (p95): **{'met' if g['speedup_met'] else 'NOT met'}** (devices_for_model "
               f"{g['speedup_p95']['devices_for_model']:.0f}x, models_for_device "

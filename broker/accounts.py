@@ -36,7 +36,7 @@ from broker.files import (
     write_accounts,
     write_private,
 )
-from broker.pki import issue_client_certificate
+from broker.pki import certificate_serial, issue_client_certificate, revoke_serials
 from broker.process import reload_broker
 from devices.link.address import Credentials
 from devices.wire.topics import DEFAULT_FLEET, check_name
@@ -229,7 +229,7 @@ def load_credentials(path: str | Path) -> Credentials:
         raise SecurityError(f"credentials file {path} does not exist (enroll the account first)") from None
     except (OSError, ValueError) as exc:
         raise SecurityError(f"credentials file {path} cannot be read as JSON: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("username"), str) or not isinstance(doc.get("password"), str):
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in ("username", "password")):
         raise SecurityError(f"credentials file {path} needs string fields 'username' and 'password'")
     files = {}
     for k in ("ca", "cert", "key"):
@@ -269,6 +269,11 @@ def _enroll_many(directory: Path, names: list[str], *, role: Role, fleet: str | 
                                         "password (the old one stops working)")
         passwords = {name: secrets.token_urlsafe(_PASSWORD_BYTES) for name in names}
         _set_passwords(p.passwd, passwords)
+        if accounts["tls"]:  # a rotated account's old certificate must stop working with its old password
+            old = {serial: name for name in names if name in accounts["accounts"]
+                   and (serial := certificate_serial(p.client_cert(name))) is not None}
+            if old:
+                revoke_serials(directory, old)
         created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         for name in names:
             ca = cert = key = None
@@ -289,6 +294,52 @@ def _enroll_many(directory: Path, names: list[str], *, role: Role, fleet: str | 
     if reload:
         reload_broker(directory)
     return out
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """What `revoke_account` did: the account is gone, its certificate (TLS) listed in the CRL."""
+
+    name: str
+    role: Role
+    fleet: str | None
+    certificate_serial: int | None
+    reloaded: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "fleet": self.fleet,
+                "certificate_serial": None if self.certificate_serial is None else f"{self.certificate_serial:x}",
+                "reloaded": self.reloaded}
+
+
+def revoke_account(directory: str | Path, name: str) -> Revocation:
+    """Remove an account for good: password hash, ACL entry, certificate (into the CRL), credentials file.
+
+    The running broker is reloaded (SIGHUP): measured on Mosquitto 2.0.11, a connected client whose
+    account vanished from the password file is disconnected at once, and with TLS its certificate's
+    next handshake fails against the CRL. Enrol the name again to give it a fresh identity.
+    """
+    check_account_name(name)
+    directory = Path(directory)
+    p = SecurityPaths(directory)
+    with locked(p):
+        accounts = read_accounts(p)
+        if accounts is None:
+            raise SecurityError(f"{p.root} is not initialized: start the broker with "
+                                f"`tinyfleet broker start --dir {directory}` first")
+        known = accounts["accounts"].get(name)
+        if known is None:
+            raise SecurityError(f"{name!r} is not enrolled in {p.root} (nothing to revoke)")
+        serial = certificate_serial(p.client_cert(name)) if accounts["tls"] else None
+        if serial is not None:
+            revoke_serials(directory, {serial: name})
+        _set_passwords(p.passwd, {}, remove=(name,))
+        del accounts["accounts"][name]
+        write_accounts(p, accounts)
+        write_acl(directory)
+        for path in (p.client_key(name), p.client_cert(name), p.credentials_dir / f"{name}.json"):
+            path.unlink(missing_ok=True)
+    return Revocation(name, known["role"], known.get("fleet"), serial, reload_broker(directory))
 
 
 def hash_password(password: str, *, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:

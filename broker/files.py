@@ -2,7 +2,8 @@
 
 Files under ``<broker dir>/security/``: ``passwd``, ``acl``, ``accounts.json`` (names, roles,
 fleets; no secrets), ``credentials/`` (server accounts' 0600 JSON), ``pki/`` (CA, server and client
-certificates). Every write is a temp file + fsync + rename, so a crash never leaves half a file,
+certificates, the CRL ``crl.pem`` Mosquitto reads and ``revoked.json``, the serials it lists). Every
+write is a temp file + fsync + rename, so a crash never leaves half a file,
 and enrolments of one directory are serialized by an advisory lock.
 """
 
@@ -81,6 +82,14 @@ class SecurityPaths:
     def server_key(self) -> Path:
         return self.pki / "server.key"
 
+    @property
+    def crl(self) -> Path:
+        return self.pki / "crl.pem"
+
+    @property
+    def revoked(self) -> Path:
+        return self.pki / "revoked.json"
+
     def client_cert(self, name: str) -> Path:
         return self.pki / "clients" / f"{name}.crt"
 
@@ -144,12 +153,13 @@ def write_public(path: Path, data: bytes) -> None:
 @contextlib.contextmanager
 def locked(p: SecurityPaths) -> Iterator[None]:
     """Serialize enrolments of one directory (two `enroll` commands at once must not lose an account)."""
-    try:
-        p.root.mkdir(parents=True, exist_ok=True)
-        lock = open(p.lock, "a")
-    except OSError as exc:  # e.g. a run directory below a regular file, or a read-only disk
-        raise SecurityError(f"{p.root}: cannot create the broker's security files ({exc.strerror or exc})") from None
-    with lock as f:
+    with contextlib.ExitStack() as stack:
+        try:
+            p.root.mkdir(parents=True, exist_ok=True)
+            f = stack.enter_context(open(p.lock, "a"))
+        except OSError as exc:  # e.g. a run directory below a regular file, or a read-only disk
+            raise SecurityError(f"{p.root}: cannot create the broker's security files "
+                                f"({exc.strerror or exc})") from None
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

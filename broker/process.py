@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -20,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from broker.exceptions import BrokerError
+
+log = logging.getLogger(__name__)
 
 
 def find_mosquitto() -> str | None:
@@ -134,6 +137,7 @@ class MosquittoBroker:
         binary = find_mosquitto()
         if binary is None:
             raise BrokerError("mosquitto is not installed (Debian/Ubuntu: apt-get install -y mosquitto)")
+        self._stop_leftover(timeout)
         conf = self.write_config()
         self.pid_file.unlink(missing_ok=True)
         with open(self.directory / "mosquitto.stdout", "ab") as out:
@@ -151,6 +155,26 @@ class MosquittoBroker:
             time.sleep(0.02)
         self.stop()
         raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout:.0f} s")
+
+    def _stop_leftover(self, timeout: float) -> None:
+        """Stop a Mosquitto still running from this directory (its owner was SIGKILLed) before replacing it.
+
+        Why: a killed `federate run --simulate` leaves its private broker running; starting a new one
+        would overwrite the PID and state files and orphan the old process for good. Only a process
+        whose command line names this directory's config is stopped (a recycled PID is left alone).
+        """
+        state = read_state(self.directory)
+        pid = state.pid if state is not None else _read_pid(self.pid_file)
+        if pid is None or not _pid_alive(pid):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return
+        if str(self.directory / "mosquitto.conf").encode() not in cmdline:
+            return
+        log.warning("stopping the Mosquitto (PID %d) left running in %s by a killed process", pid, self.directory)
+        _terminate(pid, timeout)
 
     def stop(self, *, timeout: float = 5.0) -> None:
         """Stop the broker by PID (SIGTERM, then SIGKILL) and forget its state file."""

@@ -17,8 +17,13 @@ with MQTT v5 clients Mosquitto 2.0.11 answers an oversize QoS 1 PUBLISH with an 
 and paho enters a reconnect loop (shared notes, mqtt-security.md).
 
 Accounts and passwords: `broker.accounts`; the ACL file: `broker.acl`; the TLS CA: `broker.pki`;
-where the files live: `broker.files`. With TLS the listener requires a client certificate *and* a
-password.
+where the files live: `broker.files`.
+
+With TLS the client certificate *is* the account: ``use_identity_as_username`` makes the
+certificate's CN (= the account name, `broker.pki`) the MQTT user name, so device A's certificate
+with device B's user name and password logs in as A (it was B before). Mosquitto then no longer
+checks the password on that listener; a certificate is revoked through the CRL (``crlfile``,
+`broker.pki.revoke_serials`) when its account is rotated or revoked.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from broker.files import (
     write_accounts,
     write_private,
 )
-from broker.pki import make_pki
+from broker.pki import make_pki, write_crl
 from broker.process import MosquittoBroker
 from devices.wire.protocol import DEFAULT_MAX_FRAME_BYTES
 
@@ -97,6 +102,7 @@ class SecureBrokerConfig:
             write_private(p.passwd, "")
             if self.tls:
                 make_pki(self.directory)
+                write_crl(self.directory)
             write_accounts(p, {"version": ACCOUNTS_VERSION, "tls": self.tls, "accounts": {}})
         return enroll_server(self.directory, SERVER_USER)
 
@@ -113,13 +119,16 @@ class SecureBrokerConfig:
         ]
         if self.tls:
             lines += [f"cafile {p.ca_cert}", f"certfile {p.server_cert}", f"keyfile {p.server_key}",
-                      "tls_version tlsv1.2", "require_certificate true", "use_identity_as_username false"]
+                      f"crlfile {p.crl}", "tls_version tlsv1.2", "require_certificate true",
+                      "use_identity_as_username true"]
         return "\n".join(lines)
 
     def broker(self, *, host: str = "127.0.0.1", port: int | None = None, persistence: bool = False) -> MosquittoBroker:
         """Initialize if needed and return a `MosquittoBroker` that runs with this configuration."""
         self.initialize()
         write_acl(self.directory)
+        if self.tls and not self.paths.crl.is_file():  # directories secured before CRLs existed get an empty one
+            write_crl(self.directory)
         return MosquittoBroker(self.directory, host=host, port=port, extra_config=self.extra_config(),
                                persistence=persistence, allow_anonymous=False, tls=self.tls)
 

@@ -53,7 +53,7 @@ from devices.wire.protocol import (
 )
 from devices.wire.sparse import top_p_encode
 from devices.wire.thing_description import td_payload, thing_description
-from devices.wire.topics import DEFAULT_FLEET, check_name, device_topic
+from devices.wire.topics import DEFAULT_FLEET, Kind, check_name, device_topic
 from firmware_models.exceptions import TinyFleetError
 from firmware_models.usecases.base import DeviceData
 
@@ -165,8 +165,8 @@ class DeviceAgent:
             log.warning("%s: %s; it will refuse train/evaluate/adapt tasks", self.client_id, exc)
 
     # ------------------------------------------------------------------------------ topics
-    def topic(self, kind: str) -> str:
-        return device_topic(self.config.fleet, self.client_id, kind)  # type: ignore[arg-type]
+    def topic(self, kind: Kind) -> str:
+        return device_topic(self.config.fleet, self.client_id, kind)
 
     def will(self) -> tuple[str, bytes]:
         return self.topic("presence"), presence_payload(self.client_id, online=False, fleet=self.config.fleet,
@@ -221,7 +221,8 @@ class DeviceAgent:
                                "tasks-done": self.tasks_done, "memory-bytes": self.memory_bytes,
                                "ram-bytes": self.config.board.ram_bytes, "flash-bytes": self.config.board.flash_bytes,
                                "model-sha256": self.model_sha256,
-                               "head-sha256": sha256_hex(b"".join(w.tobytes() for w in self.learner.head.get_weights())),
+                               "head-sha256": sha256_hex(b"".join(w.tobytes()
+                                                                  for w in self.learner.head.get_weights())),
                                "uptime-s": round(time.monotonic() - self._started, 3)}
         if self.config.sensors and len(self.x_train):
             sample = np.asarray(self.x_train[int(self.learner.samples_seen_) % len(self.x_train)], np.float64)

@@ -77,3 +77,7 @@ class DeviceLinkError(TinyFleetError):
 
 class HeadDivergedError(LearnerInputError):
     """An SGD step would produce NaN/inf (learning rate too high); the head keeps its weights."""
+
+
+class CBuildError(TinyFleetError):
+    """The C device side could not be built or run: a missing compiler, a failed build, a failed check."""

@@ -166,7 +166,7 @@ class FleetSimulator:
         self.hub = MqttHub(address, credentials=credentials, workers=workers, tick_s=tick)
         self.agents: list[DeviceAgent] = []
         authenticated = bool(own) or (credentials is not None and credentials.password is not None)
-        for i, (data, board) in enumerate(zip(datasets, assign_boards(boards, n), strict=True)):
+        for i, (device_data, board) in enumerate(zip(datasets, assign_boards(boards, n), strict=True)):
             device_id = ids[i]
             slow = rng.random() < faults.slow_fraction
             intermittent = rng.random() < faults.intermittent_fraction
@@ -178,7 +178,8 @@ class FleetSimulator:
                               crash_prob_per_s=faults.crash_prob_per_s, crash_down_s=faults.crash_down_s,
                               duty=DutyCycle(faults.online_s, faults.period_s, phase) if intermittent else None,
                               seed=seed + i)
-            agent = DeviceAgent(cfg, factory(i, data), data, address=address, authenticated=authenticated)
+            agent = DeviceAgent(cfg, factory(i, device_data), device_data, address=address,
+                                authenticated=authenticated)
             self.agents.append(agent)
             self.hub.add(agent, credentials=own.get(device_id))
 

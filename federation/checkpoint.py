@@ -45,13 +45,17 @@ def save_checkpoint(path: str | Path, *, arrays: Mapping[str, np.ndarray], state
     path = Path(path)
     if any(k.startswith("__") for k in arrays):
         raise ValueError("array names starting with '__' are reserved")
+    bad = sorted(k for k, v in arrays.items() if np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v)))
+    if bad:  # the last line of defence: a model with NaN/inf would make every honest device refuse its tasks
+        raise CheckpointError(f"{path}: refusing to write non-finite parameters ({', '.join(bad)}); "
+                              "the previous checkpoint, if any, is intact")
     extra = dict(extra or {})
     meta = json.dumps({"format": CHECKPOINT_FORMAT, "keys": list(arrays), "extra_keys": list(extra), **state},
                       sort_keys=True)
     buf = io.BytesIO()
     members = {_META: np.frombuffer(meta.encode(), dtype=np.uint8), **{k: np.asarray(v) for k, v in arrays.items()},
                **{f"{_EXTRA}{i}": np.asarray(v) for i, v in enumerate(extra.values())}}
-    np.savez(buf, **members)
+    np.savez(buf, allow_pickle=False, **members)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:

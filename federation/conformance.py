@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs shipped; polish (#15) owns the mypy setup
+import jsonschema
 import numpy as np
 
 from devices.exceptions import DeviceLinkError
@@ -95,7 +95,7 @@ class _Watch:
         self.results: list[bytes] = []
         self._cond = threading.Condition()
         self.client = MqttClient(address, credentials, client_id=client_id, on_message=self._on_message,
-                                 subscriptions=[device_topic(fleet, device, k)  # type: ignore[arg-type]
+                                 subscriptions=[device_topic(fleet, device, k)
                                                 for k in ("td", "presence", "telemetry", "result")])
 
     def _on_message(self, topic: str, payload: bytes) -> None:

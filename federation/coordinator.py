@@ -13,11 +13,17 @@ aggregate_evaluate) with these additions:
   run ends with the same parameters as an uninterrupted one;
 * robustness: a round with fewer than `min_replies` valid replies keeps the old parameters, and a
   strategy that rejects the replies (`InconsistentMessageReplies`) fails the round, not the run;
-* after every round: one JSONL metrics line and an atomic checkpoint.
+  an aggregate that is not finite never replaces the parameters (finite float32 updates can still
+  add up to inf in θ + ε·Δ);
+* after every round: one JSONL metrics line and an atomic checkpoint;
+* loud failure: a broker lost for longer than the transport's timeout ends the run with a
+  `BrokerLostError` that names the command to resume it, and a run in which no round aggregated
+  anything ends with `NoProgressError` (exit 1) and no ``final.npz``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -37,7 +43,7 @@ from devices.wire.protocol import ConfigKey, MetricKey
 from devices.wire.topics import DEFAULT_FLEET
 from federation import flower_compat, strategy_state
 from federation.checkpoint import load_checkpoint, load_extra_arrays, save_checkpoint
-from federation.exceptions import CheckpointError
+from federation.exceptions import BrokerLostError, CheckpointError, NoProgressError
 from federation.grid import FleetGrid
 from federation.strategies.registry import build_strategy
 
@@ -66,6 +72,7 @@ class RunConfig:
     broker: str | None = None
     simulate: int = 0
     samples_per_device: int = 64
+    broker_timeout: float = 60.0
     allow_undescribed: bool = False  # sample devices that publish no Thing Description (federation.selection)
 
     def save(self, run_dir: Path) -> None:
@@ -177,6 +184,15 @@ class Coordinator:
     # -- the round loop --------------------------------------------------------------------------
     def _loop(self, arrays_np: dict[str, np.ndarray], first: int, rng: np.random.Generator,
               history: list[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return self._rounds(arrays_np, first, rng, history)
+        except BrokerLostError as exc:
+            done = history[-1]["round"] if history else 0
+            raise BrokerLostError(f"{exc}; the run stopped after round {done} of {self.config.rounds}: continue it "
+                                  f"with `tinyfleet federate resume {self.run_dir}`") from None
+
+    def _rounds(self, arrays_np: dict[str, np.ndarray], first: int, rng: np.random.Generator,
+                history: list[dict[str, Any]]) -> dict[str, Any]:
         cfg = self.config
         wait_for_quorum(self.grid, cfg.quorum, cfg.quorum_timeout)
         arrays = to_record(arrays_np)
@@ -185,8 +201,10 @@ class Coordinator:
             round_seed = int(rng.integers(2**63))
             record: dict[str, Any] = {"round": rnd}
             self._require_nodes(cfg.quorum_timeout)
-            train_cfg = ConfigRecord({ConfigKey.LOCAL_STEPS: cfg.local_steps, ConfigKey.LR: cfg.lr, ConfigKey.SEED: cfg.seed})
-            msgs = self._sampled(lambda: self.strategy.configure_train(rnd, arrays, train_cfg, self.grid), round_seed)
+            train_cfg = ConfigRecord({ConfigKey.LOCAL_STEPS: cfg.local_steps, ConfigKey.LR: cfg.lr,
+                                      ConfigKey.SEED: cfg.seed})
+            msgs = self._sampled(functools.partial(self.strategy.configure_train, rnd, arrays, train_cfg, self.grid),
+                                 round_seed)
             replies = self._sorted(self.grid.send_and_receive(messages=msgs, timeout=cfg.round_timeout))
             new_arrays, train_metrics, note = self._aggregate_train(rnd, replies)
             if new_arrays is not None:
@@ -195,8 +213,8 @@ class Coordinator:
             if note:
                 record["skipped"] = note
             eval_cfg = ConfigRecord({ConfigKey.SEED: cfg.seed})
-            emsgs = self._sampled(lambda: self.strategy.configure_evaluate(rnd, arrays, eval_cfg, self.grid),
-                                  round_seed + 1)
+            emsgs = self._sampled(functools.partial(self.strategy.configure_evaluate, rnd, arrays, eval_cfg,
+                                                    self.grid), round_seed + 1)
             ereplies = self._sorted(self.grid.send_and_receive(messages=emsgs, timeout=cfg.round_timeout))
             record.update(_metric_fields("eval", self._aggregate_evaluate(rnd, ereplies)))
             record.update(self._ledger_fields(rnd))
@@ -215,6 +233,10 @@ class Coordinator:
             log.info("round %d/%d: %s", rnd, cfg.rounds, record)
             if self.on_round is not None:
                 self.on_round(record)
+        if history and all("skipped" in r for r in history):
+            reasons = sorted({r["skipped"] for r in history})
+            raise NoProgressError(f"no round aggregated an update ({len(history)} of {cfg.rounds} rounds skipped: "
+                                  f"{'; '.join(reasons)[:300]}); {self.run_dir} has no final model")
         final = to_numpy(arrays)
         save_checkpoint(self.run_dir / FINAL_FILE, arrays=final, state={"run_id": cfg.run_id, "round": cfg.rounds})
         return {"run_id": cfg.run_id, "rounds": history, "final_sha256": arrays_sha256(final),
@@ -250,13 +272,20 @@ class Coordinator:
             arrays, metrics = self.strategy.aggregate_train(rnd, replies)
         except (InconsistentMessageReplies, AggregationError) as exc:
             return None, None, f"strategy rejected the replies: {exc}"
-        return arrays, metrics, None
+        if arrays is None:
+            return None, None, "the strategy aggregated nothing"
+        bad = [k for k, v in arrays.items() if not np.all(np.isfinite(v.numpy()))]
+        if bad:
+            log.warning("round %d: the aggregate of %d replies is not finite in %s; keeping the previous "
+                        "parameters", rnd, n_ok, ", ".join(bad))
+            return None, None, f"non-finite aggregate in {', '.join(bad)}: kept the previous parameters"
+        return arrays, _finite_metrics(metrics), None
 
     def _aggregate_evaluate(self, rnd: int, replies: list[Message]) -> MetricRecord | None:
         if self._valid_count(replies) == 0:
             return None
         try:
-            return self.strategy.aggregate_evaluate(rnd, replies)
+            return _finite_metrics(self.strategy.aggregate_evaluate(rnd, replies))
         except (InconsistentMessageReplies, AggregationError):
             return None
 
@@ -274,6 +303,14 @@ class Coordinator:
                 "bytes_up": s["bytes_up"], "bytes_down": s["bytes_down"],
                 "bytes_up_train": tr.get("bytes_up", 0), "bytes_down_train": tr.get("bytes_down", 0),
                 "reasons": reasons}
+
+
+def _finite_metrics(metrics: MetricRecord | None) -> MetricRecord | None:
+    """Drop aggregated metrics that are not finite (JSON has no inf; metrics.jsonl must stay parseable)."""
+    if metrics is not None:
+        for key in [k for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)]:
+            del metrics[key]
+    return metrics
 
 
 def _metric_fields(prefix: str, metrics: MetricRecord | None) -> dict[str, Any]:
@@ -327,9 +364,11 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         _, meta = load_checkpoint(run_dir / CHECKPOINT_FILE)
         done = int(meta.get("round", 0))
     finished = (run_dir / FINAL_FILE).is_file()
+    state = "finished" if finished else ("failed" if done >= config.rounds else
+                                         "interrupted" if done else "not-started")
     out: dict[str, Any] = {"run_id": config.run_id, "run_dir": str(run_dir), "task": config.task,
                            "strategy": config.strategy, "rounds": config.rounds, "rounds_done": done,
-                           "state": "finished" if finished else ("interrupted" if done else "not-started"),
+                           "state": state,
                            "last": rounds[-1] if rounds else None}
     if finished:
         final, _ = load_checkpoint(run_dir / FINAL_FILE)

@@ -13,6 +13,14 @@ class QuorumError(FederationError):
     """Fewer devices than required showed up before the quorum timeout."""
 
 
+class BrokerLostError(FederationError):
+    """The coordinator lost its MQTT broker for longer than `--broker-timeout` (the run stays resumable)."""
+
+
+class NoProgressError(FederationError):
+    """Every round of a run was skipped: nothing aggregated, so the run did not learn anything."""
+
+
 class CheckpointError(FederationError):
     """A run directory or its checkpoint is missing, truncated or from another tinyfleet version."""
 

@@ -83,14 +83,14 @@ def batch_sgd_step(head: MLPHead, feats: np.ndarray, targets: np.ndarray, lr: fl
     assert total is not None, "batch_sgd_step needs at least one sample"
     n = len(losses)
     new = []
-    for l in range(head.n_layers):
-        gw, gb = total[2 * l] / n, total[2 * l + 1] / n
+    for layer in range(head.n_layers):
+        gw, gb = total[2 * layer] / n, total[2 * layer + 1] / n
         scale = float(lr)
         if clip_norm is not None:
             norm = float(np.sqrt(np.sum(gw * gw) + np.sum(gb * gb)))
             if norm > clip_norm:
                 scale *= clip_norm / norm
-        new += [head.weights_[2 * l] - scale * gw, head.weights_[2 * l + 1] - scale * gb]
+        new += [head.weights_[2 * layer] - scale * gw, head.weights_[2 * layer + 1] - scale * gb]
     if all(np.all(np.isfinite(w)) for w in new):
         head.set_weights(new)
     return float(np.mean(losses))
@@ -239,5 +239,5 @@ def head_sizes(head: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[in
     return [int(ws[0].shape[0])] + [int(w.shape[1]) for w in ws[0::2]]
 
 
-__all__ = ["DEFAULT_ADAPT_LR", "NEW_DEVICE_RECONSTRUCT_STEPS", "adaptation_curve", "batch_sgd_step", "fewshot_curve", "head_sizes", "reconstruct_local",
-           "scratch_head"]
+__all__ = ["DEFAULT_ADAPT_LR", "NEW_DEVICE_RECONSTRUCT_STEPS", "adaptation_curve", "batch_sgd_step", "fewshot_curve",
+           "head_sizes", "reconstruct_local", "scratch_head"]

@@ -7,6 +7,12 @@ condition variable woken by the transport thread). Everything a device sends pas
 `federation.replies` first; a malformed, stale or foreign reply becomes a Flower error reply (a
 failure in the strategy's count, with its reason in the round ledger), never an exception that
 ends the run. Replies that arrive after their phase returned are discarded and counted.
+
+The server trusts no number a device states about itself: the sender is the device of the
+authenticated topic (a header naming another device is ``wrong-device``), weights are granted by
+the server (`federation.replies.granted_examples`), a task is re-sent at most `MAX_RESENDS` times
+(once per reconnect of its device), and a broker lost for good ends the wait with an error
+instead of empty rounds.
 """
 
 from __future__ import annotations
@@ -16,18 +22,31 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 from flwr.serverapp import Grid
 
 from devices.wire.protocol import ConfigKey, weight_names
 from federation.exceptions import QuorumError
 from federation.flower_compat import Run, empty_run, set_message_id
 from federation.ledger import RoundLedger
-from federation.replies import DENSE, TOP_P, RejectedReply, check_metrics, check_train_arrays, outlier_indices
+from federation.replies import (
+    DENSE,
+    TOP_P,
+    WEIGHT_KEY,
+    RejectedReply,
+    check_metrics,
+    check_train_arrays,
+    device_error_reason,
+    granted_examples,
+    one_line,
+)
+from federation.screening import cap_evaluation_weights, harmonize_metrics, metric_outliers, norm_outliers
 from federation.selection import explain_exclusions
 from federation.transport import Codec, CodecError, TaskSpec, Transport, WireReply
 
@@ -37,6 +56,10 @@ DeviceFilter = Callable[[str], bool]
 
 # Error codes of the error replies the Grid makes up (Flower's Error.code is an int).
 ERR_DEVICE, ERR_REJECTED = 1, 2
+MAX_RESENDS = 3
+"""Re-sends of one task at most, each triggered by its device coming back online (a flood buys nothing)."""
+WAIT_SLICE = 0.25
+"""Seconds between checks of the transport's connection while a phase waits for replies."""
 _MISSING_RUN = "the result has no 'run' (a device copies 'run' and 'round' from the task into its result)"
 _MISSING_ROUND = "the result has no 'round' (a device copies 'run' and 'round' from the task into its result)"
 
@@ -61,8 +84,10 @@ class _Inflight:
     sent_arrays: dict[str, np.ndarray]
     encoding: str
     sent_keys: list[str]
+    max_examples: int | None = None
     payload: bytes = b""
     answered: bool = False
+    resends: int = 0
 
 
 class FleetGrid(Grid):
@@ -87,19 +112,23 @@ class FleetGrid(Grid):
         are already fitted by the pretrained head (measured over 24 rooms, 50 steps at lr 0.02:
         median update 0.0018, honest updates up to 0.24, ‖θ‖ 8.5): 1–2 of 8 replies per round,
         always the devices with the most to teach.
+    metric_factor : float, default=100.0
+        A reply metric (loss, ...) whose magnitude exceeds `metric_factor` × max(|round median|, 1)
+        is rejected (``absurd-metric``); see `federation.replies.metric_outlier_indices`.
     """
 
     def __init__(self, transport: Transport, codec: Codec, *, run_id: str,
                  allow: Collection[str] | DeviceFilter | None = None, norm_factor: float = 10.0,
-                 norm_floor: float = 0.1) -> None:
+                 norm_floor: float = 0.1, metric_factor: float = 100.0) -> None:
         self.transport = transport
         self.codec = codec
         self.run_id = run_id
         self.norm_factor = float(norm_factor)
         self.norm_floor = float(norm_floor)
+        self.metric_factor = float(metric_factor)
         self.ledger = RoundLedger()
         if allow is None or callable(allow):
-            self._allow: DeviceFilter | None = allow  # type: ignore[assignment]
+            self._allow: DeviceFilter | None = allow
         else:
             allowed = frozenset(allow)
             self._allow = allowed.__contains__
@@ -110,6 +139,8 @@ class FleetGrid(Grid):
         self._current_round = 0
         self._run: Run = empty_run(_hash63(run_id))
         self.transport.on_device_online(self._resend_inflight)
+        self.transport.on_discard(lambda device, reason, nbytes: self.ledger.discard(self._current_round, reason,
+                                                                                     nbytes))
         self.transport.start(self._on_payload)
 
     # -- Flower Grid interface ----------------------------------------------------------------
@@ -157,6 +188,7 @@ class FleetGrid(Grid):
         """
         deadline = time.monotonic() + timeout
         while True:
+            self.transport.check_connected()  # a broker gone for good is that error, not a missing quorum
             nodes = self.get_node_ids()
             if len(nodes) >= n:
                 return nodes
@@ -199,33 +231,18 @@ class FleetGrid(Grid):
             return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
     def wait_for_replies(self, message_ids: Iterable[str], timeout: float) -> bool:
-        """Block until a reply to any of `message_ids` can be pulled, or `timeout`; True if one can.
-
-        Why: asynchronous rounds (`federation.buffered`) push and pull on their own schedule and
-        must wake up on the first reply, not poll.
-        """
+        """Block until a reply to any of `message_ids` can be pulled (True) or `timeout` (asynchronous rounds)."""
         ids = set(message_ids)
-        deadline = time.monotonic() + timeout
         with self._cv:
-            while not ids & self._replies.keys():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(left)
-            return True
+            return self._cv.wait_for(lambda: bool(ids & self._replies.keys()), timeout)
 
-    def forget(self, message_ids: Iterable[str]) -> int:
-        """Give up on unanswered requests (counted as missing); their late replies are discarded. Returns how many."""
-        gone: list[_Inflight] = []
+    def forget(self, message_ids: Iterable[str]) -> None:
+        """Give up on requests: unanswered ones count as missing, their late replies are discarded."""
         with self._cv:
-            for mid in message_ids:
-                f = self._inflight.pop(mid, None)
-                self._replies.pop(mid, None)
-                if f is not None and not f.answered:
-                    gone.append(f)
+            gone = [(self._inflight.pop(m, None), self._replies.pop(m, None))[0] for m in list(message_ids)]
         for f in gone:
-            self.ledger.add(f.server_round, f.phase, missing=1)
-        return len(gone)
+            if f is not None and not f.answered:
+                self.ledger.add(f.server_round, f.phase, missing=1)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         """Send, wait for all replies or `timeout`, reject outliers; late replies are dropped afterwards."""
@@ -243,7 +260,8 @@ class FleetGrid(Grid):
                 left = None if deadline is None else deadline - time.monotonic()
                 if not pending or (left is not None and left <= 0):
                     break
-                self._cv.wait(left)
+                self.transport.check_connected()  # a broker gone for good ends the run, not the round
+                self._cv.wait(WAIT_SLICE if left is None else min(left, WAIT_SLICE))
             missing = [self._inflight.pop(i) for i in pending if i in self._inflight]
             for i in ids:
                 self._inflight.pop(i, None)
@@ -251,8 +269,7 @@ class FleetGrid(Grid):
             self.ledger.add(m.server_round, m.phase, missing=1)
             log.info("round %d %s: no reply from %s within %.1f s", m.server_round, m.phase, m.device_id,
                      timeout or 0.0)
-        got = self._reject_outliers(got, dict(zip(ids, messages, strict=True)))
-        got = _harmonize_metrics(got)
+        got = self._screen(got, dict(zip(ids, messages, strict=True)))
         if messages:
             rnd, phase = self._round_phase(messages[0])
             self.ledger.add(rnd, phase, seconds=time.monotonic() - t0)
@@ -261,7 +278,8 @@ class FleetGrid(Grid):
     # -- sending --------------------------------------------------------------------------------
     def _round_phase(self, msg: Message) -> tuple[int, str]:
         cfg = _first(msg.content.config_records)
-        rnd = int(cfg.get(ConfigKey.SERVER_ROUND, self._current_round)) if cfg is not None else self._current_round
+        raw = cfg.get(ConfigKey.SERVER_ROUND) if cfg is not None else None
+        rnd = int(raw) if isinstance(raw, int | float | str) else self._current_round
         phase = "train" if msg.metadata.message_type.startswith(MessageType.TRAIN) else "evaluate"
         return rnd, phase
 
@@ -274,8 +292,10 @@ class FleetGrid(Grid):
         cfg_rec = _first(msg.content.config_records)
         config = dict(cfg_rec) if cfg_rec is not None else {}
         encoding = TOP_P if ConfigKey.TOP_P in config else DENSE
+        steps = config.get(ConfigKey.LOCAL_STEPS, getattr(self.codec, "task_defaults", {}).get(ConfigKey.LOCAL_STEPS))
+        cap = int(steps) if phase == "train" and isinstance(steps, int) and steps > 0 else None  # batch 1
         inflight = _Inflight(msg, device_id or "?", rnd, phase, _expected_reply(arrays, config), encoding,
-                             list(arrays))
+                             list(arrays), cap)
         if device_id is None:  # a node id we never announced: answer with an error, do not crash
             with self._cv:
                 self._inflight[mid] = inflight
@@ -295,11 +315,16 @@ class FleetGrid(Grid):
         Why: a task published while the device or the broker was away is lost (clean MQTT sessions,
         no broker persistence), and the round would wait for it in vain. Re-sending is safe: the
         correlation id is unchanged, a device answers a task id it has seen from its reply cache
-        (trained once), and the Grid keeps one reply per request.
+        (trained once), and the Grid keeps one reply per request. Bounded: the transport calls this
+        only when a device *comes back* (not for repeated "online" messages), and each task is
+        re-sent at most `MAX_RESENDS` times, so a device that flaps on purpose buys a few copies of
+        its own task, nothing more.
         """
         with self._cv:
             todo = [(mid, f) for mid, f in self._inflight.items()
-                    if f.device_id == device_id and f.payload and not f.answered]
+                    if f.device_id == device_id and f.payload and not f.answered and f.resends < MAX_RESENDS]
+            for _, f in todo:
+                f.resends += 1
         for mid, f in todo:
             self.ledger.add(f.server_round, f.phase, resent=1, bytes_down=len(f.payload))
             log.info("round %d %s: %s is back online; re-sending task %s", f.server_round, f.phase, device_id,
@@ -325,6 +350,10 @@ class FleetGrid(Grid):
             self._reject(reply.correlation_id, inflight, "wrong-device",
                          f"reply from {device_id} to a request sent to {inflight.device_id}")
             return
+        if reply.device_id != device_id:  # the topic is authenticated by the broker, the header is not
+            self._reject(reply.correlation_id, inflight, "wrong-device",
+                         f"reply on {device_id}'s topic names device {one_line(reply.device_id, 64)!r}")
+            return
         if reply.run_id != self.run_id:
             self._reject(reply.correlation_id, inflight, "unknown-run", _MISSING_RUN if reply.run_id is None
                          else f"run {reply.run_id!r} is not {self.run_id!r}")
@@ -335,10 +364,11 @@ class FleetGrid(Grid):
             return
         if reply.error is not None:
             code, reason = reply.error
+            label = device_error_reason(code)
             self._deliver(reply.correlation_id,
-                          Message(Error(ERR_DEVICE, f"{device_id}: {code}: {reason}"), reply_to=inflight.message),
-                          account=lambda: self.ledger.reject(inflight.server_round, inflight.phase,
-                                                             f"device-error:{code}"))
+                          Message(Error(ERR_DEVICE, f"{device_id}: {label}: {one_line(reason)}"),
+                                  reply_to=inflight.message),
+                          account=lambda: self.ledger.reject(inflight.server_round, inflight.phase, label))
             return
         try:
             message = self._build_reply(reply, inflight)
@@ -352,15 +382,17 @@ class FleetGrid(Grid):
         mid = exc.correlation_id
         with self._cv:
             inflight = self._inflight.get(mid) if mid else None
-        if inflight is None:
+        if mid is None or inflight is None:
             self.ledger.discard(self._current_round, "undecodable", len(payload))
             log.info("discarded an undecodable result from %s: %s", device_id, exc)
             return
         self.ledger.add(inflight.server_round, inflight.phase, bytes_up=len(payload))
-        self._reject(mid, inflight, "malformed", str(exc))  # type: ignore[arg-type]
+        self._reject(mid, inflight, exc.reason, one_line(str(exc)))
 
     def _build_reply(self, reply: WireReply, inflight: _Inflight) -> Message:
-        metrics = check_metrics(reply.metrics, phase=inflight.phase)
+        checked = check_metrics(reply.metrics, phase=inflight.phase)
+        checked[WEIGHT_KEY] = granted_examples(int(checked[WEIGHT_KEY]), inflight.max_examples)
+        metrics: dict[str, MetricRecordValues] = {**checked}
         content = RecordDict()
         if inflight.phase == "train":
             arrays, norm = check_train_arrays(_as_sent(reply.arrays, inflight.sent_keys), inflight.sent_arrays,
@@ -403,38 +435,37 @@ class FleetGrid(Grid):
             self._replies[mid] = message
             self._cv.notify_all()
 
-    def _reject_outliers(self, replies: list[Message], requests: dict[str, Message]) -> list[Message]:
-        """Turn train replies whose update norm is absurd relative to the round's median into errors."""
-        ok = [(i, r) for i, r in enumerate(replies)
-              if not r.has_error() and "update-norm" in (_first(r.content.metric_records) or {})]
-        norms = [float(_first(r.content.metric_records)["update-norm"]) for _, r in ok]  # type: ignore[index]
-        floor = 0.0
-        if ok:  # every train request of a round carries the same θ
-            sent = _first(requests[ok[0][1].metadata.reply_to_message_id].content.array_records)
-            theta_sq = sum(float(np.sum(np.square(v.numpy(), dtype=np.float64))) for v in sent.values()) if sent else 0.0
-            floor = self.norm_floor * float(np.sqrt(theta_sq))
-        bad = outlier_indices(norms, factor=self.norm_factor, floor=floor)
-        if not bad:
+    def _screen(self, replies: list[Message], requests: dict[str, Message]) -> list[Message]:
+        """Apply the round-level rules (`federation.screening`): refused replies become counted errors."""
+        if not replies:
             return replies
-        med = float(np.median(norms))
+        first = requests[replies[0].metadata.reply_to_message_id]
+        rnd, phase = self._round_phase(first)
+        sent = next(iter(first.content.array_records.values()), None)  # every request of a phase carries θ
+        theta = float(np.sqrt(sum(float(np.sum(np.square(v.numpy(), dtype=np.float64))) for v in sent.values())
+                              )) if sent is not None else 0.0
+        refusals = norm_outliers(replies, theta, factor=self.norm_factor, floor_ratio=self.norm_floor)
+        refused = {r.index for r in refusals}
+        refusals += [r for r in metric_outliers(replies, factor=self.metric_factor) if r.index not in refused]
         out = list(replies)
-        for j in bad:
-            i, r = ok[j]
-            request = requests[r.metadata.reply_to_message_id]
-            rnd, phase = self._round_phase(request)
-            device = self._devices_by_node.get(r.metadata.src_node_id, "?")
+        for r in refusals:
+            reply = replies[r.index]
+            device = self._devices_by_node.get(reply.metadata.src_node_id, "?")
             self.ledger.add(rnd, phase, replies=-1)
-            self.ledger.reject(rnd, phase, "absurd-norm")
-            out[i] = Message(Error(ERR_REJECTED, f"{device}: absurd-norm: update norm {norms[j]:.3g} > "
-                                                 f"{self.norm_factor:g} x median {med:.3g} and > "
-                                                 f"{self.norm_floor:g} x |theta| ({floor:.3g})"), reply_to=request)
+            self.ledger.reject(rnd, phase, r.reason)
+            out[r.index] = Message(Error(ERR_REJECTED, f"{device}: {r.reason}: {r.detail}"),
+                                   reply_to=requests[reply.metadata.reply_to_message_id])
+        if phase == "evaluate":
+            cap_evaluation_weights(out)
+        harmonize_metrics(out)
         return out
 
 
-def _expected_reply(sent: dict[str, np.ndarray], config: dict[str, object]) -> dict[str, np.ndarray]:
+def _expected_reply(sent: dict[str, np.ndarray], config: Mapping[str, object]) -> dict[str, np.ndarray]:
     """The arrays a train reply must answer: all that were sent except the device's local layers."""
-    local = config.get(ConfigKey.LOCAL_LAYERS) or []
-    keep = {f"{p}{i}" for i in local if isinstance(i, int) for p in ("w", "b")}  # type: ignore[union-attr]
+    local = config.get(ConfigKey.LOCAL_LAYERS)
+    keep = {f"{p}{i}" for i in (local if isinstance(local, list | tuple) else ()) if isinstance(i, int)
+            for p in ("w", "b")}
     return {k: v for k, v in sent.items() if k not in keep}
 
 
@@ -457,21 +488,12 @@ def _as_sent(arrays: dict[str, np.ndarray], sent_keys: list[str]) -> dict[str, n
     return out
 
 
-def _first(records: dict) -> object | None:  # type: ignore[type-arg]
+_R = TypeVar("_R")
+
+
+def _first(records: Mapping[str, _R]) -> _R | None:
+    """The first record of a Flower RecordDict section (our messages carry one of each kind)."""
     return next(iter(records.values()), None) if records else None
-
-
-def _harmonize_metrics(replies: list[Message]) -> list[Message]:
-    """Keep only metric keys every valid reply has: Flower aborts the run on differing key sets."""
-    valid = [r for r in replies if not r.has_error()]
-    if len(valid) < 2:
-        return replies
-    common = set.intersection(*(set(_first(r.content.metric_records) or {}) for r in valid))  # type: ignore[arg-type]
-    for r in valid:
-        rec = _first(r.content.metric_records)
-        for key in [k for k in rec if k not in common]:  # type: ignore[union-attr]
-            del rec[key]  # type: ignore[union-attr]
-    return replies
 
 
 __all__ = ["FleetGrid", "node_id_for"]

@@ -29,7 +29,8 @@ class PhaseStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {"sent": self.sent, "replies": self.replies, "failures": self.failures,
-                "missing": self.missing, "resent": self.resent, "bytes_down": self.bytes_down, "bytes_up": self.bytes_up,
+                "missing": self.missing, "resent": self.resent, "bytes_down": self.bytes_down,
+                "bytes_up": self.bytes_up,
                 "seconds": round(self.seconds, 6), "reasons": dict(sorted(self.reasons.items()))}
 
 

@@ -10,21 +10,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.server.strategy.aggregate import aggregate_median, aggregate_trimmed_avg
+from flwr.serverapp.strategy.multikrum import select_multikrum
 
-AGGREGATIONS = ("mean", "median", "trimmed-mean")
+AGGREGATIONS = ("mean", "median", "trimmed-mean", "krum")
 """How the devices' updates φ_i − θ are combined: Reptile's mean, or a robust statistic."""
 
 
+def krum_index(deltas: Sequence[Sequence[np.ndarray]], num_malicious_nodes: int) -> int:
+    """Index of the update Krum selects (Blanchard et al., 2017), by Flower's own `select_multikrum`.
+
+    Krum scores each update by the summed squared distances to its n − f − 2 nearest others and
+    keeps the one with the lowest score: an update far from every other (an attacker's) is never chosen.
+    """
+    contents = [RecordDict({"arrays": ArrayRecord({str(k): Array(np.ascontiguousarray(a)) for k, a in enumerate(d)})})
+                for d in deltas]
+    (chosen,) = select_multikrum(contents, num_malicious_nodes=num_malicious_nodes, num_nodes_to_select=1)
+    return next(i for i, c in enumerate(contents) if c is chosen)
+
+
 def reptile_update(theta: Sequence[np.ndarray], phis: Sequence[Sequence[np.ndarray]],
-                   epsilon: float, *, aggregation: str = "mean", trim: float = 0.2) -> list[np.ndarray]:
+                   epsilon: float, *, aggregation: str = "mean", trim: float = 0.2,
+                   num_malicious_nodes: int = 0) -> list[np.ndarray]:
     """Return θ + ε · agg_i(φ_i − θ), layer by layer, in float64 then cast back.
 
     ``agg`` is Reptile's mean by default. A device that passes every per-reply check can still
     send a large, consistent, wrong update (a broken sensor, a poisoned data set); the mean moves
     by 1/n of it, the coordinate-wise median and the trimmed mean by nothing or little. These two
     are Flower's own `aggregate_median` / `aggregate_trimmed_avg` (FedMedian, FedTrimmedAvg)
-    applied to the updates with equal weights.
+    applied to the updates with equal weights; "krum" takes the one update Flower's Krum selects.
 
     Parameters
     ----------
@@ -38,6 +53,8 @@ def reptile_update(theta: Sequence[np.ndarray], phis: Sequence[Sequence[np.ndarr
         How the updates are combined.
     trim : float, default=0.2
         For "trimmed-mean": fraction cut at *each* end per coordinate, in [0, 0.5).
+    num_malicious_nodes : int, default=0
+        For "krum": the f of Krum's n − f − 2 neighbours (`krum_index`).
 
     Returns
     -------
@@ -56,8 +73,10 @@ def reptile_update(theta: Sequence[np.ndarray], phis: Sequence[Sequence[np.ndarr
         combined = [np.mean([d[k] for d in deltas], axis=0) for k in range(len(t64s))]
     elif aggregation == "median":
         combined = aggregate_median([(d, 1) for d in deltas])
-    else:
+    elif aggregation == "trimmed-mean":
         combined = aggregate_trimmed_avg([(d, 1) for d in deltas], trim)
+    else:
+        combined = deltas[krum_index(deltas, num_malicious_nodes)]
     return [(t64 + epsilon * c).astype(np.asarray(t).dtype)
             for t, t64, c in zip(theta, t64s, combined, strict=True)]
 

@@ -119,4 +119,4 @@ def _node_filter(transport: MqttTransport, use_case: str | None,
         return allow
     if allow is None:
         return lambda device_id: transport.use_case(device_id) == use_case
-    return lambda device_id: allow(device_id) and transport.use_case(device_id) == use_case  # type: ignore[misc]
+    return lambda device_id: allow(device_id) and transport.use_case(device_id) == use_case

@@ -5,6 +5,14 @@ from the devices' retained presence documents (the Last Will flips them to offli
 coordinator that starts after the fleet still sees who is online; the retained Thing Descriptions
 say what each device is (`federation.selection` samples by them). The connection is the project's one
 `MqttClient` (TCP_NODELAY, credentials, TLS and refusals handled there).
+
+Nothing a device says about itself is trusted: the device id is the one in the topic the broker
+authenticated (a presence document or TD naming another device is dropped as ``wrong-device``); each
+device has a message budget per topic kind (`devices.link.ratelimit`); and only a *change* to
+online (first sight, after an offline, or after the coordinator's own reconnect replays the retained
+documents) counts as the device coming back, so a flood of "online" messages triggers nothing.
+Losing the broker is tolerated for `broker_timeout` seconds (paho reconnects with backoff), then
+`check_connected` raises `BrokerLostError`.
 """
 
 from __future__ import annotations
@@ -12,14 +20,17 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 
 from devices.exceptions import DeviceLinkError, ProtocolError
 from devices.link.address import BrokerAddress, Credentials
 from devices.link.client import MqttClient
+from devices.link.ratelimit import RateLimiter
 from devices.wire import protocol
-from devices.wire.topics import device_topic, fleet_filter, parse_topic
-from federation.exceptions import FederationError
+from devices.wire.thing_description import described_device
+from devices.wire.topics import Kind, device_topic, fleet_filter, parse_topic
+from federation.exceptions import BrokerLostError, FederationError
 from federation.selection import Description, description_from_td
 from federation.transport import PayloadHandler, Transport
 
@@ -47,22 +58,35 @@ class MqttTransport(Transport):
         Also follow the devices' retained Thing Descriptions, so that `description`/`use_case` can
         tell what each device says it is (`federation.selection`; off by default: a large fleet's TDs
         are kilobytes each, and a run that samples by the registry does not need them).
+    broker_timeout : float, default=60.0
+        Seconds the broker may stay unreachable (paho keeps reconnecting with backoff) before
+        `check_connected` gives up.
+    presence_budget, result_budget : (rate per second, burst)
+        Each device's message budget on its presence (and TD) and result topics. An honest device
+        sends one presence document per (re)connect and at most a few results per round; the result
+        budget is generous because rounds of tiny models can be a fraction of a second.
     """
 
     def __init__(self, address: BrokerAddress, *, fleet: str, credentials: Credentials | None = None,
-                 client_id: str | None = None, connect_timeout: float = 10.0, descriptions: bool = False) -> None:
+                 client_id: str | None = None, connect_timeout: float = 10.0, descriptions: bool = False,
+                 broker_timeout: float = 60.0, presence_budget: tuple[float, float] = (2.0, 10.0),
+                 result_budget: tuple[float, float] = (50.0, 100.0)) -> None:
         self.address = address
         self.fleet = fleet
         self.client_id = client_id or f"tinyfleet-server-{uuid.uuid4().hex[:8]}"
         self.connect_timeout = connect_timeout
         self.username = credentials.username if credentials is not None else None
+        self.broker_timeout = float(broker_timeout)
         self._online: dict[str, bool] = {}
         self._descriptions: dict[str, Description] = {}
+        self._epoch = 0  # MqttClient.connections when `_online` was last valid
+        self._limits = {"presence": RateLimiter(*presence_budget), "td": RateLimiter(*presence_budget),
+                        "result": RateLimiter(*result_budget)}
         self._lock = threading.Lock()
         self._on_payload: PayloadHandler | None = None
-        kinds = ("presence", "result", "td") if descriptions else ("presence", "result")
+        kinds: tuple[Kind, ...] = ("presence", "result", "td") if descriptions else ("presence", "result")
         self._mqtt = MqttClient(address, credentials, client_id=self.client_id, keepalive=30,
-                                subscriptions=[fleet_filter(fleet, k) for k in kinds],  # type: ignore[arg-type]
+                                subscriptions=[fleet_filter(fleet, k) for k in kinds],
                                 on_message=self._handle_message)
 
     @property
@@ -104,6 +128,21 @@ class MqttTransport(Transport):
     def close(self) -> None:
         self._mqtt.close()
 
+    def check_connected(self) -> None:
+        """Raise `BrokerLostError` once the broker has been unreachable for more than `broker_timeout`."""
+        lost = self._mqtt.disconnected_at
+        if self._mqtt.connected.is_set() or lost is None:
+            return
+        down = time.monotonic() - lost
+        if down > self.broker_timeout:
+            raise BrokerLostError(f"lost the MQTT broker at {self.address.url}: unreachable for {down:.0f} s "
+                                  f"(--broker-timeout {self.broker_timeout:g} s)")
+
+    def _discard(self, device_id: str, reason: str, nbytes: int) -> None:
+        handler = getattr(self, "_discard_handler", None)
+        if handler is not None:
+            handler(device_id, reason, nbytes)
+
     def _check_not_taken_over(self) -> None:
         if self._mqtt.taken_over:
             who = f"account {self.username!r}" if self.username else f"client id {self.client_id!r}"
@@ -117,6 +156,9 @@ class MqttTransport(Transport):
         try:
             topic = parse_topic(topic_name)
         except ValueError:
+            return
+        if topic.kind in self._limits and not self._limits[topic.kind].allow(topic.device_id):
+            self._discard(topic.device_id, "rate-limited", len(payload))
             return
         if topic.kind == "result":
             if self._on_payload is not None:
@@ -141,6 +183,10 @@ class MqttTransport(Transport):
         except (UnicodeDecodeError, ValueError) as exc:
             log.info("ignored the Thing Description of %s: not UTF-8 JSON (%s)", device_id, exc)
             td = None
+        if isinstance(td, dict) and described_device(td) != device_id:
+            log.info("ignored a Thing Description on %s's topic that describes %r", device_id, described_device(td))
+            self._discard(device_id, "wrong-device", len(payload))  # a claim about another device: never used
+            return
         with self._lock:
             self._descriptions[device_id] = description_from_td(td)
 
@@ -152,10 +198,22 @@ class MqttTransport(Transport):
                 doc = protocol.decode_json_document(payload, expected_type=protocol.MessageType.PRESENCE)
             except ProtocolError as exc:
                 log.info("ignored presence of %s: %s", device_id, exc)
+                self._discard(device_id, "malformed", len(payload))
                 return
-            online = doc.get("device") == device_id and doc.get("online") is True
+            if doc.get("device") != device_id:
+                log.info("ignored presence on %s's topic naming %r", device_id, doc.get("device"))
+                self._discard(device_id, "wrong-device", len(payload))
+                return
+            online = doc.get("online") is True
         with self._lock:
+            if self._mqtt.connections != self._epoch:  # our own reconnect: every "online" is news again
+                self._epoch = self._mqtt.connections
+                self._online = {d: False for d in self._online}
+            came_back = online and not self._online.get(device_id, False)
             self._online[device_id] = online
+        if online and not came_back:
+            self._discard(device_id, "duplicate-online", 0)
+            return
         handler = getattr(self, "_online_handler", None)
-        if online and handler is not None:
-            handler(device_id)  # it reconnected (or the coordinator did and got the retained document)
+        if came_back and handler is not None:
+            handler(device_id)  # it (re)connected, or the coordinator did and got the retained document

@@ -10,6 +10,11 @@ Two reply encodings exist for training replies:
 * ``dense``: the same array keys and shapes that were sent (FedAvg, Reptile);
 * ``top-p``: for every sent key ``k`` the pair ``k.idx`` (uint32 flat indices) and ``k.val``
   (float32 values) of the update φ − θ (TinyMetaFed's selective communication).
+
+Numbers are checked in the type they are used in: tensors after conversion to float32 (a float64
+1e300 is finite but becomes inf), metrics against the float32 range. Beyond single replies, the
+round-level rules live here too: update norms and metric values far from the round's median, and
+the weights (`num-examples`) the server grants, which it decides, not the device.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 
 from devices.exceptions import SparseEncodingError
 from devices.wire.protocol import (
+    ERROR_CODES,
     REQUIRED_METRICS,
     SPARSE_INDEX_SUFFIX,
     SPARSE_VALUE_SUFFIX,
@@ -35,6 +41,9 @@ ENCODING_KEY = "reply-encoding"
 DENSE, TOP_P = Encoding.DENSE, Encoding.TOP_P
 IDX_SUFFIX, VAL_SUFFIX = SPARSE_INDEX_SUFFIX, SPARSE_VALUE_SUFFIX
 MAX_EXAMPLES = 10**9
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_TEXT = 200
+"""Longest device-chosen text (an error reason) that reaches a log line or a Flower error message."""
 
 
 class RejectedReply(Exception):
@@ -62,8 +71,8 @@ def check_metrics(metrics: object, *, phase: str) -> dict[str, int | float]:
     for key, value in metrics.items():
         if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RejectedReply("bad-metrics", f"metric {key!r} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise RejectedReply("non-finite", f"{phase} metric {key!r} is {value}")
+        if not _finite_float32(value):
+            raise RejectedReply("non-finite", f"{phase} metric {key!r} is not a finite float32 number")
         out[key] = value
     missing = [k for k in REQUIRED_METRICS.get(_PHASE_TASKS.get(phase, ""), ()) if k not in out]
     if missing:
@@ -73,6 +82,14 @@ def check_metrics(metrics: object, *, phase: str) -> dict[str, int | float]:
     if not isinstance(n, int) or not 0 < n <= MAX_EXAMPLES:
         raise RejectedReply("bad-metrics", f"{WEIGHT_KEY!r} must be an integer in [1, {MAX_EXAMPLES}], got {n!r}")
     return out
+
+
+def _finite_float32(value: int | float) -> bool:
+    """Whether `value` is finite and within the float32 range (a huge JSON integer is neither)."""
+    try:
+        return math.isfinite(value) and abs(value) <= FLOAT32_MAX
+    except OverflowError:
+        return False
 
 
 def check_train_arrays(arrays: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray],
@@ -92,9 +109,10 @@ def check_train_arrays(arrays: Mapping[str, np.ndarray], sent: Mapping[str, np.n
                 raise RejectedReply("wrong-shape", f"array {key!r} has shape {phi.shape}, expected {theta.shape}")
             if phi.dtype.kind != "f":
                 raise RejectedReply("wrong-dtype", f"array {key!r} has dtype {phi.dtype}, expected float")
-            if not np.all(np.isfinite(phi)):
-                raise RejectedReply("non-finite", f"array {key!r} contains NaN or inf")
-            phi32 = phi.astype(np.float32, copy=False)
+            with np.errstate(over="ignore", invalid="ignore"):
+                phi32 = phi.astype(np.float32, copy=False)  # checked after conversion: 1e300 becomes inf
+            if not np.all(np.isfinite(phi32)):
+                raise RejectedReply("non-finite", f"array {key!r} contains NaN or inf as float32")
             sq += float(np.sum((phi32.astype(np.float64) - theta.astype(np.float64)) ** 2))
             out[key] = phi32
         return out, math.sqrt(sq)
@@ -104,14 +122,18 @@ def check_train_arrays(arrays: Mapping[str, np.ndarray], sent: Mapping[str, np.n
             raise RejectedReply("wrong-keys", f"expected arrays {sorted(expected)}, got {sorted(arrays)}")
         sq = 0.0
         for key, theta in sent.items():
-            idx, val = np.asarray(arrays[key + IDX_SUFFIX]), np.asarray(arrays[key + VAL_SUFFIX])
+            idx = np.asarray(arrays[key + IDX_SUFFIX])
+            with np.errstate(over="ignore", invalid="ignore"):
+                val = np.asarray(arrays[key + VAL_SUFFIX]).astype(np.float32, copy=False)
             try:
                 top_p_decode(idx, val, theta.shape)
             except SparseEncodingError as exc:
                 reason = "non-finite" if "NaN" in str(exc) else "bad-sparse"
                 raise RejectedReply(reason, f"array {key!r}: {exc}") from None
             sq += float(np.sum(val.astype(np.float64) ** 2))
-        return {k: np.asarray(v) for k, v in arrays.items()}, math.sqrt(sq)
+        out = {k: np.asarray(v) for k, v in arrays.items()}
+        out.update({k + VAL_SUFFIX: np.asarray(arrays[k + VAL_SUFFIX]).astype(np.float32, copy=False) for k in sent})
+        return out, math.sqrt(sq)
     raise RejectedReply("bad-encoding", f"unknown reply encoding {encoding!r}")
 
 
@@ -129,3 +151,52 @@ def outlier_indices(norms: Sequence[float], *, factor: float, min_replies: int =
     med = float(np.median(np.asarray(norms, dtype=np.float64)))
     limit = max(factor * max(med, 1e-12), float(floor))
     return [i for i, n in enumerate(norms) if n > limit]
+
+
+def metric_outlier_indices(values: Sequence[float], *, factor: float, min_replies: int = 3) -> list[int]:
+    """Indices of metric values (loss, ...) whose magnitude exceeds `factor` × max(|median|, 1).
+
+    Why so loose: honest losses differ by orders of magnitude between devices (a sine of amplitude
+    0.1 against one of 5), so only absurd values are refused; the floor of 1 keeps a round whose
+    median is ~0 (accuracy 0, a fitted loss) from rejecting every non-zero value.
+    """
+    if len(values) < min_replies:
+        return []
+    med = abs(float(np.median(np.asarray(values, dtype=np.float64))))
+    limit = factor * max(med, 1.0)
+    return [i for i, v in enumerate(values) if abs(v) > limit]
+
+
+def granted_examples(claimed: int, cap: int | None) -> int:
+    """The weight the server grants a train reply: what the device claims, at most what the task asked.
+
+    A device trains `local-steps` online steps on one sample each (batch 1, docs/protocol.md), so it
+    cannot have learned from more examples in this round; claiming 10^9 must not buy the model.
+    """
+    return claimed if cap is None else max(1, min(claimed, int(cap)))
+
+
+def evaluation_weight_cap(claims: Sequence[int]) -> int:
+    """The most examples one evaluation reply may weigh: the round's lower median claim.
+
+    Evaluation sets are the devices' own (no task says how large), so the yardstick is the fleet:
+    with a lower median even one attacker of two weighs no more than the honest device.
+    """
+    ordered = sorted(int(c) for c in claims)
+    return ordered[(len(ordered) - 1) // 2] if ordered else 1
+
+
+
+def device_error_reason(code: str) -> str:
+    """The ledger reason of a device's error reply: ``device-error:<code>`` for protocol codes, else ``other``.
+
+    Why not the code as sent: it is device-chosen text (60,000 characters were tried) that would land
+    verbatim in metrics.jsonl, `--json` output and logs.
+    """
+    return f"device-error:{code if code in ERROR_CODES else 'other'}"
+
+
+def one_line(text: str, limit: int = MAX_TEXT) -> str:
+    """Device-chosen text (an error reason) cut to one printable line of at most `limit` characters."""
+    flat = "".join(c if c.isprintable() else " " for c in text[:limit])
+    return flat + ("…" if len(text) > limit else "")

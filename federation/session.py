@@ -127,7 +127,8 @@ def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = No
         if config.simulate:
             _simulate(config, run_dir, stack, address=address, broker_dir=broker_dir, models_dir=models_dir,
                       faults=faults)
-        transport = MqttTransport(address, fleet=config.fleet, credentials=credentials, descriptions=describe is None)
+        transport = MqttTransport(address, fleet=config.fleet, credentials=credentials, descriptions=describe is None,
+                                  broker_timeout=config.broker_timeout)
         selection = DeviceSelection(requirement_for(config, models_dir=models_dir),
                                     describe or transport.description,
                                     allow_undescribed=config.allow_undescribed)

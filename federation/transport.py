@@ -21,6 +21,9 @@ PayloadHandler = Callable[[str, bytes], None]
 OnlineHandler = Callable[[str], None]
 """Called by the transport (from its own thread) with the id of a device that announced itself online."""
 
+DiscardHandler = Callable[[str, str, int], None]
+"""Called by the transport with (device id, reason, bytes) for a message it dropped unread (e.g. a flood)."""
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -48,11 +51,15 @@ class WireReply:
 
 
 class CodecError(ValueError):
-    """A payload that cannot be decoded; `correlation_id` is set when the header was readable."""
+    """A payload that cannot be decoded; `correlation_id` is set when the header was readable.
 
-    def __init__(self, message: str, correlation_id: str | None = None) -> None:
+    `reason` is the countable label the round's ledger records (``malformed``, ``non-finite``, ...).
+    """
+
+    def __init__(self, message: str, correlation_id: str | None = None, *, reason: str = "malformed") -> None:
         super().__init__(message)
         self.correlation_id = correlation_id
+        self.reason = reason
 
 
 class Codec(ABC):
@@ -94,3 +101,20 @@ class Transport(ABC):
         presence events never call it.
         """
         self._online_handler: OnlineHandler | None = handler
+
+    def on_discard(self, handler: DiscardHandler) -> None:
+        """Register `handler(device_id, reason, nbytes)` for messages the transport drops itself.
+
+        Why: a flood of presence messages, a presence document naming another device or a result
+        over a device's message budget never reaches the Grid, but the round's ledger must still
+        say what was dropped and why (reasons such as ``rate-limited``, ``wrong-device``).
+        """
+        self._discard_handler: DiscardHandler | None = handler
+
+    def check_connected(self) -> None:
+        """Raise `federation.exceptions.BrokerLostError` if the transport has lost its broker for good.
+
+        Called by the Grid while it waits for replies and by the coordinator between rounds; an
+        in-process transport is always connected.
+        """
+        return None

@@ -22,6 +22,9 @@ from federation.replies import IDX_SUFFIX, VAL_SUFFIX
 from federation.transport import Codec, CodecError, TaskSpec, WireReply
 
 _TASK_TYPES = {"train": protocol.MessageType.TRAIN, "evaluate": protocol.MessageType.EVALUATE}
+_REASONS = {protocol.ErrorCode.NOT_FINITE: "non-finite", protocol.ErrorCode.TOO_LARGE: "too-large",
+            protocol.ErrorCode.BAD_VERSION: "bad-version"}
+"""Ledger reasons for protocol error codes (the Grid's reason vocabulary, docs/federation.md); others: malformed."""
 
 MEANINGFUL_KEYS: tuple[str, ...] = (protocol.ConfigKey.PROXIMAL_MU, protocol.ConfigKey.CLIPPING_NORM)
 """Config keys that carry a strategy's meaning: when a task has one, it is listed under ``required``.
@@ -76,7 +79,8 @@ class ProtocolCodec(Codec):
         try:
             frame = protocol.decode_result(payload, max_bytes=self.max_bytes)
         except ProtocolError as exc:
-            raise CodecError(f"{exc.code}: {exc}", _reply_to_of(payload)) from None
+            raise CodecError(f"{exc.code}: {exc}", _reply_to_of(payload),
+                             reason=_REASONS.get(exc.code, "malformed")) from None
         hdr = frame.header
         reply_to = hdr.get("reply-to")
         if not isinstance(reply_to, str):

@@ -62,7 +62,7 @@ def write_head_npz(path: str | Path, weights: Sequence[np.ndarray]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:  # np.savez on a path would append ".npz" to other names
-            np.savez(fh, **named)  # type: ignore[arg-type]
+            np.savez(fh, allow_pickle=False, **named)  # float32 only: nothing here may need a pickle
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -119,7 +119,7 @@ def _tensor_info(detail: dict[str, Any]) -> TensorInfo:
     q = detail.get("quantization_parameters") or {}
     scales = q.get("scales")
     zps = q.get("zero_points")
-    if scales is not None and len(scales):
+    if scales is not None and len(scales) and zps is not None and len(zps):
         scale, zp = float(scales[0]), int(zps[0])
     else:
         scale, zp = (detail.get("quantization") or (0.0, 0))[:2]

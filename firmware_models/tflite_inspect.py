@@ -276,8 +276,10 @@ def inspect_bytes(data: bytes, *, source: str = "<bytes>") -> ModelReport:
         params=int(params),
         macs=int(sum(o.macs for o in ops)),
         ops=ops,
-        inputs=[_tensor_report(model, main, int(i), dtypes, source) for i in (main.inputs if main.inputs is not None else [])],
-        outputs=[_tensor_report(model, main, int(i), dtypes, source) for i in (main.outputs if main.outputs is not None else [])],
+        inputs=[_tensor_report(model, main, int(i), dtypes, source)
+                for i in (main.inputs if main.inputs is not None else [])],
+        outputs=[_tensor_report(model, main, int(i), dtypes, source)
+                 for i in (main.outputs if main.outputs is not None else [])],
         subgraphs=len(model.subgraphs),
         n_tensors=sum(len(sg.tensors or []) for sg in model.subgraphs),
         constant_bytes=int(constant_bytes),

@@ -383,4 +383,4 @@ class ThingDirectory:
             raise RegistryInputError("federated SPARQL (SERVICE) is not supported by this directory")
         kind = {"SelectQuery": "select", "AskQuery": "ask", "ConstructQuery": "construct",
                 "DescribeQuery": "describe"}[form]
-        return SparqlAnswer(kind, self.store.raw(text))  # type: ignore[attr-defined]
+        return SparqlAnswer(kind, self.store.raw(text))

@@ -22,6 +22,7 @@ from typing import Any
 
 from rdflib import Graph, Literal, URIRef
 from rdflib.namespace import RDF, XSD
+from rdflib.term import Node
 
 from registry.exceptions import RegistryError, RegistryInputError
 from registry.namespaces import OM, S3N, SCHEMA, SOSA, SSN, SSNS, TD, TF, mint_device, mint_model, part
@@ -173,7 +174,7 @@ def device_graph(info: Mapping[str, Any], *, online: bool | None = None,
     return d, g
 
 
-def set_sensor_kinds_summary(g: Graph, device: URIRef) -> None:
+def set_sensor_kinds_summary(g: Graph, device: Node) -> None:
     """Write `tf:sensorKinds`: the device's `tf:sensorKind` values, sorted, unique, space-separated.
 
     Why a denormalized helper triple: a match returns thousands of devices with their sensor kinds,
@@ -232,6 +233,8 @@ def add_device(store: RegistryStore, td: Path | str | Mapping[str, Any], *, sour
     info = parse_td(td, source=source)
     doc: Mapping[str, Any] = td if isinstance(td, Mapping) else {}  # parse_td refused anything else
     iri = mint_device(str(info["device_id"]))
+    if store.ask(load_query("is_a"), {"e": iri, "cls": TF.RevokedDevice}):
+        raise RegistryInputError(f"{source}: device {info['device_id']!r} was revoked; its TDs are refused")
     td_id = td_id_of(doc, str(info["device_id"]))
     if registration is None:
         now = datetime.now(UTC)
@@ -239,10 +242,11 @@ def add_device(store: RegistryStore, td: Path | str | Mapping[str, Any], *, sour
     if online is None or last_seen is None:
         rows = store.select(load_query("device_presence"), {"d": iri})
         if rows:
-            if online is None and "online" in rows[0]:
-                online = bool(rows[0]["online"].toPython())
-            if last_seen is None and "seen" in rows[0]:
-                value = rows[0]["seen"].toPython()
+            known_online, seen = rows[0].get("online"), rows[0].get("seen")
+            if online is None and isinstance(known_online, Literal):
+                online = bool(known_online.toPython())
+            if last_seen is None and isinstance(seen, Literal):
+                value = seen.toPython()
                 last_seen = value if isinstance(value, datetime) else None
     _, g = device_graph(info, online=online, last_seen=last_seen)
     thing, record, tg = thing_graph(doc, td_id, registration)
@@ -262,5 +266,23 @@ def set_presence(store: RegistryStore, device_id: str, *, online: bool, seen: da
     g = Graph()
     g.add((d, TF.online, Literal(bool(online))))
     g.add((d, TF.lastSeen, Literal(seen.astimezone(UTC).replace(microsecond=0), datatype=XSD.dateTime)))
+    store.write(g, replace_values=[(d, TF.online), (d, TF.lastSeen)])
+    return True
+
+
+def mark_device_revoked(store: RegistryStore, device_id: str, *, when: datetime | None = None) -> bool:
+    """Mark a registered device revoked (`tinyfleet devices revoke`): offline, never matched, TDs refused.
+
+    The record stays (lineage and history still point at it). Returns False when the device is not
+    registered.
+    """
+    d = mint_device(device_id)
+    if not store.ask(load_query("is_a"), {"e": d, "cls": S3N.SmartSensor}):
+        return False
+    g = Graph()
+    g.add((d, RDF.type, TF.RevokedDevice))
+    g.add((d, TF.online, Literal(False)))
+    g.add((d, TF.lastSeen, Literal((when or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0),
+                                   datatype=XSD.dateTime)))
     store.write(g, replace_values=[(d, TF.online), (d, TF.lastSeen)])
     return True

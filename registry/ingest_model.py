@@ -197,17 +197,18 @@ def model_graph(report: Mapping[str, Any], card: Mapping[str, Any] | None = None
             if outs:
                 g.add((layer, NNET.shapeOut, _shape(tensor_shapes[int(outs[0])])))
 
-    for name_, value, precision in _metrics(card.get("metrics")):
+    for name_, score, precision in _metrics(card.get("metrics")):
         node = part(m, "metric", f"{precision or 'any'}-{name_}")
         g.add((m, TF.hasMetric, node))
         g.add((node, RDF.type, TF.Metric))
         g.add((node, SCHEMA.name, Literal(name_)))
-        g.add((node, SCHEMA.value, Literal(float(value))))
+        g.add((node, SCHEMA.value, Literal(float(score))))
         if precision:
             g.add((node, TF.precision, Literal(precision)))
     for link_key in ("url", "citation", "code_repository"):
         if card.get(link_key):
-            g.add((m, SCHEMA.url if link_key == "url" else SCHEMA.citation, check_iri(str(card[link_key]), what=link_key)))
+            g.add((m, SCHEMA.url if link_key == "url" else SCHEMA.citation,
+                   check_iri(str(card[link_key]), what=link_key)))
     return m, g
 
 

@@ -23,7 +23,7 @@ from rdflib.compare import to_canonical_graph
 from rdflib.namespace import RDF, RDFS
 from rdflib.term import Node
 
-from registry.exceptions import RegistryInputError, ValidationFailedError
+from registry.exceptions import RegistryInputError, StoreError, ValidationFailedError
 from registry.ingest_device import set_sensor_kinds_summary
 from registry.namespaces import ID, NNET, S3N, SCHEMA, SSN, SSNS, TD, TF, check_iri
 from registry.store import RegistryStore
@@ -48,7 +48,7 @@ def _local(iri: object) -> str:
     return text.lower()
 
 
-def sensor_kind(cls: URIRef) -> str | None:
+def sensor_kind(cls: Node) -> str | None:
     """Sensor kind key of a sensor class IRI (demo:TemperatureSensor -> "temperature")."""
     name = _local(cls)
     if name.endswith("sensor") and name != "sensor":
@@ -57,7 +57,7 @@ def sensor_kind(cls: URIRef) -> str | None:
     return None if name in _NOT_SENSOR_KINDS else name
 
 
-def _add_memory_figure(g: Graph, subject: URIRef, node: Node, props: dict[str, URIRef], problems: list[str]) -> None:
+def _add_memory_figure(g: Graph, subject: Node, node: Node, props: dict[str, URIRef], problems: list[str]) -> None:
     """Copy a published RAM/flash figure of `node` onto `subject` as bytes, unless it already states one."""
     prop = props.get(_memory_kind(g, node) or "")
     value = _bytes(g, node, problems)
@@ -65,7 +65,7 @@ def _add_memory_figure(g: Graph, subject: URIRef, node: Node, props: dict[str, U
         g.add((subject, prop, Literal(value)))
 
 
-def _memory_kind(g: Graph, node: object) -> str | None:
+def _memory_kind(g: Graph, node: Node) -> str | None:
     types = {_local(t) for t in g.objects(node, RDF.type)}
     if "ram" in types or "sram" in types:
         return "ram"
@@ -79,7 +79,7 @@ def _memory_kind(g: Graph, node: object) -> str | None:
     return None
 
 
-def _bytes(g: Graph, node: object, problems: list[str]) -> int | None:
+def _bytes(g: Graph, node: Node, problems: list[str]) -> int | None:
     raw = g.value(node, SCHEMA.value) or g.value(node, SCHEMA.minValue)
     unit = g.value(node, SCHEMA.unitCode)
     if raw is None:
@@ -118,8 +118,8 @@ def normalize(g: Graph) -> list[str]:
                         k = sensor_kind(cls)
                         if k:
                             g.add((m, TF.requiresSensorKind, Literal(k)))
-            for k in g.objects(inp, TF.sensorKind):
-                g.add((m, TF.requiresSensorKind, Literal(str(k))))
+            for stated in g.objects(inp, TF.sensorKind):
+                g.add((m, TF.requiresSensorKind, Literal(str(stated))))
         if g.value(m, SCHEMA.name) is None:
             for alt in (RDFS.label, NNET.hasID, SCHEMA.identifier, TD.title, RDFS.comment):
                 v = g.value(m, alt)
@@ -147,8 +147,8 @@ def normalize(g: Graph) -> list[str]:
                 if k:
                     g.add((d, TF.sensorKind, Literal(k)))
                     g.add((sub, TF.sensorKind, Literal(k)))
-            for k in list(g.objects(sub, TF.sensorKind)):
-                g.add((d, TF.sensorKind, Literal(str(k))))
+            for stated in list(g.objects(sub, TF.sensorKind)):
+                g.add((d, TF.sensorKind, Literal(str(stated))))
     for d in set(g.subjects(RDF.type, S3N.SmartSensor)):
         set_sensor_kinds_summary(g, d)
     return problems
@@ -210,7 +210,8 @@ def parse_file(path: Path) -> Graph:
         raise
     except Exception as exc:  # noqa: BLE001 - parsers raise many types; all mean "bad file"
         detail = str(exc).strip().splitlines()
-        raise RegistryInputError(f"{path}: invalid {fmt} ({detail[0][:200] if detail else type(exc).__name__})") from None
+        reason = detail[0][:200] if detail else type(exc).__name__
+        raise RegistryInputError(f"{path}: invalid {fmt} ({reason})") from None
     return g
 
 
@@ -224,14 +225,14 @@ def skolemize(g: Graph) -> Graph:
         return g
     canon = to_canonical_graph(g)
     out = Graph()
-    for p, ns in g.namespaces():
-        out.bind(p, ns)
+    for prefix, ns in g.namespaces():
+        out.bind(prefix, ns)
     for s, p, o in canon:
         out.add((_sk(s), p, _sk(o)))
     return out
 
 
-def _sk(node: object) -> object:
+def _sk(node: Node) -> Node:
     return URIRef(_SKOLEM + str(node)) if isinstance(node, BNode) else node
 
 
@@ -241,6 +242,8 @@ def check_iris(g: Graph, source: str) -> None:
         for t in triple:
             if isinstance(t, URIRef):
                 check_iri(str(t), what=f"{source}: IRI")
+            elif isinstance(t, Literal) and t.datatype is not None:  # a datatype IRI reaches the store too
+                check_iri(str(t.datatype), what=f"{source}: datatype IRI")
 
 
 def prepare(path: Path) -> Graph:
@@ -259,4 +262,7 @@ def prepare(path: Path) -> Graph:
 def import_file(store: RegistryStore, path: Path | str) -> int:
     """Import one file atomically; returns the number of triples written."""
     g = prepare(Path(path))
-    return store.write(g)
+    try:
+        return store.write(g)
+    except StoreError as exc:  # whatever the checks above missed: still name the file (the store is unchanged)
+        raise StoreError(f"{path}: {exc}") from None

@@ -1,7 +1,9 @@
-"""Provenance of model versions produced by federated runs (PROV-O), written by `federation`.
+"""Provenance (PROV-O) of model versions and of what is built from them.
 
-A run is a `prov:Activity` (`tf:FederatedRun`) associated with the devices that took part; the
-model version it produced `prov:wasGeneratedBy` it and `prov:wasDerivedFrom` its parent model.
+A federated run is a `prov:Activity` (`tf:FederatedRun`) associated with the devices that took part;
+the model version it produced `prov:wasGeneratedBy` it and `prov:wasDerivedFrom` its parent model.
+A firmware project (`tf:FirmwareProject`, a `prov:Entity`) `prov:wasDerivedFrom` the model version
+and has a `tf:targetDevice` (the board); its `tf:FirmwareGeneration` activity `prov:used` both.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from rdflib import Graph, Literal, URIRef
 from rdflib.namespace import PROV, RDF, XSD
 
 from registry.exceptions import RegistryInputError
-from registry.namespaces import SCHEMA, TF, check_local_id, mint_device, mint_run
+from registry.namespaces import SCHEMA, TF, check_local_id, mint_device, mint_firmware, mint_run, part
 from registry.questions import resolve
 from registry.store import RegistryStore
 from registry.validation import validate
@@ -78,3 +80,51 @@ def record_lineage(store: RegistryStore, model_iri_or_sha: str | URIRef, run_id:
     validate(g, source=f"lineage of run {run_id}")
     store.write(g, replace_owners=[run])
     return run
+
+
+def record_firmware(store: RegistryStore, model: str | URIRef, device: str | URIRef, project_id: str, *,
+                    family: str, arena_bytes: int, learner_ram_bytes: int, generated: datetime | str,
+                    title: str | None = None) -> URIRef:
+    """Record a generated firmware project: model version -> project -> board; returns the project's IRI.
+
+    Parameters
+    ----------
+    model, device : str or URIRef
+        The registered model version and board (device) the project was generated from and for.
+    project_id : str
+        Id of the project (letters, digits, `._:-`); generating it again replaces its description.
+    family : str
+        The board family's template (e.g. "arduino-nrf52840", "linux").
+    arena_bytes, learner_ram_bytes : int
+        The TFLM arena the project allocates and the learner's RAM.
+    generated : datetime or ISO 8601 str
+        When the project was written.
+    """
+    m = resolve(store, str(model), kind="model")
+    d = resolve(store, str(device), kind="device")
+    project = mint_firmware(project_id)
+    activity = part(project, "generation")
+    when = _time(generated, "generated")
+    g = Graph()
+    g.add((project, RDF.type, PROV.Entity))
+    g.add((project, RDF.type, TF.FirmwareProject))
+    g.add((project, SCHEMA.identifier, Literal(project_id)))
+    g.add((project, SCHEMA.name, Literal(title or project_id)))
+    g.add((project, PROV.wasDerivedFrom, m))
+    g.add((project, TF.targetDevice, d))
+    g.add((project, TF.boardFamily, Literal(str(family))))
+    for prop, value in ((TF.arenaBytes, arena_bytes), (TF.learnerRamBytes, learner_ram_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise RegistryInputError(f"firmware project {project_id}: {prop.split('#')[-1]} must be an integer >= 0")
+        g.add((project, prop, Literal(value)))
+    g.add((project, PROV.generatedAtTime, when))
+    g.add((project, PROV.wasGeneratedBy, activity))
+    g.add((activity, RDF.type, PROV.Activity))
+    g.add((activity, RDF.type, TF.FirmwareGeneration))
+    g.add((activity, PROV.used, m))
+    g.add((activity, PROV.used, d))
+    g.add((activity, PROV.generated, project))
+    g.add((activity, PROV.endedAtTime, when))
+    validate(g, source=f"firmware project {project_id}")
+    store.write(g, replace_owners=[project])
+    return project

@@ -12,7 +12,7 @@ import re
 from urllib.parse import quote
 
 from rdflib import Namespace, URIRef
-from rdflib.namespace import PROV, RDF, RDFS, SH, XSD
+from rdflib.namespace import PROV, RDF, RDFS, SH, XSD, DefinedNamespace
 
 from registry.exceptions import RegistryInputError
 
@@ -31,7 +31,7 @@ HCTL = Namespace("https://www.w3.org/2019/wot/hypermedia#")  # W3C WoT hypermedi
 
 REGISTRY_GRAPH = URIRef("https://w3id.org/tinyfleet/graph/registry")
 
-PREFIXES: dict[str, Namespace] = {
+PREFIXES: dict[str, Namespace | type[DefinedNamespace]] = {
     "nnet": NNET, "td": TD, "sosa": SOSA, "ssn": SSN, "ssn-system": SSNS, "s3n": S3N,
     "schema": SCHEMA, "om": OM, "prov": PROV, "tf": TF, "tfid": ID, "rdf": RDF, "rdfs": RDFS,
     "xsd": XSD, "sh": SH, "disco": DISCO, "hctl": HCTL,
@@ -40,7 +40,8 @@ PREFIXES: dict[str, Namespace] = {
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _LOCAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # RFC 3987 forbids these in an IRI; rdflib only warns about them, SPARQL endpoints then fail late.
-_BAD_IRI_CHARS = re.compile(r'[\s<>"{}|\\^`]')
+_BAD_IRI_CHARS = re.compile(r'[\s<>"{}|\\^`\x00-\x1f\x7f-\x9f]|%(?![0-9A-Fa-f]{2})')  # RFC 3987: no
+# control characters, and '%' only as a percent-encoding (both found by `make fuzz`: Oxigraph refuses them)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
@@ -89,6 +90,9 @@ def mint_thing_record(td_id: str) -> URIRef:
     import hashlib
 
     return ID[f"thing/{hashlib.sha256(td_id.encode()).hexdigest()[:32]}"]
+def mint_firmware(project_id: str) -> URIRef:
+    """The IRI of a generated firmware project (a prov:Entity)."""
+    return ID[f"firmware/{quote(check_local_id(project_id, what='firmware project id'), safe=':')}"]
 
 
 def part(owner: URIRef, *path: str | int) -> URIRef:

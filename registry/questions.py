@@ -182,7 +182,39 @@ def lineage(store: RegistryStore, model: str | URIRef) -> dict[str, Any]:
                      "rounds": r.get("rounds"), "started": r.get("started"), "ended": r.get("ended"),
                      "devices": sorted(str(r.get("devices") or "").split()), "parent": r.get("parent"),
                      "parent_name": r.get("parent_name")})
-    return {"model": str(m), "runs": runs}
+    return {"model": str(m), "runs": runs, "firmware": firmware_projects(store, m)}
+
+
+def firmware_projects(store: RegistryStore, model: str | URIRef) -> list[dict[str, Any]]:
+    """Firmware projects generated from `model` (PROV-O: model version -> firmware project -> board)."""
+    m = model if isinstance(model, URIRef) else resolve(store, model, kind="model")
+    return [{"iri": r["project"], "id": r.get("project_id"), "device": r.get("device"),
+             "device_id": r.get("device_id"), "family": r.get("family"), "arena_bytes": r.get("arena"),
+             "generated": r.get("generated")}
+            for r in store.select_values(load_query("firmware_projects"), {"model": m})]
+
+
+def model_profile(store: RegistryStore, model: str | URIRef) -> dict[str, Any]:
+    """One model version's name, task, sha256 and RAM/flash need."""
+    m = model if isinstance(model, URIRef) else resolve(store, model, kind="model")
+    rows = store.select_values(load_query("model_profile"), {"model": m})
+    if not rows:
+        raise UnknownEntityError(f"no model <{m}> in the registry")
+    r = rows[0]
+    return {"iri": str(m), "name": r.get("name"), "task": r.get("task"), "sha256": r.get("sha256"),
+            "ram_needed_bytes": r.get("ram_need"), "flash_needed_bytes": r.get("flash_need")}
+
+
+def device_profile(store: RegistryStore, device: str | URIRef) -> dict[str, Any]:
+    """One device's ids, fleet, board title, MCU and memory (what a firmware project is generated for)."""
+    d = device if isinstance(device, URIRef) else resolve(store, device, kind="device")
+    rows = store.select_values(load_query("device_profile"), {"device": d})
+    if not rows:
+        raise UnknownEntityError(f"no device <{d}> in the registry")
+    r = rows[0]
+    return {"iri": str(d), "id": r.get("id"), "title": r.get("title"), "fleet": r.get("fleet"),
+            "use_case": r.get("use_case"), "board": r.get("board"), "mcu": r.get("mcu"), "ram_bytes": r.get("ram"),
+            "flash_bytes": r.get("flash")}
 
 
 def search(store: RegistryStore, text: str) -> list[dict[str, Any]]:
@@ -218,7 +250,7 @@ def read_only_form(text: str) -> str:
 def raw_query(store: RegistryStore, text: str) -> dict[str, Any]:
     """Run a user's read-only SPARQL (SELECT/ASK/CONSTRUCT/DESCRIBE); reject any update."""
     form = read_only_form(text)
-    result = store.raw(text)  # type: ignore[attr-defined]
+    result = store.raw(text)
     if form == "AskQuery":
         return {"type": "ask", "boolean": bool(result.askAnswer)}
     if form in ("ConstructQuery", "DescribeQuery"):

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from rdflib import BNode, Dataset, Graph, Literal, URIRef
-from rdflib.term import Node, Variable
+from rdflib.term import Identifier, Node, Variable
 
 from registry.exceptions import StoreError
 from registry.namespaces import PREFIXES, REGISTRY_GRAPH
@@ -144,6 +144,16 @@ def _node_to_sparql(node: Node) -> str:
     return node.n3()
 
 
+def _terms(bindings: Bindings | None) -> dict[str, Identifier]:
+    """Bindings as rdflib's initBindings wants them: RDF terms (URIRef, Literal, BNode), never bare Nodes."""
+    out: dict[str, Identifier] = {}
+    for name, value in (bindings or {}).items():
+        if not isinstance(value, Identifier):
+            raise TypeError(f"binding {name!r}: {value!r} is not an RDF term")
+        out[name] = value
+    return out
+
+
 def _rows(result: Any) -> list[Row]:
     out: list[Row] = []
     names = [str(v) for v in (result.vars or [])]
@@ -175,6 +185,10 @@ class RegistryStore:
         """Run an ASK with the standard prefixes."""
         raise NotImplementedError
 
+    def raw(self, query: str) -> Any:
+        """rdflib Result of an arbitrary read query (for power users)."""
+        raise NotImplementedError
+
     def update(self, request: str) -> None:
         """Apply one SPARQL update request atomically (internal: built by `write_request`)."""
         raise NotImplementedError
@@ -199,7 +213,7 @@ class RegistryStore:
 
     def __len__(self) -> int:
         rows = self.select(load_query("count_triples"))
-        return int(rows[0]["n"]) if rows else 0
+        return int(str(rows[0]["n"])) if rows else 0
 
     def close(self) -> None:
         """Release files or connections."""
@@ -248,11 +262,15 @@ class EmbeddedStore(RegistryStore):
         Same query text (VALUES-bound parameters, standard prefixes, registry graph as default
         graph) as `select`; the rows equal `RegistryStore.select_values` on the other stores.
         """
+        from pyoxigraph import QuerySolutions
+
         text = inline_bindings(query, bindings or {})
         try:
             result = self._ox.query(text, prefixes=self._prefixes, default_graph=self._ox_graph)
         except (SyntaxError, OSError, ValueError) as exc:
             raise StoreError(f"registry store {self.path or 'memory'}: query failed: {_first_line(exc)}") from None
+        if not isinstance(result, QuerySolutions):
+            raise StoreError(f"registry store {self.path or 'memory'}: select_values needs a SELECT query")
         names = [v.value for v in result.variables]
         out: list[dict[str, Any]] = []
         for solution in result:
@@ -283,8 +301,7 @@ class EmbeddedStore(RegistryStore):
         if self.path is not None:
             self._ox.flush()
         # Oxigraph releases its directory lock when the last reference to the store goes away.
-        self._graph = None  # type: ignore[assignment]
-        self._ox = None
+        del self._graph, self._ox
 
 
 class RemoteStore(RegistryStore):
@@ -349,10 +366,10 @@ class MemoryStore(RegistryStore):
         self._ns = {p: URIRef(str(ns)) for p, ns in PREFIXES.items()}
 
     def select(self, query: str, bindings: Bindings | None = None) -> list[Row]:
-        return _rows(self._graph.query(query, initNs=self._ns, initBindings=dict(bindings or {})))
+        return _rows(self._graph.query(query, initNs=self._ns, initBindings=_terms(bindings)))
 
     def ask(self, query: str, bindings: Bindings | None = None) -> bool:
-        return bool(self._graph.query(query, initNs=self._ns, initBindings=dict(bindings or {})).askAnswer)
+        return bool(self._graph.query(query, initNs=self._ns, initBindings=_terms(bindings)).askAnswer)
 
     def raw(self, query: str) -> Any:
         """rdflib Result of an arbitrary read query."""

@@ -25,7 +25,7 @@ MAX_ERRORS = 20
 
 @lru_cache(maxsize=1)
 def _validator() -> Any:
-    import jsonschema  # type: ignore[import-untyped]
+    import jsonschema
 
     text = resources.files("devices.wire").joinpath("schemas/td-json-schema-validation.json").read_text("utf-8")
     schema = json.loads(text)

@@ -1,5 +1,10 @@
 """Shared fixtures: a real Mosquitto, a real Oxigraph SPARQL server, one real sine build, a tiny CNN.
 
+Also the Hypothesis settings of the whole suite, the same on every machine: the "tinyfleet"
+profile is derandomized (each property runs the same examples every time, so a red run is a
+reproducible run), keeps no example database and has no deadline (a busy 2-core machine must not
+turn slowness into a failure). `make fuzz` selects the "fuzz" profile instead: random, ten times
+the examples, a local example database and deadlines, to look for new bugs (tests/support/fuzzing.py).
 Helpers that are not fixtures live in tests/support/.
 """
 
@@ -11,26 +16,68 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import Result
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from broker.process import BrokerInfo, MosquittoBroker, find_mosquitto  # noqa: E402
+from tests.support.cli import CONFIG_VARIABLES, invoke  # noqa: E402
 from tests.support.models import SineBuild, run_cli  # noqa: E402
 from tests.support.registry import OxigraphServer, oxigraph_binary  # noqa: E402
 
+settings.register_profile("tinyfleet", derandomize=True, database=None, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("fuzz", derandomize=False, max_examples=1000, deadline=10_000, print_blob=True,
+                          database=DirectoryBasedExampleDatabase(".hypothesis/examples"),
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("tinyfleet")  # `pytest --hypothesis-profile=fuzz` (make fuzz) replaces it afterwards
+
 
 def _require_mosquitto() -> None:
-    """Skip without Mosquitto on a developer machine; fail in CI, where `make test` installs it."""
+    """Fail without Mosquitto, on every machine alike: `make test` installs it (`make system-deps`)."""
     if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed: `make system-deps` (or apt-get install mosquitto) installs it")
+
+
+@pytest.fixture()
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Result]:
+    """`tests.support.cli.invoke` in a clean configuration: no TINYFLEET_* settings from the shell, and an empty
+    working directory of its own (no tinyfleet.toml is found there, and nothing is written into the test's tmp_path
+    by accident)."""
+    for name in CONFIG_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    return invoke
+
+
+C_TOOLS = {"gcc": "gcc", "clang": "clang", "arm": "arm-none-eabi-gcc", "qemu": "qemu-system-arm"}
+
+
+def require_c_tools(*names: str) -> None:
+    """Skip without the C toolchain on a developer machine; fail in CI, where `make test` installs it."""
+    import shutil
+
+    missing = [C_TOOLS[n] for n in names if shutil.which(C_TOOLS[n]) is None]
+    if names and "gcc" in names and not Path("/usr/include/mosquitto.h").is_file():
+        missing.append("libmosquitto-dev")
+    if missing:
         if os.environ.get("CI"):
-            pytest.fail("mosquitto is not installed, but CI must run the broker tests")
-        pytest.skip("mosquitto is not installed (make test installs it)")
+            pytest.fail(f"{', '.join(missing)} not installed, but CI must run the C device tests")
+        pytest.skip(f"{', '.join(missing)} not installed (make system-deps installs it)")
+
+
+@pytest.fixture(scope="session")
+def c_build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for every C build of the session (devices.c.build caches by content hash)."""
+    return tmp_path_factory.mktemp("c-build")
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +108,8 @@ def fresh_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 def sine_build(tmp_path_factory: pytest.TempPathFactory) -> SineBuild:
     """`tinyfleet models build sine --out DIR --quick --json`, once per session."""
     out = tmp_path_factory.mktemp("models")
+    # the console script in its own process: TensorFlow's converter writes to file descriptor 1 from C++, and only
+    # a real process shows that `--json` stdout stays one JSON document anyway
     proc = run_cli("models", "build", "sine", "--out", str(out), "--quick", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     card = json.loads(proc.stdout)
@@ -117,7 +166,8 @@ def oxigraph_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oxigra
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"oxigraph serve did not start: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
+                said = proc.stderr.read().decode()[-500:] if proc.stderr else ""
+                pytest.fail(f"oxigraph serve did not start: {said}")
             time.sleep(0.05)
     try:
         yield OxigraphServer(url, proc.pid)

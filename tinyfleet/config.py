@@ -7,7 +7,11 @@ Every setting can come from three places; the later one wins:
 2. an environment variable `TINYFLEET_<KEY>` (e.g. `TINYFLEET_BROKER`, `TINYFLEET_REGISTRY`);
 3. the command's flag.
 
-Settings known here (the keys of `DEFAULTS`) are documented in the README.
+Settings known here (the keys of `DEFAULTS`) are documented in the README. `setting` is the one
+resolution function: every command that has the matching flag (``--broker``, ``--fleet``,
+``--store`` for `registry`, ``--endpoint``, ``--update-endpoint``, ``--models``, ``--user`` /
+``--mqtt-user`` for `username`) passes its flag through it, so a key in the file or the
+environment means the same thing to every command (tests/cli/test_config.py checks each key).
 """
 
 from __future__ import annotations
@@ -34,9 +38,15 @@ DEFAULTS: dict[str, Any] = {
     "endpoint": None,        # SPARQL query endpoint of a remote registry
     "update_endpoint": None, # SPARQL update endpoint (default: same as endpoint)
     "models": None,          # directory of built models; None = user cache dir
-    "username": None,        # MQTT username (the password only from TINYFLEET_PASSWORD)
+    "username": None,        # MQTT username (the password only from the environment: `mqtt_password`)
     "credentials": None,     # server account JSON (username, password, ca, cert, key) for `broker`
 }
+
+ALIASES: dict[str, tuple[str, ...]] = {
+    "registry": ("TINYFLEET_REGISTRY_STORE",),
+    "endpoint": ("TINYFLEET_REGISTRY_ENDPOINT",),
+}
+"""Older variable names still read (after `TINYFLEET_<KEY>`), so existing scripts keep working."""
 
 _config_path: Path | None = None
 
@@ -75,17 +85,35 @@ def _file_settings() -> tuple[dict[str, Any], Path | None]:
     return data, path
 
 
-def setting(key: str, flag: Any = None) -> Any:
-    """The effective value of `key`: the flag if given, else the environment, else the file, else the default."""
+def _env(key: str) -> tuple[str, str] | None:
+    """(value, variable name) of the first non-empty environment variable for `key`."""
+    for name in (f"TINYFLEET_{key.upper()}", *ALIASES.get(key, ())):
+        if os.environ.get(name):
+            return os.environ[name], name
+    return None
+
+
+def setting(key: str, flag: Any = None, *, default: Any = None) -> Any:
+    """The effective value of `key`: the flag if given, else the environment, else the file, else the default.
+
+    `default` replaces the built-in default of `key` for commands whose own default differs
+    (e.g. `devices simulate` uses the fleet "sim").
+    """
     if key not in DEFAULTS:
         raise KeyError(key)
     if flag is not None:
         return flag
-    env = os.environ.get(f"TINYFLEET_{key.upper()}")
-    if env:
-        return env
+    env = _env(key)
+    if env is not None:
+        return env[0]
     data, _ = _file_settings()
-    return data.get(key, DEFAULTS[key])
+    return data.get(key, DEFAULTS[key] if default is None else default)
+
+
+def path_setting(key: str, flag: Path | None = None) -> Path | None:
+    """`setting` for keys that name a directory (``registry``, ``models``): a `Path` or None."""
+    value = setting(key, flag)
+    return None if value is None else Path(value).expanduser()
 
 
 def effective() -> dict[str, Any]:
@@ -93,14 +121,23 @@ def effective() -> dict[str, Any]:
     data, path = _file_settings()
     result: dict[str, Any] = {}
     for key, default in DEFAULTS.items():
-        env = os.environ.get(f"TINYFLEET_{key.upper()}")
-        if env:
-            result[key] = {"value": env, "source": f"env TINYFLEET_{key.upper()}"}
+        env = _env(key)
+        if env is not None:
+            result[key] = {"value": env[0], "source": f"env {env[1]}"}
         elif key in data:
             result[key] = {"value": data[key], "source": str(path)}
         else:
             result[key] = {"value": default, "source": "default"}
     return result
+
+
+PASSWORD_VARIABLES = ("TINYFLEET_MQTT_PASSWORD", "TINYFLEET_PASSWORD")
+"""Where the MQTT password of `username` comes from (never from a file or a flag that shows in `ps`)."""
+
+
+def mqtt_password() -> str | None:
+    """The MQTT password from the environment (`PASSWORD_VARIABLES`, first one set), else None."""
+    return next((os.environ[v] for v in PASSWORD_VARIABLES if os.environ.get(v)), None)
 
 
 def mqtt_grid(**options: Any) -> Any:
@@ -120,5 +157,5 @@ def mqtt_grid(**options: Any) -> Any:
     fleet = setting("fleet", options.pop("fleet", None))
     credentials = options.pop("credentials", None) or setting("credentials")
     if credentials is None and setting("username"):
-        credentials = Credentials(setting("username"), os.environ.get("TINYFLEET_PASSWORD"))
+        credentials = Credentials(setting("username"), mqtt_password())
     return MqttGrid(broker, fleet=fleet, credentials=credentials, **options)

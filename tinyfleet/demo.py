@@ -23,6 +23,7 @@ Everything started is stopped again (ExitStack), also on Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import time
@@ -81,7 +82,7 @@ class DemoOptions:
     @classmethod
     def quick_defaults(cls, out: Path, **kw: Any) -> DemoOptions:
         """Smaller fleet and fewer rounds so the whole demo takes about a minute."""
-        base = {"devices": 16, "rounds": 8, "newcomers": 20}
+        base: dict[str, Any] = {"devices": 16, "rounds": 8, "newcomers": 20}
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(out=out, quick=True, **base)
 
@@ -187,7 +188,8 @@ def run_demo(opts: DemoOptions, *, say: Say, on_round: OnRound | None = None) ->
         for strategy in ("reptile", "fedavg"):
             say(f"5. {strategy}: {opts.rounds} rounds over MQTT on {len(eligible)} devices")
             runs[strategy] = _federate(opts, strategy, url, out / "runs", models_dir, initial, eligible,
-                                       credentials=accounts["server"], on_round=(lambda rec, s=strategy: on_round(s, rec)) if on_round else None)
+                                       credentials=accounts["server"],
+                                       on_round=functools.partial(on_round, strategy) if on_round else None)
         report["runs"] = {k: {kk: vv for kk, vv in v.items() if kk != "final"} for k, v in runs.items()}
 
         # 6. deploy + lineage ---------------------------------------------------------------------

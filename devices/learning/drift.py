@@ -70,7 +70,8 @@ def presence_stream(n: int, *, schedule: Callable[[int], tuple[float, float]], c
         yield np.array([math.sin(angle), math.cos(angle), co2], dtype=np.float32), occupied
 
 
-def schedule_step(before: tuple[float, float], after: tuple[float, float], at: int) -> Callable[[int], tuple[float, float]]:
+def schedule_step(before: tuple[float, float], after: tuple[float, float],
+                  at: int) -> Callable[[int], tuple[float, float]]:
     """Occupancy hours that change from `before` to `after` at sample `at`."""
     return lambda t: before if t < at else after
 

@@ -39,7 +39,7 @@ KINDS: tuple[Kind, ...] = ("regression", "classification")
 def _check_kind(kind: str) -> Kind:
     if kind not in KINDS:
         raise HeadWeightsError(f"head kind must be one of {', '.join(KINDS)}; got {kind!r}")
-    return kind  # type: ignore[return-value]
+    return kind
 
 
 def _validate_layout(weights: Sequence[np.ndarray], *, where: str) -> None:
@@ -55,7 +55,8 @@ def _validate_layout(weights: Sequence[np.ndarray], *, where: str) -> None:
             raise HeadWeightsError(f"{where}: {name} must be a float array; got {kind}")
         if i % 2 == 0:
             if arr.ndim != 2 or 0 in arr.shape:
-                raise HeadWeightsError(f"{where}: {name} must be a non-empty 2-D (in, out) matrix; got shape {arr.shape}")
+                raise HeadWeightsError(f"{where}: {name} must be a non-empty 2-D (in, out) matrix; "
+                                       f"got shape {arr.shape}")
             if fan_in is not None and arr.shape[0] != fan_in:
                 raise HeadWeightsError(f"{where}: {name} has {arr.shape[0]} inputs but the previous layer "
                                        f"has {fan_in} outputs")
@@ -200,7 +201,8 @@ class MLPHead:
                 raise LearnerInputError(f"head expects features of shape (n, {n_in}); got {np.shape(feats)}")
         else:
             if f.size != n_in:
-                raise LearnerInputError(f"head expects one feature vector of {n_in} values; got shape {np.shape(feats)}")
+                raise LearnerInputError(f"head expects one feature vector of {n_in} values; "
+                                        f"got shape {np.shape(feats)}")
             f = f.reshape(n_in)
         if not np.all(np.isfinite(f)):
             raise LearnerInputError("features contain NaN or inf")
@@ -232,9 +234,9 @@ class MLPHead:
         """All activations a_0 .. a_L (works for one vector or a batch)."""
         acts = [a]
         last = self.n_layers - 1
-        for l in range(self.n_layers):
-            z = acts[-1] @ self.weights_[2 * l] + self.weights_[2 * l + 1]
-            acts.append(z if l == last else np.maximum(z, 0))
+        for layer in range(self.n_layers):
+            z = acts[-1] @ self.weights_[2 * layer] + self.weights_[2 * layer + 1]
+            acts.append(z if layer == last else np.maximum(z, 0))
         return acts
 
     def _loss_and_delta(self, out: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -269,21 +271,21 @@ class MLPHead:
         grads = [np.zeros_like(w) for w in self.weights_]
         if idx:
             errs = self._errors(acts, delta[0], idx[0])
-            for l in idx:
-                d = errs[l]
+            for layer in idx:
+                d = errs[layer]
                 assert d is not None
-                grads[2 * l] = np.outer(acts[l], d)
-                grads[2 * l + 1] = d.copy()
+                grads[2 * layer] = np.outer(acts[layer], d)
+                grads[2 * layer + 1] = d.copy()
         return float(losses[0]), grads
 
     def _errors(self, acts: list[np.ndarray], delta: np.ndarray, lowest: int) -> list[np.ndarray | None]:
         """Back-propagated error vectors d_l = dL/dz_l for layers lowest .. L-1 (None below)."""
         errs: list[np.ndarray | None] = [None] * self.n_layers
         d = delta
-        for l in range(self.n_layers - 1, lowest - 1, -1):
-            errs[l] = d
-            if l > lowest:
-                d = (d @ self.weights_[2 * l].T) * (acts[l] > 0)
+        for layer in range(self.n_layers - 1, lowest - 1, -1):
+            errs[layer] = d
+            if layer > lowest:
+                d = (d @ self.weights_[2 * layer].T) * (acts[layer] > 0)
         return errs
 
     def sgd_step(self, feat: np.ndarray, target: object, lr: float, *, trainable: set[int] | None = None,
@@ -400,9 +402,9 @@ class MLPHead:
         ws = self.weights_
         last = len(ws) // 2 - 1
         acts = [a0]
-        for l in range(last + 1):
-            z = acts[-1] @ ws[2 * l] + ws[2 * l + 1]
-            if l < last:
+        for layer in range(last + 1):
+            z = acts[-1] @ ws[2 * layer] + ws[2 * layer + 1]
+            if layer < last:
                 np.maximum(z, 0, out=z)
             acts.append(z)
         out = acts[-1]
@@ -419,10 +421,10 @@ class MLPHead:
             d[t] -= 1.0
         lowest = idx[0]
         trained = set(idx)
-        for l in range(last, lowest - 1, -1):
-            a = acts[l]
-            d_below = (ws[2 * l] @ d) * (a > 0) if l > lowest else None
-            if l in trained:
+        for layer in range(last, lowest - 1, -1):
+            a = acts[layer]
+            d_below = (ws[2 * layer] @ d) * (a > 0) if layer > lowest else None
+            if layer in trained:
                 scale = lr
                 if clip_norm is not None:
                     norm = math.sqrt(float(d @ d) * (float(a @ a) + 1.0))
@@ -430,10 +432,10 @@ class MLPHead:
                         scale = lr * clip_norm / norm
                 sd = d * scale
                 if prox is not None:
-                    ws[2 * l] -= (lr * mu) * (ws[2 * l] - prox[2 * l])
-                    ws[2 * l + 1] -= (lr * mu) * (ws[2 * l + 1] - prox[2 * l + 1])
-                ws[2 * l] -= a[:, None] * sd
-                ws[2 * l + 1] -= sd
+                    ws[2 * layer] -= (lr * mu) * (ws[2 * layer] - prox[2 * layer])
+                    ws[2 * layer + 1] -= (lr * mu) * (ws[2 * layer + 1] - prox[2 * layer + 1])
+                ws[2 * layer] -= a[:, None] * sd
+                ws[2 * layer + 1] -= sd
             if d_below is not None:
                 d = d_below
         return loss

@@ -101,6 +101,9 @@ class MqttClient:
         Set while connected (and subscribed); cleared on a lost connection until paho reconnects.
     disconnected_at : float or None
         `time.monotonic()` of the last lost connection, None while connected.
+    connections : int
+        How many times the connection was (re-)established and subscribed. Listeners compare it
+        with the value they last saw to learn that retained messages are being replayed to them.
     taken_over : bool
         True once another client has connected with this client id (a secured tinyfleet broker
         makes it the user name, so: another process with the same account). The client then stays
@@ -121,6 +124,7 @@ class MqttClient:
         self.keepalive = keepalive
         self.connected = threading.Event()
         self.disconnected_at: float | None = None
+        self.connections = 0
         self.max_packet_size: int | None = None  # the broker's Maximum Packet Size (CONNACK), if it states one
         self.taken_over = False
         self._connected_at: float | None = None
@@ -202,6 +206,7 @@ class MqttClient:
             self._mark_ready()
 
     def _mark_ready(self) -> None:
+        self.connections += 1
         self.disconnected_at = None
         self.connected.set()
         self._ready.set()

@@ -208,10 +208,8 @@ class MqttHub:
                 fn(*args)
             except Exception:  # noqa: BLE001 - a bug in one task must not kill the pool
                 log.exception("worker task %s failed", getattr(fn, "__name__", fn))
-        try:
+        with contextlib.suppress(RuntimeError):  # pool shut down while stopping
             self._pool.submit(run)
-        except RuntimeError:  # pool shut down while stopping
-            pass
 
     # ------------------------------------------------------------------------------ network thread
     def _run(self) -> None:
@@ -320,13 +318,11 @@ class MqttHub:
 
     def _crash_now(self, link: Link, down_for: float) -> None:
         sock = link.client.socket() if link.client is not None else None
-        if sock is None:
+        if not isinstance(sock, socket.socket):  # not connected (TLS sockets are socket.socket too)
             return
         link.reconnect_override = down_for
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)  # paho sees EOF on the next read and reports a lost connection
-        except OSError:
-            pass
 
     def _begin_goodbye(self, done: threading.Event, deadline: float) -> None:
         infos: list[mqtt.MQTTMessageInfo] = []

@@ -72,7 +72,8 @@ def top_p_decode(indices: np.ndarray, values: np.ndarray, shape: Sequence[int] |
     idx = np.asarray(indices)
     val = np.asarray(values)
     if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
-        raise SparseEncodingError(f"sparse indices must be a 1-D integer array; got shape {idx.shape} dtype {idx.dtype}")
+        raise SparseEncodingError(f"sparse indices must be a 1-D integer array; "
+                                  f"got shape {idx.shape} dtype {idx.dtype}")
     if val.ndim != 1 or (val.size and val.dtype.kind not in "fiu"):
         raise SparseEncodingError(f"sparse values must be a 1-D numeric array; got shape {val.shape} dtype {val.dtype}")
     if idx.size != val.size:

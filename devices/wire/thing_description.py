@@ -22,12 +22,12 @@ The terms the tools read (docs/protocol.md §9 has the full table):
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from devices.boards import Board
 from devices.wire.protocol import PROTOCOL_VERSION
-from devices.wire.topics import device_topic
+from devices.wire.topics import Kind, device_topic
 
 TD_CONTEXT = "https://www.w3.org/2022/wot/td/v1.1"
 MQV_NS = "https://www.w3.org/2019/wot/mqtt#"
@@ -40,6 +40,20 @@ FRAME_CONTENT_TYPE = "application/octet-stream"
 def device_urn(device_id: str) -> str:
     """The TD ``id`` of a device."""
     return f"urn:tinyfleet:device:{device_id}"
+
+
+def described_device(td: Mapping[str, Any]) -> str | None:
+    """The device a TD says it describes: the id in ``urn:tinyfleet:device:<id>``, else its title.
+
+    Servers compare it with the device id of the topic the TD arrived on (which the broker
+    authenticated) and drop a TD that describes another device.
+    """
+    prefix = device_urn("")
+    tid = td.get("id")
+    if isinstance(tid, str) and tid.startswith(prefix):
+        return tid[len(prefix):]
+    title = td.get("title")
+    return title if isinstance(title, str) else None
 
 
 def thing_description(*, device_id: str, fleet: str, board: Board, use_case: str, host: str, port: int,
@@ -69,12 +83,12 @@ def thing_description(*, device_id: str, fleet: str, board: Board, use_case: str
     """
     href = f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
 
-    def sub(kind: str, ops: list[str], *, ctype: str = "application/json") -> dict[str, Any]:
-        return {"href": href, "op": ops, "mqv:filter": device_topic(fleet, device_id, kind),  # type: ignore[arg-type]
+    def sub(kind: Kind, ops: list[str], *, ctype: str = "application/json") -> dict[str, Any]:
+        return {"href": href, "op": ops, "mqv:filter": device_topic(fleet, device_id, kind),
                 "mqv:controlPacket": "subscribe", "mqv:qos": "1", "contentType": ctype}
 
-    def pub(kind: str) -> dict[str, Any]:
-        return {"href": href, "op": "invokeaction", "mqv:topic": device_topic(fleet, device_id, kind),  # type: ignore[arg-type]
+    def pub(kind: Kind) -> dict[str, Any]:
+        return {"href": href, "op": "invokeaction", "mqv:topic": device_topic(fleet, device_id, kind),
                 "mqv:controlPacket": "publish", "mqv:qos": "1", "mqv:retain": False,
                 "contentType": FRAME_CONTENT_TYPE}
 

@@ -87,7 +87,7 @@ def parse_topic(topic: str) -> DeviceTopic:
         check_name(parts[3])
     except DeviceIdError as exc:
         raise ValueError(f"Invalid topic: {topic!r} ({exc})") from None
-    return DeviceTopic(parts[2], parts[3], parts[4])  # type: ignore[arg-type]
+    return DeviceTopic(parts[2], parts[3], parts[4])
 
 
 def device_acl_lines(fleet: str, device_id: str) -> list[str]:

@@ -15,9 +15,8 @@ def check_real(owner: object, name: str, value: object, low: float, high: float,
     """Require a real `value` in the interval (`closed`: "both", "left", "right", "neither")."""
     left = "[" if closed in ("both", "left") else "("
     right = "]" if closed in ("both", "right") else ")"
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
-    if ok:
-        v = float(value)  # type: ignore[arg-type]
+    ok = False
+    if isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(v := float(value)):
         ok = (v >= low if left == "[" else v > low) and (v <= high if right == "]" else v < high)
     if not ok:
         raise _error(owner, name, f"a float in the range {left}{_fmt(low)}, {_fmt(high)}{right}", value)
@@ -25,9 +24,9 @@ def check_real(owner: object, name: str, value: object, low: float, high: float,
 
 def check_int(owner: object, name: str, value: object, low: int, high: int | None = None) -> None:
     """Require an integer `value` >= `low` (and <= `high`)."""
-    ok = isinstance(value, Integral) and not isinstance(value, bool) and int(value) >= low
-    if ok and high is not None:
-        ok = int(value) <= high  # type: ignore[arg-type]
+    ok = False
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        ok = low <= int(value) and (high is None or int(value) <= high)
     if not ok:
         rng = f"an int in the range [{low}, {high}]" if high is not None else f"an int >= {low}"
         raise _error(owner, name, rng, value)

@@ -7,6 +7,10 @@ stores, so that ``federate resume`` re-creates exactly the strategy the run star
 * ``flwr:<Class>``: any strategy class of ``flwr.serverapp.strategy`` (FedMedian, FedProx, Krum, ...);
 * ``package.module:Class``: a `flwr.serverapp.strategy.Strategy` subclass of the user's own.
 
+``fedavg`` also takes ``aggregation`` (``--aggregate``): "mean" is FedAvg, "median", "trimmed-mean"
+(``trim``) and "krum" (``num_malicious_nodes``) are Flower's own FedMedian, FedTrimmedAvg and Krum;
+Reptile and TinyMetaFed combine their updates with the same arithmetic (`federation.meta_update`).
+
 Parameters are the class's constructor arguments (followed through ``**kwargs`` into the base
 classes), checked by name before the class is called. `parse_strategy_args` turns
 ``--strategy-arg key=value`` strings into typed values (int, float, bool or str, guided by the
@@ -20,9 +24,10 @@ import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvg, FedTrimmedAvg, Krum, Strategy
 
 from federation.exceptions import StrategyParameterError
+from federation.meta_update import AGGREGATIONS
 from federation.strategies.reptile import Reptile
 from federation.strategies.tinymetafed import TinyMetaFed
 
@@ -67,7 +72,7 @@ def resolve_strategy(spec: str) -> type[Strategy]:
     if not _is_strategy_class(cls):
         raise StrategyParameterError(f"strategy {spec!r}: {module_name}.{class_name} is not a concrete subclass "
                                      "of flwr.serverapp.strategy.Strategy")
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def strategy_parameters(cls: type) -> dict[str, inspect.Parameter]:
@@ -116,6 +121,8 @@ def build_strategy(name: str, params: Mapping[str, Any], *, num_rounds: int,
     constructors that take them and only where `params` does not set them. A parameter named
     ``strategy`` given as a spec string (``"flwr:FedAvg"``) is built the same way first.
     """
+    if name == "fedavg" and "aggregation" in params:
+        return _robust_fedavg(params, num_rounds=num_rounds, defaults=defaults)
     cls = resolve_strategy(name)
     accepted = strategy_parameters(cls)
     unknown = sorted(set(params) - set(accepted))
@@ -139,6 +146,32 @@ def build_strategy(name: str, params: Mapping[str, Any], *, num_rounds: int,
         raise
     except (TypeError, ValueError) as exc:
         raise StrategyParameterError(f"strategy {name!r}: {exc}") from None
+
+
+FEDAVG_AGGREGATIONS: dict[str, tuple[str, dict[str, str]]] = {
+    "mean": ("flwr:FedAvg", {}), "median": ("flwr:FedMedian", {}),
+    "trimmed-mean": ("flwr:FedTrimmedAvg", {"trim": "beta"}),
+    "krum": ("flwr:Krum", {"num_malicious_nodes": "num_malicious_nodes"}),
+}
+"""``fedavg`` with ``aggregation``: the Flower strategy and how the robust options map to its arguments."""
+
+
+def _robust_fedavg(params: Mapping[str, Any], *, num_rounds: int, defaults: Mapping[str, Any] | None) -> Strategy:
+    """FedAvg, or the Flower strategy that aggregates its replies robustly (FedMedian, FedTrimmedAvg, Krum)."""
+    from federation.strategies._params import check_choice, check_int, check_real
+
+    rest = dict(params)
+    aggregation = rest.pop("aggregation")
+    check_choice(FedAvg(), "aggregation", aggregation, AGGREGATIONS)
+    spec, mapping = FEDAVG_AGGREGATIONS[aggregation]
+    trim, malicious = rest.pop("trim", 0.2), rest.pop("num_malicious_nodes", 0)
+    if aggregation == "trimmed-mean":
+        check_real(FedTrimmedAvg(), "trim", trim, 0.0, 0.5, closed="left")
+    if aggregation == "krum":
+        check_int(Krum(), "num_malicious_nodes", malicious, 0)
+    robust = {"trim": trim, "num_malicious_nodes": malicious}
+    rest.update({target: robust[option] for option, target in mapping.items()})
+    return build_strategy(spec, rest, num_rounds=num_rounds, defaults=defaults)
 
 
 def _is_strategy_class(obj: object) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -47,22 +48,25 @@ class Reptile(FedAvg):
         sines noisy enough to double the few-shot MSE (measured).
     serial : bool, default=False
         One device per round (TinyReptile) instead of `fraction_train` of them.
-    aggregation : {"mean", "median", "trimmed-mean"}, default="mean"
+    aggregation : {"mean", "median", "trimmed-mean", "krum"}, default="mean"
         How the updates φ − θ are combined: Reptile's mean, or Flower's coordinate-wise median /
-        trimmed mean, which a few consistent, wrong updates cannot drag (see `reptile_update`).
+        trimmed mean / Krum selection, which a few consistent, wrong updates cannot drag (see
+        `reptile_update`).
     trim : float, default=0.2
         For "trimmed-mean": fraction of updates cut at each end per coordinate, in [0, 0.5).
+    num_malicious_nodes : int, default=0
+        For "krum": how many devices are assumed malicious (Krum's f).
     **kwargs
         Passed to `flwr.serverapp.strategy.FedAvg` (fractions, minimum nodes, keys).
     """
 
     def __init__(self, *, epsilon: float = 1.0, epsilon_floor: float = 0.0, num_rounds: int = 1,
-                 local_steps: int = 50, local_lr: float = 0.02, serial: bool = False, aggregation: str = "mean", trim: float = 0.2,
-                 **kwargs: object) -> None:
+                 local_steps: int = 50, local_lr: float = 0.02, serial: bool = False, aggregation: str = "mean",
+                 trim: float = 0.2, num_malicious_nodes: int = 0, **kwargs: Any) -> None:
         if serial:
             kwargs.update(fraction_train=SERIAL_FRACTION, min_train_nodes=1)
             kwargs.setdefault("min_available_nodes", 1)
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.epsilon = epsilon
         self.epsilon_floor = epsilon_floor
         self.num_rounds = num_rounds
@@ -71,6 +75,7 @@ class Reptile(FedAvg):
         self.serial = serial
         self.aggregation = aggregation
         self.trim = trim
+        self.num_malicious_nodes = num_malicious_nodes
         self._theta: ArrayRecord | None = None
         self._validate_params()
 
@@ -82,6 +87,7 @@ class Reptile(FedAvg):
         check_real(self, "local_lr", self.local_lr, 0.0, 1000.0, closed="right")
         check_choice(self, "aggregation", self.aggregation, AGGREGATIONS)
         check_real(self, "trim", self.trim, 0.0, 0.5, closed="left")
+        check_int(self, "num_malicious_nodes", self.num_malicious_nodes, 0)
 
     def summary(self) -> None:
         """Log the Reptile settings, then FedAvg's."""
@@ -112,7 +118,8 @@ class Reptile(FedAvg):
         theta = [self._theta[k].numpy() for k in keys]
         phis = [self.adapted_weights(msg, keys, theta) for msg in valid]
         eps = self.epsilon_at(server_round)
-        new = reptile_update(theta, phis, eps, aggregation=self.aggregation, trim=self.trim)
+        new = reptile_update(theta, phis, eps, aggregation=self.aggregation, trim=self.trim,
+                             num_malicious_nodes=self.num_malicious_nodes)
         arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in zip(keys, new, strict=True)})
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
         metrics["epsilon"] = eps

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message
@@ -48,11 +49,11 @@ class TinyMetaFed(Reptile):
     """
 
     def __init__(self, *, top_p: float = 0.05, local_layers: tuple[int, ...] = (-1,), reconstruct_steps: int = 5,
-                 **kwargs: object) -> None:
+                 **kwargs: Any) -> None:
         self.top_p = top_p
         self.local_layers = tuple(local_layers)
         self.reconstruct_steps = reconstruct_steps
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
 
     def _validate_params(self) -> None:
         super()._validate_params()

@@ -100,7 +100,7 @@ def _occupants(spec: RoomSpec, days: int, rng: np.random.Generator,
         kind = new_kind if change_day is not None and day >= change_day else spec.kind
         weekday = (spec.start_weekday + day) % 7
         base = day * MINUTES_PER_DAY
-        def occupy(start_h: float, end_h: float, people: int) -> None:
+        def occupy(start_h: float, end_h: float, people: int, base: int = base) -> None:
             a = base + int(np.clip(start_h, 0, 24) * 60)
             b = base + int(np.clip(end_h, 0, 24) * 60)
             n[a:b] += max(1, people)

@@ -117,7 +117,8 @@ def background_noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     if kind == "hum":
         t = np.arange(n) / SAMPLE_RATE
         base = rng.choice([50.0, 60.0])
-        x = sum(rng.uniform(0.2, 1.0) / h * np.sin(2 * np.pi * base * h * t + rng.uniform(0, 6.3)) for h in (1, 2, 3, 5))
+        x = sum(rng.uniform(0.2, 1.0) / h * np.sin(2 * np.pi * base * h * t + rng.uniform(0, 6.3))
+                for h in (1, 2, 3, 5))
         x = x + 0.1 * rng.normal(size=n)
     else:
         white = rng.normal(size=n)

@@ -62,7 +62,10 @@ def episode(classes: list[glyphs.GlyphClass], writer: int, n_way: int, k_shot: i
     """One writer's N-way K-shot episode: support (n_way*k_shot) and query (n_way*n_query) drawings."""
     chosen = rng.choice(len(classes), size=n_way, replace=False)
     style = glyphs.writer_style(writer, seed)
-    sx, sy, qx, qy = [], [], [], []
+    sx: list[np.ndarray] = []
+    qx: list[np.ndarray] = []
+    sy: list[int] = []
+    qy: list[int] = []
     for label, ci in enumerate(chosen):
         for s in range(k_shot + n_query):
             img = glyphs.render(classes[int(ci)], style, sample=s, seed=seed)[..., None]

@@ -69,9 +69,10 @@ class SineUseCase(UseCase):
         """Pretrain on pooled training devices, convert to full int8, measure, export; return the card."""
         from firmware_models.build import export_artifacts, head_weights_from_dense, regression_metrics
 
-        cfg = {"train_devices": 150 if quick else 250, "samples_per_device": 20,
-               "heldout_devices": 40, "heldout_samples_per_device": 50,
-               "epochs": 20 if quick else 30, "batch_size": 64, "learning_rate": 3e-3, "seed": int(seed)}
+        cfg: dict[str, Any] = {"train_devices": 150 if quick else 250, "samples_per_device": 20,
+                               "heldout_devices": 40, "heldout_samples_per_device": 50,
+                               "epochs": 20 if quick else 30, "batch_size": 64, "learning_rate": 3e-3,
+                               "seed": int(seed)}
         if progress:
             progress("generate data", 0.0)
         train = self.devices("train", cfg["train_devices"], samples_per_device=cfg["samples_per_device"], seed=seed)

@@ -7,7 +7,6 @@ forbidden QoS 0 PUBLISH silently, so a SUBACK or a missing error proves nothing.
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,16 +23,13 @@ from broker.accounts import (
 )
 from broker.exceptions import SecurityError
 from broker.files import SERVER_USER
-from broker.process import MosquittoBroker, find_mosquitto
+from broker.process import MosquittoBroker
 from broker.secure import SecureBrokerConfig
 from devices.exceptions import DeviceIdError
 from devices.link.address import Credentials
 from devices.wire.topics import device_topic
 from tests.support.broker import BAD_USER_OR_PASSWORD, NOT_AUTHORIZED, Probe, connect
 from tests.support.waiting import wait_until
-
-pytestmark = pytest.mark.skipif(find_mosquitto() is None and not os.environ.get("CI"),
-                                reason="mosquitto not installed")
 
 FLEET = "lab"
 

@@ -1,6 +1,7 @@
 """Issue #9: every broker tinyfleet manages is secured by default, and every component works on it.
 
-All against real Mosquitto 2.0 and the real console script: batch enrolment (hashes computed in
+All against real Mosquitto 2.0 and the real CLI (in-process, or the console script where it must run
+alongside the test): batch enrolment (hashes computed in
 Python, checked against ``mosquitto_passwd`` and a real login), the simulator enrolling its own
 devices, `broker start/status` defaults, `federate run --simulate` refusing anonymous clients while
 it runs, and the server-side clients (`federate run --broker`, `registry listen`) with
@@ -16,10 +17,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import Result
+from rich.console import Console
 
 from broker.accounts import (
     enroll_device,
@@ -31,21 +34,16 @@ from broker.accounts import (
     server_credentials,
 )
 from broker.files import SERVER_USER, SecurityPaths
-from broker.process import MosquittoBroker, find_mosquitto, read_state
+from broker.process import MosquittoBroker, read_state
 from broker.secure import secured_broker
 from devices.link.address import BrokerAddress, Credentials
 from tests.support.broker import BAD_USER_OR_PASSWORD, NOT_AUTHORIZED, connect
+from tests.support.cli import CONFIG_VARIABLES
 from tests.support.waiting import wait_until
 
 TINYFLEET = str(Path(sys.executable).with_name("tinyfleet"))
-ENV = {**os.environ, "TINYFLEET_BROKER": "", "COLUMNS": "300", "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+Cli = Callable[..., Result]
 
-pytestmark = pytest.mark.skipif(find_mosquitto() is None and not os.environ.get("CI"),
-                                reason="mosquitto not installed")
-
-
-def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TINYFLEET, *args], capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
 def _login(port: int, creds: Credentials | None, client_id: str) -> int | None:
@@ -140,7 +138,8 @@ def test_ensure_server_account_reuses_and_separates_accounts(secured: tuple[Path
 
 
 # ------------------------------------------------------------------------------------ simulator
-def test_simulator_enrols_its_devices_on_a_secured_broker(secured: tuple[Path, MosquittoBroker], tmp_path: Path) -> None:
+def test_simulator_enrols_its_devices_on_a_secured_broker(secured: tuple[Path, MosquittoBroker],
+                                                          tmp_path: Path) -> None:
     from devices.link.fleet_client import snapshot
     from devices.simulator import FleetSimulator, simulated_ids
 
@@ -153,7 +152,8 @@ def test_simulator_enrols_its_devices_on_a_secured_broker(secured: tuple[Path, M
         assert sim.start(timeout=20) == 4
         accounts = list_accounts(d)
         assert all(accounts[i] == {**accounts[i], "role": "device", "fleet": "lab"} for i in sim.device_ids)
-        fc = snapshot(address, fleet="lab", seconds=1.0, credentials=server_credentials(d), client_id=SERVER_USER)
+        fc = snapshot(address, fleet="lab", seconds=30, credentials=server_credentials(d), client_id=SERVER_USER,
+                      until=lambda c: len(c.online()) == 4)
         assert sorted(fc.presence) == sorted(sim.device_ids) and all(p["online"] for p in fc.presence.values())
     finally:
         sim.stop()
@@ -176,60 +176,65 @@ def test_simulator_enrols_its_devices_on_a_secured_broker(secured: tuple[Path, M
 
 
 # ------------------------------------------------------------------------------------ CLI: broker
-def test_broker_start_is_secured_by_default_and_status_says_so(tmp_path: Path) -> None:
+def test_broker_start_is_secured_by_default_and_status_says_so(cli: Cli, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # a wide table, as COLUMNS=300 gives a fresh process (the module's Console reads COLUMNS when it is created)
+    monkeypatch.setattr("tinyfleet.cli.output.out", Console(width=300))
     d = tmp_path / "mq"
-    started = run("broker", "start", "--dir", str(d), "--json")
-    assert started.returncode == 0, started.stderr
+    started = cli("broker", "start", "--dir", str(d), "--json")
+    assert started.exit_code == 0, started.stderr
     info = json.loads(started.stdout)
     try:
         cred = d / "security" / "credentials" / f"{SERVER_USER}.json"
         assert info["secure"] is True and info["tls"] is False and info["server_credentials"] == str(cred)
         assert "allow_anonymous false" in (d / "mosquitto.conf").read_text()
         assert _login(info["port"], None, "anon") == NOT_AUTHORIZED
-        status = run("broker", "status", "--dir", str(d), "--json")
+        status = cli("broker", "status", "--dir", str(d), "--json")
         doc = json.loads(status.stdout)
         assert doc["running"] and doc["secure"] is True and doc["server_credentials"] == str(cred)
-        human = run("broker", "status", "--dir", str(d))
+        human = cli("broker", "status", "--dir", str(d))
         assert "anonymous access refused" in human.stdout and str(cred) in human.stdout
         # the CLI's own read-only account works on the managed broker without extra flags
-        sim = run("devices", "simulate", "--n", "3", "--broker-dir", str(d), "--fleet", "lab", "--duration", "0",
+        sim = cli("devices", "simulate", "--n", "3", "--broker-dir", str(d), "--fleet", "lab", "--duration", "0",
                   "--telemetry", "0", "--samples", "8", "--json")
-        assert sim.returncode == 0, sim.stderr
+        assert sim.exit_code == 0, sim.stderr
         s = json.loads(sim.stdout)
         assert s["connected"] == 3 and s["secured"] is True and s["enroll_seconds"] > 0
         assert {"sim-0000", "sim-0001", "sim-0002"} <= set(list_accounts(d))
         # --insecure on a secured directory would open enrolled devices to anyone: refused
     finally:
-        assert run("broker", "stop", "--dir", str(d)).returncode == 0
-    refused = run("broker", "start", "--dir", str(d), "--insecure")
-    assert refused.returncode == 1 and refused.stdout == "" and read_state(d) is None
+        assert cli("broker", "stop", "--dir", str(d)).exit_code == 0
+    refused = cli("broker", "start", "--dir", str(d), "--insecure")
+    assert refused.exit_code == 1 and refused.stdout == "" and read_state(d) is None
     assert refused.stderr.strip().splitlines() == [
         f"error: {d} holds a secured broker (enrolled accounts); --insecure would open it to anyone: use "
         "another --dir for an open debugging broker"]
-    both = run("broker", "start", "--dir", str(tmp_path / "x"), "--tls", "--insecure")
-    assert both.returncode == 2 and "--tls cannot be combined with --insecure" in both.stderr
+    both = cli("broker", "start", "--dir", str(tmp_path / "x"), "--tls", "--insecure")
+    assert both.exit_code == 2 and "--tls cannot be combined with --insecure" in both.stderr
 
 
-def test_broker_start_insecure_is_an_explicit_open_broker(tmp_path: Path) -> None:
+def test_broker_start_insecure_is_an_explicit_open_broker(cli: Cli, tmp_path: Path) -> None:
     d = tmp_path / "open"
-    started = run("broker", "start", "--dir", str(d), "--insecure", "--json")
-    assert started.returncode == 0, started.stderr
+    started = cli("broker", "start", "--dir", str(d), "--insecure", "--json")
+    assert started.exit_code == 0, started.stderr
     info = json.loads(started.stdout)
     try:
         assert info["secure"] is False and "allow_anonymous true" in (d / "mosquitto.conf").read_text()
         assert _login(info["port"], None, "anon") == 0
-        assert json.loads(run("broker", "status", "--dir", str(d), "--json").stdout)["secure"] is False
+        assert json.loads(cli("broker", "status", "--dir", str(d), "--json").stdout)["secure"] is False
     finally:
-        run("broker", "stop", "--dir", str(d))
+        cli("broker", "stop", "--dir", str(d))
 
 
 # ------------------------------------------------------------------------------------ CLI: federate
 def test_federate_simulate_runs_on_a_broker_that_refuses_anonymous_clients(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     run_dir = out / "sec"
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
+    # subprocess: the run's private broker is probed from outside while the run is live
     proc = subprocess.Popen([TINYFLEET, "federate", "run", "--task", "sine", "--rounds", "2", "--simulate", "4",
                              "--out", str(out), "--run-id", "sec", "--samples-per-device", "16", "--local-steps",
-                             "5", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                             "5", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     probe_code: int | None = None
     try:
         # probe while the run is live: the private broker's state file exists only while it runs
@@ -252,7 +257,8 @@ def test_federate_simulate_runs_on_a_broker_that_refuses_anonymous_clients(tmp_p
     assert {f"sim-000{i}" for i in range(4)} <= set(accounts) and accounts[SERVER_USER]["role"] == "server"
 
 
-def test_server_clients_take_credentials_files(secured: tuple[Path, MosquittoBroker], tmp_path: Path) -> None:
+def test_server_clients_take_credentials_files(cli: Cli, secured: tuple[Path, MosquittoBroker],
+                                               tmp_path: Path) -> None:
     """`registry listen` and `federate run --broker` on a secured broker: refused without, working with."""
     from devices.simulator import FleetSimulator, simulated_ids
 
@@ -265,26 +271,27 @@ def test_server_clients_take_credentials_files(secured: tuple[Path, MosquittoBro
                          device_credentials=enroll_device_credentials(d, simulated_ids(3), fleet="lab"))
     try:
         assert sim.start(timeout=20) == 3
-        anon = run("registry", "listen", "--broker", url, "--fleet", "lab", "--store", str(tmp_path / "r0"),
+        anon = cli("registry", "listen", "--broker", url, "--fleet", "lab", "--store", str(tmp_path / "r0"),
                    "--duration", "0.5", "--json")
-        assert anon.returncode == 1 and anon.stdout == "" and "Traceback" not in anon.stderr
-        assert anon.stderr.strip().splitlines()[-1].startswith("error: registry listener: broker mqtt://127.0.0.1:") and \
+        assert anon.exit_code == 1 and anon.stdout == "" and "Traceback" not in anon.stderr
+        last = anon.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: registry listener: broker mqtt://127.0.0.1:") and \
             "refused the connection" in anon.stderr and "--credentials" in anon.stderr
-        listened = run("registry", "listen", "--broker", url, "--fleet", "lab", "--store", str(tmp_path / "reg"),
+        listened = cli("registry", "listen", "--broker", url, "--fleet", "lab", "--store", str(tmp_path / "reg"),
                        "--credentials", str(listener_file), "--duration", "2", "--json")
-        assert listened.returncode == 0, listened.stderr
+        assert listened.exit_code == 0, listened.stderr
         assert json.loads(listened.stdout)["tds_ingested"] == 3
 
-        fed = run("federate", "run", "--task", "sine", "--rounds", "1", "--broker", url, "--fleet", "lab",
+        fed = cli("federate", "run", "--task", "sine", "--rounds", "1", "--broker", url, "--fleet", "lab",
                   "--credentials", str(SecurityPaths(d).credentials_dir / f"{SERVER_USER}.json"), "--quorum", "3",
                   "--out", str(tmp_path / "runs"), "--run-id", "cred", "--local-steps", "5", "--json")
-        assert fed.returncode == 0, fed.stderr[-2000:]
+        assert fed.exit_code == 0, fed.stderr[-2000:]
         assert json.loads(fed.stdout)["rounds"][0]["replies"] == 3
         bad = tmp_path / "bad.json"
         bad.write_text("{}")
-        refused = run("federate", "run", "--task", "sine", "--rounds", "1", "--broker", url, "--credentials",
+        refused = cli("federate", "run", "--task", "sine", "--rounds", "1", "--broker", url, "--credentials",
                       str(bad), "--out", str(tmp_path / "runs"), "--run-id", "bad")
-        assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        assert refused.exit_code == 1 and refused.stderr.strip().splitlines() == [
             f"error: credentials file {bad} needs string fields 'username' and 'password'"]
     finally:
         sim.stop()

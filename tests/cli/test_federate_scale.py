@@ -20,6 +20,7 @@ from tinyfleet.cli.main import app
     (["--simulate", "4", "--gateways", "2", "--strategy", "tinymetafed"], "--gateways supports"),
     (["--simulate", "4", "--gateways", "2", "--strategy", "flwr:FedMedian"], "a median of medians"),
     (["--simulate", "4", "--mode", "async", "--strategy", "tinymetafed"], "--mode async supports"),
+    (["--simulate", "4", "--gateways", "2", "--aggregate", "median"], "a robust --aggregate"),
     (["--simulate", "4", "--intermittent", "0.3", "--online", "5", "--period", "5"], "must be > 0 and < --period"),
     (["--intermittent", "0.3", "--broker", "mqtt://127.0.0.1:1"], "applies to simulated devices"),
 ])

@@ -35,7 +35,7 @@ COMMANDS = _leaf_commands()
 
 def test_every_documented_group_exists() -> None:
     groups = {c[0] for c in COMMANDS}
-    assert {"models", "registry", "broker", "devices", "federate", "demo", "doctor"} <= groups
+    assert {"models", "registry", "broker", "devices", "federate", "demo", "doctor", "firmware"} <= groups
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
@@ -48,6 +48,7 @@ def test_help_has_an_example(command: list[str]) -> None:
 
 
 def test_help_through_console_script() -> None:
+    # subprocess: the installed console script's entry point is what this checks
     proc = subprocess.run([TINYFLEET, "federate", "run", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "Example:" in proc.stdout
     bad = subprocess.run([TINYFLEET, "models", "nope"], capture_output=True, text=True, timeout=60)

@@ -2,24 +2,28 @@
 
 Tiny data sets are written in the real formats (UCI Occupancy CSVs with quoted row ids, Omniglot
 `alphabet/character/<id>_<drawer>.png`, Speech Commands `word/<speaker>_nohash_<n>.wav`) and run
-through the real console script; bad data must give one `error: <file>: ...` line, exit 1, and
+through the CLI (in-process); bad data must give one `error: <file>: ...` line, exit 1, and
 leave --out untouched.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import Result
 
 from broker.process import BrokerInfo
 from firmware_models.datasets import building
 from firmware_models.datasets.fingerprint import file_list_fingerprint
 from firmware_models.features import SAMPLE_RATE, write_wav
-from tests.support.models import run_cli
+from tests.support.cli import clean_environment, invoke
+
+Cli = Callable[..., Result]
 
 UCI_HEADER = '"date","Temperature","Humidity","Light","CO2","HumidityRatio","Occupancy"\n'
 
@@ -68,7 +72,7 @@ def write_omniglot(root: Path, *, alphabets: int = 3, characters: int = 5, drawe
 
 
 def _one_error_line(proc, where: str) -> str:  # noqa: ANN001
-    assert proc.returncode == 1, (proc.returncode, proc.stderr[-1500:])
+    assert proc.exit_code == 1, (proc.exit_code, proc.stderr[-1500:])
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -83,8 +87,9 @@ def _one_error_line(proc, where: str) -> str:  # noqa: ANN001
 def presence_build(uci_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """`tinyfleet models build presence --data <uci> --quick --json`, once per module: (out dir, card)."""
     out = tmp_path_factory.mktemp("models")
-    proc = run_cli("models", "build", "presence", "--data", str(uci_dir), "--quick", "--out", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    with clean_environment(tmp_path_factory.mktemp("cwd")):
+        proc = invoke("models", "build", "presence", "--data", str(uci_dir), "--quick", "--out", str(out), "--json")
+    assert proc.exit_code == 0, proc.stderr[-2000:]
     return out, json.loads(proc.stdout)
 
 
@@ -137,20 +142,20 @@ def _break_uci(data: Path, how: str) -> Path:
     ("bad header", "{d}/datatest.txt:1: ", "expected header"),
     ("no standard file", "{d}: ", "none of datatraining.txt"),
 ])
-def test_presence_bad_uci_data_is_one_line_and_writes_nothing(uci_dir: Path, tmp_path: Path, how: str, where: str,
-                                                              problem: str) -> None:
+def test_presence_bad_uci_data_is_one_line_and_writes_nothing(cli: Cli, uci_dir: Path, tmp_path: Path, how: str,
+                                                              where: str, problem: str) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "datatraining.txt").write_bytes((uci_dir / "datatraining.txt").read_bytes())
     out = tmp_path / "out"
-    proc = run_cli("models", "build", "presence", "--data", str(_break_uci(data, how)), "--quick", "--out", str(out),
-                   "--json")
+    proc = cli("models", "build", "presence", "--data", str(_break_uci(data, how)), "--quick", "--out", str(out),
+               "--json")
     line = _one_error_line(proc, where.format(d=data))
     assert problem in line
     assert not out.exists()
 
 
-def test_simulated_fleet_streams_the_real_days(mosquitto: BrokerInfo, uci_dir: Path,
+def test_simulated_fleet_streams_the_real_days(cli: Cli, mosquitto: BrokerInfo, uci_dir: Path,
                                               presence_build: tuple[Path, dict], tmp_path: Path) -> None:
     from devices.link.address import BrokerAddress
     from devices.simulator import FleetSimulator
@@ -158,10 +163,10 @@ def test_simulated_fleet_streams_the_real_days(mosquitto: BrokerInfo, uci_dir: P
 
     out, _ = presence_build
     url = f"mqtt://{mosquitto.host}:{mosquitto.port}"
-    proc = run_cli("devices", "simulate", "--n", "4", "--task", "presence", "--data", str(uci_dir), "--models",
-                   str(out), "--samples", "40", "--broker", url, "--fleet", "ucisim", "--duration", "1",
-                   "--telemetry", "0", "--json")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = cli("devices", "simulate", "--n", "4", "--task", "presence", "--data", str(uci_dir), "--models",
+               str(out), "--samples", "40", "--broker", url, "--fleet", "ucisim", "--duration", "1",
+               "--telemetry", "0", "--json")
+    assert proc.exit_code == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)
     assert summary["devices"] == summary["connected"] == 4 and summary["unfit_devices"] == 0
     # in process (no connection): every device's local data is a real day's windows
@@ -170,9 +175,10 @@ def test_simulated_fleet_streams_the_real_days(mosquitto: BrokerInfo, uci_dir: P
     days = get_use_case("presence", data=uci_dir).devices("train", 4, samples_per_device=40, seed=0)
     for agent, day in zip(sim.agents, days, strict=True):
         np.testing.assert_array_equal(np.concatenate([agent.x_train, agent.x_eval])[:40], day.x)
-    bad = run_cli("devices", "simulate", "--n", "2", "--task", "presence", "--data", str(tmp_path / "nope"),
-                  "--models", str(out), "--broker", url, "--duration", "0")
-    assert bad.returncode == 1 and bad.stderr.strip() == f"error: {tmp_path / 'nope'}: UCI occupancy CSV or folder not found"
+    bad = cli("devices", "simulate", "--n", "2", "--task", "presence", "--data", str(tmp_path / "nope"),
+              "--models", str(out), "--broker", url, "--duration", "0")
+    assert bad.exit_code == 1
+    assert bad.stderr.strip() == f"error: {tmp_path / 'nope'}: UCI occupancy CSV or folder not found"
 
 
 def test_single_csv_is_split_chronologically(tmp_path: Path) -> None:
@@ -193,11 +199,11 @@ def test_single_csv_is_split_chronologically(tmp_path: Path) -> None:
     assert all(np.all(d.x[..., 5] == 0) for d in devs)          # UCI has no motion sensor: flagged missing
 
 
-def test_data_option_refused_for_sine_and_all(tmp_path: Path) -> None:
-    proc = run_cli("models", "build", "sine", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
-    assert proc.returncode == 2 and proc.stderr.startswith("error: use case 'sine' has no real data set")
-    proc = run_cli("models", "build", "all", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
-    assert proc.returncode == 2 and "give one use case" in proc.stderr
+def test_data_option_refused_for_sine_and_all(cli: Cli, tmp_path: Path) -> None:
+    proc = cli("models", "build", "sine", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert proc.exit_code == 2 and proc.stderr.startswith("error: use case 'sine' has no real data set")
+    proc = cli("models", "build", "all", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert proc.exit_code == 2 and "give one use case" in proc.stderr
     assert not (tmp_path / "o").exists()
 
 
@@ -211,10 +217,10 @@ def omniglot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_characters_builds_on_omniglot_with_real_provenance(omniglot_dir: Path, tmp_path: Path) -> None:
-    proc = run_cli("models", "build", "characters", "--data", str(omniglot_dir), "--quick", "--out", str(tmp_path),
-                   "--json")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_characters_builds_on_omniglot_with_real_provenance(cli: Cli, omniglot_dir: Path, tmp_path: Path) -> None:
+    proc = cli("models", "build", "characters", "--data", str(omniglot_dir), "--quick", "--out", str(tmp_path),
+               "--json")
+    assert proc.exit_code == 0, proc.stderr[-2000:]
     card = json.loads(proc.stdout)
     prov = card["data"]
     real = prov["real_data"]
@@ -255,7 +261,7 @@ def test_omniglot_devices_are_drawers(omniglot_dir: Path) -> None:
     ("empty character", "{d}/Alphabet_0/character09: ", "no .png files"),
     ("no drawer", "{d}/Alphabet_0/character01/x.png: ", "no drawer number"),
 ])
-def test_characters_bad_omniglot_is_one_line_and_writes_nothing(tmp_path: Path, how: str, where: str,
+def test_characters_bad_omniglot_is_one_line_and_writes_nothing(cli: Cli, tmp_path: Path, how: str, where: str,
                                                                 problem: str) -> None:
     data = tmp_path / "omniglot"
     write_omniglot(data, drawers=3)
@@ -267,7 +273,7 @@ def test_characters_bad_omniglot_is_one_line_and_writes_nothing(tmp_path: Path, 
     elif how == "no drawer":
         (data / "Alphabet_0" / "character01" / "0001_02.png").rename(data / "Alphabet_0" / "character01" / "x.png")
     out = tmp_path / "out"
-    proc = run_cli("models", "build", "characters", "--data", str(target), "--quick", "--out", str(out), "--json")
+    proc = cli("models", "build", "characters", "--data", str(target), "--quick", "--out", str(out), "--json")
     assert problem in _one_error_line(proc, where.format(d=data))
     assert not out.exists()
 
@@ -302,10 +308,10 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_keywords_builds_on_speech_commands_with_real_provenance(speech_dir: Path, tmp_path: Path) -> None:
-    proc = run_cli("models", "build", "keywords", "--data", str(speech_dir), "--quick", "--out", str(tmp_path),
-                   "--json")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_keywords_builds_on_speech_commands_with_real_provenance(cli: Cli, speech_dir: Path, tmp_path: Path) -> None:
+    proc = cli("models", "build", "keywords", "--data", str(speech_dir), "--quick", "--out", str(tmp_path),
+               "--json")
+    assert proc.exit_code == 0, proc.stderr[-2000:]
     card = json.loads(proc.stdout)
     prov, real = card["data"], card["data"]["real_data"]
     assert prov["dataset"] == "Speech Commands"
@@ -336,7 +342,7 @@ def test_speech_devices_are_speakers(speech_dir: Path) -> None:
     ("bad list", "{d}/testing_list.txt:1: ", "expected '<word>/<file>.wav'"),
     ("no keyword", "{d}: ", "none of the keyword folders"),
 ])
-def test_keywords_bad_speech_commands_is_one_line_and_writes_nothing(tmp_path: Path, how: str, where: str,
+def test_keywords_bad_speech_commands_is_one_line_and_writes_nothing(cli: Cli, tmp_path: Path, how: str, where: str,
                                                                      problem: str) -> None:
     data = tmp_path / "sc"
     write_speech_commands(data)
@@ -348,6 +354,6 @@ def test_keywords_bad_speech_commands_is_one_line_and_writes_nothing(tmp_path: P
         for w in ("yes", "no", "up"):
             (data / w).rename(data / f"x{w}")
     out = tmp_path / "out"
-    proc = run_cli("models", "build", "keywords", "--data", str(data), "--quick", "--out", str(out), "--json")
+    proc = cli("models", "build", "keywords", "--data", str(data), "--quick", "--out", str(out), "--json")
     assert problem in _one_error_line(proc, where.format(d=data))
     assert not out.exists()

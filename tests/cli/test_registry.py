@@ -1,36 +1,42 @@
-"""`tinyfleet registry` through the real console script, real .tflite files, and live MQTT presence."""
+"""`tinyfleet registry` in-process on real .tflite files, a real SPARQL endpoint, and live MQTT presence."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.models import run_cli
+from click.testing import Result
+
+from tests.support.models import SineBuild
 from tests.support.registry import TINYML_SCHEMA_KG, OxigraphServer, td
+
+Cli = Callable[..., Result]
 
 
 def _json(proc) -> object:  # type: ignore[no-untyped-def]
-    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert proc.exit_code == 0, proc.stderr[-1500:]
     return json.loads(proc.stdout)
 
 
 def _one_line_error(proc, match: str) -> None:  # type: ignore[no-untyped-def]
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert proc.exit_code == 1, (proc.stdout, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert lines[0].startswith("error: ") and match in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
 
 
-def test_cli_real_models_match_explain_and_errors(tmp_path: Path, sine_build, tiny_cnn_tflite: Path) -> None:  # noqa: F811
+def test_cli_real_models_match_explain_and_errors(cli: Cli, tmp_path: Path, sine_build: SineBuild,
+                                                  tiny_cnn_tflite: Path) -> None:
     store = ["--store", str(tmp_path / "reg")]
-    sine = _json(run_cli("registry", "add-model", str(sine_build.directory / "model.tflite"),
-                         "--card", str(sine_build.directory / "card.json"), *store, "--json"))
+    sine = _json(cli("registry", "add-model", str(sine_build.directory / "model.tflite"),
+                     "--card", str(sine_build.directory / "card.json"), *store, "--json"))
     card = sine_build.card
     assert sine["name"] == card["name"]
     assert sine["ram_needed_bytes"] == card["arena_bytes"] and sine["flash_needed_bytes"] == card["flash_bytes"]
-    cnn = _json(run_cli("registry", "add-model", str(tiny_cnn_tflite), *store, "--json"))
+    cnn = _json(cli("registry", "add-model", str(tiny_cnn_tflite), *store, "--json"))
     assert cnn["name"] == "tiny_cnn" and cnn["flash_needed_bytes"] == tiny_cnn_tflite.stat().st_size
 
     sensors = list(card.get("sensors") or [])
@@ -38,40 +44,40 @@ def test_cli_real_models_match_explain_and_errors(tmp_path: Path, sine_build, ti
     (tmp_path / "big.json").write_text(json.dumps(td("big", 262_144, 1_048_576, sensors)))
     (tmp_path / "tiny.json").write_text(json.dumps(td("tiny", arena - 1, 1_048_576, sensors)))
     for name in ("big", "tiny"):
-        _json(run_cli("registry", "add-device", str(tmp_path / f"{name}.json"), *store, "--json"))
+        _json(cli("registry", "add-device", str(tmp_path / f"{name}.json"), *store, "--json"))
 
-    rows = _json(run_cli("registry", "match", "--model", card["name"], *store, "--json"))
+    rows = _json(cli("registry", "match", "--model", card["name"], *store, "--json"))
     assert [(r["name"], r["ram_bytes"], r["ram_needed_bytes"]) for r in rows] == [("big", 262_144, arena)]
     assert rows[0]["sensors"] == sorted(sensors) and rows[0]["flash_needed_bytes"] == card["flash_bytes"]
-    explained = _json(run_cli("registry", "match", "--model", card["name"], "--explain", *store, "--json"))
+    explained = _json(cli("registry", "match", "--model", card["name"], "--explain", *store, "--json"))
     assert [(r["name"], r["reasons"]) for r in explained["excluded"]] == [
         ("tiny", [f"too little RAM: {arena - 1} B < {arena} B needed"])]
-    models = _json(run_cli("registry", "match", "--device", "big", *store, "--json"))
+    models = _json(cli("registry", "match", "--device", "big", *store, "--json"))
     assert card["name"] in [m["name"] for m in models]
 
-    layers = _json(run_cli("registry", "query", str(_rq(tmp_path, "SELECT ?op WHERE { ?m schema:name \"tiny_cnn\" ; "
-                                                      "nnet:inputLayer|nnet:middleLayer|nnet:outputLayer ?l . "
-                                                      "?l tf:opName ?op ; nnet:hasIndex ?i } ORDER BY ?i")),
-                        *store, "--json"))
+    layers = _json(cli("registry", "query", str(_rq(tmp_path, "SELECT ?op WHERE { ?m schema:name \"tiny_cnn\" ; "
+                                                  "nnet:inputLayer|nnet:middleLayer|nnet:outputLayer ?l . "
+                                                  "?l tf:opName ?op ; nnet:hasIndex ?i } ORDER BY ?i")),
+                    *store, "--json"))
     ops = [r["op"] for r in layers["rows"]]
     assert ops[:2] == ["CONV_2D", "DEPTHWISE_CONV_2D"] and ops[-1] == "FULLY_CONNECTED"
 
-    inv = _json(run_cli("registry", "inventory", *store, "--json"))
+    inv = _json(cli("registry", "inventory", *store, "--json"))
     assert sorted(r["name"] for r in inv) == ["big", "tiny"]
 
     # Bad input: one line, exit 1, nothing written.
-    before = _json(run_cli("registry", "query", str(_rq(tmp_path, "SELECT (COUNT(*) AS ?n) WHERE { ?s ?p ?o }")),
-                           *store, "--json"))
-    _one_line_error(run_cli("registry", "match", "--model", 'x" } ; DROP ALL ; #', *store, "--json"), "no model named")
-    _one_line_error(run_cli("registry", "query", str(_rq(tmp_path, "DROP ALL")), *store), "read-only")
+    before = _json(cli("registry", "query", str(_rq(tmp_path, "SELECT (COUNT(*) AS ?n) WHERE { ?s ?p ?o }")),
+                       *store, "--json"))
+    _one_line_error(cli("registry", "match", "--model", 'x" } ; DROP ALL ; #', *store, "--json"), "no model named")
+    _one_line_error(cli("registry", "query", str(_rq(tmp_path, "DROP ALL")), *store), "read-only")
     junk = tmp_path / "junk.tflite"
     junk.write_bytes(b"PK\x03\x04 not a model")
-    _one_line_error(run_cli("registry", "add-model", str(junk), *store), "junk.tflite")
+    _one_line_error(cli("registry", "add-model", str(junk), *store), "junk.tflite")
     (tmp_path / "bad.json").write_text("{not json")
-    _one_line_error(run_cli("registry", "add-device", str(tmp_path / "bad.json"), *store), "bad.json")
-    _one_line_error(run_cli("registry", "match", *store), "exactly one of --model or --device")
-    after = _json(run_cli("registry", "query", str(_rq(tmp_path, "SELECT (COUNT(*) AS ?n) WHERE { ?s ?p ?o }")),
-                          *store, "--json"))
+    _one_line_error(cli("registry", "add-device", str(tmp_path / "bad.json"), *store), "bad.json")
+    _one_line_error(cli("registry", "match", *store), "exactly one of --model or --device")
+    after = _json(cli("registry", "query", str(_rq(tmp_path, "SELECT (COUNT(*) AS ?n) WHERE { ?s ?p ?o }")),
+                      *store, "--json"))
     assert after == before
 
 
@@ -81,27 +87,28 @@ def _rq(tmp_path: Path, text: str) -> Path:
     return p
 
 
-def test_cli_import_validate_export_on_remote_endpoint(tmp_path: Path, oxigraph_server: OxigraphServer) -> None:  # noqa: F811
+def test_cli_import_validate_export_on_remote_endpoint(cli: Cli, tmp_path: Path,
+                                                      oxigraph_server: OxigraphServer) -> None:
     remote = ["--endpoint", f"{oxigraph_server.url}/query", "--update-endpoint", f"{oxigraph_server.url}/update"]
     kg = tmp_path / "kg.ttl"
     kg.write_text(TINYML_SCHEMA_KG)
-    assert _json(run_cli("registry", "validate", str(kg), "--json"))["valid"] is True
-    got = _json(run_cli("registry", "import", str(kg), *remote, "--json"))
+    assert _json(cli("registry", "validate", str(kg), "--json"))["valid"] is True
+    got = _json(cli("registry", "import", str(kg), *remote, "--json"))
     assert got["triples"] > 0
-    rows = _json(run_cli("registry", "match", "--model", "Micro_Speech_Yes_No", *remote, "--json"))
+    rows = _json(cli("registry", "match", "--model", "Micro_Speech_Yes_No", *remote, "--json"))
     assert "Arduino-Nano-BLE-33-Tinyml-Kit_1" in [r["name"] for r in rows]
-    hits = _json(run_cli("registry", "search", "speech", *remote, "--json"))
+    hits = _json(cli("registry", "search", "speech", *remote, "--json"))
     assert [h["name"] for h in hits] == ["Micro_Speech_Yes_No"]
     bad = tmp_path / "bad.ttl"
     bad.write_text("@prefix s3n: <http://w3id.org/s3n/> . @prefix tf: <https://w3id.org/tinyfleet/ns#> .\n"
                    "<http://example.org/d> a s3n:SmartSensor ; tf:ramBytes 0 .")
-    proc = run_cli("registry", "validate", str(bad))
-    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "RAM size" in proc.stderr
-    proc = run_cli("registry", "import", str(bad), *remote)
-    assert proc.returncode == 1 and "nothing written" in proc.stderr.splitlines()[0]
-    export = run_cli("registry", "export", "--format", "turtle", *remote)
-    assert export.returncode == 0 and "Micro_Speech_Yes_No" in export.stdout and "example.org/d" not in export.stdout
-    proc = run_cli("registry", "inventory", "--endpoint", "http://127.0.0.1:9/query", "--json")
+    proc = cli("registry", "validate", str(bad))
+    assert proc.exit_code == 1 and proc.stderr.startswith("error: ") and "RAM size" in proc.stderr
+    proc = cli("registry", "import", str(bad), *remote)
+    assert proc.exit_code == 1 and "nothing written" in proc.stderr.splitlines()[0]
+    export = cli("registry", "export", "--format", "turtle", *remote)
+    assert export.exit_code == 0 and "Micro_Speech_Yes_No" in export.stdout and "example.org/d" not in export.stdout
+    proc = cli("registry", "inventory", "--endpoint", "http://127.0.0.1:9/query", "--json")
     _one_line_error(proc, "unreachable")
 
 

@@ -1,5 +1,6 @@
-"""`tinyfleet serve` as users run it: the console script in a subprocess, on an on-disk store, with a
-token from `tinyfleet serve token`, following TDs that devices publish on a real Mosquitto."""
+"""`tinyfleet serve` as users run it: the console script in a subprocess (it is stopped with Ctrl-C), on an on-disk
+store, with a token from `tinyfleet serve token` (in-process), following TDs that devices publish on a real
+Mosquitto."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+from click.testing import Result
 
 from broker.process import BrokerInfo
 from devices.boards import BOARDS
@@ -23,9 +26,10 @@ from devices.link.client import MqttClient
 from devices.wire.thing_description import td_payload, thing_description
 from devices.wire.topics import device_topic
 from registry.store import open_store
-from tests.support.models import TINYFLEET, run_cli
+from tests.support.models import TINYFLEET
 from tests.support.serve import build_demo_fleet
 
+Cli = Callable[..., Result]
 URL = re.compile(r"serving the registry on (http://127\.0\.0\.1:\d+)")
 
 
@@ -38,6 +42,7 @@ def _publish_td(broker: BrokerInfo, device_id: str) -> None:
 
 def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", TF_CPP_MIN_LOG_LEVEL="2")
+    # subprocess: the server runs alongside the test and is stopped the way a user stops it (SIGINT)
     proc = subprocess.Popen([TINYFLEET, "serve", *args], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env=env)
     lines: queue.Queue[str] = queue.Queue()
@@ -59,17 +64,18 @@ def _start(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     raise AssertionError(f"tinyfleet serve did not start: {''.join(seen)[-2000:]}")
 
 
-def test_serve_from_the_cli_with_token_dashboard_and_mqtt_ingestion(tmp_path: Path, mosquitto: BrokerInfo) -> None:
+def test_serve_from_the_cli_with_token_dashboard_and_mqtt_ingestion(cli: Cli, tmp_path: Path,
+                                                                    mosquitto: BrokerInfo) -> None:
     store_dir, runs = tmp_path / "registry", tmp_path / "runs"
     with open_store(store_dir) as st:
         fleet = build_demo_fleet(st, runs, n_devices=6)
     tokens = tmp_path / "tokens.json"
-    made = run_cli("serve", "token", "--tokens", str(tokens), "--name", "ci", "--json")
-    assert made.returncode == 0, made.stderr
+    made = cli("serve", "token", "--tokens", str(tokens), "--name", "ci", "--json")
+    assert made.exit_code == 0, made.stderr
     token = json.loads(made.stdout)["token"]
     assert token not in tokens.read_text() and oct(tokens.stat().st_mode & 0o777) == "0o600"
-    dup = run_cli("serve", "token", "--tokens", str(tokens), "--name", "ci")
-    assert dup.returncode == 1 and dup.stderr.startswith("error: ") and "exists" in dup.stderr
+    dup = cli("serve", "token", "--tokens", str(tokens), "--name", "ci")
+    assert dup.exit_code == 1 and dup.stderr.startswith("error: ") and "exists" in dup.stderr
 
     _publish_td(mosquitto, "mqtt-dev-1")  # retained before the server starts: ingested on subscribe
     proc, url = _start(["--store", str(store_dir), "--runs", str(runs), "--port", "0", "--tokens", str(tokens),
@@ -124,9 +130,9 @@ def _drain(q: queue.Queue[str]) -> list[str]:
     return items
 
 
-def test_serve_refuses_bad_arguments(tmp_path: Path) -> None:
-    r = run_cli("serve", "--store", str(tmp_path / "s"), "--broker", "ftp://nope", "--port", "0")
-    assert r.returncode == 2 or (r.returncode == 1 and r.stderr.startswith("error: "))
+def test_serve_refuses_bad_arguments(cli: Cli, tmp_path: Path) -> None:
+    r = cli("serve", "--store", str(tmp_path / "s"), "--broker", "ftp://nope", "--port", "0")
+    assert r.exit_code == 2 or (r.exit_code == 1 and r.stderr.startswith("error: "))
     assert "Traceback" not in r.stderr
-    r = run_cli("serve", "--store", str(tmp_path / "s"), "--runs", str(tmp_path / "missing"), "--port", "0")
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = cli("serve", "--store", str(tmp_path / "s"), "--runs", str(tmp_path / "missing"), "--port", "0")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr

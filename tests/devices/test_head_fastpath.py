@@ -28,11 +28,11 @@ def test_sgd_steps_equal_repeated_gradient_steps(kind: str, sizes: list[int], wh
         loss, grads = ref.loss_and_grads(feats[i], targets[i], layers=trainable)
         expected_losses.append(loss)
         new = []
-        for l in range(ref.n_layers):
-            gw, gb = grads[2 * l], grads[2 * l + 1]
+        for layer in range(ref.n_layers):
+            gw, gb = grads[2 * layer], grads[2 * layer + 1]
             norm = np.sqrt(np.sum(gw * gw) + np.sum(gb * gb))
             scale = 0.1 * min(1.0, clip / norm) if norm > 0 else 0.1
-            new += [ref.weights_[2 * l] - scale * gw, ref.weights_[2 * l + 1] - scale * gb]
+            new += [ref.weights_[2 * layer] - scale * gw, ref.weights_[2 * layer + 1] - scale * gb]
         ref.set_weights(new)
     # Execute
     losses = fast.sgd_steps(feats, targets, order, 0.1, trainable=trainable, clip_norm=clip)

@@ -27,7 +27,8 @@ def test_blocking_works() -> None:
 def test_learner_modules_import_and_run_without_tensorflow_keras_flower() -> None:
     proc = run_blocked("""
         import numpy as np
-        import devices.learning.drift, devices.exceptions, devices.learning.head, devices.learning.learner, devices.learning.fit, devices.wire.sparse
+        import devices.learning.drift, devices.exceptions, devices.learning.head, devices.learning.learner
+        import devices.learning.fit, devices.wire.sparse
         from devices.learning.head import MLPHead
         from devices.learning.learner import OnlineLearner
         from devices.wire.sparse import top_p_decode, top_p_encode

@@ -217,7 +217,8 @@ def test_learner_runs_a_real_backbone_without_tensorflow(model_dir: Path) -> Non
         x = np.random.default_rng(0).uniform(0, 1, (6, 6, 6, 1)).astype(np.float32)
         out = learner.train(x, np.array([0, 1, 2, 0, 1, 2]), 12)
         print(learner.backbone.backend, out["num-examples"], learner.memory_report()["arena"])
-        print(sorted(m for m, mod in sys.modules.items() if mod is not None and m.split(".")[0] in ("tensorflow", "keras")))
+        print(sorted(m for m, mod in sys.modules.items()
+                     if mod is not None and m.split(".")[0] in ("tensorflow", "keras")))
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -67,7 +67,7 @@ def test_batch_step_clip_bounds_each_layer_update() -> None:
     head = MLPHead(scratch_head("sine", sizes=[1, 8, 1], seed=2), kind="regression")
     before = head.get_weights()
     batch_sgd_step(head, dev.x, dev.y * 100, 1.0, clip_norm=0.5)
-    for l in range(2):
-        dw = head.weights_[2 * l] - before[2 * l]
-        db = head.weights_[2 * l + 1] - before[2 * l + 1]
+    for layer in range(2):
+        dw = head.weights_[2 * layer] - before[2 * layer]
+        db = head.weights_[2 * layer + 1] - before[2 * layer + 1]
         assert np.sqrt(np.sum(dw ** 2) + np.sum(db ** 2)) <= 0.5 + 1e-5

@@ -85,12 +85,14 @@ def test_serial_reptile_with_epsilon_one_takes_the_device_weights() -> None:
         np.testing.assert_allclose(out[k], adapted(t, trained.device.center[k], STEPS, LR), atol=1e-6)
 
 
-def test_stock_fedavg_averages_weighted_by_num_examples() -> None:
+def test_stock_fedavg_averages_weighted_by_num_examples_up_to_local_steps() -> None:
+    """Weights are the devices' claims, capped by the server at what the task asked for (local-steps x batch 1)."""
     init_task_identity(1)
-    devs = {f"dev-{i}": QuadraticDevice(f"dev-{i}", num_examples=10 * (i + 1)) for i in range(3)}
+    claims = [1, 2, 30]  # 30 > local-steps (3): the server grants 3
+    devs = {f"dev-{i}": QuadraticDevice(f"dev-{i}", num_examples=n) for i, n in enumerate(claims)}
     grid = FleetGrid(InProcessTransport(devs), ProtocolCodec({"local-steps": STEPS, "lr": LR}), run_id="run-a")
     out = start(FedAvg(min_available_nodes=3, min_train_nodes=3), grid)
-    w = np.array([10, 20, 30], dtype=np.float64) / 60
+    w = np.array([1, 2, STEPS], dtype=np.float64) / (3 + STEPS)
     for k, t in initial_head().items():
         phis = [adapted(t, d.center[k], STEPS, LR) for d in devs.values()]
         np.testing.assert_allclose(out[k], sum(wi * p for wi, p in zip(w, phis, strict=True)), atol=1e-6)

@@ -62,7 +62,8 @@ def test_c_pair_round_trips_the_model_bytes(sine_build) -> None:  # noqa: ANN001
     h = (d / "sine_model_data.h").read_text()
     assert "alignas(16) const unsigned char sine_model_data[]" in cc
     assert f"const unsigned int sine_model_data_len = {len(model)};" in cc
-    assert "extern const unsigned char sine_model_data[];" in h and "extern const unsigned int sine_model_data_len;" in h
+    assert "extern const unsigned char sine_model_data[];" in h
+    assert "extern const unsigned int sine_model_data_len;" in h
     assert parse_c_array(cc) == model
 
 

@@ -110,7 +110,8 @@ def test_uci_csv_with_quoted_row_ids(tmp_path: Path) -> None:
     ('"date","Temp"\n', r"x\.txt:1: expected header"),
     (UCI_HEADER + '"1","2015-02-04 17:51:00",23.18,27.2,426,abc,0.0047,1\n', r"x\.txt:2: column 'CO2' is not a number"),
     (UCI_HEADER + '"1","04/02/2015",23.18,27.2,426,721,0.0047,1\n', r"x\.txt:2: bad date"),
-    (UCI_HEADER + '"1","2015-02-04 17:51:00",23.18,27.2,426,721,0.0047,2\n', r"x\.txt:2: column 'Occupancy' must be 0 or 1"),
+    (UCI_HEADER + '"1","2015-02-04 17:51:00",23.18,27.2,426,721,0.0047,2\n',
+     r"x\.txt:2: column 'Occupancy' must be 0 or 1"),
     (UCI_HEADER + '"1","2015-02-04 17:51:00",23.18\n', r"x\.txt:2: expected 7 columns"),
     (UCI_HEADER, r"x\.txt: no data rows"),
 ])

@@ -56,7 +56,8 @@ def test_sensor_kinds_summary_is_sorted_unique_and_replaced() -> None:
 
 
 def test_match_reports_sensors_after_a_replacement(store: RegistryStore) -> None:
-    add_model_report(store, report(SHA_BIG, arena=1_000, flash=1_000), {"name": "m", "task": "t", "sensors": ["camera"]})
+    add_model_report(store, report(SHA_BIG, arena=1_000, flash=1_000),
+                     {"name": "m", "task": "t", "sensors": ["camera"]})
     add_device(store, td("dev-a", 262_144, 1_048_576, ["camera", "imu"]))
     assert [r["sensors"] for r in devices_for_model(store, "m")] == [["camera", "imu"]]
     add_device(store, td("dev-a", 262_144, 1_048_576, ["microphone", "camera"]))

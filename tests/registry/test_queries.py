@@ -87,9 +87,11 @@ def test_match_models_for_device_both_ways(store: RegistryStore) -> None:
 def test_models_by_metric_filters_and_orders(store: RegistryStore) -> None:
     _fleet(store)
     add_model_report(store, report("3" * 64, arena=1_000, flash=10_000),
-                     {"name": "sine-v2", "task": "sine", "sensors": ["scalar-signal"], "metrics": {"int8": {"mse": 0.5}}})
+                     {"name": "sine-v2", "task": "sine", "sensors": ["scalar-signal"],
+                      "metrics": {"int8": {"mse": 0.5}}})
     rows = models_by_metric(store, "mse", maximum=0.1, task="sine", ascending=True)
-    assert [(r["name"], r["value"], r["precision"]) for r in rows] == [("sine", 0.010, "float"), ("sine", 0.012, "int8")]
+    assert [(r["name"], r["value"], r["precision"]) for r in rows] == [("sine", 0.010, "float"),
+                                                                       ("sine", 0.012, "int8")]
     rows = models_by_metric(store, "mse", task="sine", sensor="scalar-signal")
     assert [r["name"] for r in rows] == ["sine-v2", "sine", "sine"]  # highest first
     assert models_by_metric(store, "accuracy", minimum=0.95) == []

@@ -27,12 +27,10 @@ def _first(paths: tuple[str, ...], name: str) -> str | None:
 
 
 def require_chromium() -> tuple[str, str]:
-    """Paths of chromium and chromedriver; skip without them locally, fail in CI (`make test` installs them)."""
+    """Paths of chromium and chromedriver; fail without them on every machine alike (`make test` installs them)."""
     browser, driver = _first(CHROMIUM, "chromium"), _first(DRIVER, "chromedriver")
     if browser is None or driver is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium/chromium-driver are not installed, but CI must run the browser tests")
-        pytest.skip("chromium and chromium-driver are not installed (make test installs them)")
+        pytest.fail("chromium and chromium-driver are not installed: `make system-deps` installs them")
     return browser, driver
 
 

@@ -69,7 +69,8 @@ TINYML_SCHEMA_KG = """
     nnet:hasMultiplyAccumulateOps 3.36e+05 ;
     s3n:hasProcedureFeature [ ssn-system:inCondition [ a s3n:Memory ; rdfs:comment "RAM requirement."@en ;
                                                        schema:minValue "10"@en ; schema:unitCode om:kilobyte ] ] ,
-                            [ ssn-system:inCondition [ a s3n_extend:Flash, s3n:Memory ; rdfs:label "Flash requirement." ;
+                            [ ssn-system:inCondition [ a s3n_extend:Flash, s3n:Memory ;
+                                                       rdfs:label "Flash requirement." ;
                                                        schema:minValue 18.712 ; schema:unitCode om:kilobyte ] ] ;
     ssn:hasInput <http://tinyml-schema.org/neuralnetwork/input_kws-01> .
 <http://tinyml-schema.org/neuralnetwork/sensor_1_kws-01> a sosa_extend:Microphone, schema:Sensor ;

@@ -1,4 +1,7 @@
-"""The end-to-end demo through the real console script, against real Mosquitto, in --quick mode."""
+"""The end-to-end demo through the real console script, against real Mosquitto, in --quick mode.
+
+The demo runs as its own process on purpose: the test checks that it leaves no process of its own behind.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,17 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 
+from tests.support.cli import CONFIG_VARIABLES
 from tests.support.models import SineBuild
 
 TINYFLEET = str(Path(sys.executable).with_name("tinyfleet"))
+Cli = Callable[..., Result]
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -32,12 +39,14 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_quick_demo_end_to_end(tmp_path: Path, sine_build: SineBuild) -> None:
+def test_quick_demo_end_to_end(cli: Cli, tmp_path: Path, sine_build: SineBuild) -> None:
     out = tmp_path / "demo"
     # reuse the session's quick sine build, as the demo itself reuses <out>/models
     shutil.copytree(sine_build.directory, out / "models" / "sine")
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
+    # subprocess: whatever the demo starts (broker, devices) must be gone when its process ends (checked below)
     proc = subprocess.run([TINYFLEET, "demo", "--quick", "--out", str(out), "--json"], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "TINYFLEET_BROKER": ""})
+                          text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)  # stdout is exactly one JSON document
 
@@ -67,17 +76,15 @@ def test_quick_demo_end_to_end(tmp_path: Path, sine_build: SineBuild) -> None:
     report = json.loads((out / "report.json").read_text())
     assert len(report["runs"]["reptile"]["rounds"]) == 8
     # lineage of the deployed version is in the registry the demo left behind
-    lineage = subprocess.run([TINYFLEET, "registry", "lineage", summary["deploy"]["model_iri"], "--store",
-                              str(out / "registry"), "--json"], capture_output=True, text=True, timeout=120)
-    assert lineage.returncode == 0, lineage.stderr
+    lineage = cli("registry", "lineage", summary["deploy"]["model_iri"], "--store", str(out / "registry"), "--json")
+    assert lineage.exit_code == 0, lineage.stderr
     assert report["runs"]["reptile"]["run_id"] in lineage.stdout
     # everything the demo started is stopped
     assert _processes_mentioning(str(out)) == []
 
 
-def test_demo_unknown_task_is_a_usage_error(tmp_path: Path) -> None:
-    proc = subprocess.run([TINYFLEET, "demo", "--task", "nope", "--out", str(tmp_path)], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2
+def test_demo_unknown_task_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    proc = cli("demo", "--task", "nope", "--out", str(tmp_path))
+    assert proc.exit_code == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown use case 'nope'")
     assert "Traceback" not in proc.stderr

@@ -16,13 +16,13 @@ import errno
 import os
 import shutil
 import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from click.testing import Result
 
 from federation import checkpoint
 from federation.checkpoint import load_checkpoint, save_checkpoint
@@ -35,7 +35,6 @@ from federation.wire import ProtocolCodec
 from tests.support.federation import QuadraticDevice, initial_head
 
 DEVICES = ["dev-0", "dev-1", "dev-2", "dev-3"]
-TINYFLEET = str(Path(sys.executable).with_name("tinyfleet"))
 
 
 def make_config(rounds: int = 3) -> RunConfig:
@@ -66,9 +65,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _lock(directory: Path) -> str:
     """Make `directory` refuse new entries for real; return how."""
-    if os.geteuid() == 0 and shutil.which("chattr"):
-        if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0:
-            return "chattr"
+    root_with_chattr = os.geteuid() == 0 and shutil.which("chattr")
+    if root_with_chattr and subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0:
+        return "chattr"
     directory.chmod(0o555)
     return "chmod"
 
@@ -190,12 +189,12 @@ def test_save_checkpoint_below_a_file_names_the_path(tmp_path: Path) -> None:
         save_checkpoint(blocker / CHECKPOINT_FILE, arrays=initial_head(), state={"round": 1})
 
 
-def test_cli_run_with_out_below_a_file_is_one_line(tmp_path: Path) -> None:
+def test_cli_run_with_out_below_a_file_is_one_line(cli: Callable[..., Result], tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    proc = subprocess.run([TINYFLEET, "federate", "run", "--task", "sine", "--simulate", "2", "--rounds", "1",
-                           "--out", str(blocker / "runs"), "--json"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1, proc.stderr[-2000:]
+    proc = cli("federate", "run", "--task", "sine", "--simulate", "2", "--rounds", "1", "--out", str(blocker / "runs"),
+               "--json")
+    assert proc.exit_code == 1, proc.stderr[-2000:]
     assert proc.stdout == ""
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -1,4 +1,5 @@
-"""Registry under hostile input and kills: SPARQL injection through every `tinyfleet registry` input; SIGKILL mid-import.
+"""Registry under hostile input and kills: SPARQL injection through every `tinyfleet registry` input;
+SIGKILL mid-import.
 
 Injection: every text a user can hand the registry CLI (model and device names, search text,
 lineage model, TD fields, imported literals, query files) carries SPARQL-breaking strings. Each
@@ -101,7 +102,9 @@ def test_sparql_injection_through_every_registry_cli_input(tmp_path: Path) -> No
             if name == "add-device literals" and code == 0:
                 accepted_literals += 1
     after = ntriples(tmp_path / "reg")
-    assert before <= after  # nothing deleted, dropped or cleared
+    # the directory's collection revision (one triple) changes on every accepted write, by design
+    revision = "<https://w3id.org/tinyfleet/ns#revision>"
+    assert {t for t in before if revision not in t} <= after  # nothing deleted, dropped or cleared
     assert not any(t.startswith("<urn:evil:") for t in after)  # nothing injected as structure (only as literal text)
     assert accepted_literals == len(EVIL)  # hostile text in a TD is stored as data, not refused
     code, out = invoke("registry", "search", EVIL[2], *store, "--json")
@@ -127,12 +130,12 @@ def test_sigkill_during_import_leaves_the_store_all_or_nothing(tmp_path: Path) -
     reg = tmp_path / "reg"
     small = tmp_path / "small.ttl"
     small.write_text(TINYML_SCHEMA_KG)
-    subprocess.run([TINYFLEET, "registry", "import", str(small), "--store", str(reg)], check=True,
-                   capture_output=True, timeout=120)
+    assert invoke("registry", "import", str(small), "--store", str(reg))[0] == 0
     base = _count(reg)
     big = tmp_path / "big.ttl"
     _big_turtle(big, 20000)
-    # measure one full import into a scratch store, then kill real imports across that span
+    # measure one full import into a scratch store, then kill real imports across that span (subprocesses: the
+    # import must die by SIGKILL, and the span to aim at includes the process start)
     t0 = time.monotonic()
     done = subprocess.run([TINYFLEET, "registry", "import", str(big), "--store", str(tmp_path / "scratch"), "--json"],
                           capture_output=True, text=True, timeout=300)

@@ -35,7 +35,10 @@ def test_update_rules_on_hand_made_numbers() -> None:
     np.testing.assert_allclose(reptile_update(theta, phis, 0.5, aggregation="trimmed-mean", trim=0.2)[0],
                                0.5 * np.array([3.0, 2.0, 2.0]), rtol=1e-6)
     assert reptile_update(theta, phis, 1.0, aggregation="median")[0].dtype == np.float32
-    with pytest.raises(ValueError, match="aggregation must be one of mean, median, trimmed-mean; got 'max'"):
+    # Krum (f = 1: each update scored by its 2 nearest others) keeps [2, 2, 2], never the outlier
+    np.testing.assert_array_equal(reptile_update(theta, phis, 1.0, aggregation="krum", num_malicious_nodes=1)[0],
+                                  [2.0, 2.0, 2.0])
+    with pytest.raises(ValueError, match="aggregation must be one of mean, median, trimmed-mean, krum; got 'max'"):
         reptile_update(theta, phis, 1.0, aggregation="max")
     with pytest.raises(ValueError, match=r"trim must be in \[0, 0.5\)"):
         reptile_update(theta, phis, 1.0, aggregation="trimmed-mean", trim=0.5)
@@ -82,7 +85,7 @@ def test_median_and_trimmed_mean_resist_a_poisoned_device_the_mean_does_not() ->
 
 def test_robust_options_are_validated_with_the_parameter_template() -> None:
     with pytest.raises(StrategyParameterError, match="The 'aggregation' parameter of Reptile must be one of "
-                                                     "'mean', 'median', 'trimmed-mean'. Got 'avg' instead."):
+                                                     "'mean', 'median', 'trimmed-mean', 'krum'. Got 'avg' instead."):
         Reptile(aggregation="avg")
     with pytest.raises(StrategyParameterError, match=r"The 'trim' parameter of Reptile must be a float in the "
                                                      r"range \[0, 0.5\). Got 0.6 instead."):

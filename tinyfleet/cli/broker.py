@@ -20,18 +20,21 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-DirOption = Annotated[Path, typer.Option("--dir", help="Broker directory (config, data, PID, log).",
-                                         file_okay=False)]
-
-
 def default_dir() -> Path:
     """The broker directory used when --dir is not given."""
     return Path(user_data_dir("tinyfleet")) / "broker"
 
 
+# default_factory: the default is read when the command runs (not when the module is imported), so the environment
+# of that run (XDG_DATA_HOME, HOME) decides it
+DirOption = Annotated[Path, typer.Option("--dir", help="Broker directory (config, data, PID, log).",
+                                         file_okay=False, default_factory=default_dir,
+                                         show_default=str(default_dir()))]
+
+
 @app.command()
 def start(
-    directory: DirOption = default_dir(),
+    directory: DirOption,
     port: Annotated[int | None, typer.Option(help="TCP port; default: a free one.", min=1, max=65535)] = None,
     host: Annotated[str, typer.Option(help="Loopback address to bind.")] = "127.0.0.1",
     secure: Annotated[bool, typer.Option("--secure/--insecure", help="Secured (default): no anonymous access, "
@@ -92,7 +95,7 @@ def _security_info(directory: Path) -> dict[str, object]:
 
 @app.command()
 def stop(
-    directory: DirOption = default_dir(),
+    directory: DirOption,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Stop the private Mosquitto of DIR (by its PID).
@@ -111,7 +114,7 @@ def stop(
 
 @app.command()
 def status(
-    directory: DirOption = default_dir(),
+    directory: DirOption,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Say whether the private Mosquitto of DIR runs, and where.
@@ -127,8 +130,9 @@ def status(
     elif info is None:
         print(f"not running (dir {directory}; {'secured' if data['secure'] else 'open'})")
     else:
-        rows = [["running", True], ["url", info.url], ["pid", info.pid], ["dir", directory],
-                ["secured", "yes: anonymous access refused" if data["secure"] else "NO (started with --insecure)"]]
+        rows: list[list[object]] = [
+            ["running", True], ["url", info.url], ["pid", info.pid], ["dir", directory],
+            ["secured", "yes: anonymous access refused" if data["secure"] else "NO (started with --insecure)"]]
         if data["secure"]:
             rows += [["server credentials", data["server_credentials"]]] + ([["CA", data["ca"]]] if data["tls"] else [])
         table("broker", ["key", "value"], rows)

@@ -47,7 +47,8 @@ def demo(
     if broker is not None:
         parse_broker_url(broker)
     get_use_case(task)  # unknown names fail before anything starts
-    kw = {"task": task, "broker": broker, "seed": seed, "devices": devices, "rounds": rounds, "insecure": insecure}
+    kw: dict[str, Any] = {"task": task, "broker": broker, "seed": seed, "devices": devices, "rounds": rounds,
+                          "insecure": insecure}
     opts = (DemoOptions.quick_defaults(out, **kw) if quick
             else DemoOptions(out=out, **{k: v for k, v in kw.items() if v is not None}))
 

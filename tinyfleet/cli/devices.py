@@ -16,9 +16,11 @@ from broker.process import MosquittoBroker, read_state
 from devices.boards import DEFAULT_BOARD, get_board
 from devices.exceptions import DeviceLinkError
 from devices.link.address import BrokerAddress, Credentials, parse_broker_url
-from devices.wire.topics import DEFAULT_FLEET, check_name
+from devices.wire.topics import check_name
 from firmware_models.exceptions import TinyFleetError
 from tinyfleet import config
+from tinyfleet.cli import accounts
+from tinyfleet.cli.accounts import CLI_ACCOUNT, managed_server_credentials
 from tinyfleet.cli.broker import default_dir
 from tinyfleet.cli.output import JSON_HELP, err, out, print_json, run_until, table
 
@@ -31,9 +33,12 @@ app = typer.Typer(
 BrokerOption = Annotated[str | None, typer.Option(
     "--broker", help="mqtt://host:port or mqtts://host:port; default: config/env, else the broker of "
     "`tinyfleet broker start`, else (run/simulate) a private Mosquitto for this command.")]
-FleetOption = Annotated[str, typer.Option(help="Fleet name (topic level).")]
+FleetOption = Annotated[str | None, typer.Option(help="Fleet name (topic level; default: config/env `fleet`, else "
+                                                      "'default').")]
 UserOption = Annotated[str | None, typer.Option(help="MQTT user name (default: the client id).")]
-PasswordOption = Annotated[str | None, typer.Option(envvar="TINYFLEET_MQTT_PASSWORD", show_envvar=True,
+ServerUserOption = Annotated[str | None, typer.Option(
+    "--user", help="MQTT user name of a server account (default: config/env `username`).")]
+PasswordOption = Annotated[str | None, typer.Option(envvar=list(config.PASSWORD_VARIABLES), show_envvar=True,
                                                     help="MQTT password (prefer the environment variable).")]
 CaOption = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="CA certificate (mqtts).")]
 CertOption = Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Client certificate (mqtts).")]
@@ -48,8 +53,6 @@ BrokerDirOption = Annotated[Path | None, typer.Option(
     "its URL is used and, as it is secured, the devices are enrolled there (own password each).")]
 InsecureOption = Annotated[bool, typer.Option(
     "--insecure", help="If this command starts its own private broker: leave it open (debugging only).")]
-CLI_ACCOUNT = "fleet-cli"
-"""Server account `devices list/show` enrol on the default managed broker (one per purpose)."""
 
 
 def _credentials(user: str | None, password: str | None, ca: Path | None, cert: Path | None,
@@ -98,16 +101,6 @@ def _broker(broker: str | None, *, may_start: bool, broker_dir: Path | None = No
             yield BrokerAddress(mq.host, int(mq.port or 0)), d
 
 
-def _managed_server_credentials(broker_dir: Path | None, account: str) -> Credentials | None:
-    """A server account on a secured tinyfleet-managed broker, enrolled on first use; None when open."""
-    from broker.accounts import ensure_server_account
-    from broker.secure import is_secured
-
-    if broker_dir is None or not is_secured(broker_dir):
-        return None
-    return ensure_server_account(broker_dir, account)
-
-
 def _log_to_stderr(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
@@ -120,7 +113,7 @@ def run(
     models: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
                                                 help="Folder of `tinyfleet models build` output.")] = None,
     board: Annotated[str, typer.Option(help="Board profile (RAM, flash, sensors).")] = DEFAULT_BOARD,
-    fleet: FleetOption = DEFAULT_FLEET,
+    fleet: FleetOption = None,
     state_dir: Annotated[Path | None, typer.Option(file_okay=False,
                                                    help="Where deployed models are kept.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Local samples of this device.")] = 100,
@@ -130,6 +123,9 @@ def run(
     user: UserOption = None, password: PasswordOption = None, ca: CaOption = None, cert: CertOption = None,
     key: KeyOption = None,
     broker_dir: BrokerDirOption = None, insecure: InsecureOption = False,
+    rotate: Annotated[bool, typer.Option("--rotate", help="With --broker-dir: if DEVICE is already enrolled, "
+                                         "replace its password (the device holding the old one is locked out); "
+                                         "without it an existing account is refused.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every task on stderr.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
@@ -144,7 +140,8 @@ def run(
 
     _log_to_stderr(verbose)
     check_name(device_id)
-    check_name(fleet, what="fleet name")
+    fleet = check_name(str(config.setting("fleet", fleet)), what="fleet name")
+    models = config.path_setting("models", models)
     prof = get_board(board)
     uc = get_use_case(task)
     data = uc.devices("train", seed + 1, samples_per_device=samples, seed=seed)[seed]
@@ -155,8 +152,8 @@ def run(
             from broker.accounts import enroll_devices
             from broker.secure import is_secured
 
-            if is_secured(managed):  # its own password on the managed broker (a new one on every run)
-                creds = enroll_devices(managed, [device_id], fleet=fleet, rotate=True)[0].credentials
+            if is_secured(managed):  # its own password on the managed broker; an existing account only with --rotate
+                creds = enroll_devices(managed, [device_id], fleet=fleet, rotate=rotate)[0].credentials
         cfg = AgentConfig(device_id=device_id, board=prof, fleet=fleet, use_case=uc.name, sensors=tuple(uc.sensors),
                           state_dir=state_dir or Path(tempfile.gettempdir()) / "tinyfleet-devices" / device_id,
                           telemetry_s=telemetry, seed=seed)
@@ -187,7 +184,7 @@ def simulate(
     boards: Annotated[str, typer.Option(help="Board mix, e.g. nano33ble:0.5,esp32:0.3,uno:0.2")] = DEFAULT_BOARD,
     broker: BrokerOption = None,
     duration: Annotated[float | None, typer.Option(min=0, help="Run S seconds (default: until Ctrl-C).")] = None,
-    fleet: FleetOption = DEFAULT_FLEET,
+    fleet: FleetOption = None,
     models: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
                                                 help="Folder of `tinyfleet models build` output.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Local samples per device.")] = 50,
@@ -223,6 +220,8 @@ def simulate(
     faults = FaultKnobs(drop_prob=drop, latency_s=latency, slow_fraction=slow_fraction, slow_factor=slow_factor,
                         crash_prob_per_s=crash_rate, crash_down_s=crash_down, intermittent_fraction=intermittent,
                         online_s=online, period_s=period)
+    fleet = check_name(str(config.setting("fleet", fleet)), what="fleet name")
+    models = config.path_setting("models", models)
     creds = _credentials(user, password, None, None, None)
     with (_broker(broker, may_start=True, broker_dir=broker_dir, insecure=insecure) as (address, managed),
           tempfile.TemporaryDirectory(prefix="tinyfleet-sim-") as tmp):
@@ -267,11 +266,17 @@ def simulate(
         table(f"simulated fleet {fleet}", ["key", "value"], [(k, v) for k, v in summary.items()])
 
 
+def _server_credentials(user: str | None, password: str | None) -> Credentials | None:
+    """--user/--password of a server-side command; the user name defaults to the `username` setting."""
+    return _credentials(config.setting("username", user), password, None, None, None)
+
+
 def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | None,
-              credentials_file: Path | None = None) -> Any:
+              credentials_file: Path | None = None, until: Any = None) -> Any:
     from broker.accounts import load_credentials
     from devices.link.fleet_client import snapshot
 
+    credentials_file = config.path_setting("credentials", credentials_file)
     if credentials_file is not None:
         creds = load_credentials(credentials_file)
 
@@ -281,33 +286,37 @@ def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | 
         raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
     address, managed = known
     if creds is None:  # the default managed broker: a CLI server account of its own (never the coordinator's)
-        creds = _managed_server_credentials(managed, CLI_ACCOUNT)
-    return snapshot(address, fleet=fleet, seconds=wait, credentials=creds)
+        creds = managed_server_credentials(managed, CLI_ACCOUNT)
+    return snapshot(address, fleet=fleet, seconds=wait, credentials=creds, until=until)
 
 
 @app.command(name="list")
 def list_devices(
     broker: BrokerOption = None,
-    fleet: FleetOption = DEFAULT_FLEET,
+    fleet: FleetOption = None,
     wait: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to collect retained messages.")] = 1.0,
-    user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
+    user: ServerUserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Devices of a fleet known to the broker (retained presence and Thing Descriptions).
 
     Example: tinyfleet devices list --broker mqtt://127.0.0.1:1883 --json
     """
-    fc = _snapshot(broker, fleet, wait, _credentials(user, password, None, None, None), credentials)
+    fleet = str(config.setting("fleet", fleet))
+    fc = _snapshot(broker, fleet, wait, _server_credentials(user, password), credentials)
     rows = []
     for dev in sorted(set(fc.presence) | set(fc.tds)):
         pres, td = fc.presence.get(dev, {}), fc.tds.get(dev, {})
         b = td.get("tinyfleet:board", {})
-        rows.append({"device": dev, "online": bool(pres.get("online")), "board": pres.get("board") or b.get("tinyfleet:name"),
+        rows.append({"device": dev, "online": bool(pres.get("online")),
+                     "board": pres.get("board") or b.get("tinyfleet:name"),
                      "use_case": td.get("tinyfleet:useCase"), "ram_bytes": b.get("tinyfleet:ramBytes"),
                      "flash_bytes": b.get("tinyfleet:flashBytes"), "reason": pres.get("reason")})
     if json_out:
-        print_json({"fleet": fleet, "devices": rows})
+        print_json({"fleet": fleet, "devices": rows, "rejected": dict(fc.rejected)})
     else:
+        if fc.rejected:
+            err.print("ignored messages: " + ", ".join(f"{n} {why}" for why, n in sorted(fc.rejected.items())))
         table(f"fleet {fleet}: {sum(r['online'] for r in rows)} of {len(rows)} online",
               ["device", "online", "board", "use case", "RAM B", "flash B"],
               [(r["device"], r["online"], r["board"], r["use_case"], r["ram_bytes"], r["flash_bytes"]) for r in rows])
@@ -317,9 +326,11 @@ def list_devices(
 def show(
     device_id: Annotated[str, typer.Argument(help="Device id.")],
     broker: BrokerOption = None,
-    fleet: FleetOption = DEFAULT_FLEET,
-    wait: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds to collect retained messages.")] = 1.0,
-    user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
+    fleet: FleetOption = None,
+    wait: Annotated[float, typer.Option(min=0.1, max=60, help="Longest wait for the device's retained TD and "
+                                                               "presence, in seconds (it returns as soon as both "
+                                                               "arrived).")] = 5.0,
+    user: ServerUserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """One device's Thing Description, presence and last telemetry.
@@ -327,7 +338,9 @@ def show(
     Example: tinyfleet devices show dev-001 --broker mqtt://127.0.0.1:1883
     """
     check_name(device_id)
-    fc = _snapshot(broker, fleet, wait, _credentials(user, password, None, None, None), credentials)
+    fleet = str(config.setting("fleet", fleet))
+    fc = _snapshot(broker, fleet, wait, _server_credentials(user, password), credentials,
+                   until=lambda c: device_id in c.presence and device_id in c.tds)
     if device_id not in fc.presence and device_id not in fc.tds:
         raise TinyFleetError(f"device {device_id!r} is not known in fleet {fleet!r} on the broker "
                              f"(known: {', '.join(sorted(fc.tds)) or 'none'})")
@@ -354,7 +367,7 @@ CONFORMANCE_ACCOUNT = "fleet-conformance"
 def conformance(
     device: Annotated[str, typer.Option("--device", help="Id of the device to test (it must be online).")],
     broker: BrokerOption = None,
-    fleet: FleetOption = DEFAULT_FLEET,
+    fleet: FleetOption = None,
     credentials: CredentialsOption = None,
     device_credentials: Annotated[Path | None, typer.Option(
         "--device-credentials", dir_okay=False, help="The device's own credentials (the JSON of `devices enroll "
@@ -363,7 +376,7 @@ def conformance(
                                                 "with a backbone (the head sent in the tasks).")] = None,
     task: Annotated[str | None, typer.Option(help="Use case whose head to send (default: the TD's).")] = None,
     timeout: Annotated[float, typer.Option(min=0.5, max=600, help="Seconds to wait for each answer.")] = 10.0,
-    user: UserOption = None, password: PasswordOption = None,
+    user: ServerUserOption = None, password: PasswordOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Test a live device against the protocol: TD, presence, Will, train/evaluate/adapt, errors, duplicates.
@@ -376,15 +389,15 @@ def conformance(
     from federation.exceptions import ConformanceError
 
     check_name(device)
-    check_name(fleet, what="fleet name")
+    fleet = check_name(str(config.setting("fleet", fleet)), what="fleet name")
     known = _known_broker(broker)
     if known is None:
         raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
     address, managed = known
-    creds = load_credentials(credentials) if credentials is not None else _credentials(user, password, None, None,
-                                                                                         None)
+    credentials = config.path_setting("credentials", credentials)
+    creds = load_credentials(credentials) if credentials is not None else _server_credentials(user, password)
     if creds is None:
-        creds = _managed_server_credentials(managed, CONFORMANCE_ACCOUNT)
+        creds = managed_server_credentials(managed, CONFORMANCE_ACCOUNT)
     dev_creds = load_credentials(device_credentials) if device_credentials is not None else None
     report = check_device(address, fleet=fleet, device=device, credentials=creds, device_credentials=dev_creds,
                           models_dir=models, task=task, timeout=timeout)
@@ -415,9 +428,9 @@ def deploy(
     artifact: Annotated[str, typer.Option(
         help="What the file replaces on the device: model.tflite (whole model) or backbone.tflite.")] = "model.tflite",
     broker: BrokerOption = None,
-    fleet: FleetOption = DEFAULT_FLEET,
+    fleet: FleetOption = None,
     timeout: Annotated[float, typer.Option(min=1.0, max=3600, help="Seconds to wait for every outcome.")] = 60.0,
-    user: UserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
+    user: ServerUserOption = None, password: PasswordOption = None, credentials: CredentialsOption = None,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Roll a model out to devices: chunks, sha256 check, fit check, atomic swap, self-test, rollback.
@@ -430,16 +443,16 @@ def deploy(
     from federation.rollout import rollout
     from firmware_models.tflite_inspect import inspect_tflite
 
-    check_name(fleet, what="fleet name")
+    fleet = check_name(str(config.setting("fleet", fleet)), what="fleet name")
     targets = [check_name(d) for d in device or []]
     known = _known_broker(broker)
     if known is None:
         raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
     address, managed = known
-    creds = load_credentials(credentials) if credentials is not None else _credentials(user, password, None, None,
-                                                                                         None)
+    credentials = config.path_setting("credentials", credentials)
+    creds = load_credentials(credentials) if credentials is not None else _server_credentials(user, password)
     if creds is None:
-        creds = _managed_server_credentials(managed, DEPLOY_ACCOUNT)
+        creds = managed_server_credentials(managed, DEPLOY_ACCOUNT)
     report = inspect_tflite(model)
     if not targets:
         from devices.link.fleet_client import snapshot
@@ -461,42 +474,6 @@ def deploy(
                               + ", ".join(f"{d} ({o})" for d, o in sorted(bad.items())[:10]))
 
 
-@app.command()
-def enroll(
-    device_id: Annotated[str, typer.Argument(help="Device id = MQTT user name and client id: 1-64 of A-Z a-z 0-9 . _ - "
-                                                        "(no / + # : or spaces).")],
-    directory: Annotated[Path, typer.Option("--dir", file_okay=False,
-                                            help="Directory of a broker started by `tinyfleet broker start`.")] = default_dir(),
-    fleet: FleetOption = DEFAULT_FLEET,
-    tls: Annotated[bool, typer.Option("--tls", help="Require the broker directory to use TLS (the device gets "
-                                      "a client certificate signed by the broker's CA).")] = False,
-    server: Annotated[bool, typer.Option("--server", help="Enrol a server account (reads/writes every fleet; "
-                                         "one per concurrently running server process).")] = False,
-    rotate: Annotated[bool, typer.Option("--rotate", help="Replace the password of an enrolled account.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
-) -> None:
-    """Create a device's broker credentials (password shown once; certificate with TLS).
-
-    The running broker of DIR reloads its password and ACL files (SIGHUP).
-    Example: tinyfleet devices enroll dev-001 --dir ./mq --fleet lab --json
-    """
-    from broker.accounts import enroll_device, enroll_server
-    from broker.exceptions import SecurityError
-    from broker.secure import is_secured, uses_tls
-
-    if not is_secured(directory):
-        raise SecurityError(f"{directory} has no secured broker: run `tinyfleet broker start --dir "
-                            f"{directory}` first")
-    if tls and not uses_tls(directory):
-        raise SecurityError(f"the broker of {directory} was secured without TLS; restart a new --dir with "
-                            "`tinyfleet broker start --tls`")
-    e = enroll_server(directory, device_id, rotate=rotate) if server else enroll_device(
-        directory, device_id, fleet=fleet, rotate=rotate)
-    running = read_state(directory)
-    doc = {**e.to_json(), "broker": running.url if running else None, "reloaded": running is not None}
-    if json_out:
-        print_json(doc)
-        return
-    err.print("the password is shown once: only its hash is stored" if not server
-              else f"server credentials also stored in {e.credentials_file} (mode 0600)")
-    table(f"{e.role} {e.name}", ["key", "value"], [(k, v) for k, v in doc.items() if v is not None])
+# The account commands of this group live in tinyfleet/cli/accounts.py (this module stays under 500 lines).
+app.command()(accounts.enroll)
+app.command()(accounts.revoke)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -10,10 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
-from devices.wire.topics import DEFAULT_FLEET
 from federation.coordinator import Coordinator, RunConfig, read_status
-from federation.exceptions import CheckpointError
+from federation.exceptions import CheckpointError, StrategyParameterError
 from firmware_models.quiet import stdout_to_stderr
+from tinyfleet import config as settings
 from tinyfleet.cli.output import JSON_HELP, err, print_json, progress, quiet_logs, table
 
 app = typer.Typer(
@@ -51,6 +52,20 @@ RegistryOpt = Annotated[str | None, typer.Option(
     "registry listen`) instead of the retained Thing Descriptions. Default: config key 'registry'.")]
 RegistryEndpointOpt = Annotated[str | None, typer.Option(
     "--registry-endpoint", help="As --registry, from a remote SPARQL endpoint. Default: config key 'endpoint'.")]
+BrokerTimeoutOpt = Annotated[float | None, typer.Option(
+    "--broker-timeout", min=0.0, help="Seconds the coordinator keeps reconnecting to a lost broker before it stops "
+    "with exit 1 (the run stays resumable); default 60, or what the run was started with.")]
+
+
+class Aggregation(StrEnum):
+    mean = "mean"
+    median = "median"
+    trimmed_mean = "trimmed-mean"
+    krum = "krum"
+
+
+ROBUST_STRATEGIES = ("fedavg", "reptile", "tinymetafed")
+"""The specs `--aggregate` applies to (a flwr:<Class> strategy aggregates its own way, e.g. flwr:FedMedian)."""
 
 
 @app.command()
@@ -65,13 +80,15 @@ def run(
     rounds: Annotated[int, typer.Option(help="Federated rounds.", min=1, max=100000)] = 10,
     simulate: Annotated[int, typer.Option(help="Start N simulated devices (and, without --broker, a private "
                                                "Mosquitto) for a self-contained run.", min=0)] = 0,
-    broker: Annotated[str | None, typer.Option(help="Broker URL mqtt://host:port; without --simulate the run "
-                                                    "uses the devices present there.")] = None,
+    broker: Annotated[str | None, typer.Option(help="Broker URL mqtt://host:port (default: config/env "
+                                                    "`broker`); without --simulate the run uses the devices "
+                                                    "present there.")] = None,
     out: Annotated[Path, typer.Option(help="Parent directory of run directories.", file_okay=False)] = Path("runs"),
     run_id: Annotated[str | None, typer.Option(help="Run id (default: <task>-<strategy>-<time>).")] = None,
-    fleet: Annotated[str, typer.Option(help="Fleet name (topic level).")] = DEFAULT_FLEET,
-    models: Annotated[Path | None, typer.Option(help="Built model folder (head.npz, backbone.tflite).",
-                                                file_okay=False)] = None,
+    fleet: Annotated[str | None, typer.Option(help="Fleet name (topic level; default: config/env `fleet`, "
+                                                   "else 'default').")] = None,
+    models: Annotated[Path | None, typer.Option(help="Built model folder (head.npz, backbone.tflite; default: "
+                                                     "config/env `models`).", file_okay=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of sampling, devices' data and initial head.", min=0)] = 0,
     local_steps: Annotated[int, typer.Option(help="Online SGD steps per device and round (Reptile default).",
                                              min=1)] = 50,
@@ -79,8 +96,14 @@ def run(
     epsilon: Annotated[float, typer.Option(help="Reptile outer step size at round 1.")] = 1.0,
     epsilon_floor: Annotated[float, typer.Option(help="Reptile step size the schedule anneals toward.")] = 0.0,
     serial: Annotated[bool, typer.Option(help="One device per round (TinyReptile).")] = False,
-    fraction: Annotated[float, typer.Option(help="Fraction of present devices sampled per round.",
-                                            min=0.0, max=1.0)] = 1.0,
+    fraction: Annotated[float, typer.Option(help="Fraction of present devices sampled per round, in (0, 1].")] = 1.0,
+    aggregate: Annotated[Aggregation, typer.Option(
+        help="fedavg, reptile, tinymetafed: combine the replies by the strategy's mean, or robustly by Flower's "
+        "coordinate-wise median, trimmed mean or Krum (docs/reliability.md, threat model).")] = Aggregation.mean,
+    trim: Annotated[float, typer.Option(help="--aggregate trimmed-mean: fraction cut at each end, in [0, 0.5).")
+                    ] = 0.2,
+    malicious: Annotated[int, typer.Option(help="--aggregate krum: devices assumed malicious (Krum's f).",
+                                           min=0)] = 1,
     top_p: Annotated[float, typer.Option(help="TinyMetaFed: fraction of update entries uploaded.")] = 0.05,
     reconstruct_steps: Annotated[int, typer.Option(help="TinyMetaFed: local-layer re-fit steps.", min=0)] = 5,
     round_timeout: Annotated[float, typer.Option(help="Seconds to wait for replies per phase.", min=0.01)] = 30.0,
@@ -114,6 +137,7 @@ def run(
                                                         "and telemetry up to the broker running from this directory "
                                                         "(`tinyfleet broker start --dir DIR`).", file_okay=False,
                                                    rich_help_panel="Scale-out")] = None,
+    broker_timeout: BrokerTimeoutOpt = None,
     credentials: CredentialsOpt = None,
     broker_dir: BrokerDirOpt = None,
     allow_undescribed: AllowUndescribedOpt = False,
@@ -135,15 +159,21 @@ def run(
     from devices.link.address import parse_broker_url
     from federation.session import initial_parameters
 
+    if not (math.isfinite(fraction) and 0.0 < fraction <= 1.0):
+        raise StrategyParameterError(f"--fraction must be a number in (0, 1]; got {fraction}")
+    broker = settings.setting("broker", broker) if broker_dir is None else broker
+    fleet = str(settings.setting("fleet", fleet))
+    models = settings.path_setting("models", models)
     if broker is not None:
         parse_broker_url(broker)  # fail on a bad URL before anything starts
     from federation.strategies.registry import build_strategy
 
     broker = broker or _managed_url(broker_dir)
-    creds = _load_credentials(credentials)
+    creds = _load_credentials(settings.path_setting("credentials", credentials))
     params = _strategy_params(strategy, strategy_arg or [], fraction=fraction, epsilon=epsilon,
                               epsilon_floor=epsilon_floor, serial=serial, top_p=top_p,
                               reconstruct_steps=reconstruct_steps)
+    params.update(_robust(strategy, aggregate, trim=trim, malicious=malicious))
     rid = run_id or f"{task}-{_slug(strategy)}-{time.strftime('%Y%m%d-%H%M%S')}"
     if quorum is None and intermittent > 0:  # asleep devices never all show up: start with most of the awake ones
         quorum = max(1, int(0.8 * simulate * (1 - intermittent * (1 - online / max(period, 1e-9)))))
@@ -151,7 +181,8 @@ def run(
                        local_steps=local_steps, lr=lr, strategy_params=params, round_timeout=round_timeout,
                        min_replies=min_replies, quorum=quorum or max(simulate, 1), quorum_timeout=quorum_timeout,
                        fleet=fleet, broker=broker, simulate=simulate, samples_per_device=samples_per_device,
-                       allow_undescribed=allow_undescribed)
+                       allow_undescribed=allow_undescribed,
+                       broker_timeout=60.0 if broker_timeout is None else broker_timeout)
     run_dir = out / rid
     if (run_dir / "run.json").exists():
         raise CheckpointError(f"{run_dir} already holds a run; use `tinyfleet federate resume {run_dir}` "
@@ -177,8 +208,9 @@ def run(
 @app.command()
 def resume(
     run_dir: RunDir,
-    models: Annotated[Path | None, typer.Option(help="Built model folder, as given to `federate run`.",
-                                                file_okay=False)] = None,
+    models: Annotated[Path | None, typer.Option(help="Built model folder, as given to `federate run` (default: "
+                                                     "config/env `models`).", file_okay=False)] = None,
+    broker_timeout: BrokerTimeoutOpt = None,
     credentials: CredentialsOpt = None,
     broker_dir: BrokerDirOpt = None,
     registry: RegistryOpt = None,
@@ -197,8 +229,11 @@ def resume(
     config = RunConfig.load(run_dir)
     if broker_dir is not None:  # the managed broker may have restarted on another port
         config.broker = _managed_url(broker_dir)
-    _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume(), _load_credentials(credentials),
-             not insecure, broker_dir=broker_dir,
+    if broker_timeout is not None:
+        config.broker_timeout = broker_timeout
+    models = settings.path_setting("models", models)
+    _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume(),
+             _load_credentials(settings.path_setting("credentials", credentials)), not insecure, broker_dir=broker_dir,
              registry=(registry, registry_endpoint))
 
 
@@ -236,6 +271,22 @@ def _strategy_params(spec: str, args: list[str], *, fraction: float, **builtin: 
         params.update({k: v for k, v in builtin.items() if k in takes})
     params.update(parse_strategy_args(spec, args))
     return params
+
+
+def _robust(spec: str, aggregate: Aggregation, *, trim: float, malicious: int) -> dict[str, Any]:
+    """The `--aggregate` options as constructor arguments (``aggregation``, ``trim``, ``num_malicious_nodes``)."""
+    if spec not in ROBUST_STRATEGIES:
+        if aggregate is not Aggregation.mean:
+            raise StrategyParameterError(f"--aggregate applies to {', '.join(ROBUST_STRATEGIES)}; {spec} aggregates "
+                                         "its own way (Flower's robust strategies are flwr:FedMedian, "
+                                         "flwr:FedTrimmedAvg, flwr:Krum)")
+        return {}
+    out: dict[str, Any] = {"aggregation": aggregate.value}
+    if aggregate is Aggregation.trimmed_mean:
+        out["trim"] = trim
+    if aggregate is Aggregation.krum:
+        out["num_malicious_nodes"] = malicious
+    return out
 
 
 def _slug(spec: str) -> str:
@@ -296,7 +347,6 @@ def _execute(config: RunConfig, run_dir: Path, models: Path | None, json_out: bo
              registry: tuple[str | None, str | None] = (None, None)) -> None:
     """Run `go` on a Coordinator over the run's grid; with a configured registry, sample by its records."""
     from federation.session import fleet_grid
-    from tinyfleet import config as settings
 
     if broker_dir is not None:
         from broker.accounts import process_server_account

@@ -66,6 +66,9 @@ def check_options(config: RunConfig, opts: ScaleOptions) -> None:
         raise UsageError(f"--gateways supports --strategy {' or '.join(HIERARCHICAL_STRATEGIES)}: a site's aggregate "
                          f"of {config.strategy} does not compose into the flat update (TinyMetaFed's Top-P uplink "
                          "ends at the gateway; a median of medians is not a median)")
+    if config.strategy_params.get("aggregation", "mean") != "mean":
+        raise UsageError("--gateways composes site means into the flat mean; a robust --aggregate runs at each site "
+                         "alone (run it flat, or per site)")
     if config.strategy_params.get("serial"):
         raise UsageError("--serial (one device per round) has no hierarchical form; drop --gateways")
 

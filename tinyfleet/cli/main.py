@@ -23,7 +23,17 @@ from typer.core import TyperGroup  # noqa: E402
 
 from firmware_models.exceptions import TinyFleetError  # noqa: E402
 from tinyfleet import config  # noqa: E402
-from tinyfleet.cli import broker, demo, devices, doctor, federate, models, registry, serve  # noqa: E402
+from tinyfleet.cli import (  # noqa: E402
+    broker,
+    demo,
+    devices,
+    doctor,
+    federate,
+    firmware,
+    models,
+    registry,
+    serve,
+)
 
 
 class TinyFleetGroup(TyperGroup):
@@ -68,6 +78,7 @@ app.add_typer(registry.app, name="registry")
 app.add_typer(federate.app, name="federate")
 app.add_typer(devices.app, name="devices")
 app.add_typer(serve.app, name="serve")
+app.add_typer(firmware.app, name="firmware")
 app.command(name="doctor")(doctor.doctor)
 
 

@@ -17,16 +17,18 @@ from typing import Annotated, Any
 
 import typer
 
+from tinyfleet import config
 from tinyfleet.cli.output import JSON_HELP, err, print_json, run_until, table
 
 app = typer.Typer(help="Semantic registry: add models and devices, match them, query the knowledge graph.",
                   no_args_is_help=True)
 
-StoreOpt = Annotated[Path | None, typer.Option("--store", help="Embedded store directory (default: user data dir).",
-                                                  envvar="TINYFLEET_REGISTRY_STORE", file_okay=False)]
-EndpointOpt = Annotated[str | None, typer.Option("--endpoint", help="SPARQL 1.1 query endpoint URL (remote store).",
-                                                    envvar="TINYFLEET_REGISTRY_ENDPOINT")]
-UpdateOpt = Annotated[str | None, typer.Option("--update-endpoint", help="SPARQL update URL (default: --endpoint).")]
+StoreOpt = Annotated[Path | None, typer.Option("--store", help="Embedded store directory (default: config/env "
+                                                  "`registry`, else the user data dir).", file_okay=False)]
+EndpointOpt = Annotated[str | None, typer.Option("--endpoint", help="SPARQL 1.1 query endpoint URL (remote store; "
+                                                    "default: config/env `endpoint`).")]
+UpdateOpt = Annotated[str | None, typer.Option("--update-endpoint", help="SPARQL update URL (default: config/env "
+                                                  "`update_endpoint`, else --endpoint).")]
 UserOpt = Annotated[str | None, typer.Option("--user", help="HTTP user; password from TINYFLEET_REGISTRY_PASSWORD.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 FileArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]
@@ -39,8 +41,12 @@ class ExportFormat(StrEnum):
 
 
 def _open(store: Path | None, endpoint: str | None, update_endpoint: str | None, user: str | None) -> Any:
+    """The registry every command uses: flags, else TINYFLEET_* variables, else tinyfleet.toml (`tinyfleet.config`)."""
     from registry.store import open_store
 
+    store = config.path_setting("registry", store)
+    endpoint = config.setting("endpoint", endpoint)
+    update_endpoint = config.setting("update_endpoint", update_endpoint)
     auth = None
     if user:
         auth = (user, os.environ.get("TINYFLEET_REGISTRY_PASSWORD", ""))
@@ -49,8 +55,9 @@ def _open(store: Path | None, endpoint: str | None, update_endpoint: str | None,
 
 @app.command("add-model")
 def add_model(file: FileArg,
-              card: Annotated[Path | None, typer.Option("--card", exists=True, dir_okay=False,
-                                                           help="Model card JSON (name, task, metrics, sensors...).")] = None,
+              card: Annotated[Path | None, typer.Option(
+                  "--card", exists=True, dir_okay=False,
+                  help="Model card JSON (name, task, metrics, sensors...).")] = None,
               store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
               user: UserOpt = None, json_out: JsonOpt = False) -> None:
     """Inspect a .tflite (TFLite Micro arena measured) and add or replace its description.
@@ -171,8 +178,9 @@ def match(model: Annotated[str | None, typer.Option("--model", help="Model IRI, 
             rows = q.devices_for_model(st, model)
             why = q.explain_model(st, model)["excluded"] if explain else None
         else:
-            rows = q.models_for_device(st, device)  # type: ignore[arg-type]
-            why = q.explain_device(st, device)["excluded"] if explain else None  # type: ignore[arg-type]
+            assert device is not None  # exactly one of the two, checked above
+            rows = q.models_for_device(st, device)
+            why = q.explain_device(st, device)["excluded"] if explain else None
     if json_out:
         print_json({"matches": rows, "excluded": why} if explain else rows)
         return
@@ -267,11 +275,14 @@ def lineage(model: str, store: StoreOpt = None, endpoint: EndpointOpt = None, up
 
 
 @app.command("listen")
-def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:port of the fleet's broker.")],
-           fleet: Annotated[str, typer.Option("--fleet", help="Fleet to follow; '+' = every fleet.")] = "+",
-           duration: Annotated[float | None, typer.Option("--duration", min=0.0,
-                                                             help="Stop after S seconds (default: until Ctrl-C).")] = None,
-           mqtt_user: Annotated[str | None, typer.Option("--mqtt-user", help="MQTT user name.")] = None,
+def listen(broker: Annotated[str | None, typer.Option("--broker", help="mqtt://host:port of the fleet's broker "
+                                                                    "(default: config/env `broker`).")] = None,
+           fleet: Annotated[str | None, typer.Option("--fleet", help="Fleet to follow; '+' = every fleet (default: "
+                                                                   "config/env `fleet`, else '+').")] = None,
+           duration: Annotated[float | None, typer.Option(
+               "--duration", min=0.0, help="Stop after S seconds (default: until Ctrl-C).")] = None,
+           mqtt_user: Annotated[str | None, typer.Option("--mqtt-user", help="MQTT user name (default: config/env "
+                                                                        "`username`).")] = None,
            ca: Annotated[Path | None, typer.Option("--ca", exists=True, dir_okay=False,
                                                       help="CA certificate (mqtts).")] = None,
            cert: Annotated[Path | None, typer.Option("--cert", exists=True, dir_okay=False,
@@ -288,7 +299,7 @@ def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:por
 
     Why a command of its own: the registry must follow the live fleet (devices that join, leave or
     drop and trigger their Last Will) without any device talking to it directly.
-    MQTT password from TINYFLEET_MQTT_PASSWORD.
+    MQTT password from TINYFLEET_MQTT_PASSWORD (or TINYFLEET_PASSWORD).
 
     Example: tinyfleet registry listen --broker mqtt://127.0.0.1:1883 --fleet lab --duration 60
     """
@@ -298,6 +309,13 @@ def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:por
     from registry.presence import PresenceListener
     from registry.questions import device_counts
 
+    broker = config.setting("broker", broker)
+    if not broker:
+        raise config.ConfigError("no broker to listen to: pass --broker mqtt://host:port (or set `broker` in "
+                                 "tinyfleet.toml / TINYFLEET_BROKER)")
+    fleet = str(config.setting("fleet", fleet, default="+"))
+    mqtt_user = config.setting("username", mqtt_user)
+    credentials = config.path_setting("credentials", credentials)
     address = parse_broker_url(broker)
     if fleet != "+":
         check_name(fleet, what="fleet name")
@@ -306,7 +324,7 @@ def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:por
 
         creds = load_credentials(credentials)
     else:
-        creds = Credentials(mqtt_user, os.environ.get("TINYFLEET_MQTT_PASSWORD"), ca, cert, key)
+        creds = Credentials(mqtt_user, config.mqtt_password(), ca, cert, key)
     started = time.monotonic()
     with _open(store, endpoint, update_endpoint, user) as st:
         try:
@@ -322,7 +340,8 @@ def listen(broker: Annotated[str, typer.Option("--broker", help="mqtt://host:por
         devices, online = counts["devices"], counts["online"]
     result = {"broker": address.url, "fleet": fleet, "seconds": round(time.monotonic() - started, 3),
               "tds_ingested": listener.devices_added, "presence_updates": listener.presence_updates,
-              "rejected": listener.rejected, "store_devices": devices, "store_devices_online": online}
+              "rejected": listener.rejected, "rejected_reasons": dict(listener.rejected_reasons),
+              "store_devices": devices, "store_devices_online": online}
     if json_out:
         print_json(result)
         return

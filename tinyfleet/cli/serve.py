@@ -6,7 +6,6 @@ serves until Ctrl-C; `tinyfleet serve token --name NAME` creates a bearer token 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -33,7 +32,8 @@ def serve(ctx: typer.Context,
               "dashboard's learning curves.")] = None,
           broker: Annotated[str | None, typer.Option("--broker", help="Follow devices' TDs and presence on this "
                                                      "broker (mqtt://host:port); changes become SSE events.")] = None,
-          fleet: Annotated[str, typer.Option("--fleet", help="Fleet to follow with --broker; '+' = all.")] = "+",
+          fleet: Annotated[str | None, typer.Option("--fleet", help="Fleet to follow with --broker; '+' = all "
+                                                    "(default: config/env `fleet`, else '+').")] = None,
           credentials: Annotated[Path | None, typer.Option(
               "--credentials", dir_okay=False, help="Server account JSON for --broker (see `registry listen`); "
               "else user from --mqtt-user and TINYFLEET_MQTT_PASSWORD.")] = None,
@@ -58,9 +58,14 @@ def serve(ctx: typer.Context,
         return
     from devices.link.address import Credentials, parse_broker_url
     from devices.wire.topics import check_name
+    from tinyfleet import config
     from tinyfleet.serve.auth import TokenStore, default_tokens_path
     from tinyfleet.serve.server import DirectoryServer, ServeOptions
 
+    broker = config.setting("broker", broker)  # tinyfleet.toml < TINYFLEET_* < flags, as every command
+    fleet = str(config.setting("fleet", fleet, default="+"))
+    credentials = config.path_setting("credentials", credentials)
+    mqtt_user = config.setting("username", mqtt_user)
     address = parse_broker_url(broker) if broker else None
     if fleet != "+":
         check_name(fleet, what="fleet name")
@@ -71,7 +76,7 @@ def serve(ctx: typer.Context,
 
             creds = load_credentials(credentials)
         elif mqtt_user:
-            creds = Credentials(mqtt_user, os.environ.get("TINYFLEET_MQTT_PASSWORD"))
+            creds = Credentials(mqtt_user, config.mqtt_password())
     for r in runs or []:
         if not r.is_dir():
             raise typer.BadParameter(f"{r} is not a directory", param_hint="--runs")

@@ -1,0 +1,137 @@
+"""Four C devices (``tf-agent`` on libmosquitto) and two Python devices in a real `tinyfleet federate run`.
+
+Everything is the real thing: `tinyfleet broker start` (secured: passwords, ACL), every device
+enrolled with its own password (the C devices read theirs from a 0600 file outside their folder),
+`tinyfleet devices simulate` for the Python devices and `tinyfleet federate run` with the server
+account. A C device must be accepted in every round: every round's train and evaluate phases get
+one valid reply per device, no failures, nothing missing. The run is TinyMetaFed, the strategy that
+asks most of a device: Top-P sparse deltas, local (personal) layers and their reconstruction steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.accounts import enroll_devices
+from devices.c.fleet import CDevice, c_device_ids, prepare_c_devices, start_c_devices, stop_c_devices, wait_started
+from devices.link.address import parse_broker_url
+from devices.link.fleet_client import FleetClient
+from tests.support.cli import clean_environment, invoke
+from tests.support.models import TINYFLEET
+from tests.support.waiting import wait_until
+
+FLEET = "cfleet"
+N_C, N_PY, SAMPLES = 4, 2, 64
+
+
+@dataclass
+class MixedFleet:
+    url: str
+    broker_dir: Path
+    server_credentials: Path
+    c_devices: list[CDevice]
+    python_devices: subprocess.Popen[str]
+
+
+@pytest.fixture(scope="module")
+def mixed_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MixedFleet]:
+    root = tmp_path_factory.mktemp("cfleet")
+    broker_dir = root / "mq"
+    with clean_environment(tmp_path_factory.mktemp("cwd")):
+        proc = invoke("broker", "start", "--dir", str(broker_dir), "--json")
+    assert proc.exit_code == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    url = info["url"]
+    c_devs: list[CDevice] = []
+    sim: subprocess.Popen[str] | None = None
+    try:
+        creds_dir = root / "credentials"  # outside the devices' folders, one 0600 file each
+        creds_dir.mkdir(mode=0o700)
+        paths = {}
+        for e in enroll_devices(broker_dir, c_device_ids(N_C), fleet=FLEET):
+            p = creds_dir / f"{e.name}.json"
+            p.write_text(json.dumps(e.to_json()))
+            p.chmod(0o600)
+            paths[e.name] = p
+        c_devs, layout = prepare_c_devices(N_C, use_case="sine", broker_url=url, fleet=FLEET, root=root / "c",
+                                           credentials=paths, samples_per_device=SAMPLES, seed=100)
+        start_c_devices(c_devs, layout, samples=SAMPLES, build_dir=root / "build")
+        wait_started(c_devs)
+        # subprocess: the Python devices run alongside the test and are stopped with Ctrl-C (SIGINT) below
+        sim = subprocess.Popen([TINYFLEET, "devices", "simulate", "--n", str(N_PY), "--task", "sine", "--broker-dir",
+                                str(broker_dir), "--fleet", FLEET, "--telemetry", "0", "--samples", str(SAMPLES)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        yield MixedFleet(url, broker_dir, Path(info["server_credentials"]), c_devs, sim)
+    finally:
+        if sim is not None and sim.poll() is None:
+            sim.send_signal(signal.SIGINT)
+            try:
+                sim.wait(20)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+                sim.wait()
+        stop_c_devices(c_devs)
+        invoke("broker", "stop", "--dir", str(broker_dir))
+
+
+def _federate(fleet: MixedFleet, out: Path, strategy: str, *extra: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    proc = invoke("federate", "run", "--task", "sine", "--strategy", strategy, "--rounds", "3", "--broker", fleet.url,
+                  "--credentials", str(fleet.server_credentials), "--fleet", FLEET, "--quorum", str(N_C + N_PY),
+                  "--quorum-timeout", "60", "--round-timeout", "60", "--local-steps", "20", "--out", str(out),
+                  "--run-id", f"mixed-{strategy}", "--json", *extra)
+    assert proc.exit_code == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    lines = (out / f"mixed-{strategy}" / "metrics.jsonl").read_text().splitlines()
+    return summary, [json.loads(ln) for ln in lines]
+
+
+def _assert_every_device_accepted(rounds: list[dict[str, Any]]) -> None:
+    n = N_C + N_PY
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    for r in rounds:
+        assert (r["sampled"], r["replies"], r["failures"], r["missing"]) == (n, n, 0, 0), r
+        assert (r["eval_replies"], r["eval_failures"]) == (n, 0), r
+        assert not r["reasons"], r
+
+
+def test_four_c_devices_are_accepted_in_every_round(mixed_fleet: MixedFleet, tmp_path: Path) -> None:
+    address = parse_broker_url(mixed_fleet.url)
+    from broker.accounts import server_credentials
+
+    with FleetClient(address, fleet=FLEET, client_id="c-test-watch",
+                     credentials=server_credentials(mixed_fleet.broker_dir)) as watch:
+        assert wait_until(lambda: len(watch.online()) == N_C + N_PY, 60), watch.online()
+        tds = dict(watch.tds)
+    assert all(d.alive() for d in mixed_fleet.c_devices), [d.log_text() for d in mixed_fleet.c_devices]
+    assert {d.device_id for d in mixed_fleet.c_devices} <= set(tds)  # the C devices published their TDs
+
+    summary, rounds = _federate(mixed_fleet, tmp_path, "tinymetafed", "--top-p", "0.2", "--reconstruct-steps", "5")
+    _assert_every_device_accepted(rounds)
+    assert summary["rounds"][-1]["round"] == 3
+    dense_up = (N_C + N_PY) * 4 * (32 + 32 + 32 * 32 + 32)  # layers 0-1 as dense float32 (layer 2 stays local)
+    assert rounds[-1]["bytes_up_train"] < dense_up  # the Top-P deltas really travelled sparse
+
+    for d in mixed_fleet.c_devices:  # no device logged a refused task
+        assert "warning" not in d.log_text(), d.log_text()[-2000:]
+
+
+def test_c_device_stops_cleanly_and_says_offline(mixed_fleet: MixedFleet) -> None:
+    victim = mixed_fleet.c_devices[-1]
+    from broker.accounts import server_credentials
+
+    with FleetClient(parse_broker_url(mixed_fleet.url), fleet=FLEET, client_id="c-test-bye",
+                     credentials=server_credentials(mixed_fleet.broker_dir)) as watch:
+        assert wait_until(lambda: victim.device_id in watch.online(), 30)
+        assert stop_c_devices([victim]) == [0], victim.log_text()
+        assert wait_until(lambda: watch.presence.get(victim.device_id, {}).get("reason") == "shutdown", 15)
+        assert watch.presence[victim.device_id]["online"] is False
