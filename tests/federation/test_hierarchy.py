@@ -74,12 +74,12 @@ def test_one_gateway_equals_flat_and_runs_async(tmp_path: Path) -> None:
     assert any(float(np.max(np.abs(hier_final[k] - initial[k]))) > 1e-3 for k in initial)  # it did learn
     # both levels are accounted for: 6 devices through one gateway, bytes at the device level and at the top
     for rec_h, rec_f in zip(hier, flat["rounds"], strict=True):
-        assert rec_h["gateway_replies"] == 1 and rec_h["replies"] == rec_f["replies"] == 6
-        assert rec_h["bytes_up"] > 0 and rec_h["top_bytes_up"] > 0 and rec_h["top_bytes_down"] > 0
-        assert rec_h["eval_loss"] == pytest.approx(rec_f["eval_loss"], rel=1e-5)
+        assert rec_h["gateway_replies"] == 1 and rec_h["replies"] == rec_f["replies"] == 6, (rec_h, rec_f)
+        assert rec_h["bytes_up"] > 0 and rec_h["top_bytes_up"] > 0 and rec_h["top_bytes_down"] > 0, rec_h
+        assert rec_h["eval_loss"] == pytest.approx(rec_f["eval_loss"], rel=1e-5), (rec_h, rec_f)
     # async: three aggregations, each of one gateway answer built from >= 3 device replies
-    assert [r["round"] for r in buffered] == [1, 2, 3]
-    assert all(r["replies"] == 1 and r["site_replies"] >= 3 and "skipped" not in r for r in buffered)
+    assert [r["round"] for r in buffered] == [1, 2, 3], buffered
+    assert all(r["replies"] == 1 and r["site_replies"] >= 3 and "skipped" not in r for r in buffered), buffered
     async_final, _ = load_checkpoint(tmp_path / "async" / "final.npz")
     assert any(float(np.max(np.abs(async_final[k] - initial[k]))) > 1e-3 for k in initial)
     _assert_all_gone(tmp_path / "dep", stopped)
