@@ -287,8 +287,11 @@ def sync_vs_async(plan: Plan, work: Path) -> dict[str, Any]:
         with LocalDeployment(work / f"dep-int{seed}", gateways=1, devices=n, group=group,
                              ready_timeout=900) as deployment:
             quorum = max(1, int(0.8 * present))
+            # no evaluate phase in either mode (quality is judged offline): a synchronous evaluate phase
+            # would wait for sleeping devices too, which the asynchronous run never does
             common = {"seed": seed, "quorum": quorum, "round_timeout": 60.0,
-                      "strategy_params": {"fraction_train": plan.sample_fraction}}
+                      "strategy_params": {"fraction_train": plan.sample_fraction, "fraction_evaluate": 0.0,
+                                          "min_evaluate_nodes": 0}}
             sync_cfg = _config(plan, f"sync{seed}", n, rounds=plan.sync_rounds, **common)
             points: list[tuple[float, int, float, dict]] = []
             t0 = time.monotonic()
