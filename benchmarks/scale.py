@@ -95,23 +95,32 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 class CpuMeter:
-    """CPU seconds of a deployment's processes (and this process) between two calls of `lap`."""
+    """CPU seconds between two calls of `lap`: the simulated devices, and everything else (the federation).
+
+    "Everything else" is what a real deployment runs on servers: brokers, gateways (SuperNodes,
+    SuperExec, every ClientApp process), the SuperLink and ServerApp, or the flat coordinator
+    (this process, with `include_self`). The device groups' CPU is what real microcontrollers
+    would spend on themselves.
+    """
 
     def __init__(self, deployment: LocalDeployment, *, include_self: bool) -> None:
         from federation.hierarchy.processes import marked_pids
 
-        self._pids = lambda: sorted(set(marked_pids(deployment.procs.token)) | set(deployment.broker_pids))
+        self._all = lambda: sorted(set(marked_pids(deployment.procs.token)) | set(deployment.broker_pids))
+        self._devices = [s.devices.pid for s in deployment.sites if s.devices is not None]
         self.include_self = include_self
         self.last = self._now()
 
-    def _now(self) -> float:
+    def _now(self) -> tuple[float, float]:
         own = sum(os.times()[:2]) if self.include_self else 0.0
-        return cpu_seconds(self._pids()) + own
+        devices = cpu_seconds(self._devices)
+        return devices, cpu_seconds([p for p in self._all() if p not in self._devices]) + own
 
-    def lap(self) -> float:
+    def lap(self) -> dict[str, float]:
         now = self._now()
-        out, self.last = now - self.last, now
-        return round(out, 2)
+        (d0, f0), (d1, f1) = self.last, now
+        self.last = now
+        return {"devices": round(d1 - d0, 2), "federation": round(f1 - f0, 2), "total": round(d1 - d0 + f1 - f0, 2)}
 
 
 def _log(msg: str) -> None:
@@ -157,7 +166,7 @@ def _hier_run(deployment: LocalDeployment, settings: HierarchyConfig, run_dir: P
     run_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(run_dir / INITIAL_FILE, arrays=initial, state={"round": 0})
     meter = CpuMeter(deployment, include_self=False)
-    cpu: dict[int, float] = {}
+    cpu: dict[int, dict[str, float]] = {}
     flower_run = deployment.submit(settings, run_dir)
     meter.lap()  # from the run's start: `flwr run` itself is not a round
     deployment.wait(run_dir, timeout=settings.run.rounds * 1800 + 600,
@@ -178,8 +187,7 @@ def _flat_summary(rows: list[dict[str, Any]], phases: dict[int, dict]) -> dict[s
             "cpu_s": r.get("cpu_s")} for r in rows]
     return {"rounds": per, "round_s_median": float(np.median([p["seconds"] for p in per])),
             "train_s_median": float(np.median([p["train_s"] for p in per])),
-            "cpu_s_median": float(np.median([p["cpu_s"] or 0 for p in per])),
-            "device_bytes_per_round": float(np.median([p["device_bytes"] for p in per]))}
+            **_cpu_medians(per), "device_bytes_per_round": float(np.median([p["device_bytes"] for p in per]))}
 
 
 def _hier_summary(rows: list[dict[str, Any]], traffic: dict[str, Any]) -> dict[str, Any]:
@@ -200,10 +208,15 @@ def _hier_summary(rows: list[dict[str, Any]], traffic: dict[str, Any]) -> dict[s
     wire = (traffic.get("superlink_bytes_in") or 0) + (traffic.get("superlink_bytes_out") or 0)
     return {"rounds": per, "round_s_median": float(np.median([p["seconds"] for p in per])),
             "train_s_median": float(np.median([p["train_s"] or 0 for p in per])),
-            "cpu_s_median": float(np.median([p["cpu_s"] or 0 for p in per])),
-            "device_bytes_per_round": float(np.median([p["device_bytes"] for p in per])),
+            **_cpu_medians(per), "device_bytes_per_round": float(np.median([p["device_bytes"] for p in per])),
             "gateway_payload_bytes_per_round": float(np.median([p["gateway_payload_bytes"] for p in per])),
             "superlink_wire_bytes_per_round": wire / n if wire else None, "flower": traffic}
+
+
+def _cpu_medians(per: list[dict[str, Any]]) -> dict[str, float]:
+    """Median CPU seconds per round: total, the simulated devices', and the federation's (servers)."""
+    return {f"cpu_s_{k}_median": float(np.median([(p["cpu_s"] or {}).get(k, 0.0) for p in per]))
+            for k in ("total", "devices", "federation")}
 
 
 def flat_and_one_gateway(plan: Plan, work: Path) -> dict[str, Any]:
@@ -404,13 +417,15 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{m['cpus']}-core machine (load average before/after {m['loadavg_1min_before_after'][0]:.1f}/"
         f"{m['loadavg_1min_before_after'][1]:.1f}: other work shared the cores). Sine, Reptile, "
         f"{doc['plan']['local_steps']} local steps; every device trains and evaluates every round.", "",
-        "| setup | devices | round s (median) | train s | evaluate s | device bytes/round | gateway bytes/round |",
-        "|---|---:|---:|---:|---:|---:|---:|"]
+        "| setup | devices | round s (median) | train s | evaluate s | CPU s/round: devices + federation | "
+        "device bytes/round | gateway bytes/round |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, x, n in (("flat", eq["flat"], eq["devices"]), ("1 gateway", eq["one_gateway"], eq["devices"]),
                        (f"{hier['gateways']} gateways", hier, hier["devices"])):
         ev = float(np.median([r["eval_s"] or 0 for r in x["rounds"]]))
         top = x.get("gateway_payload_bytes_per_round")
-        lines.append(f"| {name} | {n:,} | {x['round_s_median']:.1f} | {x['train_s_median']:.1f} | {ev:.1f} | "
+        cpu = f"{x['cpu_s_devices_median']:.0f} + {x['cpu_s_federation_median']:.0f}"
+        lines.append(f"| {name} | {n:,} | {x['round_s_median']:.1f} | {x['train_s_median']:.1f} | {ev:.1f} | {cpu} | "
                      f"{x['device_bytes_per_round']:,.0f} | {'-' if top is None else f'{top:,.0f}'} |")
     split = hier["rounds"][-1]["train_split_s"]
     lines += ["", f"Where a {hier['devices']:,}-device train phase goes (last round, slowest gateway): Flower's "
