@@ -122,3 +122,38 @@ def test_failed_start_leaves_no_process(tmp_path: Path) -> None:
     assert {p.name for p in deployment.procs.processes} >= {"superlink", "supernode-site0", "supernode-site1"}
     _assert_all_gone(tmp_path / "dep", started + deployment.broker_pids)
     assert not os.path.exists(tmp_path / "dep" / "sites" / "site0" / "broker" / "broker.json")
+
+
+def test_sigterm_to_the_cli_stops_every_process(tmp_path: Path) -> None:
+    """`kill <pid>` of a running `federate run --gateways` leaves nothing behind (the process boundary is the point)."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.support.waiting import wait_until
+
+    cli = subprocess.Popen([sys.executable, "-m", "tinyfleet.cli.main", "federate", "run", "--task", "sine",
+                            "--rounds", "50", "--simulate", "2", "--gateways", "1", "--local-steps", "5",
+                            "--out", str(tmp_path), "--run-id", "term", "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+    deployment = tmp_path / "term" / "deployment"
+    try:
+        assert wait_until(lambda: "SuperNode ID" in _read(deployment / "logs" / "supernode-site0.log"), timeout=240,
+                          step=0.2), _read(deployment / "logs" / "superlink.log")[-2000:]
+        assert marked_pids(str(deployment.resolve()))
+        broker_pid = json.loads((deployment / "sites" / "site0" / "broker" / "broker.json").read_text())["pid"]
+        cli.send_signal(signal.SIGTERM)
+        _, err = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode != 0 and "Traceback" not in err.decode()
+    assert wait_until(lambda: marked_pids(str(deployment.resolve())) == [], timeout=30)
+    assert _dead(broker_pid) and not (deployment / "sites" / "site0" / "broker" / "broker.json").exists()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
