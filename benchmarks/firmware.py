@@ -9,6 +9,9 @@ backbone use case's head (characters, 64-32-5 on the int8 CNN's features), from 
   for each seed; the worst seed is reported. ``reference_spread`` is numpy against itself started
   one float32 ulp away (the floor), and ``chaos_spread_lr_0.02`` the same at lr 0.02, where
   batch-1 SGD is chaotic and no second implementation can agree to 1e-5.
+  ``c_vs_numpy_fedprox_max_abs``: the same with FedProx's proximal term (``proximal_mu`` 0.5,
+  anchored at the start head), the C learner's ``tf_head_sgd_step_prox`` against
+  `MLPHead.sgd_steps(proximal_mu=0.5)`.
 * ``cortex_m4``: text/data/bss of the learner + codec ELF (arm-none-eabi-gcc 12, -mcpu=cortex-m4
   -mfloat-abi=hard -O2, no stdio), ``learner`` = that minus an empty start-up ELF, ``predicted_ram``
   = `firmware_models.memory_budget` (head weights + error vectors + activations + one raw sample).
@@ -49,6 +52,7 @@ from firmware_models.usecases import get_use_case  # noqa: E402
 OUT = Path("docs/results")
 TINYFLEET = str(Path(sys.executable).with_name("tinyfleet"))
 STEPS, LR, CLIP = 1000, 0.005, 10.0
+PROXIMAL_MU = 0.5
 USE_CASES = {"sine": 1, "characters": 1}  # value: bytes per raw input element (int8)
 
 
@@ -74,16 +78,20 @@ def agreement(folder: Path, name: str, seeds: int, build_dir: Path) -> dict[str,
     uc = get_use_case(name)
     head = MLPHead.from_npz(folder / "head.npz", kind=uc.kind)
     exe = build_host_test(HeadLayout.of(head), out_dir=build_dir)
-    per_seed, spreads = [], []
+    per_seed, spreads, prox = [], [], []
     for seed in range(seeds):
         data = uc.devices("train", 1, samples_per_device=64, seed=seed)[0]
         feats = LearnerFactory(uc, folder if name != "sine" else None, seed=seed)(0, data).features(data.x)
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "learner.tfb").write_bytes(golden_learner(head, feats, data.y, steps=STEPS, lr=LR, clip=CLIP,
-                                                                   seed=seed, ridge_lambda=1e-2))
-            (Path(tmp) / "codec.bin").write_bytes(b"")
-            out = run_host_test(exe, Path(tmp))
-        per_seed.append(float(out["max_abs_weight_diff"]))  # type: ignore[arg-type]
+        for mu in (0.0, PROXIMAL_MU):
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "learner.tfb").write_bytes(golden_learner(
+                    head, feats, data.y, steps=STEPS, lr=LR, clip=CLIP, seed=seed, proximal_mu=mu,
+                    ridge_lambda=1e-2 if mu == 0.0 else None))
+                (Path(tmp) / "codec.bin").write_bytes(b"")
+                run = run_host_test(exe, Path(tmp))
+            (per_seed if mu == 0.0 else prox).append(float(run["max_abs_weight_diff"]))  # type: ignore[arg-type]
+            if mu == 0.0:
+                out = run
         order = np.random.default_rng(seed).integers(0, len(feats), size=STEPS)
         spreads.append(reference_spread(head, np.asarray(feats, np.float32), np.asarray(data.y), order, lr=LR,
                                         clip=CLIP))
@@ -92,6 +100,7 @@ def agreement(folder: Path, name: str, seeds: int, build_dir: Path) -> dict[str,
                                      clip=CLIP)
             ridge = float(out["ridge_max_abs"])  # type: ignore[arg-type]
     return {"c_vs_numpy_max_abs": max(per_seed), "per_seed": per_seed, "steps": STEPS, "lr": LR, "clip": CLIP,
+            "c_vs_numpy_fedprox_max_abs": max(prox), "fedprox_per_seed": prox, "proximal_mu": PROXIMAL_MU,
             "reference_spread": max(spreads), "chaos_spread_lr_0.02": chaos, "ridge_vs_numpy_max_abs": ridge,
             "head": list(head.layer_sizes)}
 

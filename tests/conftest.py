@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -58,20 +59,34 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactor
     return invoke
 
 
-C_TOOLS = {"gcc": "gcc", "clang": "clang", "arm": "arm-none-eabi-gcc", "qemu": "qemu-system-arm"}
+def _on_path(program: str) -> Callable[[], bool]:
+    return lambda: shutil.which(program) is not None
+
+
+C_TOOLS: dict[str, tuple[str, Callable[[], bool]]] = {
+    # name a test asks for: (the Debian package(s) `make system-deps` installs, how to tell it is there)
+    "gcc": ("gcc", _on_path("gcc")),
+    "libmosquitto": ("libmosquitto-dev", lambda: Path("/usr/include/mosquitto.h").is_file()),
+    "make": ("make", _on_path("make")),
+    "clang": ("clang + libclang-rt-dev (libFuzzer)", lambda: shutil.which("clang") is not None and any(
+        Path("/usr/lib").glob("llvm-*/lib/clang/*/lib/*/libclang_rt.fuzzer*.a"))),
+    "arm": ("gcc-arm-none-eabi + libnewlib-arm-none-eabi", lambda: shutil.which("arm-none-eabi-gcc") is not None
+            and Path("/usr/lib/arm-none-eabi/newlib").is_dir()),
+    "qemu": ("qemu-system-arm", _on_path("qemu-system-arm")),
+}
 
 
 def require_c_tools(*names: str) -> None:
-    """Skip without the C toolchain on a developer machine; fail in CI, where `make test` installs it."""
-    import shutil
+    """Fail, the same way on every machine, when a tool the C device tests need is missing.
 
-    missing = [C_TOOLS[n] for n in names if shutil.which(C_TOOLS[n]) is None]
-    if names and "gcc" in names and not Path("/usr/include/mosquitto.h").is_file():
-        missing.append("libmosquitto-dev")
+    The C tests are part of `make test`, and `make system-deps` installs every tool they use, so a
+    missing one is a broken set-up to fix, not a reason to skip (a skip would hide the C device
+    from a developer's run while CI still fails on it).
+    """
+    missing = [C_TOOLS[n][0] for n in names if not C_TOOLS[n][1]()]
     if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{', '.join(missing)} not installed, but CI must run the C device tests")
-        pytest.skip(f"{', '.join(missing)} not installed (make system-deps installs it)")
+        pytest.fail(f"{', '.join(missing)} not installed: the C device tests need it; run `make system-deps` "
+                    "(it installs every tool the tests use)", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -159,12 +159,15 @@ def data_tensors(x: np.ndarray, y: np.ndarray, kind: str) -> list[tuple[str, np.
 
 # ------------------------------------------------------------------------------------------ golden vectors
 def golden_learner(head: MLPHead, x: np.ndarray, y: np.ndarray, *, steps: int, lr: float, clip: float | None,
-                   seed: int = 0, tol: float = 1e-5, ridge_lambda: float | None = 1e-2) -> bytes:
+                   seed: int = 0, tol: float = 1e-5, ridge_lambda: float | None = 1e-2, proximal_mu: float = 0.0,
+                   layers: set[int] | None = None) -> bytes:
     """``learner.tfb``: `steps` batch-1 SGD steps of the numpy head (the reference) on a seeded order.
 
     The C learner starts from the same weights, visits the same samples in the same order and must
     end within `tol` of numpy's weights. With `ridge_lambda`, numpy's closed-form ridge readout of
     the *initial* head (last hidden activations + a bias column, ``(H'H + lambda I)^-1 H'Y``) too.
+    With `proximal_mu` > 0 the steps are FedProx steps anchored at the initial head (what a device
+    does with a task's ``proximal-mu``); `layers` restricts the update to those layers (None: all).
 
     Why the reference is checked first: at a high learning rate batch-1 SGD is chaotic in float32
     (measured on sine at lr 0.02: numpy started 1e-7 away from itself ends 0.2 apart after 1,000
@@ -176,8 +179,10 @@ def golden_learner(head: MLPHead, x: np.ndarray, y: np.ndarray, *, steps: int, l
     ref = head.copy()
     feats = np.asarray(x, np.float32).reshape(len(x), -1)
     order = np.random.default_rng(seed).integers(0, len(feats), size=steps)
-    losses = ref.sgd_steps(feats, np.asarray(y), order, lr, clip_norm=clip)
-    spread = reference_spread(head, feats, np.asarray(y), order, lr=lr, clip=clip)
+    losses = ref.sgd_steps(feats, np.asarray(y), order, lr, clip_norm=clip, trainable=layers,
+                           proximal_mu=proximal_mu)
+    spread = reference_spread(head, feats, np.asarray(y), order, lr=lr, clip=clip, proximal_mu=proximal_mu,
+                              layers=layers)
     if spread > tol / 2:
         raise HeadWeightsError(f"batch-1 SGD at lr {lr} is chaotic on these samples (numpy against itself: "
                                f"{spread:.2g} after {steps} steps > {tol / 2:g}); export golden vectors at a lower lr")
@@ -185,7 +190,10 @@ def golden_learner(head: MLPHead, x: np.ndarray, y: np.ndarray, *, steps: int, l
     tensors += [("order", order.astype(np.int32)), ("expect_losses", losses.astype(np.float64))]
     tensors += [(f"expect_{n}", w) for n, w in head_tensors(ref.get_weights())]
     config: dict[str, Any] = {"lr": float(lr), "clip": float(clip or 0.0), "kind": head.kind, "activation": "relu",
-                              "tol": float(tol), "reference_spread": float(spread)}
+                              "tol": float(tol), "reference_spread": float(spread),
+                              "trainable": sum(1 << i for i in (range(head.n_layers) if layers is None else layers))}
+    if proximal_mu > 0:  # numpy rounds lr * mu (two Python floats) to float32 once, against the float32 weights
+        config.update(proximal_mu=float(proximal_mu), lr_mu=float(np.float32(lr * proximal_mu)))
     if ridge_lambda is not None:
         w, b = ridge_readout(head, feats, np.asarray(y), ridge_lambda)
         tensors += [("ridge_w", w), ("ridge_b", b)]
@@ -194,15 +202,16 @@ def golden_learner(head: MLPHead, x: np.ndarray, y: np.ndarray, *, steps: int, l
 
 
 def reference_spread(head: MLPHead, feats: np.ndarray, y: np.ndarray, order: np.ndarray, *, lr: float,
-                     clip: float | None) -> float:
+                     clip: float | None, proximal_mu: float = 0.0, layers: set[int] | None = None) -> float:
     """Max |weight difference| of numpy against itself after `order`, started one float32 ulp apart.
 
     The floor any float32 implementation can reach: rounding differences of that size are all that
     separate the C learner (or another BLAS) from numpy.
     """
     a, b = head.copy(), MLPHead([np.nextafter(w, np.float32(np.inf)) for w in head.get_weights()], kind=head.kind)
-    a.sgd_steps(feats, y, order, lr, clip_norm=clip)
-    b.sgd_steps(feats, y, order, lr, clip_norm=clip)
+    anchor = head.get_weights()  # both pull toward the same head (the one the round sent)
+    for h in (a, b):
+        h.sgd_steps(feats, y, order, lr, clip_norm=clip, trainable=layers, proximal_mu=proximal_mu, anchor=anchor)
     return float(max(np.abs(p - q).max() for p, q in zip(a.get_weights(), b.get_weights(), strict=True)))
 
 
@@ -287,6 +296,7 @@ def codec_cases(seed: int = 0, n_mutations: int = 300) -> list[bytes]:
                    struct.pack("<2f", 1.0, float("nan"))),
             _frame({"v": 1, "type": "task.evaluate", "id": "x", "tensors": [
                 {"name": "s", "dtype": "float16", "shape": [1], "offset": 0, "nbytes": 2}]}, b"\x00\x7c"),
+            *_strategy_key_cases(),
             _raw(b"{}"), _raw(b"[1,2]"), _raw(b"\xff\xfe{"), _raw(b'{"v":1,"v":NaN,"a":1}'),
             _raw(b'{"id":"\\ud800","v":1,"type":"task.evaluate"}'), _raw(b'{"v":1,"type":"task.evaluate","id":"x",}'),
             _raw(b'{"v":01,"type":"task.evaluate","id":"x"}'), _raw(b'{"v":1,"type":"task.evaluate","id":"x"} x'),
@@ -305,6 +315,24 @@ def codec_cases(seed: int = 0, n_mutations: int = 300) -> list[bytes]:
             f = f[:i] + f[i - int(rng.integers(1, 5)):]
         cases.append(bytes(f))
     return cases
+
+
+def _strategy_key_cases() -> list[bytes]:
+    """Frames around the rules of ``seed``, ``local-layers``, ``proximal-mu``, ``clipping_norm`` and ``required``."""
+    train: dict[str, Any] = {"lr": 0.1, "local-steps": 5}
+    variants: list[dict[str, Any]] = [
+        {"seed": -1}, {"seed": 2 ** 63}, {"seed": 2 ** 63 - 1}, {"seed": 1.0}, {"seed": True},
+        {"proximal-mu": -0.1}, {"proximal-mu": 1000.5}, {"proximal-mu": 0}, {"proximal-mu": "a"},
+        {"clipping_norm": 0}, {"clipping_norm": 1e3}, {"clipping_norm": None},
+        {"required": "proximal-mu"}, {"required": [""]}, {"required": ["a" * 65]}, {"required": ["é" * 64]},
+        {"required": ["é" * 65]}, {"required": [1]}, {"required": ["k"] * 65}, {"required": ["k"] * 64},
+        {"required": ["proximal-mu", "clipping_norm"]}, {"local-layers": 5}, {"local-layers": [True]}]
+    cases: list[tuple[str, dict[str, Any]]] = [("task.train", {**train, **v}) for v in variants]
+    cases += [("task.evaluate", {"local-layers": 5}), ("task.evaluate", {"local-layers": [-1]}),
+              ("task.evaluate", {"seed": -3}), ("task.evaluate", {"required": ["x"], "seed": 7}),
+              ("task.evaluate", {"required": {}}), ("task.adapt", {"shots": 1, "steps": 0, "required": [2]}),
+              ("task.adapt", {"shots": 1, "steps": 0, "required": ["x"]})]
+    return [_frame({"v": 1, "type": mtype, "id": "s", "config": cfg}) for mtype, cfg in cases]
 
 
 def _raw(text: bytes) -> bytes:

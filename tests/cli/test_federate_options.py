@@ -38,11 +38,19 @@ def test_the_synopsis_in_federation_md_lists_every_option(command: str) -> None:
 @pytest.mark.parametrize(("group", "command"), [("federate", "run"), ("devices", "run"), ("devices", "simulate"),
                                                 ("devices", "enroll"), ("devices", "list"),
                                                 ("devices", "conformance")])
-def test_one_default_fleet_everywhere(group: str, command: str) -> None:
+def test_one_default_fleet_everywhere(group: str, command: str, monkeypatch: pytest.MonkeyPatch,
+                                      tmp_path: Path) -> None:
+    """Without a flag, an environment variable or a tinyfleet.toml every command resolves the same fleet."""
+    from tinyfleet import config
+
     click_group = typer.main.get_command(app)
     cmd = click_group.commands[group].commands[command]  # type: ignore[attr-defined]
     fleet = next(p for p in cmd.params if "--fleet" in p.opts)
-    assert fleet.default == DEFAULT_FLEET == "default"
+    assert fleet.default is None  # resolved at run time: flag > TINYFLEET_FLEET > tinyfleet.toml > default
+    monkeypatch.delenv("TINYFLEET_FLEET", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config.set_config_path(None)
+    assert config.setting("fleet", fleet.default) == DEFAULT_FLEET == "default"
 
 
 @pytest.fixture()

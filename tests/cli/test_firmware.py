@@ -61,7 +61,7 @@ def _make(project: Path, *targets: str) -> subprocess.CompletedProcess[str]:
 
 def test_cortex_m_project_passes_host_test_and_size(cli: Cli, store: Path, sine_build: SineBuild,
                                                     tmp_path: Path) -> None:
-    require_c_tools("gcc", "arm")
+    require_c_tools("gcc", "arm", "make")
     out = tmp_path / "nano"
     proc = _generate(cli, store, sine_build.directory.parent, out, "fw-nano", "--json")
     assert proc.exit_code == 0, proc.stderr
@@ -98,7 +98,7 @@ def test_cortex_m_project_passes_host_test_and_size(cli: Cli, store: Path, sine_
 
 
 def test_linux_project_builds_the_agent(cli: Cli, store: Path, sine_build: SineBuild, tmp_path: Path) -> None:
-    require_c_tools("gcc")
+    require_c_tools("gcc", "libmosquitto", "make")
     out = tmp_path / "pi"
     proc = _generate(cli, store, sine_build.directory, out, "fw-pi", "--json")
     assert proc.exit_code == 0, proc.stderr

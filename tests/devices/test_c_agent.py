@@ -37,7 +37,7 @@ PY, C = "py-dev", "c-dev"
 
 @pytest.fixture(scope="module")
 def pair(mosquitto: BrokerInfo, tmp_path_factory: pytest.TempPathFactory, c_build_dir: Path) -> Iterator[FleetClient]:
-    require_c_tools("gcc")
+    require_c_tools("gcc", "libmosquitto")
     address = BrokerAddress(mosquitto.host, mosquitto.port)
     root = tmp_path_factory.mktemp("cdiff")
     agent = sine_agent(PY, address, root / "py", fleet=FLEET, seed=4)
@@ -138,6 +138,32 @@ def test_adapt_and_a_duplicate_id_answered_from_the_cache(pair: FleetClient) -> 
         assert again[d].header["id"] == first[d].header["id"], d
 
 
+def test_fedprox_and_clipping_keys_are_honoured_and_unknown_required_keys_refused(pair: FleetClient) -> None:
+    """proximal-mu and clipping_norm (listed under required, as the Grid sends them) train; unknown keys are refused."""
+    w = _weights(6)
+    cfg = {"local-steps": 40, "lr": 0.05, "proximal-mu": 0.5, "clipping_norm": 0.05,
+           "required": ["proximal-mu", "clipping_norm"]}
+    tid, frame = p.encode_task("task.train", config=cfg, weights=w, run="r-6", server_round=2)
+    r = _same(pair, frame, tid)
+    for d in (PY, C):
+        assert r[d].header["ok"] is True and r[d].header["metrics"]["norm_bit"] == 1, r[d].header
+        update = np.sqrt(sum(float(np.sum((np.asarray(t, np.float64) - s) ** 2))
+                             for (_, t), s in zip(r[d].tensors, w, strict=True)))
+        assert abs(update - 0.05) <= 1e-4 * 0.05, (d, update)  # clipped to the norm (float32 rounding), not below
+    tid, frame = p.encode_task("task.train", config={**cfg, "clipping_norm": 1e3, "top-p": 0.5}, weights=w)
+    r = _same(pair, frame, tid)
+    assert r[C].header["metrics"]["norm_bit"] == r[PY].header["metrics"]["norm_bit"] == 0
+    for mtype, config in (("task.train", {"local-steps": 3, "lr": 0.1, "required": ["proximal-mu", "no-such-key"]}),
+                          ("task.evaluate", {"required": ["conformance-unknown-key"]}),
+                          ("task.adapt", {"shots": 2, "steps": 1, "required": ["top-p"]}),
+                          ("task.deploy", {"artifact": "model.tflite", "sha256": "0" * 64, "size": 1,
+                                           "chunk-index": 0, "chunk-count": 1, "required": ["x-key"]})):
+        tid, frame = p.encode_task(mtype, config=config, weights=w if mtype != "task.deploy" else ())
+        r = _same(pair, frame, tid)
+        assert r[C].header["error"]["code"] == "unsupported-config", r[C].header
+        assert (r[C].header["run"], r[C].header["round"]) == (None, None)
+
+
 @pytest.mark.parametrize("case", ["bad-version", "garbage", "bad-shape", "not-finite", "result-type", "bad-config",
                                   "no-weights", "header-json", "sparse-dup", "local-layers-int"])
 def test_malformed_tasks_get_the_same_error(pair: FleetClient, case: str) -> None:
@@ -159,7 +185,7 @@ def test_malformed_tasks_get_the_same_error(pair: FleetClient, case: str) -> Non
         frame = _raw({"v": 1, "type": "task.train", "id": tid, "config": {"lr": 0.1, "local-steps": 0}})
     elif case == "no-weights":
         _, frame = p.encode_task("task.train", config={"local-steps": 3, "lr": 0.1}, task_id=tid)
-    elif case == "local-layers-int":  # Python iterates it and fails: both answer 'internal'
+    elif case == "local-layers-int":  # not a list: both decoders refuse it (bad-config, task unknown)
         frame = _raw({"v": 1, "type": "task.evaluate", "id": tid, "config": {"local-layers": 5}})
     elif case == "header-json":
         frame, tid = struct.pack("<I", 5) + b"{nope", None

@@ -31,6 +31,10 @@ def _corpus(directory: Path) -> None:
                                                "reconstruct-steps": 3, "server-round": 1, "seed": 3},
                          weights=w, run="r", server_round=1)[1],
              encode_task("task.train", config={"local-steps": 20, "lr": 0.05}, weights=w)[1],
+             encode_task("task.train", config={"local-steps": 20, "lr": 0.05, "proximal-mu": 0.3, "clipping_norm": 0.1,
+                                               "top-p": 0.5, "required": ["proximal-mu", "clipping_norm"]},
+                         weights=w, run="r", server_round=2)[1],
+             encode_task("task.evaluate", weights=w, config={"required": ["some-key"]})[1],
              encode_task("task.evaluate", weights=w, config={"local-layers": [1]})[1],
              encode_task("task.adapt", config={"shots": 4, "steps": 10}, weights=w)[1],
              *codec_cases(n_mutations=30)]

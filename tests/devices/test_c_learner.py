@@ -49,6 +49,25 @@ def test_sine_head_matches_numpy_after_1000_steps(sine_build: SineBuild, host_te
     assert float(out["ridge_max_abs"]) <= 1e-4  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("mu,layers", [(0.5, None), (2.0, {1, 2})])
+def test_fedprox_steps_match_numpy_s_proximal_sgd(sine_build: SineBuild, host_test: Path, tmp_path: Path,
+                                                  mu: float, layers: set[int] | None) -> None:
+    """FedProx's proximal term (a task's ``proximal-mu``) on the C learner = `MLPHead.sgd_steps(proximal_mu=...)`."""
+    head = MLPHead.from_npz(sine_build.directory / "head.npz", kind="regression")
+    data = get_use_case("sine").devices("train", 1, samples_per_device=64, seed=4)[0]
+    golden = golden_learner(head, data.x, data.y, steps=STEPS, lr=LR, clip=CLIP, seed=4, proximal_mu=mu,
+                            layers=layers, ridge_lambda=None)
+    out = _check(golden, host_test, tmp_path)
+    assert out["exit"] == 0 and out["learner_ok"] is True, out
+    assert 0 <= float(out["max_abs_weight_diff"]) <= 1e-5  # type: ignore[arg-type]
+    plain = MLPHead.from_npz(sine_build.directory / "head.npz", kind="regression")  # the term really acted
+    order = np.random.default_rng(4).integers(0, len(data.x), size=STEPS)
+    prox = head.copy()
+    plain.sgd_steps(data.x, data.y, order, LR, clip_norm=CLIP, trainable=layers)
+    prox.sgd_steps(data.x, data.y, order, LR, clip_norm=CLIP, trainable=layers, proximal_mu=mu)
+    assert max(np.abs(a - b).max() for a, b in zip(plain.get_weights(), prox.get_weights(), strict=True)) > 1e-3
+
+
 def test_classification_head_matches_numpy(host_test: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     head = MLPHead.init([64, 32, 5], kind="classification", seed=5)

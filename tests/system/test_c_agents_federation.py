@@ -6,6 +6,8 @@ enrolled with its own password (the C devices read theirs from a 0600 file outsi
 account. A C device must be accepted in every round: every round's train and evaluate phases get
 one valid reply per device, no failures, nothing missing. The run is TinyMetaFed, the strategy that
 asks most of a device: Top-P sparse deltas, local (personal) layers and their reconstruction steps.
+A fifth C device, in a fleet of its own on the same broker, is judged by `tinyfleet devices
+conformance` (docs/protocol.md §13): every check, required and recommended, must pass.
 """
 
 from __future__ import annotations
@@ -21,16 +23,19 @@ from typing import Any
 
 import pytest
 
-from broker.accounts import enroll_devices
+from broker.accounts import enroll_devices, ensure_server_account
 from devices.c.fleet import CDevice, c_device_ids, prepare_c_devices, start_c_devices, stop_c_devices, wait_started
 from devices.link.address import parse_broker_url
 from devices.link.fleet_client import FleetClient
+from tests.conftest import require_c_tools
 from tests.support.cli import clean_environment, invoke
 from tests.support.models import TINYFLEET
 from tests.support.waiting import wait_until
 
 FLEET = "cfleet"
 N_C, N_PY, SAMPLES = 4, 2, 64
+CONF_FLEET, CONF_ID = "cconf", "c-conf"
+CONFORMANCE_CHECKS = 17
 
 
 @dataclass
@@ -40,10 +45,13 @@ class MixedFleet:
     server_credentials: Path
     c_devices: list[CDevice]
     python_devices: subprocess.Popen[str]
+    conformance_device: CDevice
+    device_credentials: dict[str, Path]
 
 
 @pytest.fixture(scope="module")
-def mixed_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MixedFleet]:
+def mixed_fleet(tmp_path_factory: pytest.TempPathFactory, c_build_dir: Path) -> Iterator[MixedFleet]:
+    require_c_tools("gcc", "libmosquitto")
     root = tmp_path_factory.mktemp("cfleet")
     broker_dir = root / "mq"
     with clean_environment(tmp_path_factory.mktemp("cwd")):
@@ -57,21 +65,27 @@ def mixed_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MixedFleet
         creds_dir = root / "credentials"  # outside the devices' folders, one 0600 file each
         creds_dir.mkdir(mode=0o700)
         paths = {}
-        for e in enroll_devices(broker_dir, c_device_ids(N_C), fleet=FLEET):
+        enrolled = [*enroll_devices(broker_dir, c_device_ids(N_C), fleet=FLEET),
+                    *enroll_devices(broker_dir, [CONF_ID], fleet=CONF_FLEET)]
+        for e in enrolled:
             p = creds_dir / f"{e.name}.json"
             p.write_text(json.dumps(e.to_json()))
             p.chmod(0o600)
             paths[e.name] = p
         c_devs, layout = prepare_c_devices(N_C, use_case="sine", broker_url=url, fleet=FLEET, root=root / "c",
                                            credentials=paths, samples_per_device=SAMPLES, seed=100)
-        start_c_devices(c_devs, layout, samples=SAMPLES, build_dir=root / "build")
+        conf, _ = prepare_c_devices(1, use_case="sine", broker_url=url, fleet=CONF_FLEET, root=root / "c",
+                                    credentials=paths, samples_per_device=SAMPLES, seed=7, telemetry_s=1.0,
+                                    ids=[CONF_ID])  # its TD offers telemetry, so it sends some
+        c_devs += conf
+        start_c_devices(c_devs, layout, samples=SAMPLES, build_dir=c_build_dir)
         wait_started(c_devs)
         # subprocess: the Python devices run alongside the test and are stopped with Ctrl-C (SIGINT) below
         sim = subprocess.Popen([TINYFLEET, "devices", "simulate", "--n", str(N_PY), "--task", "sine", "--broker-dir",
                                 str(broker_dir), "--fleet", FLEET, "--telemetry", "0", "--samples", str(SAMPLES)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-        yield MixedFleet(url, broker_dir, Path(info["server_credentials"]), c_devs, sim)
+        yield MixedFleet(url, broker_dir, Path(info["server_credentials"]), c_devs[:N_C], sim, c_devs[N_C], paths)
     finally:
         if sim is not None and sim.poll() is None:
             sim.send_signal(signal.SIGINT)
@@ -135,3 +149,24 @@ def test_c_device_stops_cleanly_and_says_offline(mixed_fleet: MixedFleet) -> Non
         assert stop_c_devices([victim]) == [0], victim.log_text()
         assert wait_until(lambda: watch.presence.get(victim.device_id, {}).get("reason") == "shutdown", 15)
         assert watch.presence[victim.device_id]["online"] is False
+
+
+def test_a_c_device_passes_every_conformance_check(mixed_fleet: MixedFleet, tmp_path: Path) -> None:
+    """`tinyfleet devices conformance` (in-process) against a C device on the secured broker: all 17 checks pass."""
+    server = ensure_server_account(mixed_fleet.broker_dir, "c-conformance")  # its own account: no session clash
+    server_file = tmp_path / "server.json"
+    server_file.write_text(json.dumps({"username": server.username, "password": server.password}))
+    dev = mixed_fleet.conformance_device
+    with FleetClient(parse_broker_url(mixed_fleet.url), fleet=CONF_FLEET, client_id="c-conf-watch",
+                     credentials=ensure_server_account(mixed_fleet.broker_dir, "c-conf-watch")) as watch:
+        assert wait_until(lambda: CONF_ID in watch.online() and CONF_ID in watch.tds, 30), dev.log_text()
+    with clean_environment(tmp_path):  # no TINYFLEET_* settings or tinyfleet.toml from the shell
+        r = invoke("devices", "conformance", "--device", CONF_ID, "--fleet", CONF_FLEET, "--broker", mixed_fleet.url,
+                   "--credentials", str(server_file), "--device-credentials",
+                   str(mixed_fleet.device_credentials[CONF_ID]), "--json")
+    report = json.loads(r.stdout)
+    outcome = {c["name"]: (c["status"], c["detail"]) for c in report["checks"]}
+    assert r.exit_code == 0 and report["ok"] is True, (outcome, r.stderr, dev.log_text()[-2000:])
+    assert len(outcome) == CONFORMANCE_CHECKS
+    assert {k: v for k, v in outcome.items() if v[0] != "pass"} == {}, dev.log_text()[-2000:]
+    assert dev.alive(), dev.log_text()[-2000:]  # the Last Will check dropped it; it reconnected and kept running

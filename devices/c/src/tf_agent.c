@@ -133,8 +133,14 @@ static size_t build_reply(tf_agent *a, const tf_frame *req, const tf_json *rid, 
     tf_w_obj_begin(&w, "metrics");
     for (int i = 0; res != NULL && i < res->n_metrics; i++) tf_w_num(&w, res->metrics[i].name, res->metrics[i].value);
     tf_w_obj_end(&w);
-    if (req != NULL && req->has_run) tf_w_json(&w, "run", req->run.p, req->run.n);
-    if (req != NULL && req->has_round) tf_w_json(&w, "round", req->round.p, req->round.n);
+    if (req != NULL && req->has_run) /* copied from the task, null when it had none (the coordinator needs both) */
+        tf_w_json(&w, "run", req->run.p, req->run.n);
+    else
+        tf_w_null(&w, "run");
+    if (req != NULL && req->has_round)
+        tf_w_json(&w, "round", req->round.p, req->round.n);
+    else
+        tf_w_null(&w, "round");
     if (code != TF_OK) {
         tf_w_obj_begin(&w, "error");
         tf_w_str(&w, "code", tf_err_names[code]);
@@ -217,8 +223,10 @@ typedef struct {
 } train_out;
 
 /* learner.train: `steps` SGD steps over samples [0, n) in shuffled passes; restores the head and
- * returns -1 if a loss or a weight becomes NaN/inf (HeadDivergedError). */
-static int train(tf_agent *a, uint32_t n, uint32_t steps, float lr, uint32_t mask, train_out *out) {
+ * returns -1 if a loss or a weight becomes NaN/inf (HeadDivergedError). anchor != NULL: FedProx
+ * steps pulled toward it with lr_mu = lr * mu (MLPHead.sgd_steps with proximal_mu). */
+static int train(tf_agent *a, uint32_t n, uint32_t steps, float lr, uint32_t mask, const float *anchor, float lr_mu,
+                 train_out *out) {
     const uint32_t tail = n < steps ? n : steps;
     double total = 0.0, last_sum = 0.0, loss = 0.0;
     int finite = 1;
@@ -228,8 +236,8 @@ static int train(tf_agent *a, uint32_t n, uint32_t steps, float lr, uint32_t mas
         shuffle(a, n);
         for (uint32_t k = 0; k < n && s < steps; k++, s++) {
             uint32_t i = a->perm[k];
-            loss = tf_head_sgd_step(&a->head, sample_x(a, i), sample_y(a, i), sample_label(a, i), lr, mask,
-                                    a->cfg.clip_norm);
+            loss = tf_head_sgd_step_prox(&a->head, sample_x(a, i), sample_y(a, i), sample_label(a, i), lr, mask,
+                                         a->cfg.clip_norm, anchor, lr_mu);
             if (!isfinite(loss)) finite = 0;
             total += loss;
             if (s >= steps - tail) last_sum += loss;
@@ -412,6 +420,33 @@ static tf_err_code diverged(tf_error *err, const tf_frame *f, float lr) {
     return TF_E_BAD_CONFIG;
 }
 
+/* agent.clip_update: scale the update phi - theta of the layers in `mask` (all their arrays together)
+ * to L2 norm <= c, Flower's fixedclipping_mod rule, in double as numpy does. The head keeps its
+ * trained weights; the clipped ones go to a->backup. Returns 1 if it clipped. */
+static int clip_update(tf_agent *a, uint32_t mask, double c) {
+    const tf_head *h = &a->head;
+    double sq = 0.0;
+    for (int l = 0; l < h->n_layers; l++) {
+        if (!(mask & (1u << l))) continue;
+        uint32_t s, n;
+        layer_range(h, l, &s, &n);
+        for (uint32_t k = s; k < s + n; k++) {
+            const double d = (double)h->params[k] - (double)a->theta[k];
+            sq += d * d;
+        }
+    }
+    const double norm = sqrt(sq), scale = norm > 0.0 && c / norm < 1.0 ? c / norm : 1.0;
+    if (!(scale < 1.0)) return 0;
+    for (int l = 0; l < h->n_layers; l++) {
+        if (!(mask & (1u << l))) continue;
+        uint32_t s, n;
+        layer_range(h, l, &s, &n);
+        for (uint32_t k = s; k < s + n; k++)
+            a->backup[k] = (float)((double)a->theta[k] + ((double)h->params[k] - (double)a->theta[k]) * scale);
+    }
+    return 1;
+}
+
 /* ------------------------------------------------------------------------------------ tasks */
 static tf_err_code do_train(tf_agent *a, const tf_frame *f, result *r, tf_error *err) {
     tf_head *h = &a->head;
@@ -450,11 +485,15 @@ static tf_err_code do_train(tf_agent *a, const tf_frame *f, result *r, tf_error 
     train_out out;
     const uint32_t rec = (uint32_t)cfg_num(f, "reconstruct-steps", 0);
     if (local && rec > 0) {
-        if (train(a, a->n_train, rec, lr, local, &out) < 0) return diverged(err, f, lr);
+        if (train(a, a->n_train, rec, lr, local, NULL, 0.0f, &out) < 0) return diverged(err, f, lr);
         add_metric(r, "reconstruct-loss", out.mean);
     }
     const uint32_t steps = (uint32_t)cfg_num(f, "local-steps", 1);
-    if (train(a, a->n_train, steps, lr, local ? global : all, &out) < 0) return diverged(err, f, lr);
+    /* FedProx: the anchor is the head this call starts from; for the layers it trains that is theta */
+    const double mu = cfg_num(f, "proximal-mu", 0.0);
+    const float lr_mu = (float)(cfg_num(f, "lr", a->cfg.lr) * mu); /* numpy: two Python floats, then float32 */
+    if (train(a, a->n_train, steps, lr, local ? global : all, mu > 0.0 ? a->theta : NULL, lr_mu, &out) < 0)
+        return diverged(err, f, lr);
     for (int l = 0; l < L; l++)
         if (local & (1u << l)) {
             uint32_t s, c;
@@ -466,6 +505,12 @@ static tf_err_code do_train(tf_agent *a, const tf_frame *f, result *r, tf_error 
     add_metric(r, "train-loss", out.mean);
     add_metric(r, "train-loss-last", out.mean_last);
     add_metric(r, "train-seconds", out.seconds);
+    const float *phi = h->params; /* what travels: the trained head, or its clipped update in a->backup */
+    if (cfg_has(f, "clipping_norm")) {
+        const int clipped = clip_update(a, global, cfg_num(f, "clipping_norm", 1.0));
+        if (clipped) phi = a->backup;
+        add_metric(r, "norm_bit", clipped ? 1.0 : 0.0);
+    }
     const int sparse = cfg_has(f, "top-p");
     const double p = cfg_num(f, "top-p", 1.0);
     uint32_t used = 0;
@@ -473,13 +518,13 @@ static tf_err_code do_train(tf_agent *a, const tf_frame *f, result *r, tf_error 
         if (!(global & (1u << (i / 2)))) continue;
         tf_out_tensor *t = &r->tensors[r->n_tensors++];
         const uint32_t off = array_offset(h, i);
-        set_tensor(h, t, i, h->params + off);
+        set_tensor(h, t, i, phi + off);
         if (sparse) {
             const uint32_t size = i % 2 == 0 ? (uint32_t)h->sizes[i / 2] * h->sizes[i / 2 + 1] : h->sizes[i / 2 + 1];
             t->sparse = 1;
             t->indices = a->top_idx + used;
             t->values = a->top_val + used;
-            t->nnz = top_p(h->params + off, a->theta + off, size, p, a->top_idx + used, a->top_val + used);
+            t->nnz = top_p(phi + off, a->theta + off, size, p, a->top_idx + used, a->top_val + used);
             used += t->nnz;
         }
     }
@@ -500,13 +545,7 @@ static tf_err_code do_evaluate(tf_agent *a, const tf_frame *f, result *r, tf_err
     tf_head *h = &a->head;
     int got = weights_from(a, f, a->theta, err);
     if (got < 0) return err->code;
-    tf_json ll;
-    if (f->has_config && tf_json_get(&f->config, "local-layers", &ll) && ll.type != TF_JSON_ARRAY &&
-        ll.type != TF_JSON_OBJECT && ll.type != TF_JSON_STRING) { /* Python iterates it: TypeError */
-        tf_error_set(err, TF_E_INTERNAL, &f->id, "internal error: TypeError: local-layers is not iterable");
-        return TF_E_INTERNAL;
-    }
-    int bad;
+    int bad; /* the decoder has checked local-layers is a list of integers >= 0 */
     uint32_t local = got ? local_layers(f, h->n_layers, &bad) : 0;
     memcpy(a->backup, h->params, sizeof(float) * h->n_params);
     if (got) {
@@ -536,31 +575,60 @@ static tf_err_code do_adapt(tf_agent *a, const tf_frame *f, result *r, tf_error 
     if (got < 0) return err->code;
     if (got) memcpy(h->params, a->theta, sizeof(float) * h->n_params);
     const uint32_t steps = (uint32_t)cfg_num(f, "steps", 0);
-    eval_out before, after, held, held0;
-    evaluate(a, eval_start(a), eval_count(a), &held0);
+    eval_out before, after, held;
+    evaluate(a, 0, shots, &before); /* learner.adapt: the shots' loss before and after the steps */
     if (steps > 0) {
         const float lr = (float)cfg_num(f, "lr", a->cfg.lr);
         train_out out;
-        evaluate(a, 0, shots, &before);
-        if (train(a, shots, steps, lr, (1u << h->n_layers) - 1u, &out) < 0) return diverged(err, f, lr);
+        if (train(a, shots, steps, lr, (1u << h->n_layers) - 1u, NULL, 0.0f, &out) < 0) return diverged(err, f, lr);
         evaluate(a, 0, shots, &after);
-        add_metric(r, "loss-before", before.loss);
-        add_metric(r, "loss-after", after.loss);
+        add_metric(r, "train-loss", out.mean);
+        add_metric(r, "train-loss-last", out.mean_last);
+        add_metric(r, "train-seconds", out.seconds);
+    } else {
+        after = before;
     }
-    evaluate(a, eval_start(a), eval_count(a), &held);
-    add_metric(r, "heldout-loss", held.loss);
-    add_metric(r, a->head.kind == TF_CLASSIFICATION ? "heldout-accuracy" : "heldout-mse", held.metric);
-    add_metric(r, "heldout-num-examples", held.n);
-    add_metric(r, "heldout-before-loss", held0.loss);
-    add_metric(r, a->head.kind == TF_CLASSIFICATION ? "heldout-before-accuracy" : "heldout-before-mse",
-               held0.metric);
+    add_metric(r, "num-examples", shots);
     add_metric(r, "shots", shots);
+    add_metric(r, "loss-before", before.loss);
+    add_metric(r, "loss-after", after.loss);
+    evaluate(a, eval_start(a), eval_count(a), &held); /* the adapted head on the held-out samples */
+    add_metric(r, "loss", held.loss);
+    add_metric(r, metric_name(a), held.metric);
     for (int i = 0; i < 2 * h->n_layers; i++) set_tensor(h, &r->tensors[r->n_tensors++], i, h->params + array_offset(h, i));
     r->encoding = "weights";
     return TF_OK;
 }
 
 /* ------------------------------------------------------------------------------------ handle */
+static void append(char *buf, size_t cap, const char *s) { /* bounded strcat */
+    size_t n = strlen(buf);
+    while (*s && n + 1 < cap) buf[n++] = *s++;
+    buf[n] = '\0';
+}
+
+/* agent._check_required: a task whose `required` lists a config key this device does not implement
+ * is refused with unsupported-config rather than run as something else (e.g. FedProx without its
+ * proximal term). Implemented = every key the codec checks for that task type, as in Python. */
+static int unsupported_required(const tf_frame *f, tf_error *err) {
+    tf_json list, item;
+    if (!f->has_config || !tf_json_get(&f->config, "required", &list) || list.type != TF_JSON_ARRAY) return 0;
+    char reason[TF_REASON_BYTES] = "", name[72 * 4];
+    append(reason, sizeof reason, tf_msg_names[f->type]);
+    append(reason, sizeof reason, ": this device does not implement the required config key(s) ");
+    int missing = 0;
+    tf_json_iter it;
+    tf_json_iter_init(&it, &list);
+    while (tf_json_iter_next(&it, NULL, &item)) { /* the decoder checked: strings of 1-64 characters */
+        if (tf_config_key_known(f->type, &item)) continue;
+        if (!tf_json_str_copy(&item, name, sizeof name)) strcpy(name, "?");
+        if (missing++) append(reason, sizeof reason, ", ");
+        append(reason, sizeof reason, name);
+    }
+    if (missing) tf_error_set(err, TF_E_UNSUPPORTED_CONFIG, &f->id, reason);
+    return missing;
+}
+
 static size_t refuse(tf_agent *a, const tf_frame *req, const tf_json *rid, int task, tf_err_code code,
                      const char *reason, const char *cache_key) {
     size_t n = build_reply(a, req, rid, task, NULL, code, reason);
@@ -599,6 +667,7 @@ size_t tf_agent_handle(tf_agent *a, const uint8_t *payload, size_t n, size_t max
     if (f.type == TF_MSG_RESULT)
         return refuse(a, &f, &f.id, f.type, TF_E_UNKNOWN_TYPE, "a device does not accept results on its task topic",
                       key);
+    if (unsupported_required(&f, &err)) return refuse(a, &f, &f.id, f.type, err.code, err.reason, key);
     if (f.type == TF_MSG_DEPLOY)
         return refuse(a, &f, &f.id, f.type, TF_E_UNKNOWN_TYPE,
                       "task.deploy is not supported by the C agent (its backbone is flashed with the firmware)", key);

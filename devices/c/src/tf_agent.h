@@ -7,6 +7,12 @@
  * on Linux: tf_agent_linux.c; any MQTT client on a microcontroller) only moves bytes and calls
  * tf_agent_handle. Every buffer is a member of tf_agent, sized by tf_config.h.
  *
+ * It implements every config key the codec checks (the keys of devices/wire/frames.py's rules,
+ * among them FedProx's proximal-mu and the clipping_norm of Flower's DP clipping, which adds the
+ * metric norm_bit); a task whose `required` lists another key is refused with unsupported-config.
+ * Results always carry run and round (copied, null when the task had none) and the metric names of
+ * devices/wire/keys.py MetricKey.
+ *
  * Differences from the Python agent, by design: task.deploy is answered with an error (a C
  * device flashes its backbone; it has no interpreter to self-test a new one), and the sample order
  * of a seeded round comes from a splitmix64 shuffle of (seed, crc32(device id), round), not from

@@ -91,22 +91,45 @@ static int dtype_of(const tf_json *v) {
 }
 
 /* ------------------------------------------------------------------------------------ config */
-typedef enum { R_INT0, R_INT1, R_NUMPOS, R_FRACTION, R_INTLIST, R_ARTIFACT, R_SHA256 } rule_kind;
+typedef enum { R_INT0, R_INT1, R_NUMPOS, R_NUMNONNEG, R_SEED, R_FRACTION, R_INTLIST, R_KEYLIST, R_ARTIFACT,
+               R_SHA256 } rule_kind;
 typedef struct {
     const char *key;
     rule_kind rule;
     int required;
 } rule;
 
-static const rule TRAIN_RULES[] = {{"server-round", R_INT0, 0}, {"local-steps", R_INT1, 1},
-                                   {"lr", R_NUMPOS, 1},          {"top-p", R_FRACTION, 0},
-                                   {"local-layers", R_INTLIST, 0}, {"reconstruct-steps", R_INT0, 0}};
-static const rule EVAL_RULES[] = {{"server-round", R_INT0, 0}};
-static const rule ADAPT_RULES[] = {
-    {"shots", R_INT1, 1}, {"steps", R_INT0, 1}, {"lr", R_NUMPOS, 0}, {"server-round", R_INT0, 0}};
-static const rule DEPLOY_RULES[] = {{"artifact", R_ARTIFACT, 1},   {"sha256", R_SHA256, 1},
-                                    {"size", R_INT1, 1},           {"chunk-index", R_INT0, 1},
-                                    {"chunk-count", R_INT1, 1},    {"arena-bytes", R_INT0, 0}};
+/* devices/wire/frames.py _CONFIG_RULES, key by key and in its order (the first broken rule is reported). */
+static const rule TRAIN_RULES[] = {{"server-round", R_INT0, 0},       {"local-steps", R_INT1, 1},
+                                   {"lr", R_NUMPOS, 1},                {"top-p", R_FRACTION, 0},
+                                   {"local-layers", R_INTLIST, 0},     {"reconstruct-steps", R_INT0, 0},
+                                   {"seed", R_SEED, 0},                {"proximal-mu", R_NUMNONNEG, 0},
+                                   {"clipping_norm", R_NUMPOS, 0},     {"required", R_KEYLIST, 0}};
+static const rule EVAL_RULES[] = {{"server-round", R_INT0, 0}, {"seed", R_SEED, 0}, {"local-layers", R_INTLIST, 0},
+                                  {"required", R_KEYLIST, 0}};
+static const rule ADAPT_RULES[] = {{"shots", R_INT1, 1},        {"steps", R_INT0, 1},       {"lr", R_NUMPOS, 0},
+                                   {"server-round", R_INT0, 0}, {"required", R_KEYLIST, 0}};
+static const rule DEPLOY_RULES[] = {{"artifact", R_ARTIFACT, 1}, {"sha256", R_SHA256, 1},     {"size", R_INT1, 1},
+                                    {"chunk-index", R_INT0, 1},  {"chunk-count", R_INT1, 1},  {"arena-bytes", R_INT0, 0},
+                                    {"required", R_KEYLIST, 0}};
+
+static const rule *rules_of(tf_msg_type type, size_t *n) {
+    switch (type) {
+        case TF_MSG_TRAIN: *n = sizeof TRAIN_RULES / sizeof *TRAIN_RULES; return TRAIN_RULES;
+        case TF_MSG_EVALUATE: *n = sizeof EVAL_RULES / sizeof *EVAL_RULES; return EVAL_RULES;
+        case TF_MSG_ADAPT: *n = sizeof ADAPT_RULES / sizeof *ADAPT_RULES; return ADAPT_RULES;
+        case TF_MSG_DEPLOY: *n = sizeof DEPLOY_RULES / sizeof *DEPLOY_RULES; return DEPLOY_RULES;
+        default: *n = 0; return NULL;
+    }
+}
+
+int tf_config_key_known(tf_msg_type type, const tf_json *key) {
+    size_t n;
+    const rule *rules = rules_of(type, &n);
+    for (size_t k = 0; k < n; k++)
+        if (tf_json_str_eq(key, rules[k].key)) return 1;
+    return 0;
+}
 
 static int rule_ok(rule_kind r, const tf_json *v) {
     int64_t i;
@@ -116,6 +139,19 @@ static int rule_ok(rule_kind r, const tf_json *v) {
         case R_INT0: return is_int(v, 0, &i, &big) && !big && i <= (int64_t)TF_MAX_STEPS * 1000;
         case R_INT1: return is_int(v, 1, &i, &big) && !big && i <= ((int64_t)1 << 40);
         case R_NUMPOS: return is_number(v, &x) && x > 0 && x <= 1e3;
+        case R_NUMNONNEG: return is_number(v, &x) && x >= 0 && x <= 1e3;
+        case R_SEED: return is_int(v, 0, &i, &big) && !big; /* 0 .. 2^63 - 1 */
+        case R_KEYLIST: {
+            if (v->type != TF_JSON_ARRAY || tf_json_count(v) > 64) return 0;
+            tf_json_iter it;
+            tf_json item;
+            tf_json_iter_init(&it, v);
+            while (tf_json_iter_next(&it, NULL, &item)) {
+                const size_t len = tf_json_str_len(&item); /* code points, as Python's len */
+                if (item.type != TF_JSON_STRING || len < 1 || len > 64) return 0;
+            }
+            return 1;
+        }
         case R_FRACTION: return is_number(v, &x) && x > 0 && x <= 1;
         case R_INTLIST: {
             if (v->type != TF_JSON_ARRAY || tf_json_count(v) > 64) return 0;
@@ -140,12 +176,8 @@ static int rule_ok(rule_kind r, const tf_json *v) {
 }
 
 static tf_err_code check_config(tf_msg_type type, const tf_json *cfg, const tf_json *rid, tf_error *err) {
-    const rule *rules = NULL;
-    size_t n = 0;
-    if (type == TF_MSG_TRAIN) rules = TRAIN_RULES, n = sizeof TRAIN_RULES / sizeof *rules;
-    if (type == TF_MSG_EVALUATE) rules = EVAL_RULES, n = sizeof EVAL_RULES / sizeof *rules;
-    if (type == TF_MSG_ADAPT) rules = ADAPT_RULES, n = sizeof ADAPT_RULES / sizeof *rules;
-    if (type == TF_MSG_DEPLOY) rules = DEPLOY_RULES, n = sizeof DEPLOY_RULES / sizeof *rules;
+    size_t n;
+    const rule *rules = rules_of(type, &n);
     for (size_t k = 0; k < n; k++) {
         tf_json v;
         int has = cfg != NULL && tf_json_get(cfg, rules[k].key, &v);

@@ -124,6 +124,10 @@ typedef struct {
 tf_err_code tf_frame_decode(const uint8_t *buf, size_t n, size_t max_bytes, tf_frame *f, tf_tensor *tensors,
                             size_t max_tensors, tf_scratch scratch, tf_error *err);
 
+/* 1 if `key` (a string token) is a config key the decoder checks for this task type: the keys a
+ * device built on this codec implements (devices/wire/frames.py implemented_config). */
+int tf_config_key_known(tf_msg_type type, const tf_json *key);
+
 /* The id of a frame too large to decode, read from its header only (NULL-safe; 0 if none). */
 int tf_frame_peek_id(const uint8_t *buf, size_t n, tf_json *id);
 

@@ -113,6 +113,11 @@ double tf_head_loss(tf_head *h, const float *x, const float *y, int32_t label) {
 
 double tf_head_sgd_step(tf_head *h, const float *x, const float *y, int32_t label, float lr, uint32_t trainable,
                         float clip) {
+    return tf_head_sgd_step_prox(h, x, y, label, lr, trainable, clip, NULL, 0.0f);
+}
+
+double tf_head_sgd_step_prox(tf_head *h, const float *x, const float *y, int32_t label, float lr, uint32_t trainable,
+                             float clip, const float *anchor, float lr_mu) {
     const int last = h->n_layers - 1;
     tf_head_forward(h, x);
     float *d = h->errs + h->e_off[last];
@@ -141,6 +146,11 @@ double tf_head_sgd_step(tf_head *h, const float *x, const float *y, int32_t labe
             }
             const float s = (float)scale;
             for (uint32_t j = 0; j < n_out; j++) d[j] *= s; /* sd = d * s, in place: d_l is not needed again */
+            if (anchor != NULL) { /* the proximal pull, from the old weights, before the data step */
+                const float *aw = anchor + h->w_off[l], *ab = anchor + h->b_off[l];
+                for (uint32_t k = 0; k < n_in * n_out; k++) w[k] -= lr_mu * (w[k] - aw[k]);
+                for (uint32_t j = 0; j < n_out; j++) b[j] -= lr_mu * (b[j] - ab[j]);
+            }
             for (uint32_t i = 0; i < n_in; i++) {
                 const float ai = a[i];
                 float *row = w + i * n_out;

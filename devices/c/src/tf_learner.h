@@ -6,6 +6,9 @@
  *   integer label (classification). Batch-1 SGD, top-down: d_{l-1} = (W_l d_l) * act'(a_l) with
  *   the old W_l, then W_l -= a_l (x) s d_l, b_l -= s d_l with s = lr, or lr * clip / ||g_l|| when the
  *   per-layer gradient norm ||g_l|| = ||d_l|| sqrt(||a_l||^2 + 1) exceeds clip.
+ * FedProx (tf_head_sgd_step_prox): the loss of every step gains mu/2 ||w - anchor||^2, so each trained
+ *   array first moves W_l -= (lr mu) (W_l - anchor_l), then takes the (clipped) data step, as in
+ *   MLPHead._step with proximal_mu; the anchor is the weights the round started from.
  * No weight-sized gradient exists: only one error vector per neuron, which is what
  * firmware_models/memory_budget.py counts. Every buffer is inside tf_head, sized by tf_config.h
  * (generated from the model), so sizeof(tf_head) is the learner's RAM.
@@ -68,6 +71,11 @@ double tf_head_loss(tf_head *h, const float *x, const float *y, int32_t label);
  * layer l (others keep their exact values; errors still flow through them). clip <= 0: no clip. */
 double tf_head_sgd_step(tf_head *h, const float *x, const float *y, int32_t label, float lr, uint32_t trainable,
                         float clip);
+
+/* The same step with FedProx's proximal term (above). anchor: n_params floats in the params layout
+ * (NULL: no term); lr_mu = lr * mu, rounded to float32 once by the caller as numpy rounds it. */
+double tf_head_sgd_step_prox(tf_head *h, const float *x, const float *y, int32_t label, float lr, uint32_t trainable,
+                             float clip, const float *anchor, float lr_mu);
 
 int tf_head_all_finite(const tf_head *h);
 

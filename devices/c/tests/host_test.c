@@ -4,8 +4,10 @@
  *
  * GOLDEN_DIR/learner.tfb   frame file: initial head w0, b0, ...; samples x, y; step order `order`;
  *                          numpy's weights after the steps expect_w0, ...; its losses expect_losses;
- *                          config {lr, clip, kind, activation, tol, ridge_lambda} and, with
- *                          ridge_lambda, numpy's ridge readout of the initial head ridge_w, ridge_b.
+ *                          config {lr, clip, kind, activation, tol, ridge_lambda, proximal_mu, lr_mu,
+ *                          trainable} and, with ridge_lambda, numpy's ridge readout of the initial head
+ *                          ridge_w, ridge_b. With proximal_mu > 0 the steps are FedProx steps anchored
+ *                          at the initial head; trainable is the bit mask of the layers updated.
  * GOLDEN_DIR/codec.bin     records u32 length | frame | u8 error code devices/wire/frames.py gives it.
  * Also an encode/decode round trip of dense and sparse (uint16) result tensors.
  */
@@ -137,13 +139,20 @@ static int check_learner(const char *dir, double *max_abs, double *loss_rel, dou
         free(rb);
     }
 #endif
+    static float anchor[TF_MAX_PARAMS]; /* FedProx: the head the steps start from */
+    memcpy(anchor, HEAD.params, sizeof(float) * HEAD.n_params);
+    const double mu = cfg("proximal_mu", 0.0);
+    const float lr_mu = (float)cfg("lr_mu", 0.0);
+    const uint32_t trainable = (uint32_t)cfg("trainable", (double)0xFFFFFFFFu);
     const long steps = (long)to->size;
     const int trace = getenv("TF_HOST_TEST_TRACE") != NULL;
     double worst_loss = 0.0;
     for (long s = 0; s < steps; s++) {
         uint32_t i = (uint32_t)order[s];
-        double loss = tf_head_sgd_step(&HEAD, x + (size_t)i * n_in, kind == TF_REGRESSION ? y + (size_t)i * n_out : NULL,
-                                       kind == TF_CLASSIFICATION ? (int32_t)y[i] : 0, lr, 0xFFFFFFFFu, clip);
+        double loss = tf_head_sgd_step_prox(&HEAD, x + (size_t)i * n_in,
+                                            kind == TF_REGRESSION ? y + (size_t)i * n_out : NULL,
+                                            kind == TF_CLASSIFICATION ? (int32_t)y[i] : 0, lr, trainable, clip,
+                                            mu > 0.0 ? anchor : NULL, lr_mu);
         double rel = fabs(loss - losses[s]) / fmax(1e-3, fabs((double)losses[s]));
         if (trace) fprintf(stderr, "step %ld sample %u loss %.9g numpy %.9g\n", s, i, loss, (double)losses[s]);
         worst_loss = fmax(worst_loss, rel);
