@@ -133,8 +133,10 @@ class ProcessSet:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             self.stopped_pids.append(pid)
+        # wait for the marker to vanish AND for every killed process to have exited: a dying process
+        # loses its environment (so it no longer looks marked) before it becomes a zombie
         deadline = time.monotonic() + timeout
-        while marked_pids(self.token) and time.monotonic() < deadline:
+        while (marked_pids(self.token) or not all(map(exited, self.stopped_pids))) and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.stopped_pids
 
@@ -151,6 +153,14 @@ def _terminate(popen: subprocess.Popen[bytes], timeout: float) -> None:
             popen.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             popen.wait(timeout)
+
+
+def exited(pid: int) -> bool:
+    """True when `pid` is gone or a zombie (it has exited; only its parent's wait is missing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] in "ZX"
+    except (OSError, IndexError):
+        return True
 
 
 def marked_pids(token: str) -> list[int]:
