@@ -418,15 +418,17 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{m['loadavg_1min_before_after'][1]:.1f}: other work shared the cores). Sine, Reptile, "
         f"{doc['plan']['local_steps']} local steps; every device trains and evaluates every round.", "",
         "| setup | devices | round s (median) | train s | evaluate s | CPU s/round: devices + federation | "
-        "device bytes/round | gateway bytes/round |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, x, n in (("flat", eq["flat"], eq["devices"]), ("1 gateway", eq["one_gateway"], eq["devices"]),
-                       (f"{hier['gateways']} gateways", hier, hier["devices"])):
+        "load avg before→after | device bytes/round | gateway bytes/round |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, x, n, part in (("flat", eq["flat"], eq["devices"], eq),
+                             ("1 gateway", eq["one_gateway"], eq["devices"], eq),
+                             (f"{hier['gateways']} gateways", hier, hier["devices"], hier)):
         ev = float(np.median([r["eval_s"] or 0 for r in x["rounds"]]))
         top = x.get("gateway_payload_bytes_per_round")
         cpu = f"{x['cpu_s_devices_median']:.0f} + {x['cpu_s_federation_median']:.0f}"
+        load = "→".join(f"{v:.1f}" for v in part.get("loadavg_1min_before_after", [])) or "-"
         lines.append(f"| {name} | {n:,} | {x['round_s_median']:.1f} | {x['train_s_median']:.1f} | {ev:.1f} | {cpu} | "
-                     f"{x['device_bytes_per_round']:,.0f} | {'-' if top is None else f'{top:,.0f}'} |")
+                     f"{load} | {x['device_bytes_per_round']:,.0f} | {'-' if top is None else f'{top:,.0f}'} |")
     split = hier["rounds"][-1]["train_split_s"]
     lines += ["", f"Where a {hier['devices']:,}-device train phase goes (last round, slowest gateway): Flower's "
               f"delivery {split['delivery']} s, gateway process start {split['startup']} s, site sub-round "
@@ -436,13 +438,16 @@ def markdown(doc: dict[str, Any]) -> str:
               f"{inter['online_s']:g} s in {inter['period_s']:g} s): sync samples {inter['sampled_per_round']} per "
               f"round for {inter['sync_rounds']} rounds; async keeps {inter['async_concurrency']} in flight, buffer "
               f"{inter['async_buffer']}, {inter['async_versions']} versions (same device updates).", "",
-              "| seed | target few-shot MSE | sync s to target | async s to target | ratio |",
-              "|---:|---:|---:|---:|---:|"]
+              "| seed | target few-shot MSE | sync s to target | async s to target | ratio | "
+              "fleet device-h sync / async | device train s sync / async |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in inter["runs"]:
         s, a = r["sync_to_target"], r["async_to_target"]
         ratio = "-" if r["wall_ratio"] is None else f"{r['wall_ratio']:.3f}"
+        hours = f"{r.get('sync_fleet_device_hours', '-')} / {r.get('async_fleet_device_hours', '-')}"
+        train = f"{s['device_train_s'] if s else '-'} / {a['device_train_s'] if a else '-'}"
         lines.append(f"| {r['seed']} | {r['target_fewshot_mse']:.3f} | {s['t'] if s else '-'} | "
-                     f"{a['t'] if a else 'not reached'} | {ratio} |")
+                     f"{a['t'] if a else 'not reached'} | {ratio} | {hours} | {train} |")
     wr = inter["wall_ratio"]
     lines += ["", f"Wall-time ratio async/sync: {wr['mean'] if wr['mean'] is None else round(wr['mean'], 3)}"
               + (f" ± {wr['ci95']:.3f} (95 % CI, n={wr['n']})" if wr.get("ci95") else ""), "", "Goals:", ""]
@@ -457,7 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a small version of everything (smoke test)")
     ap.add_argument("--only", choices=("flat", "hier", "intermittent"), action="append",
                     help="run only these parts (the JSON then lacks the others)")
+    ap.add_argument("--render", action="store_true", help="only redraw the plot and table from the JSON in --out")
     args = ap.parse_args(argv)
+    if args.render:
+        stem = "scale_quick" if args.quick else "scale"
+        doc = json.loads((args.out / f"{stem}.json").read_text())
+        doc["goals"] = goals(doc)
+        plot(doc, args.out / f"{stem}.png")
+        (args.out / f"{stem}.md").write_text(markdown(doc))
+        return 0
     plan = Plan.quick() if args.quick else Plan()
     parts = set(args.only or ("flat", "hier", "intermittent"))
     load_before = os.getloadavg()[0]
