@@ -167,6 +167,11 @@ class BufferedRun:
                     continue
                 buffer.append((reply, task.version))
             self._expire(inflight, counts)
+            # a reply left over from an earlier aggregation may have aged past max_staleness meanwhile
+            # (and its base version been forgotten): judge staleness again when it is about to be used
+            fresh = [(r, base) for r, base in buffer if version - base <= self.settings.max_staleness]
+            counts["discarded_stale"] += len(buffer) - len(fresh)
+            buffer = fresh
             if len(buffer) >= self.buffer_size:
                 used, buffer = buffer[: self.buffer_size], buffer[self.buffer_size:]
                 new, record = self._aggregate(version, thetas, used)
