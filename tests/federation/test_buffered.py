@@ -81,6 +81,15 @@ def test_stale_replies_are_rebased_and_down_weighted(tmp_path: Path) -> None:
     assert [x["round"] for x in lines] == [1, 2, 3, 4, 5, 6]
 
 
+def test_replies_left_in_the_buffer_age_and_are_discarded_when_too_stale(tmp_path: Path) -> None:
+    """Six replies arrive at once for a buffer of two: the four left over are a version old at the next
+    aggregation, which `max_staleness=0` forbids (and whose base version is already forgotten)."""
+    records, _, _, _ = _run(tmp_path, n=6, buffer=2, rounds=3, max_staleness=0)
+    assert [r["round"] for r in records] == [1, 2, 3]
+    assert all(r["staleness_max"] == 0 for r in records), records
+    assert records[-1]["discarded_stale"] > 0, records[-1]
+
+
 def test_staleness_weight() -> None:
     assert staleness_weight(0) == 1.0
     assert staleness_weight(3, alpha=0.5) == pytest.approx(0.5)
