@@ -399,6 +399,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
                     label=name if i == 0 else None)
     for run in inter["runs"]:
         ax.axhline(run["target_fewshot_mse"], color="grey", lw=0.6, ls=":")
+    ax.set_ylim(0, 3 * max(run["target_fewshot_mse"] for run in inter["runs"]))  # the untrained start is off the top
     ax.set_xlabel("wall time (s)")
     ax.set_ylabel("few-shot MSE (10 shots, 5 steps)")
     ax.set_title(f"{inter['intermittent_fraction']:.0%} intermittent, {inter['devices']} devices")
@@ -416,7 +417,10 @@ def markdown(doc: dict[str, Any]) -> str:
         f"`nice -n 10 python -m benchmarks.scale` on {doc['date']}, {doc['wall_s'] / 60:.0f} min, on this "
         f"{m['cpus']}-core machine (load average before/after {m['loadavg_1min_before_after'][0]:.1f}/"
         f"{m['loadavg_1min_before_after'][1]:.1f}: other work shared the cores). Sine, Reptile, "
-        f"{doc['plan']['local_steps']} local steps; every device trains and evaluates every round.", "",
+        f"{doc['plan']['local_steps']} local steps; every device trains and evaluates every round."
+        + ("" if "reused_from_earlier_run" not in doc else " Parts measured by separate invocations (`--only`), "
+           "merged into one JSON; times and loads above are the last invocation's, each part's load is below."),
+        "",
         "| setup | devices | round s (median) | train s | evaluate s | CPU s/round: devices + federation | "
         "load avg before→after | device bytes/round | gateway bytes/round |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
