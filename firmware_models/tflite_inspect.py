@@ -2,9 +2,10 @@
 
 The report lists the operators in execution order, tensor shapes and dtypes, the affine
 quantization of inputs and outputs, the parameter count, the multiply-accumulate count (MACs),
-the flash cost (file size), the TFLite Micro arena (measured by `firmware_models.arena`) and the
-sha256. Parsing uses `ai_edge_litert.schema_py_generated` only, never TensorFlow, because the
-registry and the device side import this module.
+the flash cost (file size), the TFLite Micro arena (measured by `firmware_models.arena`), a static
+arena estimate that needs no TFLM (`firmware_models.arena_estimate`) and the sha256. Parsing uses
+`ai_edge_litert.schema_py_generated` only, never TensorFlow, because the registry and the device
+side import this module.
 
 MACs, per operator (shapes in TFLite's NHWC order, batch included; one MAC = one multiply + add):
 
@@ -83,7 +84,9 @@ class ModelReport:
     """Everything `inspect_tflite` finds out about a model; `to_dict()` is the `--json` form.
 
     `arena_bytes` is None when it was not measured (``measure_arena=False``) or when TFLite Micro
-    cannot run the model; `arena_error` then says why.
+    cannot run the model; `arena_error` then says why (TFLM's own words). `arena_estimate_bytes`
+    is the static estimate (greedy plan of tensor lifetimes + TFLM bookkeeping), always present;
+    `arena_estimate` holds its parts.
     """
 
     source: str
@@ -104,6 +107,8 @@ class ModelReport:
     arena_probes: int = 0
     arena_error: str | None = None
     op_counts: dict[str, int] = field(default_factory=dict)
+    arena_estimate_bytes: int | None = None
+    arena_estimate: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (ops as a list of dicts, in execution order)."""
@@ -228,6 +233,10 @@ def op_macs(op: str, input_shapes: list[list[int]], output_shapes: list[list[int
     return 0
 
 
+def _indices(values: Any) -> list[int]:
+    return [int(v) for v in values] if values is not None else []
+
+
 def inspect_bytes(data: bytes, *, source: str = "<bytes>") -> ModelReport:
     """Static report of a model held in memory (no arena measurement; see `inspect_tflite`)."""
     check_tflite_bytes(data, source)
@@ -268,6 +277,9 @@ def inspect_bytes(data: bytes, *, source: str = "<bytes>") -> ModelReport:
                         param_tensors.add((si, i))
     params = sum(math.prod(model.subgraphs[si].tensors[i].shape) for si, i in param_tensors)
     main = model.subgraphs[0]
+    from firmware_models.arena_estimate import estimate_model
+
+    estimate = estimate_model(model, names)
     desc = model.description.decode("utf-8", "replace") if isinstance(model.description, bytes) else ""
     return ModelReport(
         source=source,
@@ -276,16 +288,16 @@ def inspect_bytes(data: bytes, *, source: str = "<bytes>") -> ModelReport:
         params=int(params),
         macs=int(sum(o.macs for o in ops)),
         ops=ops,
-        inputs=[_tensor_report(model, main, int(i), dtypes, source)
-                for i in (main.inputs if main.inputs is not None else [])],
-        outputs=[_tensor_report(model, main, int(i), dtypes, source)
-                 for i in (main.outputs if main.outputs is not None else [])],
+        inputs=[_tensor_report(model, main, int(i), dtypes, source) for i in _indices(main.inputs)],
+        outputs=[_tensor_report(model, main, int(i), dtypes, source) for i in _indices(main.outputs)],
         subgraphs=len(model.subgraphs),
         n_tensors=sum(len(sg.tensors or []) for sg in model.subgraphs),
         constant_bytes=int(constant_bytes),
         schema_version=int(model.version),
         description=desc,
         op_counts=op_counts,
+        arena_estimate_bytes=estimate.arena_bytes,
+        arena_estimate=estimate.to_dict(),
     )
 
 

@@ -49,6 +49,12 @@ class StoreError(RegistryError):
     """The store cannot be opened or reached (locked directory, endpoint down, auth refused)."""
 
 
+class RegistryUsageError(RegistryError):
+    """Options that cannot go together (e.g. `match` with both --model and --ram)."""
+
+    exit_code = 2
+
+
 class TDValidationError(RegistryInputError):
     """A Thing Description that breaks the W3C TD 1.1 JSON Schema or the directory's rules; nothing written.
 

@@ -22,6 +22,7 @@ from rdflib.namespace import RDF, RDFS, XSD
 
 from registry.exceptions import RegistryInputError
 from registry.namespaces import NNET, OM, S3N, SCHEMA, SSN, SSNS, TF, check_iri, mint_model, part
+from registry.queries import load_query
 from registry.store import RegistryStore
 from registry.validation import validate
 
@@ -69,7 +70,7 @@ def layer_details(data: bytes) -> tuple[list[list[int]], dict[int, str]]:
 
 def model_graph(report: Mapping[str, Any], card: Mapping[str, Any] | None = None, *,
                 tensor_shapes: list[list[int]] | None = None, activations: Mapping[int, str] | None = None,
-                name: str | None = None) -> tuple[URIRef, Graph]:
+                name: str | None = None, allow_static_arena: bool = False) -> tuple[URIRef, Graph]:
     """The RDF description of one model version.
 
     Parameters
@@ -84,6 +85,10 @@ def model_graph(report: Mapping[str, Any], card: Mapping[str, Any] | None = None
         From `layer_details`, for per-layer shapes and fused activations.
     name : str, optional
         Name when the card has none (default: first 12 hex digits of the sha256).
+    allow_static_arena : bool, default=False
+        When TFLite Micro cannot run the model, use the report's static arena estimate as the RAM
+        requirement (marked `tf:ramRequirementMethod "static-estimate"`, with TFLM's reason in
+        `tf:tflmError`) instead of refusing the model.
 
     Returns
     -------
@@ -96,10 +101,17 @@ def model_graph(report: Mapping[str, Any], card: Mapping[str, Any] | None = None
     arena = report.get("arena_bytes")
     if arena is None:
         arena = card.get("arena_bytes")
+    method = "measured"
+    why = report.get("arena_error")
     if arena is None:
-        why = report.get("arena_error") or "not measured"
-        raise RegistryInputError(f"model {sha[:12]}: TFLite Micro arena unknown ({why}); "
-                                 "the registry needs it as the model's RAM requirement")
+        estimate = report.get("arena_estimate_bytes")
+        if allow_static_arena and estimate:
+            arena, method = estimate, "static-estimate"
+        else:
+            label = report.get("source") or f"model {sha[:12]}"
+            hint = (f"; --allow-static-arena registers it with the static estimate ({estimate} B)" if estimate
+                    else "; the registry needs it as the model's RAM requirement")
+            raise RegistryInputError(f"{label}: {why or 'TFLite Micro arena not measured'}{hint}")
     g = Graph()
     g.add((m, RDF.type, NNET.NeuralNetwork))
     g.add((m, RDF.type, S3N.Algorithm))
@@ -131,12 +143,17 @@ def model_graph(report: Mapping[str, Any], card: Mapping[str, Any] | None = None
     g.add((m, NNET.hasMultiplyAccumulateOps, Literal(int(report.get("macs") or 0))))
     g.add((m, TF.parameterCount, Literal(int(report.get("params") or 0))))
     g.add((m, TF.ramRequiredBytes, Literal(int(arena))))
+    g.add((m, TF.ramRequirementMethod, Literal(method)))
+    if why and method != "measured":
+        g.add((m, TF.tflmError, Literal(str(why))))
     g.add((m, TF.flashRequiredBytes, Literal(flash)))
     learning = (card.get("ram") or {}).get("online_learning_bytes") if isinstance(card.get("ram"), Mapping) else None
     if learning is not None:
         g.add((m, TF.learningRamRequiredBytes, Literal(int(learning))))
     # Published style: one procedure feature per memory condition, stated in bytes.
-    for kind, cls, value, comment in (("ram", TF.RAM, int(arena), "RAM requirement (TFLite Micro arena)."),
+    ram_comment = ("RAM requirement (TFLite Micro arena)." if method == "measured" else
+                   "RAM requirement (static estimate of the TFLite Micro arena; TFLite Micro cannot run this model).")
+    for kind, cls, value, comment in (("ram", TF.RAM, int(arena), ram_comment),
                                       ("flash", TF.Flash, flash, "Flash requirement (.tflite bytes).")):
         feature, condition = part(m, "feature", kind), part(m, "condition", kind)
         g.add((m, S3N.hasProcedureFeature, feature))
@@ -207,8 +224,8 @@ def model_graph(report: Mapping[str, Any], card: Mapping[str, Any] | None = None
             g.add((node, TF.precision, Literal(precision)))
     for link_key in ("url", "citation", "code_repository"):
         if card.get(link_key):
-            g.add((m, SCHEMA.url if link_key == "url" else SCHEMA.citation,
-                   check_iri(str(card[link_key]), what=link_key)))
+            prop = SCHEMA.url if link_key == "url" else SCHEMA.citation
+            g.add((m, prop, check_iri(str(card[link_key]), what=link_key)))
     return m, g
 
 
@@ -240,7 +257,8 @@ def read_card(path: Path) -> dict[str, Any]:
     return card
 
 
-def describe_model_file(path: Path, card: Mapping[str, Any] | None = None) -> tuple[URIRef, Graph]:
+def describe_model_file(path: Path, card: Mapping[str, Any] | None = None, *,
+                        allow_static_arena: bool = False) -> tuple[URIRef, Graph]:
     """Inspect a .tflite file (TFLM arena measured) and build its description."""
     from firmware_models.exceptions import ModelFileError
     from firmware_models.tflite_inspect import inspect_tflite
@@ -255,24 +273,44 @@ def describe_model_file(path: Path, card: Mapping[str, Any] | None = None) -> tu
         raise RegistryInputError(f"{path}: the card describes another file (card sha256 {str(card['sha256'])[:12]}..., "
                                  f"file {d['sha256'][:12]}...)")
     shapes, acts = layer_details(path.read_bytes())
-    return model_graph(d, card, tensor_shapes=shapes, activations=acts, name=path.stem)
+    return model_graph(d, card, tensor_shapes=shapes, activations=acts, name=path.stem,
+                       allow_static_arena=allow_static_arena)
 
 
-def add_model(store: RegistryStore, path: Path | str, card: Path | str | Mapping[str, Any] | None = None) -> URIRef:
+def add_model(store: RegistryStore, path: Path | str, card: Path | str | Mapping[str, Any] | None = None, *,
+              allow_static_arena: bool = False) -> URIRef:
     """Inspect, describe, validate and add (or replace) one model version; all or nothing.
 
+    The same bytes added under another name (two published names for one file) keep every name:
+    the first stays `schema:name`, the others become `schema:alternateName`, and each resolves.
     Returns the model's IRI.
     """
     card_dict = read_card(Path(card)) if isinstance(card, (str, Path)) else (dict(card) if card else None)
-    iri, g = describe_model_file(Path(path), card_dict)
+    iri, g = describe_model_file(Path(path), card_dict, allow_static_arena=allow_static_arena)
+    keep_names(store, iri, g)
     validate(g, source=str(path))
     store.write(g, replace_owners=[iri])
     return iri
 
 
+def keep_names(store: RegistryStore, iri: URIRef, g: Graph) -> None:
+    """Carry the names the model already has in `store` into its new description `g` (aliases)."""
+    old = [str(r["name"]) for r in store.select(load_query("model_names"), {"m": iri})]
+    if not old:
+        return
+    new = [str(n) for n in g.objects(iri, SCHEMA.name)]
+    primary = old[0]
+    g.remove((iri, SCHEMA.name, None))
+    g.add((iri, SCHEMA.name, Literal(primary)))
+    for n in dict.fromkeys(old[1:] + new):
+        if n != primary:
+            g.add((iri, SCHEMA.alternateName, Literal(n)))
+
+
 def add_model_report(store: RegistryStore, report: Mapping[str, Any], card: Mapping[str, Any] | None = None) -> URIRef:
     """Add a model from an inspection dict (no file at hand, e.g. a model reported by a device)."""
     iri, g = model_graph(report, card)
+    keep_names(store, iri, g)
     validate(g, source=f"model {report.get('sha256', '?')}")
     store.write(g, replace_owners=[iri])
     return iri

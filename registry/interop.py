@@ -1,157 +1,43 @@
-"""Import Turtle / JSON-LD, including graphs written in the published TinyML-schema style.
+"""Import Turtle / JSON-LD, including graphs written in the published TinyML-schema styles.
 
-The published knowledge graphs (github.com/Haoyu-R/How-to-Manage-TinyML-at-Scale,
-github.com/tinyml-schema-collab/tinyml-schema) state memory in kilobytes through nested nodes:
-a model's `s3n:hasProcedureFeature [ ssn-system:inCondition [ a s3n:Memory (or demo:RAM,
-s3n_extend:Flash, ...) ; schema:minValue 80 ; schema:unitCode om:kilobyte ] ]`, a board's
-`ssn:hasSubSystem [ a s3n:MicroController ; s3n:hasSystemCapability [ ssn-system:hasSystemProperty
-[ a demo:RAM ; schema:value 256 ; schema:unitCode om:kilobyte ] ] ]`, sensors as typed subsystems,
-and a model's sensors as `sensor ssn_extend:provideInput input`. `normalize` derives the registry's
-byte-exact `tf:` figures from those nodes, so the same queries answer on both kinds of data.
+Every import is atomic: parse (relative IRIs refused, Python's None left out), skolemize into the
+source's own namespace, map and normalize (registry.published), SHACL-validate, then ONE write - or
+nothing at all.
 
-Every import is atomic: parse, skolemize (deterministically, so importing a file twice adds
-nothing), normalize, SHACL-validate, then ONE write - or nothing at all.
+Blank-node identity: remote SPARQL stores cannot address blank nodes, so they become IRIs. rdflib's
+canonical labels (cb0, cb1, ...) are the same in every file, so they are put under a namespace of
+the source graph's own: `https://w3id.org/tinyfleet/id/genid/<sha256>/`, the sha256 of the graph's
+canonical N-Triples. Two different graphs therefore never share a node, and the same graph imported
+again (from any file, in any syntax) writes exactly the triples it wrote before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
+from urllib.parse import quote, urljoin
 
 from rdflib import BNode, Graph, Literal, URIRef
 from rdflib.compare import to_canonical_graph
-from rdflib.namespace import RDF, RDFS
 from rdflib.term import Node
 
 from registry.exceptions import RegistryInputError, StoreError, ValidationFailedError
-from registry.ingest_device import set_sensor_kinds_summary
-from registry.namespaces import ID, NNET, S3N, SCHEMA, SSN, SSNS, TD, TF, check_iri
+from registry.namespaces import ID, check_iri
+from registry.published import normalize, sensor_kind
 from registry.store import RegistryStore
 from registry.validation import validate
 
-# Unit IRIs of OM 2 (as IRIs, or as the "om:kilobyte" strings some published TDs carry).
-_UNIT_BYTES = {"byte": 1, "kilobyte": 1000, "kibibyte": 1024, "megabyte": 1_000_000, "mebibyte": 1 << 20}
-# Sensor class local names (lower-case, "sensor" suffix dropped) -> sensor kind keys.
-_SENSOR_SYNONYMS = {"thermometer": "temperature", "imager": "camera", "image": "camera", "mic": "microphone",
-                    "hygrometer": "humidity", "carbondioxide": "co2", "barometer": "pressure", "pir": "motion",
-                    "illuminance": "light", "photodiode": "light"}
-_NOT_SENSOR_KINDS = {"", "other", "sensor", "system", "thing", "microcontroller", "platform", "smart"}
 _REMOTE_TD_CONTEXTS = {"https://www.w3.org/2019/wot/td/v1", "https://www.w3.org/2022/wot/td/v1.1"}
 _SKOLEM = str(ID) + "genid/"
-
-
-def _local(iri: object) -> str:
-    text = str(iri)
-    for sep in ("#", "/", ":"):
-        if sep in text:
-            text = text.rsplit(sep, 1)[-1]
-    return text.lower()
-
-
-def sensor_kind(cls: Node) -> str | None:
-    """Sensor kind key of a sensor class IRI (demo:TemperatureSensor -> "temperature")."""
-    name = _local(cls)
-    if name.endswith("sensor") and name != "sensor":
-        name = name[: -len("sensor")]
-    name = _SENSOR_SYNONYMS.get(name, name)
-    return None if name in _NOT_SENSOR_KINDS else name
-
-
-def _add_memory_figure(g: Graph, subject: Node, node: Node, props: dict[str, URIRef], problems: list[str]) -> None:
-    """Copy a published RAM/flash figure of `node` onto `subject` as bytes, unless it already states one."""
-    prop = props.get(_memory_kind(g, node) or "")
-    value = _bytes(g, node, problems)
-    if prop is not None and value is not None and g.value(subject, prop) is None:
-        g.add((subject, prop, Literal(value)))
-
-
-def _memory_kind(g: Graph, node: Node) -> str | None:
-    types = {_local(t) for t in g.objects(node, RDF.type)}
-    if "ram" in types or "sram" in types:
-        return "ram"
-    if "flash" in types:
-        return "flash"
-    comments = " ".join(str(c).lower() for c in g.objects(node, RDFS.comment))
-    if "flash" in comments:
-        return "flash"
-    if "ram" in comments or "memory" in types:
-        return "ram"  # S3N's s3n:Memory is working memory unless the node says flash
-    return None
-
-
-def _bytes(g: Graph, node: Node, problems: list[str]) -> int | None:
-    raw = g.value(node, SCHEMA.value) or g.value(node, SCHEMA.minValue)
-    unit = g.value(node, SCHEMA.unitCode)
-    if raw is None:
-        return None
-    try:
-        number = float(str(raw))
-    except ValueError:
-        problems.append(f"<{node}>: memory figure {str(raw)!r} is not a number")
-        return None
-    if unit is None:
-        problems.append(f"<{node}>: memory figure {raw} has no schema:unitCode")
-        return None
-    factor = _UNIT_BYTES.get(_local(unit))
-    if factor is None:
-        problems.append(f"<{node}>: unknown memory unit {unit} (use om:byte, om:kilobyte, om:kibibyte, ...)")
-        return None
-    return int(round(number * factor))
-
-
-def normalize(g: Graph) -> list[str]:
-    """Add the `tf:` byte figures and sensor kinds implied by published-style nodes (in place).
-
-    Returns the problems found (unreadable numbers, unknown units), as plain sentences.
-    """
-    problems: list[str] = []
-    models = set(g.subjects(RDF.type, NNET.NeuralNetwork))
-    for m in models:
-        for feature in g.objects(m, S3N.hasProcedureFeature):
-            for cond in g.objects(feature, SSNS.inCondition):
-                _add_memory_figure(g, m, cond, {"ram": TF.ramRequiredBytes, "flash": TF.flashRequiredBytes},
-                                   problems)
-        for inp in g.objects(m, SSN.hasInput):
-            for sensor, p in g.subject_predicates(inp):
-                if _local(p) == "provideinput":
-                    for cls in g.objects(sensor, RDF.type):
-                        k = sensor_kind(cls)
-                        if k:
-                            g.add((m, TF.requiresSensorKind, Literal(k)))
-            for stated in g.objects(inp, TF.sensorKind):
-                g.add((m, TF.requiresSensorKind, Literal(str(stated))))
-        if g.value(m, SCHEMA.name) is None:
-            for alt in (RDFS.label, NNET.hasID, SCHEMA.identifier, TD.title, RDFS.comment):
-                v = g.value(m, alt)
-                if v is not None:
-                    g.add((m, SCHEMA.name, Literal(str(v)[:120])))
-                    break
-        cat = g.value(m, NNET.hasCategory)
-        if cat is not None and g.value(m, TF.task) is None:
-            g.add((m, TF.task, Literal(_local(cat))))
-    for d in set(g.subjects(RDF.type, S3N.SmartSensor)):
-        if g.value(d, SCHEMA.identifier) is None and g.value(d, TD.title) is not None:
-            g.add((d, SCHEMA.identifier, Literal(str(g.value(d, TD.title)))))
-        for sub in g.objects(d, SSN.hasSubSystem):
-            types = set(g.objects(sub, RDF.type))
-            if S3N.MicroController in types:
-                for cap in g.objects(sub, S3N.hasSystemCapability):
-                    for prop in g.objects(cap, SSNS.hasSystemProperty):
-                        _add_memory_figure(g, d, prop, {"ram": TF.ramBytes, "flash": TF.flashBytes}, problems)
-                for model in g.objects(sub, SSN.implements):
-                    if (model, RDF.type, NNET.NeuralNetwork) in g and g.value(d, TF.runsModel) is None:
-                        g.add((d, TF.runsModel, model))
-                continue
-            for cls in types:
-                k = sensor_kind(cls)
-                if k:
-                    g.add((d, TF.sensorKind, Literal(k)))
-                    g.add((sub, TF.sensorKind, Literal(k)))
-            for stated in list(g.objects(sub, TF.sensorKind)):
-                g.add((d, TF.sensorKind, Literal(str(stated))))
-    for d in set(g.subjects(RDF.type, S3N.SmartSensor)):
-        set_sensor_kinds_summary(g, d)
-    return problems
+_ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
+# Parsing resolves relative IRIs against this base, so that afterwards they can be told apart from
+# absolute ones (the reserved .invalid domain never names a real resource). A file's own @base wins.
+_NO_BASE = "http://tinyfleet.invalid/relative/"
+# Relative references that are a missing value printed by a script (Python's None, an empty string,
+# "not available"): `nnet:trainingDataset <None>`, `schema:citation <N.A.>` in the published graphs.
+_MISSING = {"", "None", "none", "null", "nan", "NaN", "N.A.", "n.a.", "N/A", "n/a", "NA"}
 
 
 def _jsonld_offline(text: str, source: str) -> str:
@@ -187,8 +73,28 @@ def _jsonld_offline(text: str, source: str) -> str:
     return json.dumps(doc)
 
 
-def parse_file(path: Path) -> Graph:
-    """Parse a .ttl/.nt/.jsonld/.json file into a fresh graph; one-line error naming the file."""
+def _td_base(text: str) -> str | None:
+    """The base a Thing Description declares by its own absolute `id`, for its relative references.
+
+    Why: TD 1.1 names security schemes by key (`"security": ["nosec_sc"]`), which JSON-LD turns into
+    relative IRIs. They belong to the TD, so they resolve under a namespace of its id
+    (`https://w3id.org/tinyfleet/id/td/<id>/`), a base the document itself declares.
+    """
+    doc = json.loads(text)
+    tid = doc.get("id", doc.get("@id")) if isinstance(doc, dict) else None
+    if not isinstance(tid, str) or not _ABSOLUTE.match(tid):
+        return None
+    return f"{ID}td/{quote(tid, safe='')}/"
+
+
+def parse_file(path: Path, *, base: str | None = None, drop_relative: bool = False) -> Graph:
+    """Parse a .ttl/.nt/.jsonld/.json file into a fresh graph; one-line error naming the file.
+
+    Relative IRIs are resolved against the file's own @base or against `base` (a Thing Description's
+    own absolute `id` declares one, see `_td_base`); with neither, a relative IRI is refused (never
+    resolved against the working directory) unless `drop_relative` says to leave its triples out. A
+    missing value printed as a relative IRI (`<None>`, `<>`, `<N.A.>`) is always left out.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -203,37 +109,76 @@ def parse_file(path: Path) -> Graph:
         raise RegistryInputError(f"{path}: unknown RDF format {suffix!r} (use .ttl, .nt or .jsonld)")
     if fmt == "json-ld":
         text = _jsonld_offline(text, str(path))
+        base = base or _td_base(text)
     g = Graph()
     try:
-        g.parse(data=text, format=fmt, publicID=path.resolve().as_uri())
+        g.parse(data=text, format=fmt, publicID=_NO_BASE)
     except RegistryInputError:
         raise
     except Exception as exc:  # noqa: BLE001 - parsers raise many types; all mean "bad file"
-        detail = str(exc).strip().splitlines()
-        reason = detail[0][:200] if detail else type(exc).__name__
-        raise RegistryInputError(f"{path}: invalid {fmt} ({reason})") from None
-    return g
+        lines = str(exc).strip().splitlines()
+        detail = lines[0][:200] if lines else type(exc).__name__
+        raise RegistryInputError(f"{path}: invalid {fmt} ({detail})") from None
+    return _resolve_relative(g, str(path), base, drop_relative)
+
+
+def _resolve_relative(g: Graph, source: str, base: str | None, drop: bool) -> Graph:
+    """Drop triples whose IRI is a printed missing value; rebase, drop or refuse other relative IRIs."""
+    relative = {t for triple in g for t in triple if isinstance(t, URIRef) and str(t).startswith(_NO_BASE)}
+    if not relative:
+        return g
+    missing = {t for t in relative if str(t)[len(_NO_BASE):] in _MISSING}
+    others = sorted(relative - missing)
+    if others and base is None and not drop:
+        ref = str(others[0])[len(_NO_BASE):]
+        raise RegistryInputError(f"{source}: relative IRI <{ref}> and no base to resolve it against "
+                                 f"({len(others)} in all); add '@base <...>' to the file, pass --base IRI, "
+                                 "or --drop-relative to leave those triples out")
+    if base is None:
+        missing |= set(others)
+        others = []
+    rebased: dict[Node, Node] = {t: URIRef(urljoin(base or "", str(t)[len(_NO_BASE):])) for t in others}
+    out = _empty_like(g)
+    for s, p, o in g:
+        if s in missing or p in missing or o in missing:
+            continue
+        out.add((rebased.get(s, s), rebased.get(p, p), rebased.get(o, o)))
+    return out
+
+
+def _empty_like(g: Graph) -> Graph:
+    """A new graph with `g`'s prefix bindings (so exports keep the source's prefixes)."""
+    out = Graph()
+    for prefix, ns in g.namespaces():
+        out.bind(prefix, ns)
+    return out
+
+
+def _digest(canon: Graph) -> str:
+    """sha256 of a canonically labelled graph's sorted N-Triples (the same graph in any syntax)."""
+    lines = sorted(f"{s.n3()} {p.n3()} {o.n3()} ." for s, p, o in canon)
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
 def skolemize(g: Graph) -> Graph:
-    """Blank nodes -> stable IRIs (remote stores cannot address blank nodes).
+    """Blank nodes -> IRIs under the graph's own namespace (remote stores cannot address blank nodes).
 
-    Canonical labelling first, so the same file always yields the same IRIs and a re-import is a
-    no-op rather than a duplicate.
+    Canonical labelling gives labels that depend only on the graph; the namespace
+    `<https://w3id.org/tinyfleet/id/genid/<graph sha256>/>` keeps one source's `cb0` apart from every
+    other source's `cb0` (rdflib labels the first blank node of every file `cb0`).
     """
     if not any(isinstance(t, BNode) for triple in g for t in triple):
         return g
     canon = to_canonical_graph(g)
-    out = Graph()
-    for prefix, ns in g.namespaces():
-        out.bind(prefix, ns)
+    prefix = f"{_SKOLEM}{_digest(canon)}/"
+    out = _empty_like(g)
     for s, p, o in canon:
-        out.add((_sk(s), p, _sk(o)))
+        out.add((_sk(s, prefix), p, _sk(o, prefix)))
     return out
 
 
-def _sk(node: Node) -> Node:
-    return URIRef(_SKOLEM + str(node)) if isinstance(node, BNode) else node
+def _sk(node: Node, prefix: str) -> Node:
+    return URIRef(prefix + str(node)) if isinstance(node, BNode) else node
 
 
 def check_iris(g: Graph, source: str) -> None:
@@ -246,9 +191,11 @@ def check_iris(g: Graph, source: str) -> None:
                 check_iri(str(t.datatype), what=f"{source}: datatype IRI")
 
 
-def prepare(path: Path) -> Graph:
+def prepare(path: Path, *, base: str | None = None, drop_relative: bool = False) -> Graph:
     """Parse, skolemize, normalize and validate a file; the graph that `import_file` would write."""
-    g = skolemize(parse_file(path))
+    if base is not None:
+        check_iri(base, what="--base")
+    g = skolemize(parse_file(path, base=base, drop_relative=drop_relative))
     if len(g) == 0:
         raise RegistryInputError(f"{path}: no triples")
     check_iris(g, str(path))
@@ -259,10 +206,22 @@ def prepare(path: Path) -> Graph:
     return g
 
 
-def import_file(store: RegistryStore, path: Path | str) -> int:
-    """Import one file atomically; returns the number of triples written."""
-    g = prepare(Path(path))
+def import_file(store: RegistryStore, path: Path | str, *, base: str | None = None,
+                drop_relative: bool = False) -> int:
+    """Import one file atomically; returns the number of triples written.
+
+    Parameters
+    ----------
+    base : str, optional
+        IRI that relative IRIs are resolved against when the file declares no @base.
+    drop_relative : bool, default=False
+        Leave out triples with a relative IRI that has no base (instead of refusing the file).
+    """
+    g = prepare(Path(path), base=base, drop_relative=drop_relative)
     try:
         return store.write(g)
     except StoreError as exc:  # whatever the checks above missed: still name the file (the store is unchanged)
         raise StoreError(f"{path}: {exc}") from None
+
+
+__all__ = ["check_iris", "import_file", "parse_file", "prepare", "sensor_kind", "skolemize"]

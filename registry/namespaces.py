@@ -30,6 +30,9 @@ DISCO = Namespace("https://www.w3.org/2021/wot/discovery#")  # W3C WoT Discovery
 HCTL = Namespace("https://www.w3.org/2019/wot/hypermedia#")  # W3C WoT hypermedia controls (forms)
 
 REGISTRY_GRAPH = URIRef("https://w3id.org/tinyfleet/graph/registry")
+META_GRAPH = URIRef("https://w3id.org/tinyfleet/graph/meta")
+"""Bookkeeping outside the registry's data: the write stamp (registry.capabilities)."""
+REGISTRY_NODE = ID["registry"]
 
 PREFIXES: dict[str, Namespace | type[DefinedNamespace]] = {
     "nnet": NNET, "td": TD, "sosa": SOSA, "ssn": SSN, "ssn-system": SSNS, "s3n": S3N,

@@ -60,9 +60,17 @@ def _sensors(text: Any) -> list[str]:
     return sorted(str(text).split()) if text else []
 
 
-def devices_for_model(store: RegistryStore, model: str | URIRef) -> list[dict[str, Any]]:
-    """Devices that can run `model`, with the RAM/flash figures compared and their sensor kinds."""
+def devices_for_model(store: RegistryStore, model: str | URIRef, *, use_index: bool = True) -> list[dict[str, Any]]:
+    """Devices that can run `model`, with the RAM/flash figures compared and their sensor kinds.
+
+    Answered from the store's capability index when it can answer exactly (`use_index=False`
+    forces the SPARQL query devices_for_model.rq; both give the same rows).
+    """
     m = model if isinstance(model, URIRef) else resolve(store, model, kind="model")
+    index = store.capabilities() if use_index else None
+    fast = index.devices_for_model(str(m)) if index is not None else None
+    if fast is not None:
+        return fast
     out = []
     for r in store.select_values(load_query("devices_for_model"), {"model": m}):
         out.append({"iri": r["device"], "name": r.get("name"), "ram_bytes": r.get("ram"),
@@ -118,9 +126,16 @@ def explain_model(store: RegistryStore, model: str | URIRef) -> dict[str, Any]:
     return {"model": str(m), "eligible": eligible, "excluded": excluded}
 
 
-def models_for_device(store: RegistryStore, device: str | URIRef) -> list[dict[str, Any]]:
-    """Models that fit `device`, with the RAM/flash figures compared and the sensors they need."""
+def models_for_device(store: RegistryStore, device: str | URIRef, *, use_index: bool = True) -> list[dict[str, Any]]:
+    """Models that fit `device`, with the RAM/flash figures compared and the sensors they need.
+
+    From the capability index when it can answer exactly; `use_index=False` runs models_for_device.rq.
+    """
     d = device if isinstance(device, URIRef) else resolve(store, device, kind="device")
+    index = store.capabilities() if use_index else None
+    fast = index.models_for_device(str(d)) if index is not None else None
+    if fast is not None:
+        return fast
     out = []
     for r in store.select_values(load_query("models_for_device"), {"device": d}):
         out.append({"iri": r["model"], "name": r.get("name"), "task": r.get("task"), "ram_bytes": r.get("ram"),
@@ -261,11 +276,17 @@ def raw_query(store: RegistryStore, text: str) -> dict[str, Any]:
 
 
 def model_summary(store: RegistryStore, model: URIRef) -> dict[str, Any]:
-    """``{"name", "ram", "flash"}`` of a registered model (bytes); raises `UnknownEntityError` if absent."""
+    """``{"name", "aliases", "ram", "flash", "method"}`` of a registered model (bytes).
+
+    `method` says how the RAM figure was found ("measured" or "static-estimate"); raises
+    `UnknownEntityError` if the model is absent.
+    """
     rows = rows_py(store.select(load_query("model_summary"), {"m": model}))
     if not rows:
         raise UnknownEntityError(f"no model <{model}> with RAM and flash figures in the registry")
-    return rows[0]
+    row = rows[0]
+    return {"name": row["name"], "aliases": sorted(str(row.get("aliases") or "").split("\n")) if row.get("aliases")
+            else [], "ram": row["ram"], "flash": row["flash"], "method": row.get("method", "measured")}
 
 
 def device_counts(store: RegistryStore) -> dict[str, int]:

@@ -12,7 +12,8 @@ Everything lives in one named graph (`REGISTRY_GRAPH`); queries see it as their 
 
 Atomicity: every write is ONE SPARQL update request (`DELETE ... ; INSERT DATA {...}`), which
 Oxigraph (embedded and server) applies in one transaction: all or nothing. Callers validate the
-whole description first, then call `write` once.
+whole description first, then call `write` once. The same request also changes the write stamp
+in `META_GRAPH`, which is how the capability index (registry.capabilities) knows it is current.
 
 Parameters are bound as RDF terms (`initBindings`), never pasted into query text as strings.
 rdflib's own evaluator (MemoryStore) binds them natively. The other two transports both have a
@@ -27,131 +28,39 @@ give identical rows - which the tests check.
 
 from __future__ import annotations
 
-import re
+import contextlib
 import urllib.error
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rdflib import BNode, Dataset, Graph, Literal, URIRef
+from rdflib import Dataset, Graph, URIRef
 from rdflib.term import Identifier, Node, Variable
 
 from registry.exceptions import StoreError
-from registry.namespaces import PREFIXES, REGISTRY_GRAPH
+from registry.namespaces import META_GRAPH, PREFIXES, REGISTRY_GRAPH
 from registry.queries import load_query
+from registry.sparql_text import (
+    Bindings,
+    inline_bindings,
+    inline_values,
+    ntriples,
+    prefix_header,
+    stamp_request,
+    write_request,
+)
 from registry.values import oxigraph_value, python_value
 
+if TYPE_CHECKING:
+    from registry.capabilities import CapabilityIndex
+
 Row = dict[str, Node]
-Bindings = Mapping[str, Node]
-
-_WHERE = re.compile(r"\bWHERE\s*\{", re.IGNORECASE)
 
 
-def _prefix_header() -> str:
-    return "".join(f"PREFIX {p}: <{ns}>\n" for p, ns in PREFIXES.items())
-
-
-def ntriples(triples: Iterable[tuple[Node, Node, Node]]) -> str:
-    """N-Triples text of `triples`; refuses blank nodes (remote SPARQL stores cannot address them)."""
-    lines = []
-    for s, p, o in triples:
-        if isinstance(s, BNode) or isinstance(o, BNode):
-            raise StoreError("internal: blank node reached the store; skolemize first")
-        lines.append(f"{s.n3()} {p.n3()} {o.n3()} .")
-    return "\n".join(lines)
-
-
-def write_request(graph: Graph, *, replace_owners: Sequence[URIRef] = (),
-                  replace_values: Sequence[tuple[URIRef, URIRef]] = (), replace_subjects: Sequence[URIRef] = (),
-                  graph_iri: URIRef = REGISTRY_GRAPH) -> str:
-    """One SPARQL update that deletes what is replaced and inserts `graph`, in one transaction.
-
-    Parameters
-    ----------
-    graph : Graph
-        The new, already validated triples (IRIs only).
-    replace_owners : sequence of URIRef
-        Descriptions to replace: the owner and its sub-resources (IRIs under `<owner>/` reached from the
-        owner through at most `OWNED_DEPTH` links between such IRIs) lose all their triples.
-    replace_values : sequence of (subject, predicate)
-        Single values to replace (e.g. a device's `tf:online`), without touching the rest.
-    replace_subjects : sequence of URIRef
-        Subjects that lose their own triples only, with no walk into sub-resources (a Thing
-        Description's `id` is a foreign IRI: other IRIs under its prefix are not its own).
-    """
-    g = graph_iri.n3()
-    ops: list[str] = []
-    for owner in replace_owners:
-        ops.append(_delete_owned(owner, g))
-    for s in replace_subjects:
-        ops.append(f"DELETE WHERE {{ GRAPH {g} {{ {s.n3()} ?p ?o }} }}")
-    for s, p in replace_values:
-        ops.append(f"DELETE WHERE {{ GRAPH {g} {{ {s.n3()} {p.n3()} ?o }} }}")
-    body = ntriples(graph)
-    if body:
-        ops.append(f"INSERT DATA {{ GRAPH {g} {{\n{body}\n}} }}")
-    return " ;\n".join(ops)
-
-
-OWNED_DEPTH = 4
-"""How deep a description's sub-resources may nest (device -> mcu -> capability -> memory is 3)."""
-
-
-def _delete_owned(owner: URIRef, g: str) -> str:
-    """A DELETE of `owner`'s triples and of its sub-resources', found by index lookups from the owner.
-
-    Why not `FILTER(STRSTARTS(STR(?s), "<owner>/"))` over `?s ?p ?o`: that visits every triple of
-    the registry (2 s at 680,000 triples). Here each hop is an index lookup on a bound subject and
-    only objects under `<owner>/` are followed, so replacing one description costs milliseconds
-    whatever the store's size. Sub-resources are minted by `namespaces.part(owner, ...)` and always
-    linked from the owner (docs/registry.md), which is what makes the walk complete.
-    """
-    o = owner.n3()
-    prefix = Literal(str(owner) + "/").n3()
-    hops = [f"{{ BIND({o} AS ?s) }}"]
-    for depth in range(1, OWNED_DEPTH + 1):
-        chain, prev = [], o
-        for k in range(1, depth + 1):
-            node = "?s" if k == depth else f"?x{k}"
-            chain.append(f"{prev} ?l{k} {node} . FILTER(isIRI({node}) && STRSTARTS(STR({node}), {prefix}))")
-            prev = node
-        hops.append("{ " + " ".join(chain) + " }")
-    union = " UNION ".join(hops)
-    return (f"DELETE {{ GRAPH {g} {{ ?s ?p ?o }} }} WHERE {{ GRAPH {g} {{ "
-            f"{{ SELECT DISTINCT ?s WHERE {{ {union} }} }} ?s ?p ?o }} }}")
-
-
-def inline_bindings(query: str, bindings: Bindings) -> str:
-    """Put `bindings` as a VALUES block at the start of the query's first WHERE group.
-
-    Why not rdflib's own initBindings for endpoints: it appends VALUES after the whole query, so
-    FILTERs inside the WHERE group run before the parameters are bound and silently drop rows.
-    """
-    if not bindings:
-        return query
-    m = _WHERE.search(query)
-    if m is None:
-        raise StoreError("internal: a parametrized query needs an explicit 'WHERE {'")
-    names = list(bindings)
-    values = " ".join(_node_to_sparql(bindings[n]) for n in names)
-    block = f" VALUES ({' '.join('?' + n for n in names)}) {{ ({values}) }} "
-    return query[: m.end()] + block + query[m.end():]
-
-
-def _node_to_sparql(node: Node) -> str:
-    if isinstance(node, BNode):
-        raise StoreError("internal: blank nodes cannot be bound")
-    return node.n3()
-
-
-def _terms(bindings: Bindings | None) -> dict[str, Identifier]:
-    """Bindings as rdflib's initBindings wants them: RDF terms (URIRef, Literal, BNode), never bare Nodes."""
-    out: dict[str, Identifier] = {}
-    for name, value in (bindings or {}).items():
-        if not isinstance(value, Identifier):
-            raise TypeError(f"binding {name!r}: {value!r} is not an RDF term")
-        out[name] = value
-    return out
+def _touched(graph: Graph, owners: Sequence[URIRef], values: Sequence[tuple[URIRef, URIRef]]) -> set[URIRef]:
+    """IRIs whose capability rows a write may have changed (subjects written, owners replaced)."""
+    return {s for s in graph.subjects() if isinstance(s, URIRef)} | set(owners) | {s for s, _ in values}
 
 
 def _rows(result: Any) -> list[Row]:
@@ -167,6 +76,13 @@ class RegistryStore:
 
     kind = "abstract"
     graph_iri: URIRef = REGISTRY_GRAPH
+    shared = False
+    """True when other processes may write the store too (a remote endpoint)."""
+    use_index = True
+    """Answer matches from the capability index (False: always SPARQL, e.g. to cross-check)."""
+    index_path: Path | None = None
+    _index: CapabilityIndex | None = None
+    _index_verified = False
 
     def select(self, query: str, bindings: Bindings | None = None) -> list[Row]:
         """Run a SELECT with the standard prefixes; rows map variable names to RDF terms."""
@@ -189,18 +105,91 @@ class RegistryStore:
         """rdflib Result of an arbitrary read query (for power users)."""
         raise NotImplementedError
 
-    def update(self, request: str) -> None:
-        """Apply one SPARQL update request atomically (internal: built by `write_request`)."""
+    def _apply(self, request: str) -> None:
+        """Run one SPARQL update request atomically on the backend."""
         raise NotImplementedError
+
+    def _meta_rows(self, query: str) -> list[dict[str, Any]]:
+        """Rows of a query over `META_GRAPH` as its default graph."""
+        raise NotImplementedError
+
+    def read_stamps(self) -> tuple[str | None, str | None]:
+        """(write stamp, the stamp it replaced), None before the first write."""
+        rows = self._meta_rows(load_query("registry_stamp"))
+        row = rows[0] if rows else {}
+        return (str(row["stamp"]) if "stamp" in row else None, str(row["previous"]) if "previous" in row else None)
+
+    def read_stamp(self) -> str | None:
+        """The write stamp in `META_GRAPH` (None before the first write)."""
+        return self.read_stamps()[0]
+
+    def update(self, request: str) -> str:
+        """Apply one SPARQL update request atomically, with a new write stamp; return the stamp.
+
+        A capability index held here no longer matches and is rebuilt on next use (`write` keeps
+        it current instead, knowing what it changed).
+        """
+        stamp = uuid.uuid4().hex
+        self._apply(f"{request} ;\n{stamp_request(stamp)}" if request.strip() else stamp_request(stamp))
+        self._index = None
+        return stamp
 
     def write(self, graph: Graph, *, replace_owners: Sequence[URIRef] = (),
               replace_values: Sequence[tuple[URIRef, URIRef]] = (), replace_subjects: Sequence[URIRef] = ()) -> int:
-        """Insert `graph` (replacing what is named) in one transaction; return the triples written."""
+        """Insert `graph` (replacing what is named) in one transaction; return the triples written.
+
+        The capability index, when loaded and current, is refreshed for the entities touched.
+        """
         request = write_request(graph, replace_owners=replace_owners, replace_values=replace_values,
                                 replace_subjects=replace_subjects, graph_iri=self.graph_iri)
-        if request:
-            self.update(request)
+        if not request:
+            return 0
+        index = self._index if self._index is not None else self._saved_current_index()
+        stamp = self.update(request)
+        if index is None:
+            return len(graph)
+        if self.shared and self.read_stamps() != (stamp, index.stamp):
+            return len(graph)  # another client wrote before or after us: rebuilt on next use
+        index.refresh(self, _touched(graph, [*replace_owners, *replace_subjects], replace_values), stamp=stamp)
+        if not self.shared or self.read_stamp() == stamp:  # and nobody wrote during the refresh
+            self._index = index
         return len(graph)
+
+    def _saved_current_index(self) -> CapabilityIndex | None:
+        """The index saved next to the store if it matches the graph (so a write keeps it current)."""
+        if not self.use_index or self.index_path is None or not self.index_path.exists():
+            return None
+        from registry.capabilities import CapabilityIndex
+
+        index = CapabilityIndex.load(self.index_path)
+        return index if index is not None and index.stamp == self.read_stamp() else None
+
+    def select_values_in(self, query: str, var: str, terms: Sequence[Node]) -> list[dict[str, Any]]:
+        """`select_values` with `VALUES ?var { terms }` (many rows of one parameter)."""
+        return self.select_values(inline_values(query, var, terms))
+
+    def capabilities(self) -> CapabilityIndex | None:
+        """The capability index, current with the graph (loaded, checked or rebuilt); None if disabled."""
+        if not self.use_index:
+            return None
+        from registry.capabilities import CapabilityIndex
+
+        index = self._index
+        if index is None and self.index_path is not None:
+            index = CapabilityIndex.load(self.index_path)
+            self._index_verified = False
+        if index is not None and (self.shared or not self._index_verified) and index.stamp != self.read_stamp():
+            index = None
+        if index is None:
+            index = CapabilityIndex.build(self)
+        self._index, self._index_verified = index, True
+        return index
+
+    def save_index(self) -> None:
+        """Write a changed capability index next to an embedded store (also done by `close`)."""
+        if self._index is not None and self._index.dirty and self.index_path is not None:
+            with contextlib.suppress(OSError):  # a cache: rebuilt from the graph next time
+                self._index.save(self.index_path)
 
     def triples_graph(self) -> Graph:
         """Every triple of the registry graph as an in-memory rdflib Graph (for export)."""
@@ -212,8 +201,8 @@ class RegistryStore:
         return g
 
     def __len__(self) -> int:
-        rows = self.select(load_query("count_triples"))
-        return int(str(rows[0]["n"])) if rows else 0
+        rows = self.select_values(load_query("count_triples"))
+        return int(rows[0]["n"]) if rows else 0
 
     def close(self) -> None:
         """Release files or connections."""
@@ -248,6 +237,8 @@ class EmbeddedStore(RegistryStore):
         except OSError as exc:
             raise StoreError(f"registry store {path}: cannot open ({_first_line(exc)}); "
                              "is another tinyfleet or oxigraph process using it?") from None
+        if path is not None:
+            self.index_path = Path(str(Path(path).resolve()) + ".capabilities.json")
         self._graph = Graph(store=OxigraphStore(store=self._ox), identifier=self.graph_iri)
         self._ns = {p: URIRef(str(ns)) for p, ns in PREFIXES.items()}
         self._prefixes = {p: str(ns) for p, ns in PREFIXES.items()}
@@ -262,15 +253,17 @@ class EmbeddedStore(RegistryStore):
         Same query text (VALUES-bound parameters, standard prefixes, registry graph as default
         graph) as `select`; the rows equal `RegistryStore.select_values` on the other stores.
         """
-        from pyoxigraph import QuerySolutions
+        return self._ox_rows(inline_bindings(query, bindings or {}), self._ox_graph)
 
-        text = inline_bindings(query, bindings or {})
+    def _ox_rows(self, text: str, default_graph: Any) -> list[dict[str, Any]]:
+        import pyoxigraph as ox
+
         try:
-            result = self._ox.query(text, prefixes=self._prefixes, default_graph=self._ox_graph)
+            result = self._ox.query(text, prefixes=self._prefixes, default_graph=default_graph)
         except (SyntaxError, OSError, ValueError) as exc:
             raise StoreError(f"registry store {self.path or 'memory'}: query failed: {_first_line(exc)}") from None
-        if not isinstance(result, QuerySolutions):
-            raise StoreError(f"registry store {self.path or 'memory'}: select_values needs a SELECT query")
+        if not isinstance(result, ox.QuerySolutions):
+            raise StoreError("internal: select_values needs a SELECT query")
         names = [v.value for v in result.variables]
         out: list[dict[str, Any]] = []
         for solution in result:
@@ -289,25 +282,33 @@ class EmbeddedStore(RegistryStore):
         """rdflib Result of an arbitrary read query (for power users)."""
         return self._graph.query(query, initNs=self._ns)
 
-    def update(self, request: str) -> None:
+    def _apply(self, request: str) -> None:
         try:
-            self._ox.update(request)
+            self._ox.update(request, prefixes=self._prefixes)
         except (SyntaxError, OSError, ValueError) as exc:
             raise StoreError(f"registry store {self.path or 'memory'}: update failed: {_first_line(exc)}") from None
+
+    def _meta_rows(self, query: str) -> list[dict[str, Any]]:
+        import pyoxigraph as ox
+
+        return self._ox_rows(query, ox.NamedNode(str(META_GRAPH)))
 
     def close(self) -> None:
         if getattr(self, "_ox", None) is None:
             return
+        self.save_index()
         if self.path is not None:
             self._ox.flush()
         # Oxigraph releases its directory lock when the last reference to the store goes away.
-        del self._graph, self._ox
+        self._graph = None  # type: ignore[assignment]
+        self._ox = None  # type: ignore[assignment]
 
 
 class RemoteStore(RegistryStore):
     """A SPARQL 1.1 endpoint pair (query + update URLs) through rdflib's SPARQLUpdateStore."""
 
     kind = "remote"
+    shared = True
 
     def __init__(self, query_endpoint: str, update_endpoint: str | None = None, *,
                  auth: tuple[str, str] | None = None) -> None:
@@ -318,12 +319,13 @@ class RemoteStore(RegistryStore):
         self._store = SPARQLUpdateStore(query_endpoint=query_endpoint, update_endpoint=self.update_endpoint,
                                         returnFormat="json", auth=auth, context_aware=True, autocommit=True)
         self._graph = Graph(store=self._store, identifier=self.graph_iri)
-        self._header = _prefix_header()
+        self._meta = Graph(store=self._store, identifier=META_GRAPH)
+        self._header = prefix_header()
 
-    def _run(self, query: str, bindings: Bindings | None) -> Any:
+    def _run(self, query: str, bindings: Bindings | None, graph: Graph | None = None) -> Any:
         text = self._header + inline_bindings(query, bindings or {})
         try:
-            return self._graph.query(text)
+            return (graph or self._graph).query(text)
         except (ValueError, OSError) as exc:
             # rdflib's GET path turns every urllib error into a bare ValueError; the cause is its context.
             cause = exc if isinstance(exc, OSError) else (exc.__context__ or exc)
@@ -343,7 +345,10 @@ class RemoteStore(RegistryStore):
         """rdflib Result of an arbitrary read query (for power users)."""
         return self._run(query, None)
 
-    def update(self, request: str) -> None:
+    def _meta_rows(self, query: str) -> list[dict[str, Any]]:
+        return [{k: python_value(v) for k, v in r.items()} for r in _rows(self._run(query, None, self._meta))]
+
+    def _apply(self, request: str) -> None:
         try:
             self._store.update(self._header + request)
         except urllib.error.HTTPError as exc:
@@ -366,17 +371,31 @@ class MemoryStore(RegistryStore):
         self._ns = {p: URIRef(str(ns)) for p, ns in PREFIXES.items()}
 
     def select(self, query: str, bindings: Bindings | None = None) -> list[Row]:
-        return _rows(self._graph.query(query, initNs=self._ns, initBindings=_terms(bindings)))
+        return _rows(self._graph.query(query, initNs=self._ns, initBindings=_init(bindings)))
 
     def ask(self, query: str, bindings: Bindings | None = None) -> bool:
-        return bool(self._graph.query(query, initNs=self._ns, initBindings=_terms(bindings)).askAnswer)
+        return bool(self._graph.query(query, initNs=self._ns, initBindings=_init(bindings)).askAnswer)
 
     def raw(self, query: str) -> Any:
         """rdflib Result of an arbitrary read query."""
         return self._graph.query(query, initNs=self._ns)
 
-    def update(self, request: str) -> None:
+    def _apply(self, request: str) -> None:
         self._ds.update(request, initNs=self._ns)
+
+    def _meta_rows(self, query: str) -> list[dict[str, Any]]:
+        meta = self._ds.graph(META_GRAPH)
+        return [{k: python_value(v) for k, v in r.items()} for r in _rows(meta.query(query, initNs=self._ns))]
+
+
+def _init(bindings: Bindings | None) -> dict[str, Identifier]:
+    """Bindings as rdflib's initBindings wants them: RDF terms (URIRef, Literal, BNode), never bare Nodes."""
+    out: dict[str, Identifier] = {}
+    for name, value in (bindings or {}).items():
+        if not isinstance(value, Identifier):
+            raise TypeError(f"binding {name!r}: {value!r} is not an RDF term")
+        out[name] = value
+    return out
 
 
 def default_store_path() -> Path:

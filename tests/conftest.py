@@ -119,6 +119,21 @@ def fresh_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
         broker.stop()
 
 
+@pytest.fixture()
+def secured(tmp_path: Path) -> Iterator[tuple[Path, MosquittoBroker]]:
+    """A secured broker of a test's own (the default: accounts, ACL) in `tmp_path/mq`: (its directory, it)."""
+    from broker.secure import secured_broker
+
+    _require_mosquitto()
+    d = tmp_path / "mq"
+    broker = secured_broker(d)
+    broker.start()
+    try:
+        yield d, broker
+    finally:
+        broker.stop()
+
+
 @pytest.fixture(scope="session")
 def sine_build(tmp_path_factory: pytest.TempPathFactory) -> SineBuild:
     """`tinyfleet models build sine --out DIR --quick --json`, once per session."""

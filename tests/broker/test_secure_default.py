@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,6 @@ from broker.accounts import (
 )
 from broker.files import SERVER_USER, SecurityPaths
 from broker.process import MosquittoBroker, read_state
-from broker.secure import secured_broker
 from devices.link.address import BrokerAddress, Credentials
 from tests.support.broker import BAD_USER_OR_PASSWORD, NOT_AUTHORIZED, connect
 from tests.support.cli import CONFIG_VARIABLES
@@ -51,17 +50,6 @@ def _login(port: int, creds: Credentials | None, client_id: str) -> int | None:
     p.client.disconnect()
     p.client.loop_stop()
     return p.connack
-
-
-@pytest.fixture()
-def secured(tmp_path: Path) -> Iterator[tuple[Path, MosquittoBroker]]:
-    d = tmp_path / "mq"
-    broker = secured_broker(d)
-    broker.start()
-    try:
-        yield d, broker
-    finally:
-        broker.stop()
 
 
 # ------------------------------------------------------------------------------------ hashing

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ import typer
 from typer.testing import CliRunner
 
 from broker.process import MosquittoBroker
-from broker.secure import secured_broker
 from devices.wire.topics import DEFAULT_FLEET
 from tinyfleet.cli.main import app
 
@@ -51,17 +49,6 @@ def test_one_default_fleet_everywhere(group: str, command: str, monkeypatch: pyt
     monkeypatch.chdir(tmp_path)
     config.set_config_path(None)
     assert config.setting("fleet", fleet.default) == DEFAULT_FLEET == "default"
-
-
-@pytest.fixture()
-def secured(tmp_path: Path) -> Iterator[tuple[Path, MosquittoBroker]]:
-    d = tmp_path / "mq"
-    broker = secured_broker(d)
-    broker.start()
-    try:
-        yield d, broker
-    finally:
-        broker.stop()
 
 
 def test_simulate_on_a_secured_broker_without_broker_dir_says_what_to_pass(secured: tuple[Path, MosquittoBroker],

@@ -75,7 +75,8 @@ def test_cli_real_models_match_explain_and_errors(cli: Cli, tmp_path: Path, sine
     _one_line_error(cli("registry", "add-model", str(junk), *store), "junk.tflite")
     (tmp_path / "bad.json").write_text("{not json")
     _one_line_error(cli("registry", "add-device", str(tmp_path / "bad.json"), *store), "bad.json")
-    _one_line_error(cli("registry", "match", *store), "exactly one of --model or --device")
+    usage = cli("registry", "match", *store)  # a usage error: exit 2
+    assert usage.exit_code == 2 and usage.stderr.startswith("error: give exactly one of --model, --device")
     after = _json(cli("registry", "query", str(_rq(tmp_path, "SELECT (COUNT(*) AS ?n) WHERE { ?s ?p ?o }")),
                       *store, "--json"))
     assert after == before

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
+from firmware_models import arena
 from firmware_models.arena import GRANULARITY, measure_arena, probe
 from firmware_models.interpreters import TFLiteModel
 
@@ -36,3 +38,8 @@ def test_non_tflm_model_reports_error_instead_of_a_number(tmp_path: Path) -> Non
     path.write_bytes(b"\x18\x00\x00\x00TFL3" + bytes(200))
     result = measure_arena(path)
     assert result.arena_bytes is None and result.error
+    # TFLM's refusal depends on the bytes only: the same bytes under another name are not probed again.
+    copy = tmp_path / "same_bytes.tflite"
+    copy.write_bytes(path.read_bytes())
+    assert measure_arena(copy) == result
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in arena._MEASURED

@@ -91,7 +91,7 @@ def test_models_by_metric_filters_and_orders(store: RegistryStore) -> None:
                       "metrics": {"int8": {"mse": 0.5}}})
     rows = models_by_metric(store, "mse", maximum=0.1, task="sine", ascending=True)
     assert [(r["name"], r["value"], r["precision"]) for r in rows] == [("sine", 0.010, "float"),
-                                                                       ("sine", 0.012, "int8")]
+                                                                      ("sine", 0.012, "int8")]
     rows = models_by_metric(store, "mse", task="sine", sensor="scalar-signal")
     assert [r["name"] for r in rows] == ["sine-v2", "sine", "sine"]  # highest first
     assert models_by_metric(store, "accuracy", minimum=0.95) == []

@@ -12,16 +12,13 @@ import ast
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from broker.accounts import ensure_server_account
 from broker.process import MosquittoBroker
-from broker.secure import secured_broker
 from devices.link.address import BrokerAddress
 from devices.link.fleet_client import FleetClient
 from tests.support.waiting import wait_until
@@ -62,17 +59,6 @@ class Running:
         self.proc.terminate()
         out, _ = self.proc.communicate(timeout=20)
         return out
-
-
-@pytest.fixture()
-def secured(tmp_path: Path) -> Iterator[tuple[Path, MosquittoBroker]]:
-    d = tmp_path / "mq"
-    broker = secured_broker(d)
-    broker.start()
-    try:
-        yield d, broker
-    finally:
-        broker.stop()
 
 
 def enroll(directory: Path, device_id: str, out: Path) -> Path:

@@ -144,7 +144,7 @@ def test_sigkill_during_import_leaves_the_store_all_or_nothing(tmp_path: Path) -
     added = _count(tmp_path / "scratch")
     assert added == 20000
     kills: list[tuple[float, int]] = []
-    for frac in (0.3, 0.5, 0.7, 0.85, 0.95):
+    for frac in (0.5, 0.9):  # a kill at half the span lands before the commit on any machine seen so far
         proc = subprocess.Popen([TINYFLEET, "registry", "import", str(big), "--store", str(reg)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(frac * full_s)

@@ -271,22 +271,33 @@ def _server_credentials(user: str | None, password: str | None) -> Credentials |
     return _credentials(config.setting("username", user), password, None, None, None)
 
 
-def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | None,
-              credentials_file: Path | None = None, until: Any = None) -> Any:
+def _server_connection(broker: str | None, creds: Credentials | None, credentials_file: Path | None,
+                       account: str) -> tuple[BrokerAddress, Credentials | None]:
+    """The broker and the server account a server-side devices command connects with.
+
+    `--credentials FILE` (or the `credentials` setting) wins over --user/--password (`creds`); with neither, the
+    default managed broker gets a server account of `account`'s own (one per purpose: never the coordinator's).
+    """
     from broker.accounts import load_credentials
-    from devices.link.fleet_client import snapshot
 
     credentials_file = config.path_setting("credentials", credentials_file)
     if credentials_file is not None:
         creds = load_credentials(credentials_file)
-
-    check_name(fleet, what="fleet name")
     known = _known_broker(broker)
     if known is None:
         raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
     address, managed = known
-    if creds is None:  # the default managed broker: a CLI server account of its own (never the coordinator's)
-        creds = managed_server_credentials(managed, CLI_ACCOUNT)
+    if creds is None:
+        creds = managed_server_credentials(managed, account)
+    return address, creds
+
+
+def _snapshot(broker: str | None, fleet: str, wait: float, creds: Credentials | None,
+              credentials_file: Path | None = None, until: Any = None) -> Any:
+    from devices.link.fleet_client import snapshot
+
+    check_name(fleet, what="fleet name")
+    address, creds = _server_connection(broker, creds, credentials_file, CLI_ACCOUNT)
     return snapshot(address, fleet=fleet, seconds=wait, credentials=creds, until=until)
 
 
@@ -390,14 +401,8 @@ def conformance(
 
     check_name(device)
     fleet = check_name(str(config.setting("fleet", fleet)), what="fleet name")
-    known = _known_broker(broker)
-    if known is None:
-        raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
-    address, managed = known
-    credentials = config.path_setting("credentials", credentials)
-    creds = load_credentials(credentials) if credentials is not None else _server_credentials(user, password)
-    if creds is None:
-        creds = managed_server_credentials(managed, CONFORMANCE_ACCOUNT)
+    address, creds = _server_connection(broker, _server_credentials(user, password), credentials,
+                                        CONFORMANCE_ACCOUNT)
     dev_creds = load_credentials(device_credentials) if device_credentials is not None else None
     report = check_device(address, fleet=fleet, device=device, credentials=creds, device_credentials=dev_creds,
                           models_dir=models, task=task, timeout=timeout)
@@ -439,20 +444,12 @@ def deploy(
 
     Example: tinyfleet devices deploy demo-out/deployed/model.tflite --fleet demo --broker mqtt://127.0.0.1:1883
     """
-    from broker.accounts import load_credentials
     from federation.rollout import rollout
     from firmware_models.tflite_inspect import inspect_tflite
 
     fleet = check_name(str(config.setting("fleet", fleet)), what="fleet name")
     targets = [check_name(d) for d in device or []]
-    known = _known_broker(broker)
-    if known is None:
-        raise DeviceLinkError("no broker: pass --broker mqtt://host:port or run `tinyfleet broker start`")
-    address, managed = known
-    credentials = config.path_setting("credentials", credentials)
-    creds = load_credentials(credentials) if credentials is not None else _server_credentials(user, password)
-    if creds is None:
-        creds = managed_server_credentials(managed, DEPLOY_ACCOUNT)
+    address, creds = _server_connection(broker, _server_credentials(user, password), credentials, DEPLOY_ACCOUNT)
     report = inspect_tflite(model)
     if not targets:
         from devices.link.fleet_client import snapshot

@@ -79,7 +79,10 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
     no_arena: Annotated[bool, typer.Option("--no-arena", help="Skip the TFLite Micro arena measurement.")] = False,
 ) -> None:
-    """Operators, tensors, quantization, params, MACs, flash and the measured TFLM arena of a model.
+    """Operators, tensors, quantization, params, MACs, flash, the measured TFLM arena and a static estimate.
+
+    When TFLite Micro cannot run the model (e.g. a hybrid uint8 model), the arena line gives TFLM's
+    own reason and the static estimate (greedy plan of tensor lifetimes + TFLM bookkeeping) remains.
 
     Example: tinyfleet models inspect models/sine/model.tflite --json
     """
@@ -87,15 +90,21 @@ def inspect(
     if as_json:
         print_json(report.to_dict())
         return
+    if report.arena_error:
+        typer.echo(f"warning: {report.arena_error} (static arena estimate {report.arena_estimate_bytes} B)", err=True)
     _print_report(report)
 
 
 def _print_report(r: ModelReport) -> None:
     arena = (f"{r.arena_bytes}" if r.arena_bytes is not None
              else f"n/a ({r.arena_error})" if r.arena_error else "not measured")
+    estimate = f"{r.arena_estimate_bytes}" if r.arena_estimate_bytes is not None else "-"
+    if r.arena_estimate_bytes is not None and r.arena_bytes:
+        estimate += f" ({100.0 * (r.arena_estimate_bytes - r.arena_bytes) / r.arena_bytes:+.1f} % vs measured)"
     table(str(r.source), ["property", "value"], [
         ["flash bytes", r.flash_bytes],
-        ["TFLM arena bytes", arena],
+        ["TFLM arena bytes (measured)", arena],
+        ["TFLM arena bytes (static estimate)", estimate],
         ["arena reported by TFLM (lower bound)", r.arena_reported_bytes if r.arena_reported_bytes else "-"],
         ["params", r.params],
         ["MACs", r.macs],

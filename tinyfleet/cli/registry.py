@@ -58,9 +58,14 @@ def add_model(file: FileArg,
               card: Annotated[Path | None, typer.Option(
                   "--card", exists=True, dir_okay=False,
                   help="Model card JSON (name, task, metrics, sensors...).")] = None,
+              allow_static_arena: Annotated[bool, typer.Option(
+                  "--allow-static-arena", help="If TFLite Micro cannot run the model, register it with the static "
+                                               "arena estimate (marked as an estimate in the graph).")] = False,
               store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
               user: UserOpt = None, json_out: JsonOpt = False) -> None:
     """Inspect a .tflite (TFLite Micro arena measured) and add or replace its description.
+
+    The same file added again under another name keeps both names (the second as an alias).
 
     Example: tinyfleet registry add-model models/sine/model.tflite --card models/sine/card.json
     """
@@ -68,13 +73,16 @@ def add_model(file: FileArg,
     from registry.questions import model_summary
 
     with _open(store, endpoint, update_endpoint, user) as st:
-        iri = _add(st, file, card)
+        iri = _add(st, file, card, allow_static_arena=allow_static_arena)
         row = model_summary(st, iri)
-    result = {"iri": str(iri), "name": row["name"], "ram_needed_bytes": row["ram"], "flash_needed_bytes": row["flash"]}
+    result = {"iri": str(iri), "name": row["name"], "aliases": row["aliases"], "ram_needed_bytes": row["ram"],
+              "ram_method": row["method"], "flash_needed_bytes": row["flash"]}
     if json_out:
         print_json(result)
     else:
-        err.print(f"added model {result['name']} <{iri}> (arena {row['ram']} B, flash {row['flash']} B)")
+        how = "arena" if row["method"] == "measured" else "static arena estimate"
+        also = f", also named {', '.join(row['aliases'])}" if row["aliases"] else ""
+        err.print(f"added model {result['name']} <{iri}> ({how} {row['ram']} B, flash {row['flash']} B{also})")
 
 
 @app.command("add-device")
@@ -95,16 +103,25 @@ def add_device(td: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None
 
 
 @app.command("import")
-def import_(file: FileArg, store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
+def import_(file: FileArg,
+            base: Annotated[str | None, typer.Option(
+                "--base", help="IRI to resolve relative IRIs against when the file declares no @base.")] = None,
+            drop_relative: Annotated[bool, typer.Option(
+                "--drop-relative", help="Leave out triples whose relative IRI has no base (default: refuse the "
+                                        "file).")] = False,
+            store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
             user: UserOpt = None, json_out: JsonOpt = False) -> None:
-    """Import Turtle / JSON-LD (also TinyML-schema style graphs) atomically: all or nothing.
+    """Import Turtle / JSON-LD (also TinyML-schema style graphs of either generation) atomically.
+
+    Blank nodes become IRIs in a namespace of the graph's own, legacy TinyML-schema terms get their
+    w3id twins, published kB figures become byte figures; all or nothing.
 
     Example: tinyfleet registry import tinyml-kg.ttl --store ./reg
     """
     from registry.interop import import_file
 
     with _open(store, endpoint, update_endpoint, user) as st:
-        n = import_file(st, file)
+        n = import_file(st, file, base=base, drop_relative=drop_relative)
         total = len(st)
     if json_out:
         print_json({"file": str(file), "triples": n, "store_triples": total})
@@ -161,20 +178,34 @@ def _looks_like_td(path: Path) -> bool:
 @app.command("match")
 def match(model: Annotated[str | None, typer.Option("--model", help="Model IRI, sha256 or name.")] = None,
           device: Annotated[str | None, typer.Option("--device", help="Device IRI, id or title.")] = None,
+          ram: Annotated[str | None, typer.Option("--ram", help="Devices with at least this RAM, e.g. 127kB, 64KiB, "
+                                                                "2MB or bytes (no model needed).")] = None,
+          flash: Annotated[str | None, typer.Option("--flash", help="Devices with at least this flash.")] = None,
+          sensor: Annotated[list[str] | None, typer.Option("--sensor", help="Devices with this sensor kind "
+                                                                            "(repeat for several).")] = None,
           explain: Annotated[bool, typer.Option("--explain", help="Also list what was excluded and why.")] = False,
           store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
           user: UserOpt = None, json_out: JsonOpt = False) -> None:
-    """Devices that can run a model (--model), or models that fit a device (--device).
+    """Devices that can run a model (--model), models that fit a device (--device), or devices for
+    ad-hoc requirements (--ram/--flash/--sensor).
 
     Example: tinyfleet registry match --model sine --explain --json
+    Example: tinyfleet registry match --ram 127kB --flash 576kB --sensor camera
     """
     from registry import questions as q
-    from registry.exceptions import RegistryInputError
+    from registry.exceptions import RegistryUsageError
+    from registry.requirements import devices_for_requirements
 
-    if (model is None) == (device is None):
-        raise RegistryInputError("give exactly one of --model or --device")
+    adhoc = ram is not None or flash is not None or bool(sensor)
+    if [model is not None, device is not None, adhoc].count(True) != 1:
+        raise RegistryUsageError("give exactly one of --model, --device, or requirements (--ram/--flash/--sensor)")
+    if adhoc and explain:
+        raise RegistryUsageError("--explain needs --model or --device")
     with _open(store, endpoint, update_endpoint, user) as st:
-        if model is not None:
+        if adhoc:
+            rows = devices_for_requirements(st, ram=ram, flash=flash, sensors=sensor or [])
+            why = None
+        elif model is not None:
             rows = q.devices_for_model(st, model)
             why = q.explain_model(st, model)["excluded"] if explain else None
         else:
@@ -184,12 +215,51 @@ def match(model: Annotated[str | None, typer.Option("--model", help="Model IRI, 
     if json_out:
         print_json({"matches": rows, "excluded": why} if explain else rows)
         return
-    title = f"devices that can run {model}" if model is not None else f"models that fit {device}"
+    if adhoc:
+        wanted = [f"RAM >= {ram}" if ram else "", f"flash >= {flash}" if flash else ""] + list(sensor or [])
+        title = "devices with " + ", ".join(w for w in wanted if w)
+    else:
+        title = f"devices that can run {model}" if model is not None else f"models that fit {device}"
     table(title, ["name", "RAM (B)", "needed", "flash (B)", "needed", "sensors"],
           [[r["name"], r["ram_bytes"], r["ram_needed_bytes"], r["flash_bytes"], r["flash_needed_bytes"],
             " ".join(r["sensors"])] for r in rows])
     if why is not None:
         table("excluded", ["name", "why"], [[r["name"], "; ".join(r["reasons"])] for r in why])
+
+
+@app.command("models")
+def models(task: Annotated[str | None, typer.Option("--task", help="The model's task (e.g. keywords; "
+                                                                    "published graphs: classification).")] = None,
+           sensor: Annotated[list[str] | None, typer.Option("--sensor", help="Models that consume this sensor "
+                                                                             "kind (repeat for several).")] = None,
+           ram: Annotated[str | None, typer.Option("--ram", help="Models that need at most this RAM "
+                                                                 "(e.g. 127kB).")] = None,
+           flash: Annotated[str | None, typer.Option("--flash", help="Models that need at most this flash.")] = None,
+           text: Annotated[str | None, typer.Option("--text", help="Name or description contains this "
+                                                                   "(case-insensitive).")] = None,
+           order_by: Annotated[str, typer.Option("--order-by", help="name, ram, flash, macs, or a metric such as "
+                                                                    "accuracy (best first).")] = "name",
+           ascending: Annotated[bool | None, typer.Option("--ascending/--descending",
+                                                          help="Override the order's direction.")] = None,
+           store: StoreOpt = None, endpoint: EndpointOpt = None, update_endpoint: UpdateOpt = None,
+           user: UserOpt = None, json_out: JsonOpt = False) -> None:
+    """Models for a task or sensor that fit given RAM/flash, ordered by a metric or a figure.
+
+    Example: tinyfleet registry models --task keywords --order-by accuracy --json
+    Example: tinyfleet registry models --sensor camera --ram 127kB --flash 576kB
+    """
+    from registry.requirements import models_for_requirements
+
+    with _open(store, endpoint, update_endpoint, user) as st:
+        rows = models_for_requirements(st, task=task, sensors=sensor or [], ram=ram, flash=flash, text=text,
+                                       order_by=order_by, ascending=ascending)
+    if json_out:
+        print_json(rows)
+        return
+    metric = rows[0]["metric"] if rows else None
+    table("models", ["name", "task", "RAM needed (B)", "flash needed (B)", "MACs", "sensors", metric or "-"],
+          [[r["name"], r["task"] or "", r["ram_needed_bytes"], r["flash_needed_bytes"], r["macs"] or "",
+            " ".join(r["sensors"]), "" if r["value"] is None else f"{r['value']:.4g}"] for r in rows])
 
 
 @app.command("query")
