@@ -55,7 +55,7 @@ class Enrollment:
     ----------
     name : str
         User name (== MQTT client id; for a device also its device id).
-    role : {"device", "server"}
+    role : {"device", "server", "bridge"}
     fleet : str or None
         The fleet a device may use; None for server accounts (every fleet).
     password : str
@@ -205,6 +205,16 @@ def enroll_server(directory: str | Path, name: str = SERVER_USER, *, rotate: boo
     return _enroll(Path(directory), name, role="server", fleet=None, rotate=rotate)
 
 
+def enroll_bridge(directory: str | Path, name: str, *, fleet: str = "default", rotate: bool = False) -> Enrollment:
+    """Create a bridge account: a site broker that may publish its devices' TDs, presence and telemetry.
+
+    The account can write ``<fleet>/+/td|presence|telemetry`` and nothing else (no tasks, no
+    results, no reading), so a compromised site cannot steer another site's devices. Its
+    credentials file (0600) is read when the site broker's bridge configuration is written.
+    """
+    return _enroll(Path(directory), name, role="bridge", fleet=check_name(fleet, what="fleet name"), rotate=rotate)
+
+
 def server_credentials(directory: str | Path, name: str = SERVER_USER) -> Credentials:
     """The credentials of server account `name`, read from its 0600 file in `directory`."""
     return load_credentials(SecurityPaths(Path(directory)).credentials_dir / f"{name}.json")
@@ -273,7 +283,7 @@ def _enroll_many(directory: Path, names: list[str], *, role: Role, fleet: str | 
             accounts["accounts"][name] = {"role": role, "fleet": fleet, "created": created}
             creds = Credentials(name, passwords[name], ca, cert, key)
             cred_file = None
-            if role == "server":
+            if role in ("server", "bridge"):
                 p.credentials_dir.mkdir(mode=0o700, exist_ok=True)
                 cred_file = p.credentials_dir / f"{name}.json"
                 write_private(cred_file, json.dumps({"username": name, "password": passwords[name], "ca": opt(ca),

@@ -27,7 +27,8 @@ SERVER_USER = "fleet-server"
 
 SECURITY_DIR = "security"
 
-Role = Literal["device", "server"]
+Role = Literal["device", "server", "bridge"]
+ROLES: tuple[str, ...] = ("device", "server", "bridge")
 ACCOUNTS_VERSION = 1
 
 
@@ -112,11 +113,11 @@ def read_accounts(p: SecurityPaths) -> dict[str, Any] | None:
             or not isinstance(doc.get("tls"), bool)):
         raise SecurityError(f"{p.accounts} is not a tinyfleet accounts file (version {ACCOUNTS_VERSION})")
     for name, acc in doc["accounts"].items():
-        if not isinstance(acc, dict) or acc.get("role") not in ("device", "server"):
+        if not isinstance(acc, dict) or acc.get("role") not in ROLES:
             raise SecurityError(f"{p.accounts}: account {name!r} has no valid role")
         try:
             check_account_name(name)
-            if acc["role"] == "device":
+            if acc["role"] in ("device", "bridge"):
                 check_name(str(acc.get("fleet")), what="fleet name")
         except DeviceIdError as exc:
             raise SecurityError(f"{p.accounts}: {exc}") from None

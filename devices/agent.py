@@ -25,6 +25,7 @@ import numpy as np
 
 from devices.boards import Board
 from devices.deploy import ChunkAssembler, fit_check, install
+from devices.duty_cycle import DutyCycle
 from devices.exceptions import DeployError, ModelDoesNotFitError, ProtocolError
 from devices.learning.adapt import AdaptConfig, adapt
 from devices.learning.learner import OnlineLearner
@@ -85,6 +86,8 @@ class AgentConfig:
     drop_prob, latency_s, slow_factor, crash_prob_per_s, crash_down_s :
         Fault knobs of the simulator: ignore a task, delay each reply, multiply compute time,
         drop the connection uncleanly (the Will fires) and come back after `crash_down_s`.
+    duty : DutyCycle, optional
+        An intermittent device's on/off schedule (`devices.duty_cycle`); None: always on.
     lacks_config : tuple of str, default=()
         Config keys this device behaves as if it did not implement (simulates older or smaller
         firmware, e.g. without FedProx's ``proximal-mu``): a task that lists one of them under
@@ -107,6 +110,7 @@ class AgentConfig:
     slow_factor: float = 1.0
     crash_prob_per_s: float = 0.0
     crash_down_s: float = 2.0
+    duty: DutyCycle | None = None
     lacks_config: tuple[str, ...] = ()
     seed: int = 0
 
@@ -149,6 +153,7 @@ class DeviceAgent:
         self.tasks_done = 0
         self.errors_sent = 0
         self.dropped = 0
+        self.sleeps = 0
         self.model_sha256 = sha256_hex(learner.backbone.model_bytes) if learner.backbone is not None else None
         self.memory_bytes: int | None = None
         self.unfit_reason: str | None = None
@@ -190,6 +195,11 @@ class DeviceAgent:
 
     def on_tick(self, link: Link, now: float) -> None:
         cfg = self.config
+        sleep = cfg.duty.asleep_for(now) if cfg.duty is not None else 0.0
+        if sleep > 0:  # an intermittent device's off phase: gone like a crash, back when it wakes
+            self.sleeps += 1
+            link.crash(down_for=sleep)
+            return
         if cfg.crash_prob_per_s > 0 and self.rng.random() < cfg.crash_prob_per_s * link.hub.tick_s:
             log.info("%s: simulated crash, back in %.1f s", self.client_id, cfg.crash_down_s)
             link.crash(down_for=cfg.crash_down_s)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from devices.agent import AgentConfig, DeviceAgent
 from devices.boards import DEFAULT_BOARD, assign_boards
+from devices.duty_cycle import DutyCycle
 from devices.learning.head import MLPHead
 from devices.learning.learner import OnlineLearner
 from devices.link.address import BrokerAddress, Credentials
@@ -51,6 +52,11 @@ class FaultKnobs:
         Per device and second: probability of an unclean drop (the broker publishes the Will).
     crash_down_s : float
         How long a crashed device stays away before it reconnects.
+    intermittent_fraction : float
+        Fraction of devices that sleep most of the time (battery-powered microcontrollers).
+    online_s, period_s : float
+        An intermittent device is online `online_s` seconds of every `period_s` (at a random
+        phase of its own), e.g. 60 s in 180 s; the schedule starts once the fleet has connected.
     """
 
     drop_prob: float = 0.0
@@ -59,6 +65,16 @@ class FaultKnobs:
     slow_factor: float = 4.0
     crash_prob_per_s: float = 0.0
     crash_down_s: float = 2.0
+    intermittent_fraction: float = 0.0
+    online_s: float = 60.0
+    period_s: float = 180.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.intermittent_fraction <= 1.0:
+            raise TinyFleetError(f"intermittent fraction must be in [0, 1]; got {self.intermittent_fraction}")
+        if self.intermittent_fraction > 0 and not 0.0 < self.online_s < self.period_s:
+            raise TinyFleetError(f"an intermittent device must be online for 0 < online ({self.online_s:g} s) "
+                                 f"< period ({self.period_s:g} s)")
 
 
 class LearnerFactory:
@@ -145,17 +161,22 @@ class FleetSimulator:
         rng = random.Random(seed)
         ids = simulated_ids(n, id_prefix)
         own = dict(device_credentials or {})
-        self.hub = MqttHub(address, credentials=credentials, workers=workers)
+        # an intermittent device checks its schedule every tick: tick often enough to sleep on time
+        tick = min(1.0, faults.online_s / 10) if faults.intermittent_fraction > 0 else 1.0
+        self.hub = MqttHub(address, credentials=credentials, workers=workers, tick_s=tick)
         self.agents: list[DeviceAgent] = []
         authenticated = bool(own) or (credentials is not None and credentials.password is not None)
         for i, (device_data, board) in enumerate(zip(datasets, assign_boards(boards, n), strict=True)):
             device_id = ids[i]
             slow = rng.random() < faults.slow_fraction
+            intermittent = rng.random() < faults.intermittent_fraction
+            phase = rng.uniform(0.0, faults.period_s) if intermittent else 0.0
             cfg = AgentConfig(device_id=device_id, board=board, state_dir=Path(state_root) / device_id, fleet=fleet,
                               use_case=uc.name, sensors=tuple(uc.sensors), telemetry_s=telemetry_s,
                               drop_prob=faults.drop_prob, latency_s=faults.latency_s,
                               slow_factor=faults.slow_factor if slow else 1.0,
                               crash_prob_per_s=faults.crash_prob_per_s, crash_down_s=faults.crash_down_s,
+                              duty=DutyCycle(faults.online_s, faults.period_s, phase) if intermittent else None,
                               seed=seed + i)
             agent = DeviceAgent(cfg, factory(i, device_data), device_data, address=address,
                                 authenticated=authenticated)
@@ -166,11 +187,18 @@ class FleetSimulator:
     def device_ids(self) -> list[str]:
         return [a.client_id for a in self.agents]
 
+    @property
+    def intermittent_ids(self) -> list[str]:
+        """Devices that follow an on/off duty cycle."""
+        return [a.client_id for a in self.agents if a.config.duty is not None]
+
     def start(self, *, timeout: float = 30.0) -> int:
-        """Connect every device; returns how many connected within `timeout`.
+        """Connect every device, then start the duty cycles; returns how many connected within `timeout`.
 
         Returns early when every device still offline was refused by the broker (a wrong or
-        missing password does not heal by waiting); `connection_errors` says why.
+        missing password does not heal by waiting); `connection_errors` says why. The duty cycles
+        of intermittent devices start only afterwards: a device that fell asleep before its first
+        CONNACK would look like one that cannot connect.
         """
         self.hub.start()
         deadline = time.monotonic() + timeout
@@ -180,7 +208,12 @@ class FleetSimulator:
             refused = sum(1 for e in errors.values() if " refused " in e)
             if connected == len(self.agents) or time.monotonic() >= deadline or \
                     (refused and refused == len(self.agents) - connected):
-                return connected
+                break
+        t0 = time.monotonic()
+        for agent in self.agents:
+            if agent.config.duty is not None:
+                agent.config.duty.arm(t0)
+        return connected
 
     def connection_errors(self) -> dict[str, str]:
         """``{device id: last connection error}`` of the devices that are not connected now."""

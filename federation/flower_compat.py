@@ -10,8 +10,9 @@ and its contract test (`tests/test_federation_contract.py`), not the whole packa
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -27,6 +28,7 @@ __all__ = [
     "grid_abstract_signatures",
     "init_task_identity",
     "set_message_id",
+    "task_identity",
 ]
 
 SERVER_NODE_ID = 1  # what Flower's legacy compat layer uses for the SuperLink (flwr/server/compat/app.py)
@@ -67,6 +69,22 @@ def init_task_identity(run_id: int) -> None:
     TaskIdentity.task_id = 1
     TaskIdentity.run_id = int(run_id)
     TaskIdentity.node_id = SERVER_NODE_ID
+
+
+@contextlib.contextmanager
+def task_identity(run_id: int) -> Iterator[None]:
+    """Act as the server of `run_id` for the duration of the block, then restore Flower's identity.
+
+    Why: a gateway ClientApp is itself a Flower task (Flower set its identity before calling it)
+    and, inside it, the server of its device group; the reply it returns must go out under
+    Flower's identity again.
+    """
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)  # noqa: SLF001
+    init_task_identity(run_id)
+    try:
+        yield
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved  # noqa: SLF001
 
 
 def set_message_id(message: Message, message_id: str) -> None:

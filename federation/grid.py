@@ -230,6 +230,20 @@ class FleetGrid(Grid):
         with self._cv:
             return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
+    def wait_for_replies(self, message_ids: Iterable[str], timeout: float) -> bool:
+        """Block until a reply to any of `message_ids` can be pulled (True) or `timeout` (asynchronous rounds)."""
+        ids = set(message_ids)
+        with self._cv:
+            return self._cv.wait_for(lambda: bool(ids & self._replies.keys()), timeout)
+
+    def forget(self, message_ids: Iterable[str]) -> None:
+        """Give up on requests: unanswered ones count as missing, their late replies are discarded."""
+        with self._cv:
+            gone = [(self._inflight.pop(m, None), self._replies.pop(m, None))[0] for m in list(message_ids)]
+        for f in gone:
+            if f is not None and not f.answered:
+                self.ledger.add(f.server_round, f.phase, missing=1)
+
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         """Send, wait for all replies or `timeout`, reject outliers; late replies are dropped afterwards."""
         t0 = time.monotonic()

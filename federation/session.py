@@ -24,7 +24,7 @@ import numpy as np
 from broker.process import MosquittoBroker
 from devices.learning.head import MLPHead
 from devices.link.address import BrokerAddress, Credentials, parse_broker_url
-from devices.simulator import DEFAULT_HIDDEN  # the head simulated devices build without a model
+from devices.simulator import DEFAULT_HIDDEN, FaultKnobs  # the head simulated devices build without a model
 from devices.wire.protocol import ConfigKey, weight_names
 from federation.coordinator import RunConfig
 from federation.exceptions import FederationError
@@ -74,7 +74,7 @@ def requirement_for(config: RunConfig, *, models_dir: Path | None = None) -> Req
 def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = None,
                allow: Collection[str] | DeviceFilter | None = None, credentials: Credentials | None = None,
                broker_dir: Path | None = None, secure: bool = True,
-               describe: Describe | None = None) -> Iterator[FleetGrid]:
+               describe: Describe | None = None, faults: FaultKnobs | None = None) -> Iterator[FleetGrid]:
     """Yield a `FleetGrid` for `config`, starting a private broker and simulated devices if asked.
 
     Only devices whose description declares the run's use case and enough RAM to train its model
@@ -95,6 +95,8 @@ def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = No
     describe : callable, optional
         Where device descriptions come from (the registry's records); default: the retained
         Thing Descriptions the coordinator's MQTT connection receives.
+    faults : FaultKnobs, optional
+        Fault knobs of the simulated devices (e.g. intermittent devices for asynchronous rounds).
     """
     with contextlib.ExitStack() as stack:
         url = config.broker
@@ -123,7 +125,8 @@ def fleet_grid(config: RunConfig, run_dir: Path, *, models_dir: Path | None = No
                 credentials = process_server_account(broker_dir)
         address = parse_broker_url(url)
         if config.simulate:
-            _simulate(config, run_dir, stack, address=address, broker_dir=broker_dir, models_dir=models_dir)
+            _simulate(config, run_dir, stack, address=address, broker_dir=broker_dir, models_dir=models_dir,
+                      faults=faults)
         transport = MqttTransport(address, fleet=config.fleet, credentials=credentials, descriptions=describe is None,
                                   broker_timeout=config.broker_timeout)
         selection = DeviceSelection(requirement_for(config, models_dir=models_dir),
@@ -146,7 +149,7 @@ def _managed_url(broker_dir: Path) -> str:
 
 
 def _simulate(config: RunConfig, run_dir: Path, stack: contextlib.ExitStack, *, address: BrokerAddress,
-              broker_dir: Path | None, models_dir: Path | None) -> None:
+              broker_dir: Path | None, models_dir: Path | None, faults: FaultKnobs | None = None) -> None:
     """Start ``config.simulate`` simulated devices (enrolled on `broker_dir` when it is secured)."""
     from broker.accounts import enroll_device_credentials
     from devices.simulator import FleetSimulator, simulated_ids
@@ -156,7 +159,8 @@ def _simulate(config: RunConfig, run_dir: Path, stack: contextlib.ExitStack, *, 
     sim = FleetSimulator(n=config.simulate, use_case=config.task, address=address,
                          state_root=Path(run_dir) / "devices", fleet=config.fleet, id_prefix="sim",
                          models_dir=models_dir, samples_per_device=config.samples_per_device,
-                         telemetry_s=0.0, device_credentials=device_creds, seed=config.seed)
+                         telemetry_s=0.0, device_credentials=device_creds, seed=config.seed,
+                         faults=faults or FaultKnobs())
     stack.callback(sim.stop)
     connected = sim.start(timeout=config.quorum_timeout)
     if connected < config.simulate:

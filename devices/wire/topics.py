@@ -25,6 +25,9 @@ RETAINED_KINDS: frozenset[str] = frozenset({"td", "presence"})
 """Retained topics: a server that starts later still learns which devices exist and are online."""
 
 DEVICE_WRITES: frozenset[str] = frozenset({"td", "presence", "telemetry", "result"})
+BRIDGED_KINDS: frozenset[str] = frozenset({"td", "presence", "telemetry"})
+"""What a site broker forwards to a central one: who exists, who is online, how they do; tasks and
+results stay on their site (they cross sites only through the federation's own levels)."""
 DEVICE_READS: frozenset[str] = frozenset({"task"})
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -98,6 +101,12 @@ def device_acl_lines(fleet: str, device_id: str) -> list[str]:
     base = f"{ROOT}/{check_name(fleet, what='fleet name')}/{check_name(device_id)}"
     return ([f"user {device_id}"] + [f"topic write {base}/{k}" for k in sorted(DEVICE_WRITES)]
             + [f"topic read {base}/{k}" for k in sorted(DEVICE_READS)])
+
+
+def bridge_acl_lines(fleet: str, user: str) -> list[str]:
+    """The ACL lines of a bridge account (a site broker on a central one): write `BRIDGED_KINDS` of the fleet only."""
+    base = f"{ROOT}/{check_name(fleet, what='fleet name')}/+"
+    return [f"user {user}"] + [f"topic write {base}/{k}" for k in sorted(BRIDGED_KINDS)]
 
 
 def server_acl_lines(user: str) -> list[str]:

@@ -198,6 +198,10 @@ def simulate(
     crash_rate: Annotated[float, typer.Option(min=0, max=1, help="Per device and second: chance of a crash "
                                                                    "(the Last Will fires).")] = 0.0,
     crash_down: Annotated[float, typer.Option(min=0, help="Seconds a crashed device stays away.")] = 5.0,
+    intermittent: Annotated[float, typer.Option(min=0, max=1, help="Fraction of devices that sleep.")] = 0.0,
+    online: Annotated[float, typer.Option(min=0, help="An intermittent device is online ONLINE seconds...")] = 60.0,
+    period: Annotated[float, typer.Option(min=0, help="... of every PERIOD seconds (random phase).")] = 180.0,
+    id_prefix: Annotated[str, typer.Option(help="Device ids are PREFIX-0000, PREFIX-0001, ...")] = "sim",
     telemetry: Annotated[float, typer.Option(min=0, help="Telemetry period per device (0: off).")] = 30.0,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker threads for training.")] = 2,
     state_root: Annotated[Path | None, typer.Option(file_okay=False, help="Devices' model folders.")] = None,
@@ -214,7 +218,8 @@ def simulate(
 
     _log_to_stderr(verbose)
     faults = FaultKnobs(drop_prob=drop, latency_s=latency, slow_fraction=slow_fraction, slow_factor=slow_factor,
-                        crash_prob_per_s=crash_rate, crash_down_s=crash_down)
+                        crash_prob_per_s=crash_rate, crash_down_s=crash_down, intermittent_fraction=intermittent,
+                        online_s=online, period_s=period)
     fleet = check_name(str(config.setting("fleet", fleet)), what="fleet name")
     models = config.path_setting("models", models)
     creds = _credentials(user, password, None, None, None)
@@ -225,12 +230,12 @@ def simulate(
         from devices.simulator import simulated_ids
 
         t0 = time.monotonic()
-        device_creds = (enroll_device_credentials(managed, simulated_ids(n), fleet=fleet)
+        device_creds = (enroll_device_credentials(managed, simulated_ids(n, id_prefix), fleet=fleet)
                         if managed is not None and creds is None else {})
         enroll_s = time.monotonic() - t0
         sim = FleetSimulator(n=n, use_case=task, address=address, state_root=state_root or Path(tmp), boards=boards,
-                             fleet=fleet, models_dir=models, data=data, samples_per_device=samples, faults=faults,
-                             telemetry_s=telemetry, workers=workers, credentials=creds,
+                             fleet=fleet, id_prefix=id_prefix, models_dir=models, data=data, samples_per_device=samples,
+                             faults=faults, telemetry_s=telemetry, workers=workers, credentials=creds,
                              device_credentials=device_creds, seed=seed)
 
         secured = bool(creds and creds.password) or (managed is not None and is_secured(managed))
@@ -253,6 +258,7 @@ def simulate(
             "secured": secured, "broker": address.url,
             "fleet": fleet, "boards": by_board, "tasks_done": sum(a.tasks_done for a in sim.agents),
             "errors_sent": sum(a.errors_sent for a in sim.agents), "dropped": sum(a.dropped for a in sim.agents),
+            "intermittent": len(sim.intermittent_ids), "sleeps": sum(a.sleeps for a in sim.agents),
             "unfit_devices": sum(1 for a in sim.agents if a.unfit_reason)}
     if json_out:
         print_json(summary)

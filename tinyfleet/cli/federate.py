@@ -26,6 +26,11 @@ app = typer.Typer(
 )
 
 
+class Mode(StrEnum):
+    sync = "sync"
+    async_ = "async"
+
+
 RunDir = Annotated[Path, typer.Argument(help="Run directory (printed by `federate run`, e.g. runs/sine-reptile-...).",
                                         file_okay=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
@@ -119,6 +124,30 @@ def run(
                                                     "device; give the fleet's size to wait for all).", min=1)] = None,
     quorum_timeout: Annotated[float, typer.Option(help="Seconds to wait for the quorum.", min=0.0)] = 30.0,
     samples_per_device: Annotated[int, typer.Option(help="Simulated devices' local samples.", min=2)] = 64,
+    gateways: Annotated[int, typer.Option(help="Hierarchical run on Flower's deployment runtime: a SuperLink and "
+                                               "N gateway SuperNodes, each with its own site broker and 1/N of the "
+                                               "--simulate devices (docs/scaling.md).", min=0, max=64,
+                                          rich_help_panel="Scale-out")] = 0,
+    mode: Annotated[Mode, typer.Option(help="sync: rounds wait for every sampled device; async: FedBuff-style, "
+                                            "aggregate as soon as --buffer replies are in.",
+                                       rich_help_panel="Scale-out")] = Mode.sync,
+    buffer: Annotated[int, typer.Option(help="Async: device replies per aggregation (hierarchical: per gateway "
+                                             "answer; 0: a tenth of the devices).", min=0,
+                                        rich_help_panel="Scale-out")] = 0,
+    max_staleness: Annotated[int, typer.Option(help="Async: replies more model versions old are discarded.", min=0,
+                                               rich_help_panel="Scale-out")] = 8,
+    staleness_alpha: Annotated[float, typer.Option(help="Async: a reply TAU versions old weighs (1+TAU)^-ALPHA.",
+                                                   min=0.0, rich_help_panel="Scale-out")] = 0.5,
+    intermittent: Annotated[float, typer.Option(help="Simulated devices that sleep most of the time (fraction).",
+                                                min=0.0, max=1.0, rich_help_panel="Scale-out")] = 0.0,
+    online: Annotated[float, typer.Option(help="An intermittent device is online ONLINE s of every PERIOD s.",
+                                          min=0.0, rich_help_panel="Scale-out")] = 60.0,
+    period: Annotated[float, typer.Option(help="Duty-cycle period of intermittent devices (s).", min=0.0,
+                                          rich_help_panel="Scale-out")] = 180.0,
+    bridge_to: Annotated[Path | None, typer.Option(help="With --gateways: bridge every site broker's TDs, presence "
+                                                        "and telemetry up to the broker running from this directory "
+                                                        "(`tinyfleet broker start --dir DIR`).", file_okay=False,
+                                                   rich_help_panel="Scale-out")] = None,
     broker_timeout: BrokerTimeoutOpt = None,
     credentials: CredentialsOpt = None,
     broker_dir: BrokerDirOpt = None,
@@ -135,6 +164,8 @@ def run(
     to train the model on the device (see docs/protocol.md).
 
     Example: tinyfleet federate run --task sine --strategy tinymetafed --rounds 5 --simulate 6 --json
+
+    Example: tinyfleet federate run --task sine --rounds 3 --simulate 40 --gateways 2 --json
     """
     from devices.link.address import parse_broker_url
     from federation.session import initial_parameters
@@ -157,6 +188,8 @@ def run(
                               downlink=downlink)
     params.update(_robust(strategy, aggregate, trim=trim, malicious=malicious))
     rid = run_id or f"{task}-{_slug(strategy)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if quorum is None and intermittent > 0:  # asleep devices never all show up: start with most of the awake ones
+        quorum = max(1, int(0.8 * simulate * (1 - intermittent * (1 - online / max(period, 1e-9)))))
     config = RunConfig(run_id=rid, task=task, strategy=strategy, rounds=rounds, seed=seed,
                        local_steps=local_steps, lr=lr, strategy_params=params, round_timeout=round_timeout,
                        min_replies=min_replies, quorum=quorum or max(simulate, 1), quorum_timeout=quorum_timeout,
@@ -172,6 +205,15 @@ def run(
     build_strategy(config.strategy, params, num_rounds=rounds,  # validate parameters before starting anything
                    defaults=strategy_defaults(config))
     initial = initial_parameters(task, models_dir=models, seed=seed)
+    if gateways or mode is Mode.async_ or intermittent > 0 or bridge_to is not None:
+        from tinyfleet.cli.federate_scale import ScaleOptions, execute_scaled
+
+        opts = ScaleOptions(gateways=gateways, mode=mode.value, buffer=buffer, max_staleness=max_staleness,
+                            staleness_alpha=staleness_alpha, intermittent=intermittent, online=online, period=period,
+                            bridge_to=bridge_to)
+        execute_scaled(config, run_dir, initial, opts, models=models, json_out=json_out, verbose=verbose,
+                       credentials=creds, secure=not insecure)
+        return
     _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial), creds, not insecure,
              broker_dir=broker_dir, registry=(registry, registry_endpoint))
 
@@ -194,6 +236,9 @@ def resume(
 
     Example: tinyfleet federate resume runs/sine-reptile-20260101-120000 --json
     """
+    from tinyfleet.cli.federate_scale import refuse_resume
+
+    refuse_resume(run_dir)
     config = RunConfig.load(run_dir)
     if broker_dir is not None:  # the managed broker may have restarted on another port
         config.broker = _managed_url(broker_dir)

@@ -1,0 +1,174 @@
+"""The scale-out half of `tinyfleet federate run`: ``--gateways N``, ``--mode async`` and intermittent devices.
+
+Kept apart from `tinyfleet.cli.federate` so that the flat command stays readable: this module
+only checks the option combinations and hands over to `federation.hierarchy.launch` (gateways on
+Flower's deployment runtime) or `federation.buffered` (asynchronous rounds on one broker).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from federation.coordinator import RunConfig
+from federation.exceptions import CheckpointError, FederationError
+from firmware_models.exceptions import TinyFleetError
+from firmware_models.quiet import stdout_to_stderr
+from tinyfleet.cli.output import err, print_json, progress, quiet_logs, table
+
+
+class UsageError(TinyFleetError):
+    """A combination of options that cannot work together."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    """The scale-out options of `federate run` (see its --help)."""
+
+    gateways: int = 0
+    mode: str = "sync"
+    buffer: int = 0
+    max_staleness: int = 8
+    staleness_alpha: float = 0.5
+    intermittent: float = 0.0
+    online: float = 60.0
+    period: float = 180.0
+    bridge_to: Path | None = None
+
+
+def check_options(config: RunConfig, opts: ScaleOptions) -> None:
+    """Refuse combinations that cannot work, before anything starts."""
+    from federation.buffered import ASYNC_STRATEGIES
+    from federation.hierarchy.settings import HIERARCHICAL_STRATEGIES
+
+    if opts.intermittent > 0 and not 0 < opts.online < opts.period:
+        raise UsageError(f"--online ({opts.online:g}) must be > 0 and < --period ({opts.period:g})")
+    if opts.intermittent > 0 and not config.simulate:
+        raise UsageError("--intermittent applies to simulated devices: add --simulate N")
+    if opts.mode == "async" and config.strategy not in ASYNC_STRATEGIES:
+        raise UsageError(f"--mode async supports --strategy {' or '.join(ASYNC_STRATEGIES)} (TinyMetaFed's sparse "
+                         "updates cannot be re-based onto a newer model)")
+    if opts.bridge_to is not None and not opts.gateways:
+        raise UsageError("--bridge-to joins site brokers to a central one: it needs --gateways N")
+    if not opts.gateways:
+        return
+    if config.broker is not None or not config.simulate:
+        raise UsageError("--gateways N starts its own sites: use it with --simulate M and without --broker "
+                         "(existing sites: deploy the Flower app yourself, docs/scaling.md)")
+    if config.simulate < opts.gateways:
+        raise UsageError(f"--simulate {config.simulate} cannot fill {opts.gateways} sites (one device each at least)")
+    if config.strategy not in HIERARCHICAL_STRATEGIES:
+        raise UsageError(f"--gateways supports --strategy {' or '.join(HIERARCHICAL_STRATEGIES)}: a site's aggregate "
+                         f"of {config.strategy} does not compose into the flat update (TinyMetaFed's Top-P uplink "
+                         "ends at the gateway; a median of medians is not a median)")
+    if config.strategy_params.get("aggregation", "mean") != "mean":
+        raise UsageError("--gateways composes site means into the flat mean; a robust --aggregate runs at each site "
+                         "alone (run it flat, or per site)")
+    if config.strategy_params.get("serial"):
+        raise UsageError("--serial (one device per round) has no hierarchical form; drop --gateways")
+
+
+def refuse_resume(run_dir: Path) -> None:
+    """Hierarchical and asynchronous runs cannot be resumed (yet): say so rather than resume them as flat runs."""
+    from federation.checkpoint import load_checkpoint
+    from federation.coordinator import CHECKPOINT_FILE
+    from federation.hierarchy.server import STATUS_FILE
+
+    if (run_dir / STATUS_FILE).exists():
+        raise UsageError(f"{run_dir} is a hierarchical run (--gateways); it cannot be resumed: start a new run "
+                         "from its checkpoint.npz instead")
+    if (run_dir / CHECKPOINT_FILE).is_file():
+        _, meta = load_checkpoint(run_dir / CHECKPOINT_FILE)
+        if meta.get("mode") == "async":
+            raise UsageError(f"{run_dir} is an asynchronous run (--mode async); it cannot be resumed")
+
+
+def execute_scaled(config: RunConfig, run_dir: Path, initial: dict[str, np.ndarray], opts: ScaleOptions, *,
+                   models: Path | None, json_out: bool, verbose: bool, credentials: Any = None,
+                   secure: bool = True) -> None:
+    """Run, then print the same summary a flat run prints (plus the scale-out facts)."""
+    from federation.buffered import default_buffer
+    from federation.hierarchy.settings import HierarchyConfig
+
+    check_options(config, opts)
+    buffer = opts.buffer
+    if opts.mode == "async" and not buffer:
+        buffer = default_buffer(config.simulate // max(opts.gateways, 1) if config.simulate else 10)
+    settings = HierarchyConfig(run=config, gateways=opts.gateways, mode=opts.mode, buffer=buffer,
+                               max_staleness=opts.max_staleness, staleness_alpha=opts.staleness_alpha)
+    quiet_logs(verbose)
+    with progress(enabled=not json_out) as bar:
+        task_id = bar.add_task(f"{config.strategy} on {config.task}", total=config.rounds)
+
+        def on_round(record: dict[str, Any]) -> None:
+            bar.update(task_id, completed=record.get("round", 0))
+
+        with stdout_to_stderr():
+            if opts.gateways:
+                result = _hierarchical(settings, run_dir, initial, opts, models, secure, on_round)
+            else:
+                result = _flat(settings, run_dir, initial, opts, models, credentials, secure, on_round)
+    summary = {"run_id": result["run_id"], "run_dir": result["run_dir"], "task": config.task,
+               "strategy": config.strategy, "mode": opts.mode, "gateways": opts.gateways,
+               "rounds": result["rounds"], "final_sha256": result["final_sha256"]}
+    for key in ("deployment", "flower"):
+        if key in result:
+            summary[key] = result[key]
+    if json_out:
+        print_json(summary)
+        return
+    rows = [[r["round"], _fmt(r.get("loss")), r.get("replies"), r.get("failures"), r.get("bytes_up"),
+             r.get("bytes_down"), r.get("seconds")] for r in result["rounds"]]
+    table(f"{config.strategy} on {config.task}, {opts.mode}"
+          + (f", {opts.gateways} gateways" if opts.gateways else "") + f" ({result['run_dir']})",
+          ["round", "loss", "replies", "failures", "bytes up", "bytes down", "s"], rows)
+    err.print(f"final parameters sha256 {result['final_sha256']}")
+
+
+def _hierarchical(settings: Any, run_dir: Path, initial: dict[str, np.ndarray], opts: ScaleOptions,
+                  models: Path | None, secure: bool, on_round: Any) -> dict[str, Any]:
+    from federation.hierarchy.deployment import DeviceGroup
+    from federation.hierarchy.launch import run_hierarchical
+
+    cfg = settings.run
+    central = central_dir = None
+    if opts.bridge_to is not None:
+        from broker.process import read_state
+        from devices.link.address import parse_broker_url
+
+        info = read_state(opts.bridge_to)
+        if info is None:
+            raise FederationError(f"no broker runs from {opts.bridge_to} (start it with `tinyfleet broker start "
+                                  f"--dir {opts.bridge_to}`)")
+        central, central_dir = parse_broker_url(info.url), Path(opts.bridge_to)
+    group = DeviceGroup(task=cfg.task, samples_per_device=cfg.samples_per_device, models_dir=models,
+                        intermittent=opts.intermittent, online_s=opts.online, period_s=opts.period, seed=cfg.seed)
+    return run_hierarchical(settings, run_dir, initial=initial, group=group, secure=secure, central=central,
+                            central_dir=central_dir, on_round=on_round)
+
+
+def _flat(settings: Any, run_dir: Path, initial: dict[str, np.ndarray], opts: ScaleOptions, models: Path | None,
+          credentials: Any, secure: bool, on_round: Any) -> dict[str, Any]:
+    from devices.simulator import FaultKnobs
+    from federation.coordinator import Coordinator
+    from federation.session import fleet_grid
+
+    cfg = settings.run
+    if (run_dir / "run.json").exists():
+        raise CheckpointError(f"{run_dir} already holds a run; use another --run-id")
+    faults = FaultKnobs(intermittent_fraction=opts.intermittent, online_s=opts.online, period_s=opts.period)
+    with fleet_grid(cfg, run_dir, models_dir=models, credentials=credentials, secure=secure, faults=faults) as grid:
+        if settings.mode == "async":
+            from federation.buffered import BufferedRun
+
+            return BufferedRun(settings, grid, run_dir, on_round=on_round).start(initial)
+        return Coordinator(cfg, grid, run_dir, on_round=on_round).start(initial)
+
+
+def _fmt(x: object) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else ("-" if x is None else str(x))
