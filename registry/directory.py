@@ -128,6 +128,12 @@ Listener = Callable[[DirectoryEvent], None]
 Clock = Callable[[], datetime]
 
 
+def _instant(text: str) -> datetime:
+    """An xsd:dateTime's lexical form as an aware datetime (no zone = UTC, as the directory writes them)."""
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
 class ThingDirectory:
     """The Directory Service operations on `store`.
 
@@ -151,6 +157,7 @@ class ThingDirectory:
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.RLock()
         self._listeners: list[Listener] = []
+        self._order_cache: tuple[str, list[tuple[str, datetime | None]]] | None = None
 
     # -- events ------------------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> None:
@@ -195,11 +202,16 @@ class ThingDirectory:
             raise RegistryInputError(f"limit must be an integer in 1..{MAX_PAGE}, got {limit!r}")
         now = self.clock()
         etag = revision(self.store)
-        query = load_query("things_page") + f"\nLIMIT {limit + 1} OFFSET {offset}"
-        rows = self.store.select_values(query, {"now": Literal(now, datatype=XSD.dateTime)})
+        live = [r for r, expires in self._order(etag) if expires is None or expires > now]
+        wanted = live[offset:offset + limit + 1]
+        rows = {str(r["r"]): r for r in self.store.select_values_in(load_query("things_docs"), "r",
+                                                                    [URIRef(r) for r in wanted[:limit]])}
         retrieved = iso(now)
         docs = []
-        for r in rows[:limit]:
+        for record in wanted[:limit]:
+            r = rows.get(record)
+            if r is None:  # deleted between reading the order and the documents: the page is one shorter
+                continue
             reg = {"created": r["created"], "modified": r["modified"]}
             if r.get("expires"):
                 reg["expires"] = r["expires"]
@@ -207,7 +219,24 @@ class ThingDirectory:
                 reg["ttl"] = int(r["ttl"]) if float(r["ttl"]).is_integer() else r["ttl"]
             reg["retrieved"] = retrieved
             docs.append(enriched_text(str(r["doc"]), reg))
-        return Page(documents=docs, offset=offset, limit=limit, more=len(rows) > limit, etag=etag)
+        return Page(documents=docs, offset=offset, limit=limit, more=len(wanted) > limit, etag=etag)
+
+    def _order(self, etag: str) -> list[tuple[str, datetime | None]]:
+        """(record IRI, expiry) of every TD in id order, recomputed only when the revision `etag` changed.
+
+        Why: Oxigraph's ORDER BY over thousands of string ids costs seconds, and every page needs the
+        order. The revision is read before the order, so a write racing this read leaves a list at
+        least as new as its key, and the next page (seeing the new revision) recomputes it.
+        """
+        with self._lock:
+            if self._order_cache is not None and self._order_cache[0] == etag:
+                return self._order_cache[1]
+        rows = self.store.select_values(load_query("things_order"))
+        rows.sort(key=lambda r: str(r["id"]))
+        order = [(str(r["r"]), _instant(str(r["expires"])) if r.get("expires") else None) for r in rows]
+        with self._lock:
+            self._order_cache = (etag, order)
+        return order
 
     def count(self) -> int:
         """TDs served now (expired ones left out)."""
