@@ -26,6 +26,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,12 @@ from federation.checkpoint import save_checkpoint
 from federation.coordinator import CHECKPOINT_FILE, FINAL_FILE, METRICS_FILE, arrays_sha256, to_numpy, to_record
 from federation.exceptions import FederationError, QuorumError
 from federation.hierarchy.settings import HierarchyConfig, level_strategy, metric_number
+from federation.screening import NORM_KEY
 
 log = logging.getLogger(__name__)
+
+NORM_HISTORY = 32
+"""Recently aggregated update norms kept as the yardstick for buffers too small for a median."""
 
 ASYNC_STRATEGIES = ("reptile", "fedavg")
 """Strategies whose replies are dense weights (TinyMetaFed's sparse updates are not rewritten)."""
@@ -61,9 +66,12 @@ def first_replies(grid: Grid, messages: list[Message], *, want: int, timeout: fl
                   poll: float = 0.05) -> list[Message]:
     """Push `messages`; return once `want` valid replies (or all replies) arrived, or at `timeout`.
 
-    The rest are abandoned (`FleetGrid.forget`: counted missing, late answers discarded).
+    The rest are abandoned (`FleetGrid.forget`: counted missing, late answers discarded). On a
+    `FleetGrid` the replies then go through the round-level rules of a synchronous phase
+    (`FleetGrid.screen`: absurd norms and metrics become counted error replies).
     """
-    pending = set(grid.push_messages(messages))
+    pushed = grid.push_messages(messages)
+    pending = set(pushed)
     ids = set(pending)
     out: list[Message] = []
     deadline = time.monotonic() + timeout
@@ -76,6 +84,9 @@ def first_replies(grid: Grid, messages: list[Message], *, want: int, timeout: fl
             break
         _wait(grid, pending, min(left, poll * 20), poll)
     _forget(grid, ids)
+    screen = getattr(grid, "screen", None)
+    if screen is not None:
+        out = screen(out, dict(zip(pushed, messages, strict=True)))
     return out
 
 
@@ -151,7 +162,10 @@ class BufferedRun:
         inflight: dict[str, _Task] = {}
         trained_at: dict[int, int] = {}  # node -> last version it was sent (never the same version twice)
         buffer: list[tuple[Message, int]] = []
+        requests: dict[str, Message] = {}  # message id -> request, for the buffered replies (screening)
+        norms: deque[float] = deque(maxlen=NORM_HISTORY)  # update norms of recently aggregated replies
         counts = {"discarded_stale": 0, "failures": 0, "expired": 0, "dispatched": 0}
+        reasons: Counter[str] = Counter()
         history: list[dict[str, Any]] = []
         t_start = t_last = time.monotonic()
         self._dispatch(version, thetas[version], inflight, trained_at, rng, counts)
@@ -161,23 +175,36 @@ class BufferedRun:
                 task = inflight.pop(reply.metadata.reply_to_message_id)
                 if reply.has_error():
                     counts["failures"] += 1
+                    reasons[_reason(reply)] += 1
                     continue
                 if version - task.version > self.settings.max_staleness:
                     counts["discarded_stale"] += 1
                     continue
                 buffer.append((reply, task.version))
+                requests[reply.metadata.reply_to_message_id] = task.request
             self._expire(inflight, counts)
             # a reply left over from an earlier aggregation may have aged past max_staleness meanwhile
             # (and its base version been forgotten): judge staleness again when it is about to be used
             fresh = [(r, base) for r, base in buffer if version - base <= self.settings.max_staleness]
             counts["discarded_stale"] += len(buffer) - len(fresh)
             buffer = fresh
-            if len(buffer) >= self.buffer_size:
+            stuck = not inflight and not self._eligible(version, trained_at)
+            if len(buffer) >= self.buffer_size or stuck:
+                buffer = self._screen(buffer, requests, norms, counts, reasons)
+            if stuck and len(buffer) < self.buffer_size:
+                if len(buffer) < max(1, cfg.min_replies):
+                    raise FederationError(
+                        f"only {len(buffer)} device(s) answered version {version} and no other can (each trains a "
+                        f"version once), but --buffer is {self.buffer_size} and --min-replies {cfg.min_replies}")
+                log.warning("version %d: no device left to ask; aggregating a partial buffer of %d (< %d)",
+                            version, len(buffer), self.buffer_size)
+            if len(buffer) >= self.buffer_size or (stuck and buffer):
                 used, buffer = buffer[: self.buffer_size], buffer[self.buffer_size:]
                 new, record = self._aggregate(version, thetas, used)
                 now = time.monotonic()
                 record.update({"round": version, "seconds": round(now - t_last, 4),
-                               "elapsed": round(now - t_start, 4), "in_flight": len(inflight), **counts})
+                               "elapsed": round(now - t_start, 4), "in_flight": len(inflight), **counts,
+                               "reasons": dict(sorted(reasons.items()))})
                 record.update(self._bytes(version, used))
                 t_last = now
                 if new is not None:
@@ -185,8 +212,11 @@ class BufferedRun:
                     thetas[version] = new
                     for old in [v for v in thetas if v < version - self.settings.max_staleness]:
                         del thetas[old]
+                    norms.extend(n for r, _ in used if (n := _norm(r)) is not None)
                 else:
                     record["skipped"] = "strategy aggregated nothing"
+                for r, _ in used:
+                    requests.pop(r.metadata.reply_to_message_id, None)
                 self._record(record, thetas[version], history)
                 if version > cfg.rounds:
                     break
@@ -238,6 +268,39 @@ class BufferedRun:
             inflight[mid] = _Task(msg.metadata.dst_node_id, version, now, msg)
             trained_at[msg.metadata.dst_node_id] = version
         counts["dispatched"] += len(chosen)
+
+    def _eligible(self, version: int, trained_at: dict[int, int]) -> bool:
+        """Whether a present node could still be sent `version` (each node trains a version at most once).
+
+        With no node present at all the answer is yes: `_dispatch` waits for one (up to the quorum
+        timeout), as devices that sleep may all be away at once.
+        """
+        nodes = self.grid.get_node_ids()
+        return not nodes or any(trained_at.get(n, 0) < version for n in nodes)
+
+    def _screen(self, buffer: list[tuple[Message, int]], requests: dict[str, Message], norms: deque[float],
+                counts: dict[str, int], reasons: Counter[str]) -> list[tuple[Message, int]]:
+        """The round-level rules of a synchronous phase (`FleetGrid.screen`), applied to the buffer.
+
+        Why: pulling replies one by one skips what `send_and_receive` does after a phase, so an
+        absurd but finite update (3e38 in float32) went straight into the aggregate. A buffer of
+        fewer than three replies has no median: its norms are judged against the recently
+        aggregated update norms (`norms`). On Flower's Grid of gateways there is nothing to do here:
+        each gateway screened its devices' replies.
+        """
+        screen = getattr(self.grid, "screen", None)
+        if screen is None or not buffer:
+            return buffer
+        screened = screen([r for r, _ in buffer], requests, history=list(norms))
+        out = []
+        for (reply, base), checked in zip(buffer, screened, strict=True):
+            if checked.has_error():
+                counts["failures"] += 1
+                reasons[_reason(checked)] += 1
+                requests.pop(reply.metadata.reply_to_message_id, None)
+            else:
+                out.append((checked, base))
+        return out
 
     def _await(self, inflight: dict[str, _Task]) -> None:
         if inflight:
@@ -315,6 +378,18 @@ class BufferedRun:
         log.info("aggregation %d/%d: %s", record["round"], self.cfg.rounds, record)
         if self.on_round is not None:
             self.on_round(record)
+
+
+def _reason(reply: Message) -> str:
+    """The short reason of an error reply (the Grid writes ``"<device>: <reason>: <detail>"``)."""
+    parts = reply.error.reason.split(": ")
+    return parts[1] if len(parts) >= 3 else "error"
+
+
+def _norm(reply: Message) -> float | None:
+    """The update norm the Grid measured for a train reply (``update-norm``), if any."""
+    value = next(iter(reply.content.metric_records.values()), {}).get(NORM_KEY)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def default_buffer(devices: int) -> int:

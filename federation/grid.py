@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -46,7 +46,13 @@ from federation.replies import (
     granted_examples,
     one_line,
 )
-from federation.screening import cap_evaluation_weights, harmonize_metrics, metric_outliers, norm_outliers
+from federation.screening import (
+    MIN_MEDIAN,
+    cap_evaluation_weights,
+    harmonize_metrics,
+    metric_outliers,
+    norm_outliers,
+)
 from federation.selection import explain_exclusions
 from federation.transport import Codec, CodecError, TaskSpec, Transport, WireReply
 
@@ -269,7 +275,7 @@ class FleetGrid(Grid):
             self.ledger.add(m.server_round, m.phase, missing=1)
             log.info("round %d %s: no reply from %s within %.1f s", m.server_round, m.phase, m.device_id,
                      timeout or 0.0)
-        got = self._screen(got, dict(zip(ids, messages, strict=True)))
+        got = self.screen(got, dict(zip(ids, messages, strict=True)))
         if messages:
             rnd, phase = self._round_phase(messages[0])
             self.ledger.add(rnd, phase, seconds=time.monotonic() - t0)
@@ -435,20 +441,29 @@ class FleetGrid(Grid):
             self._replies[mid] = message
             self._cv.notify_all()
 
-    def _screen(self, replies: list[Message], requests: dict[str, Message]) -> list[Message]:
-        """Apply the round-level rules (`federation.screening`): refused replies become counted errors."""
+    def screen(self, replies: list[Message], requests: Mapping[str, Message], *,
+               history: Sequence[float] = ()) -> list[Message]:
+        """Apply the round-level rules (`federation.screening`) to `replies`: refused ones become counted errors.
+
+        `send_and_receive` runs this on every phase; asynchronous runs (`federation.buffered`) run it
+        on each buffer before aggregating, with `history` (recently accepted update norms) as the
+        yardstick when the buffer is too small for a median. `requests` maps each reply's
+        ``reply_to_message_id`` to its request. A refused reply is booked as a rejection with its
+        reason in the ledger of the first request's round.
+        """
         if not replies:
             return replies
         first = requests[replies[0].metadata.reply_to_message_id]
         rnd, phase = self._round_phase(first)
         sent = next(iter(first.content.array_records.values()), None)  # every request of a phase carries θ
         theta = 0.0
-        if sent is not None and len(replies) >= 3:  # fewer replies: no norm outliers, so no need for ‖θ‖
+        if sent is not None and (len(replies) >= MIN_MEDIAN or history):  # else no norm outliers: ‖θ‖ unused
             # float weights only: int8 codes of a delta-q8 downlink (TinyMetaFed) are not parameters
             arrays = [v.numpy() for v in sent.values()]
             theta = float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays
                                       if a.dtype.kind == "f")))
-        refusals = norm_outliers(replies, theta, factor=self.norm_factor, floor_ratio=self.norm_floor)
+        refusals = norm_outliers(replies, theta, factor=self.norm_factor, floor_ratio=self.norm_floor,
+                                 history=history)
         refused = {r.index for r in refusals}
         refusals += [r for r in metric_outliers(replies, factor=self.metric_factor) if r.index not in refused]
         out = list(replies)

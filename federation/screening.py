@@ -10,6 +10,7 @@ error reply.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,8 @@ from flwr.app import Message, MetricRecord
 from federation.replies import WEIGHT_KEY, evaluation_weight_cap, metric_outlier_indices, outlier_indices
 
 NORM_KEY = "update-norm"
+MIN_MEDIAN = 3
+"""Fewer replies than this have no round median: nothing is judged (sync) or a recent median is used (async)."""
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,24 @@ def scalar(value: object) -> float:
     return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
-def norm_outliers(replies: list[Message], theta_norm: float, *, factor: float, floor_ratio: float) -> list[Refusal]:
-    """Train replies whose update norm exceeds `factor` × the round's median and `floor_ratio` × ‖θ‖."""
+def norm_outliers(replies: list[Message], theta_norm: float, *, factor: float, floor_ratio: float,
+                  history: Sequence[float] = ()) -> list[Refusal]:
+    """Train replies whose update norm exceeds `factor` × the round's median and `floor_ratio` × ‖θ‖.
+
+    `history`: update norms accepted recently (asynchronous runs, `federation.buffered`). A buffer
+    of fewer than `MIN_MEDIAN` replies has no median worth the name, so its norms are judged
+    against the median of this history instead (when it holds at least `MIN_MEDIAN` norms);
+    without it such a buffer would let any finite update through.
+    """
     ok = [i for i, r in enumerate(replies) if not r.has_error() and NORM_KEY in metrics_of(r)]
     norms = [scalar(metrics_of(replies[i])[NORM_KEY]) for i in ok]
     floor = floor_ratio * theta_norm
+    if len(norms) < MIN_MEDIAN and len(history) >= MIN_MEDIAN:
+        med = float(np.median(np.asarray(history, dtype=np.float64)))
+        limit = max(factor * max(med, 1e-12), floor)
+        return [Refusal(ok[j], "absurd-norm", f"update norm {n:.3g} > {factor:g} x recent median {med:.3g} and > "
+                                              f"{floor_ratio:g} x |theta| ({floor:.3g})")
+                for j, n in enumerate(norms) if not n <= limit]
     bad = outlier_indices(norms, factor=factor, floor=floor)
     med = float(np.median(norms)) if norms else 0.0
     return [Refusal(ok[j], "absurd-norm", f"update norm {norms[j]:.3g} > {factor:g} x median {med:.3g} and > "

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType, RecordDict
 
 from broker.process import MosquittoBroker
 from devices.link.address import parse_broker_url
 from devices.simulator import FaultKnobs, FleetSimulator
 from devices.wire.protocol import ConfigKey
-from federation.buffered import BufferedRun, staleness_weight
+from federation.buffered import BufferedRun, first_replies, staleness_weight
 from federation.coordinator import RunConfig
+from federation.exceptions import FederationError
 from federation.flower_compat import init_task_identity
 from federation.grid import FleetGrid
 from federation.hierarchy.settings import HierarchyConfig
@@ -27,14 +29,19 @@ from tests.support.federation import QuadraticDevice, adapted, initial_head
 STEPS, LR = 3, 0.1
 
 
-def _run(tmp_path: Path, n: int, buffer: int, rounds: int, **kw: object) -> tuple[list[dict], dict, FleetGrid,
-                                                                                 dict[str, QuadraticDevice]]:
+def _absurd(hdr: dict, tensors: list) -> list:
+    """A device that answers every tensor with 3e38: finite in float32, so only the round-level rules catch it."""
+    return [(k, np.full_like(t, 3.0e38)) for k, t in tensors]
+
+
+def _run(tmp_path: Path, n: int, buffer: int, rounds: int, *, attackers: int = 0, min_replies: int = 1,
+         **kw: object) -> tuple[list[dict], dict, FleetGrid, dict[str, QuadraticDevice]]:
     init_task_identity(1)
-    devs = {f"dev-{i}": QuadraticDevice(f"dev-{i}") for i in range(n)}
+    devs = {f"dev-{i}": QuadraticDevice(f"dev-{i}", sabotage=_absurd if i < attackers else None) for i in range(n)}
     grid = FleetGrid(InProcessTransport(devs), ProtocolCodec({"local-steps": STEPS, "lr": LR}), run_id="run-b")
     cfg = RunConfig(run_id="b", task="sine", strategy="reptile", rounds=rounds, local_steps=STEPS, lr=LR,
                     strategy_params={"epsilon": 0.9, "epsilon_floor": 0.1}, quorum=n, quorum_timeout=10,
-                    round_timeout=10)
+                    round_timeout=10, min_replies=min_replies)
     settings = HierarchyConfig(run=cfg, mode="async", buffer=buffer, **kw)  # type: ignore[arg-type]
     try:
         result = BufferedRun(settings, grid, tmp_path).start(initial_head())
@@ -90,6 +97,34 @@ def test_replies_left_in_the_buffer_age_and_are_discarded_when_too_stale(tmp_pat
     assert records[-1]["discarded_stale"] > 0, records[-1]
 
 
+def test_an_absurd_update_is_screened_out_of_a_full_buffer(tmp_path: Path) -> None:
+    """One device of four answers 3e38 everywhere: the buffer's median rule refuses it, as a sync round does,
+    and the version goes ahead with the three honest replies (no device is left to fill the buffer)."""
+    records, final, _, _ = _run(tmp_path, n=4, buffer=4, rounds=2, attackers=1)
+    assert max(float(np.max(np.abs(v))) for v in final.values()) < 100.0
+    assert all(r["replies"] == 3 for r in records), records
+    assert records[-1]["failures"] == 2 and records[-1]["reasons"] == {"absurd-norm": 2}
+
+
+def test_a_small_buffer_is_judged_against_recently_aggregated_norms(tmp_path: Path) -> None:
+    """Buffers of one have no median: after a few honest versions, the absurd device's reply is refused
+    against the rolling median of accepted update norms."""
+    records, final, _, _ = _run(tmp_path, n=6, buffer=1, rounds=12, attackers=1, max_staleness=20)
+    assert max(float(np.max(np.abs(v))) for v in final.values()) < 100.0
+    assert records[-1]["reasons"].get("absurd-norm", 0) >= 1, records[-1]
+
+
+def test_too_few_devices_for_the_buffer_aggregate_what_they_sent(tmp_path: Path) -> None:
+    """Two devices, a buffer of five: each version is aggregated from the two replies instead of waiting forever."""
+    records, _, _, _ = _run(tmp_path, n=2, buffer=5, rounds=2)
+    assert [(r["round"], r["replies"]) for r in records] == [(1, 2), (2, 2)]
+
+
+def test_too_few_devices_for_min_replies_end_the_run_with_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FederationError, match="only 2 device.* version 1 .*--buffer is 5"):
+        _run(tmp_path, n=2, buffer=5, rounds=2, min_replies=3)
+
+
 def test_staleness_weight() -> None:
     assert staleness_weight(0) == 1.0
     assert staleness_weight(3, alpha=0.5) == pytest.approx(0.5)
@@ -130,3 +165,22 @@ def test_devices_that_sleep_most_of_the_time_keep_contributing(tmp_path: Path) -
     finally:
         sim.stop()
         broker.stop()
+
+
+def test_a_gateways_buffered_sub_round_screens_its_replies() -> None:
+    """`first_replies` (a gateway's async sub-round) applies the same round-level rules as a sync phase."""
+    init_task_identity(1)
+    devs = {f"dev-{i}": QuadraticDevice(f"dev-{i}", sabotage=_absurd if i == 0 else None) for i in range(4)}
+    grid = FleetGrid(InProcessTransport(devs), ProtocolCodec({"local-steps": STEPS, "lr": LR}), run_id="run-g")
+    try:
+        nodes = grid.wait_for_nodes(4, timeout=10)
+        theta = ArrayRecord({k: Array(v) for k, v in initial_head().items()})
+        cfg = ConfigRecord({ConfigKey.LOCAL_STEPS: STEPS, ConfigKey.LR: LR, ConfigKey.SERVER_ROUND: 1})
+        messages = [grid.create_message(RecordDict({"arrays": theta, "config": cfg}), MessageType.TRAIN, n, "1")
+                    for n in nodes]
+        replies = first_replies(grid, messages, want=4, timeout=10)
+    finally:
+        grid.transport.close()
+    errors = [r for r in replies if r.has_error()]
+    assert len(replies) == 4 and len(errors) == 1 and "absurd-norm" in errors[0].error.reason
+    assert grid.device_id(errors[0].metadata.src_node_id) == "dev-0"
