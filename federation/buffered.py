@@ -146,6 +146,7 @@ class BufferedRun:
         self.hierarchical = not hasattr(grid, "ledger")
         # which nodes get a task is decided here, by concurrency and idleness: the strategy sees them all
         self.strategy: Strategy = level_strategy(cfg, serial=False, fraction_train=1.0)
+        # flat --buffer 0: a tenth of the devices present at the start (`default_buffer`), resolved in `start`
         self.buffer_size = max(1, (settings.gateway_buffer if self.hierarchical else settings.buffer) or 1)
         if not self.hierarchical:
             flower_compat.init_task_identity(grid.run.run_id)
@@ -155,7 +156,10 @@ class BufferedRun:
         cfg = self.cfg
         cfg.save(self.run_dir)
         (self.run_dir / METRICS_FILE).write_text("")
-        self._wait_for_nodes(cfg.quorum if not self.hierarchical else self.settings.gateways, cfg.quorum_timeout)
+        nodes = self._wait_for_nodes(cfg.quorum if not self.hierarchical else self.settings.gateways,
+                                     cfg.quorum_timeout)
+        if not self.hierarchical and not self.settings.buffer:
+            self.buffer_size = default_buffer(len(nodes))
         rng = random.Random(cfg.seed)
         version = 1
         thetas: dict[int, ArrayRecord] = {1: to_record(initial)}
@@ -382,16 +386,20 @@ class BufferedRun:
 
 def _reason(reply: Message) -> str:
     """The short reason of an error reply (the Grid writes ``"<device>: <reason>: <detail>"``)."""
-    parts = reply.error.reason.split(": ")
+    parts = (reply.error.reason or "").split(": ")
     return parts[1] if len(parts) >= 3 else "error"
 
 
 def _norm(reply: Message) -> float | None:
     """The update norm the Grid measured for a train reply (``update-norm``), if any."""
-    value = next(iter(reply.content.metric_records.values()), {}).get(NORM_KEY)
+    record = next(iter(reply.content.metric_records.values()), None)
+    value = record.get(NORM_KEY) if record is not None else None
     return float(value) if isinstance(value, (int, float)) else None
 
 
 def default_buffer(devices: int) -> int:
-    """A buffer of about a tenth of the fleet (FedBuff used 10 of ~1,000 concurrent clients)."""
+    """What ``--buffer 0`` means: a tenth of the devices, at least 1 (FedBuff used 10 of ~1,000 concurrent clients).
+
+    The devices are those present when a flat run starts, or those a gateway sent a task (per site).
+    """
     return max(1, math.ceil(devices / 10))

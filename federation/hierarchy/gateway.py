@@ -177,9 +177,9 @@ class Gateway:
         if self.settings.mode == "sync":
             replies = grid.send_and_receive(messages=messages, timeout=cfg.round_timeout)
         else:
-            from federation.buffered import first_replies
+            from federation.buffered import default_buffer, first_replies
 
-            want = self.settings.buffer or len(messages)
+            want = self.settings.buffer or default_buffer(len(messages))
             replies = first_replies(grid, messages, want=min(want, len(messages)), timeout=cfg.round_timeout)
         return sorted(replies, key=lambda m: m.metadata.src_node_id)
 

@@ -47,7 +47,8 @@ class HierarchyConfig:
         ``async``: FedBuff-style buffered aggregation (`federation.buffered`).
     buffer : int, default=0
         Async: device replies per aggregation (flat) or per gateway answer (hierarchical);
-        0 means "every device that was sent a task".
+        0 means a tenth of the devices, at least 1 (`federation.buffered.default_buffer`): of
+        those present when a flat run starts, of those a gateway sent a task.
     gateway_buffer : int, default=1
         Async, hierarchical: gateway answers per top-level aggregation.
     staleness : {"polynomial", "constant", "hinge"}, default="polynomial"

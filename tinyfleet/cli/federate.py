@@ -15,6 +15,7 @@ from federation.coordinator import Coordinator, RunConfig, read_status
 from federation.exceptions import CheckpointError, StrategyParameterError
 from firmware_models.quiet import stdout_to_stderr
 from tinyfleet import config as settings
+from tinyfleet.cli.federate_scale import float_opt
 from tinyfleet.cli.output import JSON_HELP, err, print_json, progress, quiet_logs, table
 
 app = typer.Typer(
@@ -52,7 +53,7 @@ RegistryOpt = Annotated[str | None, typer.Option(
     "registry listen`) instead of the retained Thing Descriptions. Default: config key 'registry'.")]
 RegistryEndpointOpt = Annotated[str | None, typer.Option(
     "--registry-endpoint", help="As --registry, from a remote SPARQL endpoint. Default: config key 'endpoint'.")]
-BrokerTimeoutOpt = Annotated[float | None, typer.Option(
+BrokerTimeoutOpt = Annotated[float | None, float_opt(
     "--broker-timeout", min=0.0, help="Seconds the coordinator keeps reconnecting to a lost broker before it stops "
     "with exit 1 (the run stays resumable); default 60, or what the run was started with.")]
 
@@ -92,37 +93,37 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed of sampling, devices' data and initial head.", min=0)] = 0,
     local_steps: Annotated[int, typer.Option(help="Online SGD steps per device and round (Reptile default).",
                                              min=1)] = 50,
-    lr: Annotated[float, typer.Option(help="Device learning rate (Reptile default).", min=0.0)] = 0.02,
-    epsilon: Annotated[float | None, typer.Option(help="Reptile outer step size at round 1 (default 1; "
+    lr: Annotated[float, float_opt(help="Device learning rate (Reptile default).", min=0.0)] = 0.02,
+    epsilon: Annotated[float | None, float_opt(help="Reptile outer step size at round 1 (default 1; "
                                                        "tinyreptile: its validated default).")] = None,
-    epsilon_floor: Annotated[float, typer.Option(help="Reptile step size the schedule anneals toward.")] = 0.0,
+    epsilon_floor: Annotated[float, float_opt(help="Reptile step size the schedule anneals toward.")] = 0.0,
     schedule: Annotated[str, typer.Option(help="How epsilon anneals: linear, cosine or constant.")] = "linear",
     serial: Annotated[bool, typer.Option(help="One device per round (TinyReptile).")] = False,
-    fraction: Annotated[float, typer.Option(help="Fraction of present devices sampled per round, in (0, 1].")] = 1.0,
+    fraction: Annotated[float, float_opt(help="Fraction of present devices sampled per round, in (0, 1].")] = 1.0,
     aggregate: Annotated[Aggregation, typer.Option(
         help="fedavg, reptile, tinymetafed: combine the replies by the strategy's mean, or robustly by Flower's "
         "coordinate-wise median, trimmed mean or Krum (docs/reliability.md, threat model).")] = Aggregation.mean,
-    trim: Annotated[float, typer.Option(help="--aggregate trimmed-mean: fraction cut at each end, in [0, 0.5).")
+    trim: Annotated[float, float_opt(help="--aggregate trimmed-mean: fraction cut at each end, in [0, 0.5).")
                     ] = 0.2,
     malicious: Annotated[int, typer.Option(help="--aggregate krum: devices assumed malicious (Krum's f).",
                                            min=0)] = 1,
-    top_p: Annotated[float, typer.Option(help="TinyMetaFed: fraction of update entries uploaded.")] = 0.05,
+    top_p: Annotated[float, float_opt(help="TinyMetaFed: fraction of update entries uploaded.")] = 0.05,
     reconstruct_steps: Annotated[int, typer.Option(help="TinyMetaFed: local-layer SGD re-fit steps (devices "
                                                         "without the closed-form readout, or --readout-lambda 0).",
                                                    min=0)] = 5,
-    readout_lambda: Annotated[float, typer.Option(help="TinyMetaFed: re-fit the last layer in closed form (ridge "
+    readout_lambda: Annotated[float, float_opt(help="TinyMetaFed: re-fit the last layer in closed form (ridge "
                                                        "lambda) before training; 0: --reconstruct-steps SGD steps.",
                                                   min=0.0)] = 0.0,
     error_feedback: Annotated[bool, typer.Option(help="TinyMetaFed: devices keep what Top-P left out for the "
                                                       "next round.")] = True,
     downlink: Annotated[str, typer.Option(help="TinyMetaFed: delta-q8 (int8 deltas to what each device holds) "
                                                "or dense.")] = "delta-q8",
-    round_timeout: Annotated[float, typer.Option(help="Seconds to wait for replies per phase.", min=0.01)] = 30.0,
+    round_timeout: Annotated[float, float_opt(help="Seconds to wait for replies per phase.", min=0.01)] = 30.0,
     min_replies: Annotated[int, typer.Option(help="Fewer valid replies keep the old parameters.", min=1)] = 1,
     quorum: Annotated[int | None, typer.Option(help="Eligible devices required before round 1 (default: --simulate "
                                                     "N, else 1: a run on --broker starts with the first eligible "
                                                     "device; give the fleet's size to wait for all).", min=1)] = None,
-    quorum_timeout: Annotated[float, typer.Option(help="Seconds to wait for the quorum.", min=0.0)] = 30.0,
+    quorum_timeout: Annotated[float, float_opt(help="Seconds to wait for the quorum.", min=0.0)] = 30.0,
     samples_per_device: Annotated[int, typer.Option(help="Simulated devices' local samples.", min=2)] = 64,
     gateways: Annotated[int, typer.Option(help="Hierarchical run on Flower's deployment runtime: a SuperLink and "
                                                "N gateway SuperNodes, each with its own site broker and 1/N of the "
@@ -132,17 +133,19 @@ def run(
                                             "aggregate as soon as --buffer replies are in.",
                                        rich_help_panel="Scale-out")] = Mode.sync,
     buffer: Annotated[int, typer.Option(help="Async: device replies per aggregation (hierarchical: per gateway "
-                                             "answer; 0: a tenth of the devices).", min=0,
+                                             "answer); 0: a tenth of the devices, at least 1 (flat: of those present "
+                                             "at the start; hierarchical: of each site's). At most --simulate.",
+                                        min=0,
                                         rich_help_panel="Scale-out")] = 0,
     max_staleness: Annotated[int, typer.Option(help="Async: replies more model versions old are discarded.", min=0,
                                                rich_help_panel="Scale-out")] = 8,
-    staleness_alpha: Annotated[float, typer.Option(help="Async: a reply TAU versions old weighs (1+TAU)^-ALPHA.",
+    staleness_alpha: Annotated[float, float_opt(help="Async: a reply TAU versions old weighs (1+TAU)^-ALPHA.",
                                                    min=0.0, rich_help_panel="Scale-out")] = 0.5,
-    intermittent: Annotated[float, typer.Option(help="Simulated devices that sleep most of the time (fraction).",
+    intermittent: Annotated[float, float_opt(help="Simulated devices that sleep most of the time (fraction).",
                                                 min=0.0, max=1.0, rich_help_panel="Scale-out")] = 0.0,
-    online: Annotated[float, typer.Option(help="An intermittent device is online ONLINE s of every PERIOD s.",
+    online: Annotated[float, float_opt(help="An intermittent device is online ONLINE s of every PERIOD s.",
                                           min=0.0, rich_help_panel="Scale-out")] = 60.0,
-    period: Annotated[float, typer.Option(help="Duty-cycle period of intermittent devices (s).", min=0.0,
+    period: Annotated[float, float_opt(help="Duty-cycle period of intermittent devices (s).", min=0.0,
                                           rich_help_panel="Scale-out")] = 180.0,
     bridge_to: Annotated[Path | None, typer.Option(help="With --gateways: bridge every site broker's TDs, presence "
                                                         "and telemetry up to the broker running from this directory "
@@ -188,14 +191,22 @@ def run(
                               downlink=downlink)
     params.update(_robust(strategy, aggregate, trim=trim, malicious=malicious))
     rid = run_id or f"{task}-{_slug(strategy)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if quorum is None and intermittent > 0:  # asleep devices never all show up: start with most of the awake ones
-        quorum = max(1, int(0.8 * simulate * (1 - intermittent * (1 - online / max(period, 1e-9)))))
     config = RunConfig(run_id=rid, task=task, strategy=strategy, rounds=rounds, seed=seed,
                        local_steps=local_steps, lr=lr, strategy_params=params, round_timeout=round_timeout,
                        min_replies=min_replies, quorum=quorum or max(simulate, 1), quorum_timeout=quorum_timeout,
                        fleet=fleet, broker=broker, simulate=simulate, samples_per_device=samples_per_device,
                        allow_undescribed=allow_undescribed,
                        broker_timeout=60.0 if broker_timeout is None else broker_timeout)
+    scaled = bool(gateways or mode is Mode.async_ or intermittent > 0 or bridge_to is not None)
+    if scaled:
+        from tinyfleet.cli.federate_scale import ScaleOptions, check_options
+
+        opts = ScaleOptions(gateways=gateways, mode=mode.value, buffer=buffer, max_staleness=max_staleness,
+                            staleness_alpha=staleness_alpha, intermittent=intermittent, online=online, period=period,
+                            bridge_to=bridge_to)
+        check_options(config, opts)  # before any of these values is used
+    if quorum is None and intermittent > 0:  # asleep devices never all show up: start with most of the awake ones
+        config.quorum = max(1, int(0.8 * simulate * (1 - intermittent * (1 - online / max(period, 1e-9)))))
     run_dir = out / rid
     if (run_dir / "run.json").exists():
         raise CheckpointError(f"{run_dir} already holds a run; use `tinyfleet federate resume {run_dir}` "
@@ -205,12 +216,9 @@ def run(
     build_strategy(config.strategy, params, num_rounds=rounds,  # validate parameters before starting anything
                    defaults=strategy_defaults(config))
     initial = initial_parameters(task, models_dir=models, seed=seed)
-    if gateways or mode is Mode.async_ or intermittent > 0 or bridge_to is not None:
-        from tinyfleet.cli.federate_scale import ScaleOptions, execute_scaled
+    if scaled:
+        from tinyfleet.cli.federate_scale import execute_scaled
 
-        opts = ScaleOptions(gateways=gateways, mode=mode.value, buffer=buffer, max_staleness=max_staleness,
-                            staleness_alpha=staleness_alpha, intermittent=intermittent, online=online, period=period,
-                            bridge_to=bridge_to)
         execute_scaled(config, run_dir, initial, opts, models=models, json_out=json_out, verbose=verbose,
                        credentials=creds, secure=not insecure)
         return

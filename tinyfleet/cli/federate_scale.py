@@ -7,11 +7,13 @@ Flower's deployment runtime) or `federation.buffered` (asynchronous rounds on on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import typer
 
 from federation.coordinator import RunConfig
 from federation.exceptions import CheckpointError, FederationError
@@ -24,6 +26,22 @@ class UsageError(TinyFleetError):
     """A combination of options that cannot work together."""
 
     exit_code = 2
+
+
+def finite_float(param: typer.CallbackParam, value: float | None) -> float | None:
+    """Typer callback of every float option of `federate run|resume`: NaN and infinity are usage errors.
+
+    Why: Click's range checks compare, and every comparison with NaN is false, so ``--online nan``
+    passed ``min=0.0`` and failed later with a traceback (or, ``--staleness-alpha nan``, not at all).
+    """
+    if value is not None and not math.isfinite(value):
+        raise UsageError(f"{param.opts[0] if param.opts else param.name} must be a finite number; got {value}")
+    return value
+
+
+def float_opt(*args: Any, **kwargs: Any) -> Any:
+    """`typer.Option` for a float: non-finite values are refused (`finite_float`)."""
+    return typer.Option(*args, callback=finite_float, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,14 @@ def check_options(config: RunConfig, opts: ScaleOptions) -> None:
     if opts.mode == "async" and config.strategy not in ASYNC_STRATEGIES:
         raise UsageError(f"--mode async supports --strategy {' or '.join(ASYNC_STRATEGIES)} (TinyMetaFed's sparse "
                          "updates cannot be re-based onto a newer model)")
+    if opts.mode == "async" and config.strategy_params.get("serial"):
+        raise UsageError("--mode async keeps a task in flight on every idle device; it has no --serial form")
+    if opts.mode == "async" and config.strategy_params.get("fraction_train", 1.0) != 1.0:
+        raise UsageError("--mode async sends each new version to every idle device; --fraction does not apply "
+                         "(limit the devices in flight with a smaller fleet or --buffer)")
+    if opts.mode == "async" and not opts.gateways and config.simulate and opts.buffer > config.simulate:
+        raise UsageError(f"--buffer {opts.buffer} is more than the --simulate {config.simulate} devices: a version "
+                         "is trained at most once per device, so the buffer would never fill")
     if opts.bridge_to is not None and not opts.gateways:
         raise UsageError("--bridge-to joins site brokers to a central one: it needs --gateways N")
     if not opts.gateways:
@@ -92,14 +118,11 @@ def execute_scaled(config: RunConfig, run_dir: Path, initial: dict[str, np.ndarr
                    models: Path | None, json_out: bool, verbose: bool, credentials: Any = None,
                    secure: bool = True) -> None:
     """Run, then print the same summary a flat run prints (plus the scale-out facts)."""
-    from federation.buffered import default_buffer
     from federation.hierarchy.settings import HierarchyConfig
 
     check_options(config, opts)
-    buffer = opts.buffer
-    if opts.mode == "async" and not buffer:
-        buffer = default_buffer(config.simulate // max(opts.gateways, 1) if config.simulate else 10)
-    settings = HierarchyConfig(run=config, gateways=opts.gateways, mode=opts.mode, buffer=buffer,
+    # --buffer 0 is resolved where the devices are known (`federation.buffered.default_buffer`)
+    settings = HierarchyConfig(run=config, gateways=opts.gateways, mode=opts.mode, buffer=opts.buffer,
                                max_staleness=opts.max_staleness, staleness_alpha=opts.staleness_alpha)
     quiet_logs(verbose)
     with progress(enabled=not json_out) as bar:
