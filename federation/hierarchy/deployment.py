@@ -23,12 +23,10 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from federation.hierarchy import FLOWER_APP_DIR
 from federation.hierarchy.processes import ManagedProcess, ProcessSet, marked_pids
 from federation.hierarchy.server import STATUS_FILE, read_status
 from federation.hierarchy.settings import HierarchyConfig, SiteConfig
+from federation.signals import sigterm_unwinds
 
 CONNECTION = "tinyfleet"
 """Name of the SuperLink connection in the deployment's own Flower configuration."""
@@ -139,7 +138,7 @@ class LocalDeployment:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def __enter__(self) -> LocalDeployment:
-        self._stack.enter_context(_sigterm_unwinds())
+        self._stack.enter_context(sigterm_unwinds())
         try:
             self.start()
         except BaseException:
@@ -328,28 +327,6 @@ class LocalDeployment:
                            "node_id": s.node_id, "id_prefix": s.id_prefix} for s in self.sites],
                 "pids": {p.name: p.pid for p in self.procs.processes} | {
                     f"broker-{s.config.name}": pid for s, pid in zip(self.sites, self.broker_pids, strict=False)}}
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """Turn SIGTERM into `SystemExit` while the deployment runs, so `kill <pid>` stops every process too.
-
-    Python's default SIGTERM ends the interpreter without unwinding `with` blocks, which would leave
-    the SuperLink, SuperNodes, brokers and device groups running. Only the main thread may set it.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _exit(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the clean-up finish
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, _exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def expected_present(n: int, group: DeviceGroup) -> int:

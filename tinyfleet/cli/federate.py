@@ -13,6 +13,7 @@ import typer
 
 from federation.coordinator import Coordinator, RunConfig, read_status
 from federation.exceptions import CheckpointError, StrategyParameterError
+from federation.signals import sigterm_unwinds
 from firmware_models.quiet import stdout_to_stderr
 from tinyfleet import config as settings
 from tinyfleet.cli.federate_scale import float_opt
@@ -70,6 +71,7 @@ ROBUST_STRATEGIES = ("fedavg", "reptile", "tinymetafed")
 
 
 @app.command()
+@sigterm_unwinds()  # `kill <pid>` unwinds the run: its private broker and devices stop too
 def run(
     task: Annotated[str, typer.Option(help="Use case: sine, characters, keywords, presence.")],
     strategy: Annotated[str, typer.Option(help="Server strategy: reptile, tinyreptile, tinymetafed, fedavg, any "
@@ -227,6 +229,7 @@ def run(
 
 
 @app.command()
+@sigterm_unwinds()
 def resume(
     run_dir: RunDir,
     models: Annotated[Path | None, typer.Option(help="Built model folder, as given to `federate run` (default: "
