@@ -18,6 +18,7 @@ also declared there), so the same queries answer on published and on tinyfleet's
 
 from __future__ import annotations
 
+import math
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from functools import cache
 from importlib import resources
@@ -204,6 +205,9 @@ def _normalize_model(g: Graph, m: Node, problems: list[str]) -> None:
             number = float(str(value)) * mapped[1]
         except ValueError:
             problems.append(f"<{metric}>: metric value {str(value)!r} is not a number")
+            continue
+        if not math.isfinite(number):  # NaN would order at random and is not JSON; 1e400 is inf
+            problems.append(f"<{metric}>: metric value {str(value)!r} is not a finite number")
             continue
         g.add((m, TF.hasMetric, metric))
         g.add((metric, RDF.type, TF.Metric))

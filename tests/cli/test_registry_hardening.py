@@ -72,6 +72,18 @@ def test_a_published_ram_figure_must_be_a_finite_sane_number(cli: Cli, tmp_path:
     assert _triples(store) == 0
 
 
+@pytest.mark.parametrize("value", ['"NaN"^^xsd:double', "1e400", '"-INF"^^xsd:double'])
+def test_a_published_metric_value_must_be_finite(cli: Cli, tmp_path: Path, value: str) -> None:
+    text, accuracy = (LEGACY / "tflite_models.ttl").read_text(encoding="utf-8"), "nnet:hasMetricValue 9.21e+01 ."
+    assert text.count(accuracy) == 1
+    models, store = tmp_path / "models.ttl", tmp_path / "reg"
+    models.write_text(text.replace(accuracy, f"nnet:hasMetricValue {value} ."), encoding="utf-8")
+    r = cli("registry", "import", str(models), "--store", str(store))
+    _one_error(r, 1, str(models), "nothing written")
+    assert "is not a finite number" in r.stderr, r.stderr
+    assert _triples(store) == 0
+
+
 def test_published_memory_figures_convert_exactly(tmp_path: Path) -> None:
     for ram, expected in (("9007199254740993", 9_007_199_254_740_993_000),  # 2**53 + 1 kB: a float drops the 1
                           ("0.5", 500), ("109", 109_000), ('"9223372036854775.807"^^xsd:decimal', 2**63 - 1)):
