@@ -267,6 +267,9 @@ class Coordinator:
                          ) -> tuple[ArrayRecord | None, MetricRecord | None, str | None]:
         n_ok = self._valid_count(replies)
         if n_ok < self.config.min_replies:
+            observe = getattr(self.strategy, "observe_train_replies", None)  # per-device state (TinyMetaFed's bases)
+            if observe is not None:
+                observe(rnd, replies)
             return None, None, f"{n_ok} valid replies < min_replies {self.config.min_replies}"
         try:
             arrays, metrics = self.strategy.aggregate_train(rnd, replies)

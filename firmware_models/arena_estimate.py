@@ -39,6 +39,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from firmware_models.exceptions import ModelFileError
+
 ALIGNMENT = 16
 """TFLM's arena buffer alignment (MicroArenaBufferAlignment)."""
 
@@ -54,6 +56,10 @@ OP_DATA_BYTES = {
 DEFAULT_OP_DATA = 24
 PER_CHANNEL_BYTES = 8
 PER_CHANNEL_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"})
+MAX_CALL_DEPTH = 32
+"""Deepest nesting of IF/WHILE/CALL_ONCE subgraph calls a model may have (each level is a stack frame)."""
+MAX_UNROLLED_OPERATORS = 1_000_000
+"""Most operators the plan may visit, counting a subgraph's operators once per call of it."""
 EVAL_TENSOR_BYTES = 24
 NODE_BYTES = 64
 IO_TENSOR_BYTES = 64
@@ -136,13 +142,73 @@ def _io(sg: Any) -> list[int]:
     return [int(t) for part in (sg.inputs, sg.outputs) if part is not None for t in part]
 
 
-def _subgraphs_called(op: Any, name: str) -> list[int]:
+def subgraphs_called(op: Any, name: str) -> list[int]:
     opts = op.builtinOptions
     if opts is None:
         return []
     keys = {"IF": ("thenSubgraphIndex", "elseSubgraphIndex"), "WHILE": ("condSubgraphIndex", "bodySubgraphIndex"),
             "CALL_ONCE": ("initSubgraphIndex",)}.get(name, ())
     return [int(getattr(opts, k)) for k in keys if getattr(opts, k, None) is not None]
+
+
+def _check_indices(model: Any, op_names: dict[int, str], source: str) -> list[list[int]]:
+    """Every tensor and subgraph index in range; returns the subgraphs each subgraph calls."""
+    subgraphs = model.subgraphs or []
+    calls: list[list[int]] = []
+    for si, sg in enumerate(subgraphs):
+        n = len(sg.tensors or [])
+        for t in _io(sg):
+            if not 0 <= t < n:
+                raise ModelFileError(f"{source}: subgraph {si} input/output refers to missing tensor {t} "
+                                     f"(the subgraph has {n})")
+        called: list[int] = []
+        for oi, op in enumerate(sg.operators or []):
+            for kind, indices, lowest in (("input", op.inputs, -1), ("output", op.outputs, 0)):  # -1: optional input
+                for t in (int(i) for i in (indices if indices is not None else [])):
+                    if not lowest <= t < n:
+                        raise ModelFileError(f"{source}: subgraph {si} operator {oi} {kind} refers to missing "
+                                             f"tensor {t} (the subgraph has {n})")
+            for sub in subgraphs_called(op, op_names.get(op.opcodeIndex, "")):
+                if not 0 <= sub < len(subgraphs):
+                    raise ModelFileError(f"{source}: subgraph {si} operator {oi} calls missing subgraph {sub} "
+                                         f"(the model has {len(subgraphs)})")
+                called.append(sub)
+        calls.append(called)
+    return calls
+
+
+def check_structure(model: Any, op_names: dict[int, str], source: str) -> None:
+    """Raise ModelFileError unless every index is in range and subgraph calls form a small tree.
+
+    Why: the plan walks the model as TFLM would, following IF/WHILE/CALL_ONCE into the subgraphs they
+    call. A crafted file can point past a tensor list, call a subgraph from itself (TFLM would recurse
+    forever), nest calls deeper than a stack, or make a diamond of calls whose unrolled walk is
+    exponential; each is refused here, naming the file, before any of it is followed.
+    `op_names` maps operator-code indices (not builtin codes) to names.
+    """
+    calls = _check_indices(model, op_names, source)
+    subgraphs = model.subgraphs or []
+    done: dict[int, tuple[int, int]] = {}  # subgraph -> (operators visited when it is called, call depth below it)
+
+    def walk(si: int, path: tuple[int, ...]) -> tuple[int, int]:
+        work, height = len(subgraphs[si].operators or []), 0
+        for sub in calls[si]:
+            if sub in path:
+                raise ModelFileError(f"{source}: subgraph {si} calls subgraph {sub}, which is already running "
+                                     f"(recursive control flow)")
+            if len(path) >= MAX_CALL_DEPTH:
+                raise ModelFileError(f"{source}: subgraph calls nest deeper than {MAX_CALL_DEPTH}")
+            sub_work, sub_height = done[sub] if sub in done else walk(sub, (*path, sub))
+            if len(path) + sub_height >= MAX_CALL_DEPTH:
+                raise ModelFileError(f"{source}: subgraph calls nest deeper than {MAX_CALL_DEPTH}")
+            work, height = work + sub_work, max(height, sub_height + 1)
+            if work > MAX_UNROLLED_OPERATORS:
+                raise ModelFileError(f"{source}: subgraph calls unroll to more than {MAX_UNROLLED_OPERATORS:,} "
+                                     f"operators")
+        done[si] = (work, height)
+        return work, height
+
+    walk(0, (0,))
 
 
 def plan_tensors(model: Any, op_names: dict[int, str]) -> list[Buffer]:
@@ -165,10 +231,9 @@ def plan_tensors(model: Any, op_names: dict[int, str]) -> list[Buffer]:
             outs = [int(t) for t in (op.outputs if op.outputs is not None else [])]
             for t in outs:
                 created((si, t))
-            for sub in _subgraphs_called(op, op_names.get(op.opcodeIndex, "")):
-                if 0 <= sub < len(model.subgraphs):
-                    scope += 1
-                    mark(sub)
+            for sub in subgraphs_called(op, op_names.get(op.opcodeIndex, "")):
+                scope += 1
+                mark(sub)  # check_structure: in range, acyclic, bounded depth and work
             for t in (op.inputs if op.inputs is not None else []):
                 if int(t) >= 0:
                     last[(si, int(t))] = scope
@@ -196,14 +261,16 @@ def _channels(sg: Any, op: Any) -> int:
     return len(q.scale) if q is not None and q.scale is not None else 0
 
 
-def estimate_model(model: Any, op_names_by_code: dict[int, str]) -> ArenaEstimate:
+def estimate_model(model: Any, op_names_by_code: dict[int, str], *, source: str = "<model>") -> ArenaEstimate:
     """The static arena estimate of a parsed model (`schema_py_generated.ModelT`).
 
-    `op_names_by_code` maps builtin operator codes to names (tflite_inspect's table).
+    `op_names_by_code` maps builtin operator codes to names (tflite_inspect's table). Raises
+    ModelFileError naming `source` for a model whose indices or subgraph calls cannot be followed.
     """
     codes = model.operatorCodes or []
     index_names = {i: op_names_by_code.get(max(int(c.builtinCode), int(c.deprecatedBuiltinCode)), "")
                    for i, c in enumerate(codes)}
+    check_structure(model, index_names, source)
     buffers = plan_tensors(model, index_names)
     planned = greedy_plan(buffers)
     n_tensors = sum(len(sg.tensors or []) for sg in model.subgraphs)
@@ -230,4 +297,4 @@ def estimate_model(model: Any, op_names_by_code: dict[int, str]) -> ArenaEstimat
                          persistent_bytes=_align(persistent), temporary_bytes=temporary, planned_buffers=len(buffers))
 
 
-__all__ = ["ArenaEstimate", "Buffer", "estimate_model", "greedy_plan", "plan_tensors"]
+__all__ = ["ArenaEstimate", "Buffer", "check_structure", "estimate_model", "greedy_plan", "plan_tensors"]

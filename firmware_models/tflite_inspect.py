@@ -279,7 +279,7 @@ def inspect_bytes(data: bytes, *, source: str = "<bytes>") -> ModelReport:
     main = model.subgraphs[0]
     from firmware_models.arena_estimate import estimate_model
 
-    estimate = estimate_model(model, names)
+    estimate = estimate_model(model, names, source=source)
     desc = model.description.decode("utf-8", "replace") if isinstance(model.description, bytes) else ""
     return ModelReport(
         source=source,

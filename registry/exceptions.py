@@ -55,6 +55,16 @@ class RegistryUsageError(RegistryError):
     exit_code = 2
 
 
+class RegistryOptionError(RegistryInputError):
+    """A question's argument that cannot be read (`--ram 12zB`, an unknown `--order-by`): a usage error.
+
+    Why a subclass of RegistryInputError: callers that answer bad input (the HTTP API's 400) keep
+    catching it; the CLI exits 2, as for any option it cannot parse.
+    """
+
+    exit_code = 2
+
+
 class TDValidationError(RegistryInputError):
     """A Thing Description that breaks the W3C TD 1.1 JSON Schema or the directory's rules; nothing written.
 

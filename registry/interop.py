@@ -41,7 +41,12 @@ _MISSING = {"", "None", "none", "null", "nan", "NaN", "N.A.", "n.a.", "N/A", "n/
 
 
 def _jsonld_offline(text: str, source: str) -> str:
-    """Replace the W3C TD remote @context (unreachable offline) by the shipped local copy."""
+    """Replace the W3C TD remote @context (unreachable offline) by the shipped local copy.
+
+    Every other context that rdflib would fetch (a remote or file: IRI, a JSON-LD 1.1 `@import`, at
+    any depth: scoped contexts in term definitions included) is refused, so importing a file never
+    makes a network request or reads another local file.
+    """
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -57,6 +62,12 @@ def _jsonld_offline(text: str, source: str) -> str:
             raise RegistryInputError(f"{source}: remote @context {ctx!r} cannot be fetched offline; inline it")
         if isinstance(ctx, list):
             return [fix(c) for c in ctx]
+        if isinstance(ctx, dict) and "@import" in ctx:  # JSON-LD 1.1: rdflib would fetch it (http:, file:, ...)
+            raise RegistryInputError(f"{source}: @context @import {str(ctx['@import'])[:200]!r} would be fetched; "
+                                     f"inline it")
+        if ctx is not None and not isinstance(ctx, dict):
+            raise RegistryInputError(f"{source}: @context must be an object, a list or a W3C TD context IRI, "
+                                     f"not {type(ctx).__name__}")
         return ctx
 
     def walk(node: object) -> None:

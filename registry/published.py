@@ -18,6 +18,8 @@ also declared there), so the same queries answer on published and on tinyfleet's
 
 from __future__ import annotations
 
+import math
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from functools import cache
 from importlib import resources
 
@@ -29,6 +31,9 @@ from registry.ingest_device import set_sensor_kinds_summary
 from registry.namespaces import NNET, S3N, SCHEMA, SSN, SSNS, TD, TF
 
 # Unit IRIs of OM 2 (as IRIs, or as the "om:kilobyte" strings some published TDs carry).
+# Memory figures are stored as xsd:integer and compared with device budgets: anything at or above 2**63
+# bytes (8 EiB) is a typo or an attack, not a board.
+_MAX_BYTES = 1 << 63
 _UNIT_BYTES = {"byte": 1, "kilobyte": 1000, "kibibyte": 1024, "megabyte": 1_000_000, "mebibyte": 1 << 20}
 # Sensor class local names (lower-case, "sensor" suffix dropped) -> the sensor kind keys devices' TDs use.
 _SENSOR_SYNONYMS = {"thermometer": "temperature", "imager": "camera", "image": "camera", "mic": "microphone",
@@ -138,9 +143,14 @@ def _bytes(g: Graph, node: Node, problems: list[str]) -> int | None:
     if raw is None:
         return None
     try:
-        number = float(str(raw))
-    except ValueError:
+        # Decimal, not float: exact for any published figure, and "NaN"/"INF"/1e400 are caught below
+        # instead of overflowing int() (a float would also round 10**29 kB to the nearest double).
+        number = Decimal(str(raw).strip())
+    except InvalidOperation:
         problems.append(f"<{node}>: memory figure {str(raw)!r} is not a number")
+        return None
+    if not number.is_finite():
+        problems.append(f"<{node}>: memory figure {str(raw)!r} is not a finite number")
         return None
     if unit is None:
         problems.append(f"<{node}>: memory figure {raw} has no schema:unitCode")
@@ -149,7 +159,10 @@ def _bytes(g: Graph, node: Node, problems: list[str]) -> int | None:
     if factor is None:
         problems.append(f"<{node}>: unknown memory unit {unit} (use om:byte, om:kilobyte, om:kibibyte, ...)")
         return None
-    return int(round(number * factor))
+    if number < 0 or number.adjusted() > 30 or number * factor >= _MAX_BYTES:  # adjusted(): no Overflow trap
+        problems.append(f"<{node}>: memory figure {str(raw)!r} {local_name(unit)} is outside 0 .. 2**63 bytes")
+        return None
+    return int((number * factor).to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
 def _add_memory_figure(g: Graph, subject: Node, node: Node, props: dict[str, URIRef], problems: list[str]) -> None:
@@ -192,6 +205,9 @@ def _normalize_model(g: Graph, m: Node, problems: list[str]) -> None:
             number = float(str(value)) * mapped[1]
         except ValueError:
             problems.append(f"<{metric}>: metric value {str(value)!r} is not a number")
+            continue
+        if not math.isfinite(number):  # NaN would order at random and is not JSON; 1e400 is inf
+            problems.append(f"<{metric}>: metric value {str(value)!r} is not a finite number")
             continue
         g.add((m, TF.hasMetric, metric))
         g.add((metric, RDF.type, TF.Metric))

@@ -16,7 +16,7 @@ from typing import Any
 from rdflib import Literal
 from rdflib.term import Node
 
-from registry.exceptions import RegistryInputError
+from registry.exceptions import RegistryOptionError
 from registry.queries import load_query
 from registry.store import RegistryStore
 
@@ -29,6 +29,7 @@ _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
 _KIND = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 ORDERS = ("name", "ram", "flash", "macs")
 """Orders of `models_for_requirements` other than a metric name (a metric orders best first)."""
+_MAX_LISTED = 20
 
 
 def parse_bytes(text: str | int, *, what: str = "size") -> int:
@@ -38,12 +39,12 @@ def parse_bytes(text: str | int, *, what: str = "size") -> int:
     """
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
-            raise RegistryInputError(f"{what} {text} must not be negative")
+            raise RegistryOptionError(f"{what} {text} must not be negative")
         return text
     m = _SIZE.match(str(text))
     factor = _UNITS.get(m.group(2).lower()) if m else None
     if m is None or factor is None:
-        raise RegistryInputError(f"{what} {text!r} is not a size (e.g. 127kB, 64KiB, 2MB or a number of bytes)")
+        raise RegistryOptionError(f"{what} {text!r} is not a size (e.g. 127kB, 64KiB, 2MB or a number of bytes)")
     return int(round(float(m.group(1)) * factor))
 
 
@@ -52,9 +53,9 @@ def sensor_kinds(kinds: Sequence[str]) -> list[str]:
     out = list(dict.fromkeys(k.strip().lower() for k in kinds))
     bad = [k for k in out if not _KIND.match(k)]
     if bad:
-        raise RegistryInputError(f"sensor kind {bad[0]!r} must be lower-case letters, digits, '-' or '_'")
+        raise RegistryOptionError(f"sensor kind {bad[0]!r} must be lower-case letters, digits, '-' or '_'")
     if len(out) > MAX_SENSOR_KINDS:
-        raise RegistryInputError(f"at most {MAX_SENSOR_KINDS} sensor kinds per question, got {len(out)}")
+        raise RegistryOptionError(f"at most {MAX_SENSOR_KINDS} sensor kinds per question, got {len(out)}")
     return out
 
 
@@ -91,6 +92,19 @@ def devices_for_requirements(store: RegistryStore, *, ram: int | str | None = No
             for r in store.select_values(load_query("devices_for_requirements"), b)]
 
 
+def _check_metric_name(store: RegistryStore, metric: str) -> None:
+    """Refuse an order that is neither a figure nor a metric any model in the store has (a typo).
+
+    Why: an unknown metric would order nothing and print an empty column, silently.
+    """
+    known = [str(r["name"]) for r in store.select_values(load_query("metric_names"))]
+    if metric in known:
+        return
+    shown = ", ".join(known[:_MAX_LISTED]) + (", ..." if len(known) > _MAX_LISTED else "")
+    raise RegistryOptionError(f"--order-by {metric!r} is not one of {', '.join(ORDERS)} nor a metric in the "
+                              f"registry ({shown or 'none'})")
+
+
 def models_for_requirements(store: RegistryStore, *, task: str | None = None, sensors: Sequence[str] = (),
                             ram: int | str | None = None, flash: int | str | None = None, text: str | None = None,
                             order_by: str = "name", ascending: bool | None = None) -> list[dict[str, Any]]:
@@ -114,7 +128,7 @@ def models_for_requirements(store: RegistryStore, *, task: str | None = None, se
     """
     order_by = order_by.strip()
     if not order_by:
-        raise RegistryInputError("--order-by must be 'name', 'ram', 'flash', 'macs' or a metric name")
+        raise RegistryOptionError("--order-by must be 'name', 'ram', 'flash', 'macs' or a metric name")
     b = _kinds_bindings(sensors)
     if task:
         b["task"] = Literal(task)
@@ -131,6 +145,8 @@ def models_for_requirements(store: RegistryStore, *, task: str | None = None, se
              "ram_needed_bytes": r.get("ram_need"), "flash_needed_bytes": r.get("flash_need"), "macs": r.get("macs"),
              "sensors": _split(r.get("sensors")), "metric": metric, "value": r.get("value")}
             for r in store.select_values(load_query("models_for_requirements"), b)]
+    if metric and all(r["value"] is None for r in rows):
+        _check_metric_name(store, metric)
     keys = {"name": None, "ram": "ram_needed_bytes", "flash": "flash_needed_bytes", "macs": "macs"}
     key = keys.get(order_by, "value")
     if key is None:

@@ -167,6 +167,16 @@ class TinyMetaFed(Reptile):
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Record what each answering device now holds, then Reptile's step on the decoded updates."""
         replies = list(replies)
+        self.observe_train_replies(server_round, replies)
+        return super().aggregate_train(server_round, replies)
+
+    def observe_train_replies(self, server_round: int, replies: list[Message]) -> None:
+        """Record which base each answering device now holds, and who needs dense weights next time.
+
+        Why apart from `aggregate_train`: the coordinator skips aggregation in a round with too few
+        valid replies but still calls this, or a fleet whose every device answered `stale-base`
+        would be sent the same undecodable deltas round after round.
+        """
         for reply in replies:
             node = reply.metadata.src_node_id
             if not reply.has_error():
@@ -178,7 +188,6 @@ class TinyMetaFed(Reptile):
                 self._bases.pop(node, None)  # lost its base, or cannot apply delta codes: dense next time
                 self._dense_next.add(node)
         self._pending = {}
-        return super().aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:

@@ -74,10 +74,10 @@ def test_models_for_a_sensor_or_task_ordered_by_accuracy(where: list[str]) -> No
 
 def test_bad_requirements_are_one_line_usage_errors(tmp_path: Path) -> None:
     store = ["--store", str(tmp_path / "reg")]
-    for args, code, words in ((["match", "--ram", "12 parsecs"], 1, "is not a size"),
+    for args, code, words in ((["match", "--ram", "12 parsecs"], 2, "is not a size"),
                               (["match", "--model", "x", "--ram", "1kB"], 2, "exactly one of"),
                               (["match", "--ram", "1kB", "--explain"], 2, "--explain needs"),
-                              (["match", "--sensor", "Not A Kind"], 1, "sensor kind"),
+                              (["match", "--sensor", "Not A Kind"], 2, "sensor kind"),
                               (["match"], 2, "exactly one of")):
         got, out, err = cli("registry", *args, *store, "--json")
         assert got == code and out == "", (args, got, err)

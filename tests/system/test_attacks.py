@@ -215,13 +215,30 @@ def test_an_aggregate_that_overflows_never_replaces_the_model(secured: Secured, 
                         respond=huge_delta) as mallory):
         mallory.announce()
         r = federate(secured, tmp_path / "runs", "--strategy", "tinymetafed", "--rounds", "3", "--quorum", "2",
-                     "--epsilon", "1", "--epsilon-floor", "1")
+                     "--epsilon", "1", "--epsilon-floor", "1",
+                     "--downlink", "dense")  # the attack is on the uplink: every device gets dense weights
     run_dir = tmp_path / "runs" / "atk"
     for name in ("checkpoint.npz", "final.npz"):
         if (run_dir / name).exists():
             assert all(np.isfinite(v).all() for v in params(run_dir / name).values()), name
     assert r.exit_code == 0, r.stderr
     assert any("non-finite aggregate" in m.get("skipped", "") for m in metrics(tmp_path / "runs"))
+
+
+def test_a_round_where_every_device_lost_its_base_still_switches_them_to_dense(secured: Secured,
+                                                                             tmp_path: Path) -> None:
+    """Not an attack: the delta downlink's fallback must hold when no reply of a round is valid.
+
+    The device's head is not the server's initial θ, so the first delta-coded task gets `stale-base`;
+    that round aggregates nothing (the coordinator skips it) but the strategy must still learn to send
+    dense weights, or the device answers `stale-base` forever (found by the test above, before it ran
+    with `--downlink dense`).
+    """
+    with honest_fleet(secured, 1, tmp_path):
+        r = federate(secured, tmp_path / "runs", "--strategy", "tinymetafed", "--rounds", "3", "--quorum", "1")
+    rounds = metrics(tmp_path / "runs")
+    assert r.exit_code == 0, (r.stderr, [(m["round"], m["reasons"]) for m in rounds])
+    assert [m["replies"] for m in rounds][1:] == [1, 1], [(m["round"], m["reasons"]) for m in rounds]
 
 
 # ---------------------------------------------------------------------------------------------- 3
