@@ -46,13 +46,7 @@ from federation.replies import (
     granted_examples,
     one_line,
 )
-from federation.screening import (
-    MIN_MEDIAN,
-    cap_evaluation_weights,
-    harmonize_metrics,
-    metric_outliers,
-    norm_outliers,
-)
+from federation.screening import MIN_MEDIAN, cap_evaluation_weights, harmonize_metrics, parameter_norm, phase_refusals
 from federation.selection import explain_exclusions
 from federation.transport import Codec, CodecError, TaskSpec, Transport, WireReply
 
@@ -443,29 +437,17 @@ class FleetGrid(Grid):
 
     def screen(self, replies: list[Message], requests: Mapping[str, Message], *,
                history: Sequence[float] = ()) -> list[Message]:
-        """Apply the round-level rules (`federation.screening`) to `replies`: refused ones become counted errors.
+        """Apply the round-level rules (`federation.screening`): refused replies become counted errors.
 
-        `send_and_receive` runs this on every phase; asynchronous runs (`federation.buffered`) run it
-        on each buffer before aggregating, with `history` (recently accepted update norms) as the
-        yardstick when the buffer is too small for a median. `requests` maps each reply's
-        ``reply_to_message_id`` to its request. A refused reply is booked as a rejection with its
-        reason in the ledger of the first request's round.
+        Run on every phase and on each buffer of `federation.buffered` (`history`: `norm_outliers`).
         """
         if not replies:
             return replies
         first = requests[replies[0].metadata.reply_to_message_id]
         rnd, phase = self._round_phase(first)
-        sent = next(iter(first.content.array_records.values()), None)  # every request of a phase carries θ
-        theta = 0.0
-        if sent is not None and (len(replies) >= MIN_MEDIAN or history):  # else no norm outliers: ‖θ‖ unused
-            # float weights only: int8 codes of a delta-q8 downlink (TinyMetaFed) are not parameters
-            arrays = [v.numpy() for v in sent.values()]
-            theta = float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays
-                                      if a.dtype.kind == "f")))
-        refusals = norm_outliers(replies, theta, factor=self.norm_factor, floor_ratio=self.norm_floor,
-                                 history=history)
-        refused = {r.index for r in refusals}
-        refusals += [r for r in metric_outliers(replies, factor=self.metric_factor) if r.index not in refused]
+        theta = parameter_norm(_first(first.content.array_records)) if len(replies) >= MIN_MEDIAN or history else 0.0
+        refusals = phase_refusals(replies, theta, norm_factor=self.norm_factor, norm_floor=self.norm_floor,
+                                  metric_factor=self.metric_factor, history=history)
         out = list(replies)
         for r in refusals:
             reply = replies[r.index]

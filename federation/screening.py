@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord
 
 from federation.replies import WEIGHT_KEY, evaluation_weight_cap, metric_outlier_indices, outlier_indices
 
@@ -64,6 +64,23 @@ def norm_outliers(replies: list[Message], theta_norm: float, *, factor: float, f
     med = float(np.median(norms)) if norms else 0.0
     return [Refusal(ok[j], "absurd-norm", f"update norm {norms[j]:.3g} > {factor:g} x median {med:.3g} and > "
                                           f"{floor_ratio:g} x |theta| ({floor:.3g})") for j in bad]
+
+
+def parameter_norm(record: ArrayRecord | None) -> float:
+    """‖θ‖ of the parameters a request carried, over its float arrays only.
+
+    Why float only: the int8 codes of a delta-q8 downlink (TinyMetaFed) are not parameters.
+    """
+    arrays = [v.numpy() for v in record.values()] if record is not None else []
+    return float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays if a.dtype.kind == "f")))
+
+
+def phase_refusals(replies: list[Message], theta_norm: float, *, norm_factor: float, norm_floor: float,
+                   metric_factor: float, history: Sequence[float] = ()) -> list[Refusal]:
+    """Every round-level refusal of a phase (`norm_outliers`, then `metric_outliers`), one per reply at most."""
+    refusals = norm_outliers(replies, theta_norm, factor=norm_factor, floor_ratio=norm_floor, history=history)
+    refused = {r.index for r in refusals}
+    return refusals + [r for r in metric_outliers(replies, factor=metric_factor) if r.index not in refused]
 
 
 def metric_outliers(replies: list[Message], *, factor: float) -> list[Refusal]:
