@@ -62,7 +62,7 @@ def test_one_gateway_equals_flat_and_runs_async(tmp_path: Path) -> None:
         with fleet_grid(flat_cfg, tmp_path / "flat", credentials=server_credentials(site.broker_dir)) as grid:
             flat = Coordinator(flat_cfg, grid, tmp_path / "flat").start(initial)
         hier = _submit(deployment, HierarchyConfig(run=cfg, gateways=1), tmp_path / "hier", initial)
-        async_cfg = RunConfig(**{**cfg.__dict__, "run_id": "h-async", "rounds": 3})
+        async_cfg = RunConfig(**{**cfg.__dict__, "run_id": "h-async", "rounds": 2})
         buffered = _submit(deployment, HierarchyConfig(run=async_cfg, gateways=1, mode="async", buffer=3),
                            tmp_path / "async", initial)
     stopped = sorted(set(deployment.procs.stopped_pids) | set(deployment.broker_pids))
@@ -77,8 +77,8 @@ def test_one_gateway_equals_flat_and_runs_async(tmp_path: Path) -> None:
         assert rec_h["gateway_replies"] == 1 and rec_h["replies"] == rec_f["replies"] == 6, (rec_h, rec_f)
         assert rec_h["bytes_up"] > 0 and rec_h["top_bytes_up"] > 0 and rec_h["top_bytes_down"] > 0, rec_h
         assert rec_h["eval_loss"] == pytest.approx(rec_f["eval_loss"], rel=1e-5), (rec_h, rec_f)
-    # async: three aggregations, each of one gateway answer built from >= 3 device replies
-    assert [r["round"] for r in buffered] == [1, 2, 3], buffered
+    # async: two aggregations, each of one gateway answer built from >= 3 device replies
+    assert [r["round"] for r in buffered] == [1, 2], buffered
     assert all(r["replies"] == 1 and r["site_replies"] >= 3 and "skipped" not in r for r in buffered), buffered
     async_final, _ = load_checkpoint(tmp_path / "async" / "final.npz")
     assert any(float(np.max(np.abs(async_final[k] - initial[k]))) > 1e-3 for k in initial)
