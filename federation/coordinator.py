@@ -29,7 +29,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,14 +209,14 @@ class Coordinator:
             new_arrays, train_metrics, note = self._aggregate_train(rnd, replies)
             if new_arrays is not None:
                 arrays = new_arrays
-            record.update(_metric_fields("train", train_metrics))
+            record.update(metric_fields("train", train_metrics))
             if note:
                 record["skipped"] = note
             eval_cfg = ConfigRecord({ConfigKey.SEED: cfg.seed})
             emsgs = self._sampled(functools.partial(self.strategy.configure_evaluate, rnd, arrays, eval_cfg,
                                                     self.grid), round_seed + 1)
             ereplies = self._sorted(self.grid.send_and_receive(messages=emsgs, timeout=cfg.round_timeout))
-            record.update(_metric_fields("eval", self._aggregate_evaluate(rnd, ereplies)))
+            record.update(metric_fields("eval", self._aggregate_evaluate(rnd, ereplies)))
             record.update(self._ledger_fields(rnd))
             loss = record.get("eval_loss", record.get("train_loss"))
             if loss is not None:
@@ -316,12 +316,13 @@ def _finite_metrics(metrics: MetricRecord | None) -> MetricRecord | None:
     return metrics
 
 
-def _metric_fields(prefix: str, metrics: MetricRecord | None) -> dict[str, Any]:
+def metric_fields(prefix: str, metrics: MetricRecord | None, skip: Collection[str] = ()) -> dict[str, Any]:
+    """A phase's aggregated numeric metrics as metrics.jsonl fields (`train_loss`, ...), `skip` left out."""
     if metrics is None:
         return {}
     out = {}
     for k, v in metrics.items():
-        if isinstance(v, (int, float)):
+        if isinstance(v, (int, float)) and k not in skip:
             name = k.replace("-", "_")
             out[name if name.startswith(prefix + "_") else f"{prefix}_{name}"] = v
     return out

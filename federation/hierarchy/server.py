@@ -41,6 +41,7 @@ from federation.coordinator import (
     METRICS_FILE,
     RunConfig,
     arrays_sha256,
+    metric_fields,
     to_numpy,
     to_record,
 )
@@ -196,7 +197,7 @@ class TopLevel:
                 arrays = new
             else:
                 record["skipped"] = "no gateway aggregate"
-            record.update(_metric_fields("train", metrics))
+            record.update(metric_fields("train", metrics, SITE_METRICS + TIMING_METRICS))
             emsgs = list(self.strategy.configure_evaluate(rnd, arrays, ConfigRecord({ConfigKey.SEED: cfg.seed}),
                                                           self.grid))
             earrivals: dict[str, float] = {}
@@ -205,7 +206,8 @@ class TopLevel:
             record.update(_level_fields("eval", emsgs, ereplies, earrivals))
             if any(not r.has_error() for r in ereplies):
                 try:
-                    record.update(_metric_fields("eval", self.strategy.aggregate_evaluate(rnd, harmonize(ereplies))))
+                    record.update(metric_fields("eval", self.strategy.aggregate_evaluate(rnd, harmonize(ereplies)),
+                                                SITE_METRICS + TIMING_METRICS))
                 except InconsistentMessageReplies as exc:
                     record["eval_skipped"] = str(exc)
             loss = record.get("eval_loss", record.get("train_loss"))
@@ -278,12 +280,3 @@ def _level_fields(phase: str, sent: list[Message], replies: list[Message], arriv
     return out
 
 
-def _metric_fields(prefix: str, metrics: MetricRecord | None) -> dict[str, Any]:
-    if metrics is None:
-        return {}
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, (int, float)) and k not in SITE_METRICS and k not in TIMING_METRICS:
-            name = k.replace("-", "_")
-            out[name if name.startswith(prefix + "_") else f"{prefix}_{name}"] = v
-    return out

@@ -4,11 +4,9 @@ notices when it is not (another client wrote, a write bypassed it, a saved copy 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 from rdflib import Graph, Literal
 
 from registry import add_device, add_model_report, devices_for_model, models_for_device, set_presence
@@ -20,20 +18,6 @@ from registry.store import RegistryStore, open_store
 from tests.support.registry import OxigraphServer, report, td
 
 KINDS = ["camera", "microphone", "imu", "temperature", "other"]
-
-
-@pytest.fixture(params=["embedded", "remote"])
-def store(request: pytest.FixtureRequest) -> Iterator[RegistryStore]:
-    if request.param == "embedded":
-        st = open_store(memory=True)
-    else:
-        server: OxigraphServer = request.getfixturevalue("oxigraph_server")
-        st = open_store(endpoint=f"{server.url}/query", update_endpoint=f"{server.url}/update")
-        st.update(f"DROP SILENT GRAPH <{REGISTRY_GRAPH}>")
-    yield st
-    if request.param == "remote":  # the server is shared by the session: leave it empty
-        st.update(f"DROP SILENT GRAPH <{REGISTRY_GRAPH}>")
-    st.close()
 
 
 def _fleet(st: RegistryStore, seed: int, n_devices: int = 40, n_models: int = 12) -> tuple[list[str], list[str]]:

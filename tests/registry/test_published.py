@@ -8,7 +8,6 @@ store and on a real `oxigraph serve` over SPARQL 1.1.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,32 +16,16 @@ from rdflib.compare import to_canonical_graph
 from registry import devices_for_model, explain_model, import_file, inventory, models_for_device, resolve, search
 from registry.exceptions import RegistryInputError
 from registry.interop import parse_file
-from registry.namespaces import REGISTRY_GRAPH
 from registry.questions import raw_query
 from registry.requirements import devices_for_requirements, models_for_requirements, parse_bytes
-from registry.store import RegistryStore, open_store
+from registry.store import RegistryStore
 from tests.support.published import LEGACY, legacy_files, query, seloc_files
-from tests.support.registry import OxigraphServer
 
 KIT, NANO = "Arduino-Nano-BLE-33-Tinyml-Kit_1", "Arduino-Nano-BLE-33_1"
 MIC_BOARDS = [KIT, NANO, "Syntiant-TinyML-Board_1", "adafruit_tflite_micro_kit_1"]
 MODELS = ["ARM_CNN_Small_keyword_spotting", "ARM_MicroNet_VWW_3", "Anomaly_Detection_Autoencoder", "Hello_World",
           "Magic_Wand_2", "Micro_Speech_Forward_Backward", "Micro_Speech_Yes_No_1", "Micro_Speech_Yes_No_3",
           "Person_Detection", "Visual_Alarm_Clock"]
-
-
-@pytest.fixture(params=["embedded", "remote"])
-def store(request: pytest.FixtureRequest) -> Iterator[RegistryStore]:
-    if request.param == "embedded":
-        st = open_store(memory=True)
-    else:
-        server: OxigraphServer = request.getfixturevalue("oxigraph_server")
-        st = open_store(endpoint=f"{server.url}/query", update_endpoint=f"{server.url}/update")
-        st.update(f"DROP SILENT GRAPH <{REGISTRY_GRAPH}>")
-    yield st
-    if request.param == "remote":  # the server is shared by the session: leave it empty
-        st.update(f"DROP SILENT GRAPH <{REGISTRY_GRAPH}>")
-    st.close()
 
 
 @pytest.fixture(params=["legacy", "seloc"])

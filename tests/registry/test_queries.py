@@ -3,7 +3,6 @@ TinyML-schema interoperability, matchmaking both ways, atomic imports, injection
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,22 +23,8 @@ from registry import (
     set_presence,
 )
 from registry.exceptions import ReadOnlyQueryError, RegistryInputError, UnknownEntityError, ValidationFailedError
-from registry.namespaces import REGISTRY_GRAPH
 from registry.store import MemoryStore, RegistryStore, open_store
-from tests.support.registry import SHA_BIG, SHA_SMALL, TINYML_SCHEMA_KG, OxigraphServer, report, td
-
-
-@pytest.fixture(params=["embedded", "remote"])
-def store(request: pytest.FixtureRequest) -> Iterator[RegistryStore]:
-    """The same tests on the embedded store and on a real SPARQL server (graph emptied per test)."""
-    if request.param == "embedded":
-        st = open_store(memory=True)
-    else:
-        server: OxigraphServer = request.getfixturevalue("oxigraph_server")
-        st = open_store(endpoint=f"{server.url}/query", update_endpoint=f"{server.url}/update")
-        st.update(f"DROP SILENT GRAPH <{REGISTRY_GRAPH}>")
-    yield st
-    st.close()
+from tests.support.registry import SHA_BIG, SHA_SMALL, TINYML_SCHEMA_KG, report, td
 
 
 def _fleet(st: RegistryStore) -> None:
