@@ -61,7 +61,7 @@ test: setup lint
 
 # Random exploration for longer (tests/conftest.py, profile "fuzz"): failures are kept in .hypothesis/
 # and replayed first on the next `make fuzz`; a bug found here gets a fixed regression test.
-FUZZ_TESTS ?= tests/system/test_fuzz_inputs.py tests/devices/test_sparse.py
+FUZZ_TESTS ?= tests/system/test_fuzz_inputs.py tests/devices/test_sparse.py tests/registry/test_values.py
 fuzz: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --hypothesis-profile=fuzz --hypothesis-show-statistics $(FUZZ_TESTS)
 

@@ -6,6 +6,7 @@ Read with `ast`, not by importing, so a violation is found even in code no other
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,11 @@ def test_one_module_constructs_paho_clients() -> None:
                              and isinstance(n.func.value, ast.Name) and n.func.value.id == "mqtt"
                              for n in ast.walk(ast.parse(p.read_text()))))
     assert builders == ["devices/link/client.py"], builders
+
+
+def test_nothing_behaves_differently_when_ci_is_set() -> None:
+    """A newcomer's `make test` runs the same tests as CI: no code or test reads the CI variable."""
+    pattern = re.compile(r"""environ(\.get)?\s*[\[(]\s*["']CI["']|getenv\(\s*["']CI["']""")
+    sources = [p for d in (*PACKAGES, "tests", "benchmarks") for p in (ROOT / d).rglob("*.py")]
+    readers = [str(p.relative_to(ROOT)) for p in sources if pattern.search(p.read_text(encoding="utf-8"))]
+    assert readers == []

@@ -12,6 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 from devices.exceptions import SparseEncodingError
 from devices.wire.sparse import top_p_decode, top_p_decode_all, top_p_encode, top_p_encode_all
+from tests.support.fuzzing import examples
 
 
 def test_keeps_the_largest_entries_in_index_order() -> None:
@@ -42,7 +43,7 @@ def test_ties_are_deterministic() -> None:
     np.testing.assert_array_equal(idx, [0, 1, 2])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(delta=arrays(np.float32, st.integers(1, 200), elements=st.floats(-1e6, 1e6, width=32)),
        p=st.floats(0.001, 1.0))
 def test_round_trip_keeps_the_top_entries(delta: np.ndarray, p: float) -> None:

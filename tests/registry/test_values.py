@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from datetime import timedelta
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +18,7 @@ from typer.testing import CliRunner
 
 from registry.store import RegistryStore, open_store
 from registry.values import literal_value, python_value
+from tests.support.fuzzing import examples
 from tinyfleet.cli.main import app
 
 XSD = "http://www.w3.org/2001/XMLSchema#"
@@ -28,8 +27,9 @@ DATATYPES = [XSD + t for t in ("string", "integer", "int", "long", "unsignedByte
                                "hexBinary", "base64Binary", "anyURI")] + ["https://example.org/custom-type"]
 NUMBERISH = st.sampled_from(["0", "-0", "+7", "1.50", ".5", "1e3", "-1E-3", "NaN", "INF", "-INF", "1_000", " 12 ",
                              "0x1F", "true", "false", "1", "2025-01-02T03:04:05Z", "2025-13-40", "24:00:00", ""])
-SETTINGS = settings(max_examples=300, deadline=timedelta(seconds=5), database=None,
-                    derandomize=bool(os.environ.get("CI")), suppress_health_check=[HealthCheck.too_slow])
+# the suite's profile decides derandomization, database and deadline, the same on every machine (tests/conftest.py);
+# `make fuzz` scales the examples up
+SETTINGS = settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow])
 JSON_TYPES = (type(None), str, int, float, bool)
 
 
