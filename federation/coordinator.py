@@ -218,13 +218,8 @@ class Coordinator:
             ereplies = self._sorted(self.grid.send_and_receive(messages=emsgs, timeout=cfg.round_timeout))
             record.update(metric_fields("eval", self._aggregate_evaluate(rnd, ereplies)))
             record.update(self._ledger_fields(rnd))
-            loss = record.get("eval_loss", record.get("train_loss"))
-            if loss is not None:
-                record[MetricKey.LOSS] = loss
-            record["seconds"] = round(time.monotonic() - t0, 4)
-            record["params_sha256"] = arrays_sha256(arrays)
-            history.append(record)
-            _append_metrics(self.run_dir / METRICS_FILE, record)
+            history.append(close_round(record, arrays, t0))
+            append_metrics(self.run_dir / METRICS_FILE, record)
             state_arrays, state_kinds = strategy_state.capture(self.strategy)
             save_checkpoint(self.run_dir / CHECKPOINT_FILE, arrays=to_numpy(arrays), extra=state_arrays,
                             state={"run_id": cfg.run_id, "round": rnd, "rng_state": rng.bit_generator.state,
@@ -328,7 +323,18 @@ def metric_fields(prefix: str, metrics: MetricRecord | None, skip: Collection[st
     return out
 
 
-def _append_metrics(path: Path, record: dict[str, Any]) -> None:
+def close_round(record: dict[str, Any], arrays: ArrayRecord, t0: float) -> dict[str, Any]:
+    """The fields every round record ends with: its `loss` (evaluation, else training), seconds, parameters' sha256."""
+    loss = record.get("eval_loss", record.get("train_loss"))
+    if loss is not None:
+        record[MetricKey.LOSS] = loss
+    record["seconds"] = round(time.monotonic() - t0, 4)
+    record["params_sha256"] = arrays_sha256(arrays)
+    return record
+
+
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    """One round's record as a line of metrics.jsonl (flushed; a disk error is one clear line)."""
     try:
         with open(path, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")

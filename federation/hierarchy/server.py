@@ -33,14 +33,16 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import Strategy
 
-from devices.wire.protocol import ConfigKey, MetricKey
+from devices.wire.protocol import ConfigKey
 from federation.checkpoint import load_checkpoint, save_checkpoint
 from federation.coordinator import (
     CHECKPOINT_FILE,
     FINAL_FILE,
     METRICS_FILE,
     RunConfig,
+    append_metrics,
     arrays_sha256,
+    close_round,
     metric_fields,
     to_numpy,
     to_record,
@@ -210,14 +212,8 @@ class TopLevel:
                                                 SITE_METRICS + TIMING_METRICS))
                 except InconsistentMessageReplies as exc:
                     record["eval_skipped"] = str(exc)
-            loss = record.get("eval_loss", record.get("train_loss"))
-            if loss is not None:
-                record[MetricKey.LOSS] = loss
-            record["seconds"] = round(time.monotonic() - t0, 4)
-            record["params_sha256"] = arrays_sha256(arrays)
-            history.append(record)
-            with open(self.run_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+            history.append(close_round(record, arrays, t0))
+            append_metrics(self.run_dir / METRICS_FILE, record)
             save_checkpoint(self.run_dir / CHECKPOINT_FILE, arrays=to_numpy(arrays),
                             state={"run_id": cfg.run_id, "round": rnd, "strategy": cfg.strategy})
             log.info("round %d/%d: %s", rnd, cfg.rounds, record)
