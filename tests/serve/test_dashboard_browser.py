@@ -114,3 +114,27 @@ def test_pages_are_self_contained(served: Any) -> None:
     assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
     api = httpx.get(srv.url + f"/api/runs/{fleet.run_id}").json()
     assert api["summary"]["state"] == "finished" and len(api["points"]["loss"]) == fleet.rounds
+
+
+def test_device_table_pages_like_the_directory(served: Any) -> None:
+    srv, fleet, _ = served
+    n = len(fleet.devices)
+    seen: list[str] = []
+    url: str | None = srv.url + "/?limit=4"
+    pages = 0
+    while url is not None:
+        html = httpx.get(url).text
+        rows = [part.split('"', 1)[0] for part in html.split('data-device="')[1:]]
+        assert 1 <= len(rows) <= 4 and f"&ndash;{len(seen) + len(rows)} of {n}" in html  # "devices 5–8 of 12"
+        assert f'<div class="big" id="count-devices">{n}</div>' in html  # the cards count the whole fleet
+        seen += rows
+        pages += 1
+        nxt = html.split('rel="next" href="')[1:2]
+        url = srv.url + nxt[0].split('"', 1)[0].replace("&amp;", "&") if nxt else None
+    assert seen == sorted(fleet.devices) and pages == -(-n // 4)  # every device once, in order, on ceil(n/4) pages
+    past = httpx.get(srv.url + f"/?offset={n + 10}").text
+    assert "data-device=" not in past and f"No devices past number {n}" in past
+    for bad in ("offset=-1", "limit=0", "limit=1001", "offset=x"):
+        r = httpx.get(srv.url + "/?" + bad)
+        assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json"), bad
+        assert bad.split("=")[0] in r.json()["detail"]

@@ -111,7 +111,8 @@ async def read_json(request: Request, *, allowed: set[str]) -> Any:
         raise HTTPProblem(400, f"the body is not valid JSON: {str(exc)[:200] or 'nested too deeply'}") from None
 
 
-def _int_param(request: Request, name: str, default: int | None, *, low: int, high: int) -> int | None:
+def query_int(request: Request, name: str, default: int | None, *, low: int, high: int) -> int | None:
+    """An integer query parameter in `low..high` (a 400 problem that names it otherwise)."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -134,8 +135,8 @@ async def list_things(request: Request) -> Response:
     fmt = request.query_params.get("format", "array")
     if fmt not in ("array", "collection"):
         raise HTTPProblem(400, f"format must be 'array' or 'collection', got {fmt[:40]!r}")
-    offset = _int_param(request, "offset", 0, low=0, high=10**9) or 0
-    limit = _int_param(request, "limit", DEFAULT_PAGE, low=1, high=MAX_PAGE) or DEFAULT_PAGE
+    offset = query_int(request, "offset", 0, low=0, high=10**9) or 0
+    limit = query_int(request, "limit", DEFAULT_PAGE, low=1, high=MAX_PAGE) or DEFAULT_PAGE
     directory = state_of(request).directory
     page = await run_in_threadpool(directory.page, offset, limit)
     links = [f'</things>; rel="canonical"; etag="{page.etag}"']
