@@ -42,10 +42,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks.fleet import machine
+from devices.learning.adapt import AdaptConfig
 from federation.buffered import BufferedRun
 from federation.checkpoint import load_checkpoint, save_checkpoint
 from federation.coordinator import CHECKPOINT_FILE, Coordinator, RunConfig
-from federation.fewshot import fewshot_curve
+from federation.fewshot import Episode, curves, episodes
 from federation.hierarchy.deployment import DeviceGroup, LocalDeployment
 from federation.hierarchy.launch import flower_traffic
 from federation.hierarchy.server import INITIAL_FILE
@@ -252,9 +253,15 @@ def many_gateways(plan: Plan, work: Path) -> dict[str, Any]:
     return {"devices": n, "gateways": g, "ready_s": round(ready, 2), **_hier_summary(rows, traffic)}
 
 
+FEWSHOT = AdaptConfig(steps=5, lr=0.05, step="batch")
+"""The few-shot judge of every intermediate head: 10 shots, 5 full-batch steps at lr 0.05 (as documented above)."""
+_EPISODES: dict[int, list[Episode]] = {}
+
+
 def _fewshot(head: dict[str, np.ndarray], plan: Plan) -> float:
-    res = fewshot_curve(head, task="sine", shots=10, max_steps=5, n_devices=plan.fewshot_devices, seed=4242)
-    return float(res["loss_mean"][-1])
+    eps = _EPISODES.setdefault(plan.fewshot_devices,
+                               episodes("sine", plan.fewshot_devices, shots=10, queries=100, seed=4242))
+    return curves(head, eps, kind="regression", config=FEWSHOT).mean(FEWSHOT.steps)
 
 
 def _trajectory(plan: Plan, run_dir: Path, start: float, points: list[tuple[float, int, float, dict]],
