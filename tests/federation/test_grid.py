@@ -216,3 +216,34 @@ def test_stock_fedavg_survives_a_device_with_extra_metrics() -> None:
     grid.transport.close()
     assert grid.ledger.round_summary(1)["phases"]["train"]["replies"] == 5
     assert "battery" not in res.train_metrics_clientapp[1]
+
+
+def test_each_device_gets_the_arrays_of_its_own_message() -> None:
+    """The Grid decodes a shared ArrayRecord once per push; messages with their own records (a generator that
+    drops each one after it is sent, so object ids can repeat) must still carry their own values."""
+    init_task_identity(1)
+    received: dict[str, list[dict[str, np.ndarray]]] = {d: [] for d in GOOD}
+
+    def recorder(device: str):  # type: ignore[no-untyped-def]
+        def handle(payload: bytes) -> None:
+            received[device].append({k: np.asarray(t) for k, t in protocol.decode_frame(payload).tensors})
+        return handle
+
+    grid = FleetGrid(InProcessTransport({d: recorder(d) for d in GOOD}, workers=0), ProtocolCodec({"lr": LR}),
+                     run_id="run-a")
+    nodes = grid.get_node_ids()
+
+    def own(i: int) -> Message:
+        head = {k: np.full_like(v, float(i)) for k, v in initial_head().items()}
+        return Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in head.items()}),
+                                   "config": ConfigRecord({"server-round": 1})}), nodes[i], MessageType.EVALUATE)
+
+    grid.push_messages(own(i) for i in range(len(nodes)))  # a generator: each message is dropped once sent
+    shared = ArrayRecord({k: Array(v) for k, v in initial_head().items()})
+    grid.push_messages([Message(RecordDict({"arrays": shared, "config": ConfigRecord({"server-round": 1})}), nid,
+                                MessageType.EVALUATE) for nid in nodes])
+    for i, nid in enumerate(nodes):
+        first, second = received[grid.device_id(nid)]
+        assert all(np.all(a == float(i)) for a in first.values())
+        assert all(np.array_equal(second[k], v) for k, v in initial_head().items())
+    grid.transport.close()
