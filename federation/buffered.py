@@ -21,14 +21,13 @@ for its buffered sub-round.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +39,19 @@ from flwr.serverapp.strategy import Strategy
 
 from devices.wire.protocol import ConfigKey, MetricKey
 from federation import flower_compat
-from federation.checkpoint import save_checkpoint
-from federation.coordinator import CHECKPOINT_FILE, FINAL_FILE, METRICS_FILE, arrays_sha256, to_numpy, to_record
-from federation.exceptions import FederationError, QuorumError
+from federation.checkpoint import load_checkpoint, save_checkpoint
+from federation.coordinator import (
+    CHECKPOINT_FILE,
+    FINAL_FILE,
+    METRICS_FILE,
+    append_metrics,
+    arrays_sha256,
+    read_metrics,
+    to_numpy,
+    to_record,
+    write_metrics,
+)
+from federation.exceptions import CheckpointError, FederationError, QuorumError
 from federation.hierarchy.settings import HierarchyConfig, level_strategy, metric_number
 from federation.screening import NORM_KEY
 
@@ -50,6 +59,23 @@ log = logging.getLogger(__name__)
 
 NORM_HISTORY = 32
 """Recently aggregated update norms kept as the yardstick for buffers too small for a median."""
+
+_COUNTS = ("discarded_stale", "failures", "expired", "dispatched")
+
+
+@dataclass
+class _Progress:
+    """Where an asynchronous run stands: what each checkpoint keeps so that `BufferedRun.resume` can go on."""
+
+    version: int
+    theta: ArrayRecord
+    rng: random.Random
+    history: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTS, 0))
+    reasons: Counter[str] = field(default_factory=Counter)
+    norms: deque[float] = field(default_factory=lambda: deque(maxlen=NORM_HISTORY))  # recently aggregated norms
+    elapsed: float = 0.0
+
 
 ASYNC_STRATEGIES = ("reptile", "fedavg")
 """Strategies whose replies are dense weights (TinyMetaFed's sparse updates are not rewritten)."""
@@ -155,23 +181,53 @@ class BufferedRun:
     def start(self, initial: dict[str, np.ndarray]) -> dict[str, Any]:
         cfg = self.cfg
         cfg.save(self.run_dir)
-        (self.run_dir / METRICS_FILE).write_text("")
+        write_metrics(self.run_dir / METRICS_FILE, [])
+        return self._run(_Progress(version=1, theta=to_record(initial), rng=random.Random(cfg.seed)))
+
+    def resume(self) -> dict[str, Any]:
+        """Continue from the last checkpointed aggregation.
+
+        What was in flight or buffered when the run stopped is lost (those replies answer requests this
+        process never sent and are dropped as unknown); devices are asked again for the checkpointed
+        version, so a resumed run is not the same sequence of updates as an uninterrupted one (an
+        asynchronous run never is), but every aggregation in metrics.jsonl is one the checkpoint holds.
+        """
+        path = self.run_dir / CHECKPOINT_FILE
+        arrays, meta = load_checkpoint(path)
+        if meta.get("run_id") != self.cfg.run_id:
+            raise CheckpointError(f"{path}: belongs to run {meta.get('run_id')!r}, not {self.cfg.run_id!r}")
+        if meta.get("mode") != "async" or not isinstance(meta.get("progress"), dict):
+            raise CheckpointError(f"{path}: not the checkpoint of an asynchronous run this tinyfleet can resume")
+        saved = meta["progress"]
+        try:
+            history = read_metrics(self.run_dir / METRICS_FILE)[: int(saved["records"])]
+            progress = _Progress(version=int(saved["version"]), theta=to_record(arrays), history=history,
+                                 counts={k: int(saved["counts"][k]) for k in _COUNTS},
+                                 reasons=Counter({str(k): int(v) for k, v in saved["reasons"].items()}),
+                                 norms=deque((float(x) for x in saved["norms"]), maxlen=NORM_HISTORY),
+                                 rng=random.Random(f"{self.cfg.seed}:{saved['version']}"),
+                                 elapsed=float(saved["elapsed"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{path}: unreadable progress of the asynchronous run ({exc})") from None
+        write_metrics(self.run_dir / METRICS_FILE, progress.history)  # lines of aggregations the checkpoint lacks go
+        if progress.version > self.cfg.rounds:  # killed after the last checkpoint, before final.npz
+            return self._finish(progress, {})
+        return self._run(progress)
+
+    def _run(self, p: _Progress) -> dict[str, Any]:
+        cfg = self.cfg
         nodes = self._wait_for_nodes(cfg.quorum if not self.hierarchical else self.settings.gateways,
                                      cfg.quorum_timeout)
         if not self.hierarchical and not self.settings.buffer:
             self.buffer_size = default_buffer(len(nodes))
-        rng = random.Random(cfg.seed)
-        version = 1
-        thetas: dict[int, ArrayRecord] = {1: to_record(initial)}
+        version, rng, counts, reasons, norms = p.version, p.rng, p.counts, p.reasons, p.norms
+        thetas: dict[int, ArrayRecord] = {version: p.theta}
         inflight: dict[str, _Task] = {}
         trained_at: dict[int, int] = {}  # node -> last version it was sent (never the same version twice)
         buffer: list[tuple[Message, int]] = []
         requests: dict[str, Message] = {}  # message id -> request, for the buffered replies (screening)
-        norms: deque[float] = deque(maxlen=NORM_HISTORY)  # update norms of recently aggregated replies
-        counts = {"discarded_stale": 0, "failures": 0, "expired": 0, "dispatched": 0}
-        reasons: Counter[str] = Counter()
-        history: list[dict[str, Any]] = []
-        t_start = t_last = time.monotonic()
+        t_last = time.monotonic()
+        t_start = t_last - p.elapsed  # `elapsed` goes on from where a resumed run stopped
         self._dispatch(version, thetas[version], inflight, trained_at, rng, counts)
         while version <= cfg.rounds:
             self._await(inflight)
@@ -221,14 +277,19 @@ class BufferedRun:
                     record["skipped"] = "strategy aggregated nothing"
                 for r, _ in used:
                     requests.pop(r.metadata.reply_to_message_id, None)
-                self._record(record, thetas[version], history)
+                p.version, p.theta, p.elapsed = version, thetas[version], record["elapsed"]
+                self._record(record, p)
                 if version > cfg.rounds:
                     break
             self._dispatch(version, thetas[version], inflight, trained_at, rng, counts)
         _forget(self.grid, list(inflight))
-        final = to_numpy(thetas[version])
+        return self._finish(p, thetas)
+
+    def _finish(self, p: _Progress, thetas: dict[int, ArrayRecord]) -> dict[str, Any]:
+        cfg = self.cfg
+        final = to_numpy(p.theta)
         save_checkpoint(self.run_dir / FINAL_FILE, arrays=final, state={"run_id": cfg.run_id, "round": cfg.rounds})
-        return {"run_id": cfg.run_id, "rounds": history, "final_sha256": arrays_sha256(final),
+        return {"run_id": cfg.run_id, "rounds": p.history, "final_sha256": arrays_sha256(final),
                 "run_dir": str(self.run_dir), "final": final}
 
     # -- steps ---------------------------------------------------------------------------------------
@@ -372,13 +433,16 @@ class BufferedRun:
                                                  for r, _ in used))
         return out
 
-    def _record(self, record: dict[str, Any], theta: ArrayRecord, history: list[dict[str, Any]]) -> None:
-        record["params_sha256"] = arrays_sha256(theta)
-        history.append(record)
-        with open(self.run_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-        save_checkpoint(self.run_dir / CHECKPOINT_FILE, arrays=to_numpy(theta),
-                        state={"run_id": self.cfg.run_id, "round": record["round"], "mode": "async"})
+    def _record(self, record: dict[str, Any], p: _Progress) -> None:
+        """Append the aggregation's line to metrics.jsonl, then checkpoint the model and what `resume` needs."""
+        record["params_sha256"] = arrays_sha256(p.theta)
+        p.history.append(record)
+        append_metrics(self.run_dir / METRICS_FILE, record)
+        progress = {"version": p.version, "records": len(p.history), "counts": dict(p.counts),
+                    "reasons": dict(p.reasons), "norms": list(p.norms), "elapsed": p.elapsed}
+        save_checkpoint(self.run_dir / CHECKPOINT_FILE, arrays=to_numpy(p.theta),
+                        state={"run_id": self.cfg.run_id, "round": record["round"], "mode": "async",
+                               "progress": progress})
         log.info("aggregation %d/%d: %s", record["round"], self.cfg.rounds, record)
         if self.on_round is not None:
             self.on_round(record)

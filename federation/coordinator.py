@@ -161,7 +161,7 @@ class Coordinator:
     def start(self, initial: dict[str, np.ndarray]) -> dict[str, Any]:
         """Fresh run from `initial` parameters."""
         self.config.save(self.run_dir)  # creates the directory; a CheckpointError if it cannot
-        _write_metrics(self.run_dir / METRICS_FILE, [])
+        write_metrics(self.run_dir / METRICS_FILE, [])
         rng = np.random.default_rng(self.config.seed)
         return self._loop(initial, 1, rng, history=[])
 
@@ -177,8 +177,8 @@ class Coordinator:
                                    meta["strategy_state"])
         rng = np.random.default_rng()
         rng.bit_generator.state = meta["rng_state"]
-        history = [r for r in _read_metrics(self.run_dir / METRICS_FILE) if r.get("round", 0) <= done]
-        _write_metrics(self.run_dir / METRICS_FILE, history)
+        history = [r for r in read_metrics(self.run_dir / METRICS_FILE) if r.get("round", 0) <= done]
+        write_metrics(self.run_dir / METRICS_FILE, history)
         return self._loop(arrays, done + 1, rng, history=history)
 
     # -- the round loop --------------------------------------------------------------------------
@@ -343,7 +343,8 @@ def append_metrics(path: Path, record: dict[str, Any]) -> None:
         raise CheckpointError(f"{path}: cannot append the round's metrics ({exc.strerror or exc})") from None
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl, in order (a line torn by a kill mid-write is skipped)."""
     out = []
     try:
         lines = path.read_text().splitlines()
@@ -357,7 +358,8 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
+def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.jsonl with `records` (on resume: the lines of rounds the checkpoint does not hold go)."""
     try:
         path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     except OSError as exc:
@@ -368,7 +370,7 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     """What `tinyfleet federate status` shows: settings, rounds done, last metrics, finished or not."""
     run_dir = Path(run_dir)
     config = RunConfig.load(run_dir)
-    rounds = _read_metrics(run_dir / METRICS_FILE)
+    rounds = read_metrics(run_dir / METRICS_FILE)
     done = 0
     if (run_dir / CHECKPOINT_FILE).is_file():
         _, meta = load_checkpoint(run_dir / CHECKPOINT_FILE)

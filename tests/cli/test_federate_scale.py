@@ -58,3 +58,66 @@ def test_hierarchical_and_async_runs_refuse_resume(tmp_path: Path) -> None:
 def test_resume_refuses_a_non_finite_broker_timeout(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["federate", "resume", str(tmp_path), "--broker-timeout", "nan"])
     assert r.exit_code == 2 and r.stderr == "error: --broker-timeout must be a finite number; got nan\n", r.output
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+def test_async_run_killed_by_sigkill_resumes_from_its_last_aggregation(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from broker.process import read_state
+    from federation.checkpoint import load_checkpoint
+    from tests.support.waiting import wait_until
+
+    out = tmp_path / "runs"
+    run_dir = out / "async-kill"
+    tinyfleet = str(Path(sys.executable).with_name("tinyfleet"))
+    proc = subprocess.Popen([tinyfleet, "federate", "run", "--task", "sine", "--mode", "async", "--simulate", "4",
+                             "--buffer", "2", "--rounds", "8", "--local-steps", "5", "--samples-per-device", "16",
+                             "--out", str(out), "--run-id", "async-kill", "--json"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:  # kill it once two aggregations are on disk (a condition, not a guess at how long they take)
+        assert wait_until(lambda: (run_dir / "metrics.jsonl").is_file() and len(_metrics(run_dir)) >= 2
+                          or proc.poll() is not None, timeout=120)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (run_dir / "final.npz").exists()
+    _, meta = load_checkpoint(run_dir / "checkpoint.npz")
+    kept = _metrics(run_dir)[: meta["progress"]["records"]]  # a line written after the last checkpoint goes
+    assert json.loads((run_dir / "scale.json").read_text())["mode"] == "async"
+
+    r = CliRunner().invoke(app, ["federate", "resume", str(run_dir), "--json"])
+    assert r.exit_code == 0, r.stderr[-2000:]
+    rounds = json.loads(r.stdout)["rounds"]
+    lines = _metrics(run_dir)
+    assert lines[: len(kept)] == kept and rounds == lines  # what the checkpoint held stays, then the run goes on
+    assert [x["round"] for x in lines if "skipped" not in x] == list(range(1, 9))  # every version once, in order
+    pairs = list(zip(lines, lines[1:], strict=False))
+    assert all(b["elapsed"] >= a["elapsed"] for a, b in pairs)  # the clock goes on, not from 0
+    assert all(b["dispatched"] >= a["dispatched"] for a, b in pairs)  # counts go on too
+    final, _ = load_checkpoint(run_dir / "final.npz")
+    ckpt, _ = load_checkpoint(run_dir / "checkpoint.npz")
+    assert all(np.array_equal(final[k], ckpt[k]) for k in final)
+    assert read_state(run_dir / "broker") is None  # the private broker of the killed run was stopped, not orphaned
+
+
+def test_resume_refuses_unreadable_scale_options_in_one_line(tmp_path: Path) -> None:
+    from federation.coordinator import RunConfig
+
+    run_dir = tmp_path / "bad"
+    RunConfig(run_id="bad", task="sine", strategy="reptile", rounds=2).save(run_dir)
+    for text in ("{not json", '{"mode": "async", "buffer": "two"}', '{"staleness_alpha": NaN}', "[1, 2]"):
+        (run_dir / "scale.json").write_text(text)
+        r = CliRunner().invoke(app, ["federate", "resume", str(run_dir)])
+        assert r.exit_code != 0 and "Traceback" not in r.stderr, r.output
+        assert r.stderr.startswith(f"error: {run_dir / 'scale.json'}: unreadable scale-out options")
+        assert r.stderr.strip().count("\n") == 0

@@ -222,7 +222,7 @@ def run(
         from tinyfleet.cli.federate_scale import execute_scaled
 
         execute_scaled(config, run_dir, initial, opts, models=models, json_out=json_out, verbose=verbose,
-                       credentials=creds, secure=not insecure)
+                       credentials=creds, secure=not insecure, broker_dir=broker_dir)
         return
     _execute(config, run_dir, models, json_out, verbose, lambda c: c.start(initial), creds, not insecure,
              broker_dir=broker_dir, registry=(registry, registry_endpoint))
@@ -245,17 +245,25 @@ def resume(
 ) -> None:
     """Continue an interrupted run from its last checkpoint (same settings, same strategy, same seed).
 
+    Flat synchronous runs end with the digest of an uninterrupted run; asynchronous runs (--mode async) go on
+    from their last aggregation; hierarchical runs (--gateways) cannot be resumed.
+
     Example: tinyfleet federate resume runs/sine-reptile-20260101-120000 --json
     """
-    from tinyfleet.cli.federate_scale import refuse_resume
+    from tinyfleet.cli.federate_scale import execute_scaled, resumable_options
 
-    refuse_resume(run_dir)
+    scaled = resumable_options(run_dir)
     config = RunConfig.load(run_dir)
     if broker_dir is not None:  # the managed broker may have restarted on another port
         config.broker = _managed_url(broker_dir)
     if broker_timeout is not None:
         config.broker_timeout = broker_timeout
     models = settings.path_setting("models", models)
+    if scaled is not None:  # asynchronous, or with intermittent simulated devices: the same kind of run again
+        execute_scaled(config, run_dir, None, scaled, models=models, json_out=json_out, verbose=verbose,
+                       credentials=_load_credentials(settings.path_setting("credentials", credentials)),
+                       secure=not insecure, broker_dir=broker_dir)
+        return
     _execute(config, run_dir, models, json_out, verbose, lambda c: c.resume(),
              _load_credentials(settings.path_setting("credentials", credentials)), not insecure, broker_dir=broker_dir,
              registry=(registry, registry_endpoint))

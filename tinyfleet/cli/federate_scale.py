@@ -7,8 +7,9 @@ Flower's deployment runtime) or `federation.buffered` (asynchronous rounds on on
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,36 @@ class ScaleOptions:
     period: float = 180.0
     bridge_to: Path | None = None
 
+    def save(self, run_dir: Path) -> None:
+        """Keep the options with the run (``scale.json``): `federate resume` starts the same kind of run again."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        doc = {**asdict(self), "bridge_to": None if self.bridge_to is None else str(self.bridge_to)}
+        (run_dir / SCALE_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> ScaleOptions:
+        """The options `save` wrote; a file edited into nonsense is a one-line error that names it."""
+        kinds: dict[str, tuple[type, ...]] = {"mode": (str,), "bridge_to": (str, type(None))}
+        try:
+            doc = json.loads(path.read_text())
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            values = {f.name: doc[f.name] for f in fields(cls) if f.name in doc}
+            for k, v in values.items():
+                default = getattr(cls, k)
+                ok = kinds.get(k, (int,) if isinstance(default, int) else (int, float))
+                if isinstance(v, bool) or not isinstance(v, ok) or (isinstance(v, float) and not math.isfinite(v)):
+                    raise ValueError(f"{k} is {v!r}")
+            if values.get("bridge_to") is not None:
+                values["bridge_to"] = Path(str(values["bridge_to"]))
+            return cls(**values)
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{path}: unreadable scale-out options ({exc})") from None
+
+
+SCALE_FILE = "scale.json"
+"""The scale-out options of a run, next to its run.json."""
+
 
 def check_options(config: RunConfig, opts: ScaleOptions) -> None:
     """Refuse combinations that cannot work, before anything starts."""
@@ -99,8 +130,13 @@ def check_options(config: RunConfig, opts: ScaleOptions) -> None:
         raise UsageError("--serial (one device per round) has no hierarchical form; drop --gateways")
 
 
-def refuse_resume(run_dir: Path) -> None:
-    """Hierarchical and asynchronous runs cannot be resumed (yet): say so rather than resume them as flat runs."""
+def resumable_options(run_dir: Path) -> ScaleOptions | None:
+    """The scale-out options `run_dir` was started with (None: a plain flat run); refuses what cannot resume.
+
+    Asynchronous runs resume from their last aggregation (`BufferedRun.resume`), flat runs with
+    intermittent devices with those devices again; hierarchical runs cannot (yet): say so rather than
+    resume them as flat runs.
+    """
     from federation.checkpoint import load_checkpoint
     from federation.coordinator import CHECKPOINT_FILE
     from federation.hierarchy.server import STATUS_FILE
@@ -108,16 +144,20 @@ def refuse_resume(run_dir: Path) -> None:
     if (run_dir / STATUS_FILE).exists():
         raise UsageError(f"{run_dir} is a hierarchical run (--gateways); it cannot be resumed: start a new run "
                          "from its checkpoint.npz instead")
+    if (run_dir / SCALE_FILE).is_file():
+        return ScaleOptions.load(run_dir / SCALE_FILE)
     if (run_dir / CHECKPOINT_FILE).is_file():
         _, meta = load_checkpoint(run_dir / CHECKPOINT_FILE)
         if meta.get("mode") == "async":
-            raise UsageError(f"{run_dir} is an asynchronous run (--mode async); it cannot be resumed")
+            raise UsageError(f"{run_dir} is an asynchronous run without its {SCALE_FILE} (started by an older "
+                             "tinyfleet); it cannot be resumed")
+    return None
 
 
-def execute_scaled(config: RunConfig, run_dir: Path, initial: dict[str, np.ndarray], opts: ScaleOptions, *,
+def execute_scaled(config: RunConfig, run_dir: Path, initial: dict[str, np.ndarray] | None, opts: ScaleOptions, *,
                    models: Path | None, json_out: bool, verbose: bool, credentials: Any = None,
-                   secure: bool = True) -> None:
-    """Run, then print the same summary a flat run prints (plus the scale-out facts)."""
+                   secure: bool = True, broker_dir: Path | None = None) -> None:
+    """Run (or, with no `initial`, resume), then print the same summary a flat run prints (plus the scale-out facts)."""
     from federation.hierarchy.settings import HierarchyConfig
 
     check_options(config, opts)
@@ -133,9 +173,11 @@ def execute_scaled(config: RunConfig, run_dir: Path, initial: dict[str, np.ndarr
 
         with stdout_to_stderr():
             if opts.gateways:
+                if initial is None:
+                    raise UsageError("a hierarchical run cannot be resumed")  # resumable_options says so first
                 result = _hierarchical(settings, run_dir, initial, opts, models, secure, on_round)
             else:
-                result = _flat(settings, run_dir, initial, opts, models, credentials, secure, on_round)
+                result = _flat(settings, run_dir, initial, opts, models, credentials, secure, on_round, broker_dir)
     summary = {"run_id": result["run_id"], "run_dir": result["run_dir"], "task": config.task,
                "strategy": config.strategy, "mode": opts.mode, "gateways": opts.gateways,
                "rounds": result["rounds"], "final_sha256": result["final_sha256"]}
@@ -175,22 +217,29 @@ def _hierarchical(settings: Any, run_dir: Path, initial: dict[str, np.ndarray], 
                             central_dir=central_dir, on_round=on_round)
 
 
-def _flat(settings: Any, run_dir: Path, initial: dict[str, np.ndarray], opts: ScaleOptions, models: Path | None,
-          credentials: Any, secure: bool, on_round: Any) -> dict[str, Any]:
+def _flat(settings: Any, run_dir: Path, initial: dict[str, np.ndarray] | None, opts: ScaleOptions,
+          models: Path | None, credentials: Any, secure: bool, on_round: Any,
+          broker_dir: Path | None) -> dict[str, Any]:
+    """A flat run with scale-out options on one broker; `initial` None resumes the run in `run_dir`."""
     from devices.simulator import FaultKnobs
     from federation.coordinator import Coordinator
     from federation.session import fleet_grid
 
     cfg = settings.run
-    if (run_dir / "run.json").exists():
-        raise CheckpointError(f"{run_dir} already holds a run; use another --run-id")
+    if initial is not None:
+        if (run_dir / "run.json").exists():
+            raise CheckpointError(f"{run_dir} already holds a run; use another --run-id")
+        opts.save(run_dir)
     faults = FaultKnobs(intermittent_fraction=opts.intermittent, online_s=opts.online, period_s=opts.period)
-    with fleet_grid(cfg, run_dir, models_dir=models, credentials=credentials, secure=secure, faults=faults) as grid:
+    with fleet_grid(cfg, run_dir, models_dir=models, credentials=credentials, secure=secure, faults=faults,
+                    broker_dir=broker_dir) as grid:
         if settings.mode == "async":
             from federation.buffered import BufferedRun
 
-            return BufferedRun(settings, grid, run_dir, on_round=on_round).start(initial)
-        return Coordinator(cfg, grid, run_dir, on_round=on_round).start(initial)
+            run = BufferedRun(settings, grid, run_dir, on_round=on_round)
+            return run.start(initial) if initial is not None else run.resume()
+        coordinator = Coordinator(cfg, grid, run_dir, on_round=on_round)
+        return coordinator.start(initial) if initial is not None else coordinator.resume()
 
 
 def _fmt(x: object) -> str:
