@@ -245,8 +245,9 @@ def resume(
 ) -> None:
     """Continue an interrupted run from its last checkpoint (same settings, same strategy, same seed).
 
-    Flat synchronous runs end with the digest of an uninterrupted run; asynchronous runs (--mode async) go on
-    from their last aggregation; hierarchical runs (--gateways) cannot be resumed.
+    Synchronous runs end with an uninterrupted run's digest; --mode async runs go on from their last aggregation.
+
+    Hierarchical runs (--gateways) cannot be resumed.
 
     Example: tinyfleet federate resume runs/sine-reptile-20260101-120000 --json
     """
