@@ -31,7 +31,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricReco
 from flwr.app.typing import MetricRecordValues
 from flwr.serverapp import Grid
 
-from devices.wire.protocol import ConfigKey, weight_names
+from devices.wire.protocol import ConfigKey
 from federation.exceptions import QuorumError
 from federation.flower_compat import Run, empty_run, set_message_id
 from federation.ledger import RoundLedger
@@ -40,9 +40,11 @@ from federation.replies import (
     TOP_P,
     WEIGHT_KEY,
     RejectedReply,
+    as_sent,
     check_metrics,
     check_train_arrays,
     device_error_reason,
+    expected_reply,
     granted_examples,
     one_line,
 )
@@ -218,10 +220,9 @@ class FleetGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         """Encode and send each message; return their new message ids."""
         ids: list[str] = []
-        # A strategy sends one ArrayRecord object to every node of a round; Flower stores arrays as .npy bytes, and
-        # decoding them again for each of 1,000 devices was a third of the coordinator's CPU per round. Decoded once
-        # per record here; the record itself is kept in the map so that its id() cannot be reused by a new object
-        # while the map lives (`messages` may be a generator that drops each message after it is sent).
+        # One ArrayRecord goes to every node of a round: decode its .npy bytes once (per device, that was a third of
+        # the coordinator's CPU at 1,000 devices). The map holds each record, so that its id() cannot be reused
+        # while the map lives (`messages` may be a generator that drops each message once it is sent).
         decoded: dict[int, tuple[ArrayRecord, dict[str, np.ndarray]]] = {}
         for msg in messages:
             mid = uuid.uuid4().hex
@@ -293,17 +294,15 @@ class FleetGrid(Grid):
         self._current_round = max(self._current_round, rnd)
         device_id = self._devices_by_node.get(msg.metadata.dst_node_id)
         arrays_rec = _first(msg.content.array_records)
-        arrays: dict[str, np.ndarray] = {}
-        if arrays_rec is not None:
-            if id(arrays_rec) not in decoded:  # read-only from here on: only encoded into each device's frame
-                decoded[id(arrays_rec)] = (arrays_rec, {k: v.numpy() for k, v in arrays_rec.items()})
-            arrays = decoded[id(arrays_rec)][1]
+        if arrays_rec is not None and id(arrays_rec) not in decoded:  # read-only: only encoded into each frame
+            decoded[id(arrays_rec)] = (arrays_rec, {k: v.numpy() for k, v in arrays_rec.items()})
+        arrays = decoded[id(arrays_rec)][1] if arrays_rec is not None else {}
         cfg_rec = _first(msg.content.config_records)
         config = dict(cfg_rec) if cfg_rec is not None else {}
         encoding = TOP_P if ConfigKey.TOP_P in config else DENSE
         steps = config.get(ConfigKey.LOCAL_STEPS, getattr(self.codec, "task_defaults", {}).get(ConfigKey.LOCAL_STEPS))
         cap = int(steps) if phase == "train" and isinstance(steps, int) and steps > 0 else None  # batch 1
-        inflight = _Inflight(msg, device_id or "?", rnd, phase, _expected_reply(arrays, config), encoding,
+        inflight = _Inflight(msg, device_id or "?", rnd, phase, expected_reply(arrays, config), encoding,
                              list(arrays), cap)
         if device_id is None:  # a node id we never announced: answer with an error, do not crash
             with self._cv:
@@ -404,7 +403,7 @@ class FleetGrid(Grid):
         metrics: dict[str, MetricRecordValues] = {**checked}
         content = RecordDict()
         if inflight.phase == "train":
-            arrays, norm = check_train_arrays(_as_sent(reply.arrays, inflight.sent_keys), inflight.sent_arrays,
+            arrays, norm = check_train_arrays(as_sent(reply.arrays, inflight.sent_keys), inflight.sent_arrays,
                                               inflight.encoding)
             content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
             metrics["update-norm"] = norm
@@ -469,33 +468,6 @@ class FleetGrid(Grid):
             cap_evaluation_weights(out)
         harmonize_metrics(out)
         return out
-
-
-def _expected_reply(sent: dict[str, np.ndarray], config: Mapping[str, object]) -> dict[str, np.ndarray]:
-    """The arrays a train reply must answer: all that were sent except the device's local layers."""
-    local = config.get(ConfigKey.LOCAL_LAYERS)
-    keep = {f"{p}{i}" for i in (local if isinstance(local, list | tuple) else ()) if isinstance(i, int)
-            for p in ("w", "b")}
-    return {k: v for k, v in sent.items() if k not in keep}
-
-
-def _as_sent(arrays: dict[str, np.ndarray], sent_keys: list[str]) -> dict[str, np.ndarray]:
-    """Give a device's result tensors back the keys the strategy used.
-
-    Devices name result tensors by position (``w0, b0, w1, ...``, and ``w0.idx``/``w0.val`` for a
-    sparse update), whatever the task's tensors were called; a Flower user's
-    ``ArrayRecord([w, b])`` has keys ``"0", "1"``. Without this, every reply to such a strategy
-    would be rejected as ``wrong-keys``.
-    """
-    canonical = weight_names(len(sent_keys))
-    if sent_keys == canonical:
-        return arrays
-    back = dict(zip(canonical, sent_keys, strict=True))
-    out: dict[str, np.ndarray] = {}
-    for name, value in arrays.items():
-        base, dot, suffix = name.partition(".")
-        out[back.get(base, base) + dot + suffix] = value
-    return out
 
 
 _R = TypeVar("_R")

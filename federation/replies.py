@@ -30,9 +30,11 @@ from devices.wire.protocol import (
     REQUIRED_METRICS,
     SPARSE_INDEX_SUFFIX,
     SPARSE_VALUE_SUFFIX,
+    ConfigKey,
     Encoding,
     MessageType,
     MetricKey,
+    weight_names,
 )
 from devices.wire.sparse import top_p_decode
 
@@ -200,3 +202,30 @@ def one_line(text: str, limit: int = MAX_TEXT) -> str:
     """Device-chosen text (an error reason) cut to one printable line of at most `limit` characters."""
     flat = "".join(c if c.isprintable() else " " for c in text[:limit])
     return flat + ("…" if len(text) > limit else "")
+
+
+def expected_reply(sent: dict[str, np.ndarray], config: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """The arrays a train reply must answer: all that were sent except the device's local layers."""
+    local = config.get(ConfigKey.LOCAL_LAYERS)
+    keep = {f"{p}{i}" for i in (local if isinstance(local, list | tuple) else ()) if isinstance(i, int)
+            for p in ("w", "b")}
+    return {k: v for k, v in sent.items() if k not in keep}
+
+
+def as_sent(arrays: dict[str, np.ndarray], sent_keys: list[str]) -> dict[str, np.ndarray]:
+    """Give a device's result tensors back the keys the strategy used.
+
+    Devices name result tensors by position (``w0, b0, w1, ...``, and ``w0.idx``/``w0.val`` for a
+    sparse update), whatever the task's tensors were called; a Flower user's
+    ``ArrayRecord([w, b])`` has keys ``"0", "1"``. Without this, every reply to such a strategy
+    would be rejected as ``wrong-keys``.
+    """
+    canonical = weight_names(len(sent_keys))
+    if sent_keys == canonical:
+        return arrays
+    back = dict(zip(canonical, sent_keys, strict=True))
+    out: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        base, dot, suffix = name.partition(".")
+        out[back.get(base, base) + dot + suffix] = value
+    return out

@@ -48,12 +48,16 @@ class CDevice:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM (clean: presence offline "shutdown", then DISCONNECT); SIGKILL after `timeout`."""
+    def stop(self, timeout: float = 10.0, *, signalled: bool = False) -> int | None:
+        """SIGTERM (clean: presence offline "shutdown", then DISCONNECT); SIGKILL after `timeout`.
+
+        `signalled`: the caller already sent SIGTERM (`stop_c_devices`); only wait, then kill.
+        """
         if self.process is None:
             return None
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            if not signalled:
+                self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -140,4 +144,4 @@ def stop_c_devices(devices: Sequence[CDevice], timeout: float = 10.0) -> list[in
     for d in devices:
         if d.alive() and d.process is not None:
             d.process.send_signal(signal.SIGTERM)
-    return [d.stop(timeout) for d in devices]
+    return [d.stop(timeout, signalled=True) for d in devices]

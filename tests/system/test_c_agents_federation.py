@@ -143,11 +143,26 @@ def test_four_c_devices_are_accepted_in_every_round(mixed_fleet: MixedFleet, tmp
 def test_c_device_stops_cleanly_and_says_offline(mixed_fleet: MixedFleet) -> None:
     victim = mixed_fleet.c_devices[-1]
     from broker.accounts import server_credentials
+    from broker.process import read_state
 
     with FleetClient(parse_broker_url(mixed_fleet.url), fleet=FLEET, client_id="c-test-bye",
                      credentials=server_credentials(mixed_fleet.broker_dir)) as watch:
         assert wait_until(lambda: victim.device_id in watch.online(), 30)
-        assert stop_c_devices([victim]) == [0], victim.log_text()
+        broker = read_state(mixed_fleet.broker_dir)
+        assert broker is not None and victim.process is not None
+        # A second SIGTERM while the device waits for the PUBACK of its offline message must not kill it mid-goodbye
+        # (glibc's System V signal() once reset the handler after the first: exit -15). Pausing the broker holds the
+        # PUBACK back until both signals were sent, so the second one surely lands during the goodbye.
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            victim.process.send_signal(signal.SIGTERM)
+            assert wait_until(lambda: "stopping: saying offline" in victim.log_text(), 15), victim.log_text()
+            assert victim.alive()  # waiting for the PUBACK the paused broker holds back (up to 5 s)
+            victim.process.send_signal(signal.SIGTERM)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        assert victim.stop(15, signalled=True) == 0, victim.log_text()
+        assert "stopped (" in victim.log_text()
         assert wait_until(lambda: watch.presence.get(victim.device_id, {}).get("reason") == "shutdown", 15)
         assert watch.presence[victim.device_id]["online"] is False
 

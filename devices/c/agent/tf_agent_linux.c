@@ -348,8 +348,15 @@ int main(int argc, char **argv) {
     tf_agent_topic(&AGENT, "td", T_TD, sizeof T_TD);
     tf_agent_topic(&AGENT, "telemetry", T_TELEMETRY, sizeof T_TELEMETRY);
 
-    signal(SIGTERM, on_signal);
-    signal(SIGINT, on_signal);
+    /* sigaction, not signal(): under -std=c99 with only _POSIX_C_SOURCE, glibc's signal() has System V
+     * semantics and resets the handler after one delivery, so a second SIGTERM during the clean stop (the
+     * offline message waiting for its PUBACK) killed the device mid-goodbye (exit -15 seen in CI). */
+    struct sigaction stop_action;
+    memset(&stop_action, 0, sizeof stop_action);
+    stop_action.sa_handler = on_signal;
+    sigemptyset(&stop_action.sa_mask);
+    sigaction(SIGTERM, &stop_action, NULL);
+    sigaction(SIGINT, &stop_action, NULL);
     mosquitto_lib_init();
     struct mosquitto *m = mosquitto_new(device, true, NULL);
     if (m == NULL) die(2, "cannot create the MQTT client", device);
@@ -392,6 +399,7 @@ int main(int argc, char **argv) {
         }
     }
     /* clean stop: a clean DISCONNECT does not fire the Will, so say offline explicitly */
+    fprintf(stderr, "tf-agent %s: stopping: saying offline\n", device);
     size_t bn = tf_agent_presence(&AGENT, 0, "shutdown", DOC, sizeof DOC);
     publish(m, T_PRESENCE, DOC, bn, 1, 1, &BYE_MID);
     double deadline = tf_platform_monotonic() + 5.0;
