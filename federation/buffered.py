@@ -211,7 +211,7 @@ class BufferedRun:
             raise CheckpointError(f"{path}: unreadable progress of the asynchronous run ({exc})") from None
         write_metrics(self.run_dir / METRICS_FILE, progress.history)  # lines of aggregations the checkpoint lacks go
         if progress.version > self.cfg.rounds:  # killed after the last checkpoint, before final.npz
-            return self._finish(progress, {})
+            return self._finish(progress)
         return self._run(progress)
 
     def _run(self, p: _Progress) -> dict[str, Any]:
@@ -283,9 +283,9 @@ class BufferedRun:
                     break
             self._dispatch(version, thetas[version], inflight, trained_at, rng, counts)
         _forget(self.grid, list(inflight))
-        return self._finish(p, thetas)
+        return self._finish(p)
 
-    def _finish(self, p: _Progress, thetas: dict[int, ArrayRecord]) -> dict[str, Any]:
+    def _finish(self, p: _Progress) -> dict[str, Any]:
         cfg = self.cfg
         final = to_numpy(p.theta)
         save_checkpoint(self.run_dir / FINAL_FILE, arrays=final, state={"run_id": cfg.run_id, "round": cfg.rounds})
