@@ -1,6 +1,6 @@
 """Scale-out benchmark: 10,000 devices over 4 gateways vs a flat 1,000, and sync vs async under intermittency.
 
-``nice -n 10 python -m benchmarks.scale`` writes ``docs/results/scale.json``, ``scale.png`` and
+``python -m benchmarks.scale`` writes ``docs/results/scale.json``, ``scale.png`` and
 ``scale.md``. Everything runs as separate processes on this machine, as a deployment would:
 Mosquitto site brokers, ``tinyfleet devices simulate`` device groups, ``flower-superlink``,
 ``flower-supernode`` gateways (Flower starts a ClientApp process per message), and the
@@ -421,9 +421,9 @@ def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines = [
         "# Scale-out benchmark", "",
-        f"`nice -n 10 python -m benchmarks.scale` on {doc['date']}, {doc['wall_s'] / 60:.0f} min, on this "
-        f"{m['cpus']}-core machine (load average before/after {m['loadavg_1min_before_after'][0]:.1f}/"
-        f"{m['loadavg_1min_before_after'][1]:.1f}: other work shared the cores). Sine, Reptile, "
+        f"`python -m benchmarks.scale` on {doc['date']}, {doc['wall_s'] / 60:.0f} min, on this "
+        f"{m['cpus']}-core machine (1-minute load average before/after {m['loadavg_1min_before_after'][0]:.1f}/"
+        f"{m['loadavg_1min_before_after'][1]:.1f}; the benchmark's own processes raise it). Sine, Reptile, "
         f"{doc['plan']['local_steps']} local steps; every device trains and evaluates every round."
         + ("" if "reused_from_earlier_run" not in doc else " Parts measured by separate invocations (`--only`), "
            "merged into one JSON; times and loads above are the last invocation's, each part's load is below."),
@@ -441,7 +441,12 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"| {name} | {n:,} | {x['round_s_median']:.1f} | {x['train_s_median']:.1f} | {ev:.1f} | {cpu} | "
                      f"{load} | {x['device_bytes_per_round']:,.0f} | {'-' if top is None else f'{top:,.0f}'} |")
     split = hier["rounds"][-1]["train_split_s"]
-    lines += ["", f"Where a {hier['devices']:,}-device train phase goes (last round, slowest gateway): Flower's "
+    floor = hier["cpu_s_devices_median"] / m["cpus"]
+    lines += ["", f"CPU floor: the {hier['devices']:,} simulated devices alone use {hier['cpu_s_devices_median']:.0f} "
+              f"CPU-s per round (training and evaluating on this machine's cores, as real devices would on their "
+              f"own), so no round here can be shorter than {floor:.0f} s on {m['cpus']} cores even if the "
+              f"federation cost nothing.", "",
+              f"Where a {hier['devices']:,}-device train phase goes (last round, slowest gateway): Flower's "
               f"delivery {split['delivery']} s, gateway process start {split['startup']} s, site sub-round "
               f"{split['site']} s, way back {split['return']} s.", "",
               f"One gateway vs flat on the same devices: max |Δθ| = {eq['max_abs_delta_theta']:.2e}.", "",
