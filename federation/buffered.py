@@ -75,6 +75,7 @@ class _Progress:
     reasons: Counter[str] = field(default_factory=Counter)
     norms: deque[float] = field(default_factory=lambda: deque(maxlen=NORM_HISTORY))  # recently aggregated norms
     elapsed: float = 0.0
+    bytes_before: tuple[int, int] = (0, 0)  # device bytes (up, down) of the process(es) before a resume
 
 
 ASYNC_STRATEGIES = ("reptile", "fedavg")
@@ -192,23 +193,7 @@ class BufferedRun:
         version, so a resumed run is not the same sequence of updates as an uninterrupted one (an
         asynchronous run never is), but every aggregation in metrics.jsonl is one the checkpoint holds.
         """
-        path = self.run_dir / CHECKPOINT_FILE
-        arrays, meta = load_checkpoint(path)
-        if meta.get("run_id") != self.cfg.run_id:
-            raise CheckpointError(f"{path}: belongs to run {meta.get('run_id')!r}, not {self.cfg.run_id!r}")
-        if meta.get("mode") != "async" or not isinstance(meta.get("progress"), dict):
-            raise CheckpointError(f"{path}: not the checkpoint of an asynchronous run this tinyfleet can resume")
-        saved = meta["progress"]
-        try:
-            history = read_metrics(self.run_dir / METRICS_FILE)[: int(saved["records"])]
-            progress = _Progress(version=int(saved["version"]), theta=to_record(arrays), history=history,
-                                 counts={k: int(saved["counts"][k]) for k in _COUNTS},
-                                 reasons=Counter({str(k): int(v) for k, v in saved["reasons"].items()}),
-                                 norms=deque((float(x) for x in saved["norms"]), maxlen=NORM_HISTORY),
-                                 rng=random.Random(f"{self.cfg.seed}:{saved['version']}"),
-                                 elapsed=float(saved["elapsed"]))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CheckpointError(f"{path}: unreadable progress of the asynchronous run ({exc})") from None
+        progress = read_progress(self.run_dir, self.cfg.run_id, self.cfg.seed)
         write_metrics(self.run_dir / METRICS_FILE, progress.history)  # lines of aggregations the checkpoint lacks go
         if progress.version > self.cfg.rounds:  # killed after the last checkpoint, before final.npz
             return self._finish(progress)
@@ -265,7 +250,7 @@ class BufferedRun:
                 record.update({"round": version, "seconds": round(now - t_last, 4),
                                "elapsed": round(now - t_start, 4), "in_flight": len(inflight), **counts,
                                "reasons": dict(sorted(reasons.items()))})
-                record.update(self._bytes(version, used))
+                record.update(self._bytes(version, used, p.bytes_before))
                 t_last = now
                 if new is not None:
                     version += 1
@@ -419,10 +404,11 @@ class BufferedRun:
             record[MetricKey.LOSS] = record[MetricKey.TRAIN_LOSS.replace("-", "_")]
         return new, record
 
-    def _bytes(self, version: int, used: list[tuple[Message, int]]) -> dict[str, Any]:
-        """Bytes so far: the device level from the FleetGrid ledger, or summed from the gateways' reports."""
+    def _bytes(self, version: int, used: list[tuple[Message, int]], before: tuple[int, int]) -> dict[str, Any]:
+        """Bytes so far: the device level from the FleetGrid ledger (plus `before`, what the run's earlier process
+        counted up to its last checkpoint), or summed from the gateways' reports."""
         if not self.hierarchical:
-            up = down = 0
+            up, down = before
             for v in range(1, version + 1):
                 s = self.grid.ledger.round_summary(v)  # type: ignore[attr-defined]
                 up, down = up + s["bytes_up"], down + s["bytes_down"]
@@ -439,13 +425,44 @@ class BufferedRun:
         p.history.append(record)
         append_metrics(self.run_dir / METRICS_FILE, record)
         progress = {"version": p.version, "records": len(p.history), "counts": dict(p.counts),
-                    "reasons": dict(p.reasons), "norms": list(p.norms), "elapsed": p.elapsed}
+                    "reasons": dict(p.reasons), "norms": list(p.norms), "elapsed": p.elapsed,
+                    "bytes_total": [int(record.get("bytes_up_total", 0)), int(record.get("bytes_down_total", 0))]}
         save_checkpoint(self.run_dir / CHECKPOINT_FILE, arrays=to_numpy(p.theta),
                         state={"run_id": self.cfg.run_id, "round": record["round"], "mode": "async",
                                "progress": progress})
         log.info("aggregation %d/%d: %s", record["round"], self.cfg.rounds, record)
         if self.on_round is not None:
             self.on_round(record)
+
+
+def read_progress(run_dir: Path, run_id: str, seed: int) -> _Progress:
+    """Where the asynchronous run in `run_dir` stands, from its checkpoint (a one-line CheckpointError if unreadable).
+
+    Separate from `BufferedRun.resume` so that `federate resume` can refuse a broken checkpoint before it starts
+    brokers and devices.
+    """
+    path = run_dir / CHECKPOINT_FILE
+    arrays, meta = load_checkpoint(path)
+    if meta.get("run_id") != run_id:
+        raise CheckpointError(f"{path}: belongs to run {meta.get('run_id')!r}, not {run_id!r}")
+    if meta.get("mode") != "async" or not isinstance(meta.get("progress"), dict):
+        raise CheckpointError(f"{path}: not the checkpoint of an asynchronous run this tinyfleet can resume")
+    saved = meta["progress"]
+    try:
+        counts = {k: int(saved["counts"][k]) for k in _COUNTS}
+        version, records, elapsed = int(saved["version"]), int(saved["records"]), float(saved["elapsed"])
+        before = tuple(int(x) for x in saved["bytes_total"])
+        if (version < 1 or records < 0 or not math.isfinite(elapsed) or elapsed < 0 or len(before) != 2
+                or min(*counts.values(), *before) < 0):
+            raise ValueError(f"version {version}, records {records}, elapsed {elapsed}, counts {counts}, "
+                             f"bytes {before}")
+        return _Progress(version=version, theta=to_record(arrays),
+                         history=read_metrics(run_dir / METRICS_FILE)[:records], counts=counts,
+                         reasons=Counter({str(k): int(v) for k, v in saved["reasons"].items()}),
+                         norms=deque((float(x) for x in saved["norms"]), maxlen=NORM_HISTORY),
+                         rng=random.Random(f"{seed}:{version}"), elapsed=elapsed, bytes_before=(before[0], before[1]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: unreadable progress of the asynchronous run ({exc})") from None
 
 
 def _reason(reply: Message) -> str:

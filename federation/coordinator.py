@@ -171,12 +171,18 @@ class Coordinator:
         if meta.get("run_id") != self.config.run_id:
             raise CheckpointError(f"{self.run_dir / CHECKPOINT_FILE}: belongs to run {meta.get('run_id')!r}, "
                                   f"not {self.config.run_id!r}")
-        done = int(meta["round"])
+        if meta.get("mode", "sync") != "sync":
+            raise CheckpointError(f"{self.run_dir / CHECKPOINT_FILE}: the checkpoint of a --mode {meta['mode']} run, "
+                                  "not of synchronous rounds")
+        try:
+            done = int(meta["round"])
+            rng = np.random.default_rng()
+            rng.bit_generator.state = meta["rng_state"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{self.run_dir / CHECKPOINT_FILE}: unreadable round state ({exc!r})") from None
         if "strategy_state" in meta:  # server-side optimiser state (FedAdam's moments, FedAvgM's momentum, ...)
             strategy_state.restore(self.strategy, load_extra_arrays(self.run_dir / CHECKPOINT_FILE),
                                    meta["strategy_state"])
-        rng = np.random.default_rng()
-        rng.bit_generator.state = meta["rng_state"]
         history = [r for r in read_metrics(self.run_dir / METRICS_FILE) if r.get("round", 0) <= done]
         write_metrics(self.run_dir / METRICS_FILE, history)
         return self._loop(arrays, done + 1, rng, history=history)

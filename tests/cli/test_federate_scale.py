@@ -78,10 +78,12 @@ def test_async_run_killed_by_sigkill_resumes_from_its_last_aggregation(tmp_path:
     run_dir = out / "async-kill"
     tinyfleet = str(Path(sys.executable).with_name("tinyfleet"))
     proc = subprocess.Popen([tinyfleet, "federate", "run", "--task", "sine", "--mode", "async", "--simulate", "4",
-                             "--buffer", "2", "--rounds", "8", "--local-steps", "5", "--samples-per-device", "16",
+                             "--buffer", "2", "--rounds", "150", "--local-steps", "5", "--samples-per-device", "16",
                              "--out", str(out), "--run-id", "async-kill", "--json"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:  # kill it once two aggregations are on disk (a condition, not a guess at how long they take)
+    # kill it once two aggregations are on disk (a condition, not a guess at how long they take); 150 versions take
+    # seconds, so a test process that stalls for a while still finds the run going
+    try:
         assert wait_until(lambda: (run_dir / "metrics.jsonl").is_file() and len(_metrics(run_dir)) >= 2
                           or proc.poll() is not None, timeout=120)
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
@@ -100,10 +102,12 @@ def test_async_run_killed_by_sigkill_resumes_from_its_last_aggregation(tmp_path:
     rounds = json.loads(r.stdout)["rounds"]
     lines = _metrics(run_dir)
     assert lines[: len(kept)] == kept and rounds == lines  # what the checkpoint held stays, then the run goes on
-    assert [x["round"] for x in lines if "skipped" not in x] == list(range(1, 9))  # every version once, in order
+    assert [x["round"] for x in lines if "skipped" not in x] == list(range(1, 151))  # every version once, in order
     pairs = list(zip(lines, lines[1:], strict=False))
     assert all(b["elapsed"] >= a["elapsed"] for a, b in pairs)  # the clock goes on, not from 0
-    assert all(b["dispatched"] >= a["dispatched"] for a, b in pairs)  # counts go on too
+    for key in ("dispatched", "bytes_up_total", "bytes_down_total"):  # counts and bytes go on too
+        assert all(b[key] >= a[key] for a, b in pairs), key
+    assert lines[-1]["bytes_up_total"] > kept[-1]["bytes_up_total"] > 0
     final, _ = load_checkpoint(run_dir / "final.npz")
     ckpt, _ = load_checkpoint(run_dir / "checkpoint.npz")
     assert all(np.array_equal(final[k], ckpt[k]) for k in final)
@@ -121,3 +125,39 @@ def test_resume_refuses_unreadable_scale_options_in_one_line(tmp_path: Path) -> 
         assert r.exit_code != 0 and "Traceback" not in r.stderr, r.output
         assert r.stderr.startswith(f"error: {run_dir / 'scale.json'}: unreadable scale-out options")
         assert r.stderr.strip().count("\n") == 0
+
+
+def test_resume_refuses_a_mismatched_or_tampered_async_checkpoint_before_starting_anything(tmp_path: Path) -> None:
+    from federation.coordinator import RunConfig
+    from tinyfleet.cli.federate_scale import ScaleOptions
+
+    run_dir = tmp_path / "t"
+    RunConfig(run_id="t", task="sine", strategy="reptile", rounds=5, simulate=2).save(run_dir)
+    progress = {"version": 2, "records": 1, "counts": dict.fromkeys(("discarded_stale", "failures", "expired",
+                                                                     "dispatched"), 0),
+                "reasons": {}, "norms": [], "elapsed": 1.0, "bytes_total": [10, 20]}
+    cases = [("sync", {}, "says --mode sync, but the checkpoint is of a --mode async run"),
+             ("async", {"version": 0}, "unreadable progress of the asynchronous run"),
+             ("async", {"elapsed": float("nan")}, "unreadable progress of the asynchronous run"),
+             ("async", {"bytes_total": [1]}, "unreadable progress of the asynchronous run")]
+    for mode, change, message in cases:
+        ScaleOptions(mode=mode, buffer=1).save(run_dir)
+        save_checkpoint(run_dir / "checkpoint.npz", arrays={"w0": np.zeros(2, np.float32)},
+                        state={"run_id": "t", "round": 1, "mode": "async", "progress": {**progress, **change}})
+        r = CliRunner().invoke(app, ["federate", "resume", str(run_dir)])
+        assert r.exit_code == 1 and "Traceback" not in r.stderr, r.output
+        assert message in r.stderr and r.stderr.strip().count("\n") == 0, (change, r.stderr)
+        assert not (run_dir / "broker").exists()  # refused before any broker or device started
+
+
+def test_a_failed_start_leaves_no_options_for_the_next_run_of_the_same_id(tmp_path: Path) -> None:
+    """An async start that failed before run.json left scale.json; a plain run with that id must not inherit it."""
+    from tinyfleet.cli.federate_scale import ScaleOptions
+
+    run_dir = tmp_path / "runs" / "same"
+    ScaleOptions(mode="async", buffer=1).save(run_dir)  # what the failed start left behind
+    r = CliRunner().invoke(app, ["federate", "run", "--task", "sine", "--simulate", "2", "--rounds", "1",
+                                 "--local-steps", "2", "--samples-per-device", "8", "--out", str(tmp_path / "runs"),
+                                 "--run-id", "same", "--json"])
+    assert r.exit_code == 0, r.stderr[-2000:]
+    assert not (run_dir / "scale.json").exists() and (run_dir / "final.npz").is_file()

@@ -219,8 +219,8 @@ def test_stock_fedavg_survives_a_device_with_extra_metrics() -> None:
 
 
 def test_each_device_gets_the_arrays_of_its_own_message() -> None:
-    """The Grid decodes a shared ArrayRecord once per push; messages with their own records (a generator that
-    drops each one after it is sent, so object ids can repeat) must still carry their own values."""
+    """The Grid decodes a shared ArrayRecord once per push; messages with records of their own (pushed from a
+    generator) must still carry their own values, and a record shared by all messages reaches every device."""
     init_task_identity(1)
     received: dict[str, list[dict[str, np.ndarray]]] = {d: [] for d in GOOD}
 
@@ -238,7 +238,7 @@ def test_each_device_gets_the_arrays_of_its_own_message() -> None:
         return Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in head.items()}),
                                    "config": ConfigRecord({"server-round": 1})}), nodes[i], MessageType.EVALUATE)
 
-    grid.push_messages(own(i) for i in range(len(nodes)))  # a generator: each message is dropped once sent
+    grid.push_messages(own(i) for i in range(len(nodes)))
     shared = ArrayRecord({k: Array(v) for k, v in initial_head().items()})
     grid.push_messages([Message(RecordDict({"arrays": shared, "config": ConfigRecord({"server-round": 1})}), nid,
                                 MessageType.EVALUATE) for nid in nodes])

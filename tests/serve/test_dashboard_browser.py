@@ -132,9 +132,11 @@ def test_device_table_pages_like_the_directory(served: Any) -> None:
         nxt = html.split('rel="next" href="')[1:2]
         url = srv.url + nxt[0].split('"', 1)[0].replace("&amp;", "&") if nxt else None
     assert seen == sorted(fleet.devices) and pages == -(-n // 4)  # every device once, in order, on ceil(n/4) pages
-    past = httpx.get(srv.url + f"/?offset={n + 10}").text
-    assert "data-device=" not in past and f"No devices past number {n}" in past
-    for bad in ("offset=-1", "limit=0", "limit=1001", "offset=x"):
+    past = httpx.get(srv.url + f"/?offset={n + 10}&limit=4").text
+    assert "data-device=" not in past and f"No devices past number {n}" in past and "&ndash;" not in past
+    last_page = (n - 1) // 4 * 4
+    assert f'rel="prev" href="/?offset={last_page}&amp;limit=4#devices"' in past  # back to the last real page
+    for bad in ("offset=-1", "limit=0", "limit=1001", "offset=x", "offset=%C2%B2", "offset=" + "9" * 5000):
         r = httpx.get(srv.url + "/?" + bad)
         assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json"), bad
         assert bad.split("=")[0] in r.json()["detail"]

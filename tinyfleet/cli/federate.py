@@ -213,6 +213,9 @@ def run(
     if (run_dir / "run.json").exists():
         raise CheckpointError(f"{run_dir} already holds a run; use `tinyfleet federate resume {run_dir}` "
                               "or another --run-id")
+    from tinyfleet.cli.federate_scale import SCALE_FILE
+
+    (run_dir / SCALE_FILE).unlink(missing_ok=True)  # left by a start that failed before run.json: not this run's
     from federation.coordinator import strategy_defaults
 
     build_strategy(config.strategy, params, num_rounds=rounds,  # validate parameters before starting anything
@@ -245,7 +248,9 @@ def resume(
 ) -> None:
     """Continue an interrupted run from its last checkpoint (same settings, same strategy, same seed).
 
-    Synchronous runs end with an uninterrupted run's digest; --mode async runs go on from their last aggregation.
+    Synchronous runs of always-on devices end with the digest an uninterrupted run would have.
+
+    --mode async runs go on from their last aggregation.
 
     Hierarchical runs (--gateways) cannot be resumed.
 

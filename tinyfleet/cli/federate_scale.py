@@ -74,6 +74,9 @@ class ScaleOptions:
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
             values = {f.name: doc[f.name] for f in fields(cls) if f.name in doc}
+            missing = sorted({f.name for f in fields(cls)} - set(values))
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
             for k, v in values.items():
                 default = getattr(cls, k)
                 ok = kinds.get(k, (int,) if isinstance(default, int) else (int, float))
@@ -144,14 +147,25 @@ def resumable_options(run_dir: Path) -> ScaleOptions | None:
     if (run_dir / STATUS_FILE).exists():
         raise UsageError(f"{run_dir} is a hierarchical run (--gateways); it cannot be resumed: start a new run "
                          "from its checkpoint.npz instead")
-    if (run_dir / SCALE_FILE).is_file():
-        return ScaleOptions.load(run_dir / SCALE_FILE)
+    opts = ScaleOptions.load(run_dir / SCALE_FILE) if (run_dir / SCALE_FILE).is_file() else None
+    if opts is not None and opts.gateways:
+        raise UsageError(f"{run_dir} is a hierarchical run (--gateways); it cannot be resumed: start a new run "
+                         "from its checkpoint.npz instead")
     if (run_dir / CHECKPOINT_FILE).is_file():
         _, meta = load_checkpoint(run_dir / CHECKPOINT_FILE)
-        if meta.get("mode") == "async":
+        mode = meta.get("mode", "sync")
+        if opts is None and mode == "async":
             raise UsageError(f"{run_dir} is an asynchronous run without its {SCALE_FILE} (started by an older "
                              "tinyfleet); it cannot be resumed")
-    return None
+        if opts is not None and opts.mode != mode:
+            raise CheckpointError(f"{run_dir / SCALE_FILE} says --mode {opts.mode}, but the checkpoint is of a "
+                                  f"--mode {mode} run")
+        if mode == "async":  # refuse a broken checkpoint before brokers and devices start
+            from federation.buffered import read_progress
+
+            cfg = RunConfig.load(run_dir)
+            read_progress(run_dir, cfg.run_id, cfg.seed)
+    return opts
 
 
 def execute_scaled(config: RunConfig, run_dir: Path, initial: dict[str, np.ndarray] | None, opts: ScaleOptions, *,
@@ -211,6 +225,7 @@ def _hierarchical(settings: Any, run_dir: Path, initial: dict[str, np.ndarray], 
             raise FederationError(f"no broker runs from {opts.bridge_to} (start it with `tinyfleet broker start "
                                   f"--dir {opts.bridge_to}`)")
         central, central_dir = parse_broker_url(info.url), Path(opts.bridge_to)
+    opts.save(run_dir)  # so that `federate resume` says what this run is, even before its first round
     group = DeviceGroup(task=cfg.task, samples_per_device=cfg.samples_per_device, models_dir=models,
                         intermittent=opts.intermittent, online_s=opts.online, period_s=opts.period, seed=cfg.seed)
     return run_hierarchical(settings, run_dir, initial=initial, group=group, secure=secure, central=central,

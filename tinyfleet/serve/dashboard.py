@@ -90,7 +90,11 @@ def _device_page(devices: list[dict[str, Any]], offset: int, limit: int) -> dict
         return f"/?offset={o}" + ("" if limit == DEVICES_PER_PAGE else f"&limit={limit}") + "#devices"
 
     shown = devices[offset:offset + limit]
-    return {"rows": shown, "first": offset + 1 if shown else 0, "last": offset + len(shown), "total": len(devices),
+    if not shown:  # past the end: no range, and "previous" is the last page that has devices
+        last_page = max(0, (len(devices) - 1) // limit * limit)
+        return {"rows": [], "first": 0, "last": 0, "total": len(devices), "next": None,
+                "prev": url(last_page) if devices and offset > 0 else None}
+    return {"rows": shown, "first": offset + 1, "last": offset + len(shown), "total": len(devices),
             "prev": url(max(0, offset - limit)) if offset > 0 else None,
             "next": url(offset + limit) if offset + limit < len(devices) else None}
 

@@ -116,7 +116,8 @@ def query_int(request: Request, name: str, default: int | None, *, low: int, hig
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # isdigit() alone takes "²" and 5,000-digit numbers, which int() then refuses with a ValueError (a 500)
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(high))) or not low <= int(raw) <= high:
         raise HTTPProblem(400, f"query parameter {name} must be an integer in {low}..{high}, got {raw[:40]!r}")
     return int(raw)
 
