@@ -25,6 +25,7 @@ from tinyfleet.cli.main import app
     (["--intermittent", "0.3", "--broker", "mqtt://127.0.0.1:1"], "applies to simulated devices"),
     (["--simulate", "2", "--mode", "async", "--buffer", "50"], "--buffer 50 is more than the --simulate 2"),
     (["--simulate", "4", "--mode", "async", "--serial"], "no --serial form"),
+    (["--simulate", "4", "--mode", "async", "--registry", "reg"], "select devices in synchronous flat runs only"),
     (["--simulate", "4", "--mode", "async", "--fraction", "0.5"], "--fraction does not apply"),
     (["--simulate", "2", "--intermittent", "0.5", "--online", "nan"], "--online must be a finite number; got nan"),
     (["--simulate", "2", "--mode", "async", "--staleness-alpha", "nan"], "--staleness-alpha must be a finite"),

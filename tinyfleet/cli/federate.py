@@ -201,7 +201,9 @@ def run(
                        broker_timeout=60.0 if broker_timeout is None else broker_timeout)
     scaled = bool(gateways or mode is Mode.async_ or intermittent > 0 or bridge_to is not None)
     if scaled:
-        from tinyfleet.cli.federate_scale import ScaleOptions, check_options
+        from tinyfleet.cli.federate_scale import ScaleOptions, check_options, refuse_registry
+
+        refuse_registry(registry, registry_endpoint)
 
         opts = ScaleOptions(gateways=gateways, mode=mode.value, buffer=buffer, max_staleness=max_staleness,
                             staleness_alpha=staleness_alpha, intermittent=intermittent, online=online, period=period,
@@ -266,6 +268,9 @@ def resume(
         config.broker_timeout = broker_timeout
     models = settings.path_setting("models", models)
     if scaled is not None:  # asynchronous, or with intermittent simulated devices: the same kind of run again
+        from tinyfleet.cli.federate_scale import refuse_registry
+
+        refuse_registry(registry, registry_endpoint)
         execute_scaled(config, run_dir, None, scaled, models=models, json_out=json_out, verbose=verbose,
                        credentials=_load_credentials(settings.path_setting("credentials", credentials)),
                        secure=not insecure, broker_dir=broker_dir)

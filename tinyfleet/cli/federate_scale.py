@@ -93,6 +93,13 @@ SCALE_FILE = "scale.json"
 """The scale-out options of a run, next to its run.json."""
 
 
+def refuse_registry(registry: str | None, endpoint: str | None) -> None:
+    """Scale-out runs sample devices by their TDs on the broker, not by registry records: say so, do not ignore it."""
+    if registry is not None or endpoint is not None:
+        raise UsageError("--registry/--registry-endpoint select devices in synchronous flat runs only; drop them "
+                         "for --gateways, --mode async and --intermittent runs")
+
+
 def check_options(config: RunConfig, opts: ScaleOptions) -> None:
     """Refuse combinations that cannot work, before anything starts."""
     from federation.buffered import ASYNC_STRATEGIES
