@@ -217,7 +217,8 @@ def run(
                               "or another --run-id")
     from tinyfleet.cli.federate_scale import SCALE_FILE
 
-    (run_dir / SCALE_FILE).unlink(missing_ok=True)  # left by a start that failed before run.json: not this run's
+    if (run_dir / SCALE_FILE).is_file():  # left by a start that failed before run.json: not this run's options
+        (run_dir / SCALE_FILE).unlink()
     from federation.coordinator import strategy_defaults
 
     build_strategy(config.strategy, params, num_rounds=rounds,  # validate parameters before starting anything
